@@ -1,0 +1,7 @@
+//! The softphone media-path simulator: network-path emulation, scenarios, and (later) the run
+//! orchestrator, signalling endpoint and media anchor.
+#![deny(missing_docs)]
+#![forbid(unsafe_code)]
+
+pub mod netem;
+pub mod profiles;
