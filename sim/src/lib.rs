@@ -5,3 +5,4 @@
 
 pub mod netem;
 pub mod profiles;
+pub mod scenario;

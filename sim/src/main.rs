@@ -1,20 +1,265 @@
 //! `sim`: the softphone media-path simulator's command line.
-//!
-//! Not built yet: this binary only describes itself. See the README's status section.
 
-use clap::Parser;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Parser, Subcommand};
+use sim::netem::{Loss, QueueLimit, Schedule, Segment, SegmentModel};
+use sim::profiles;
+use sim::scenario::Scenario;
 
 /// Runs softphone calls through an emulated agent network (VDI, hub-and-spoke WAN, VPN, home
 /// Wi-Fi, firewalls) and a TURN relay, and says whether the network passes the 2 % error-rate
 /// test.
-///
-/// Status: not implemented yet — this build only prints its help.
 #[derive(Debug, Parser)]
-#[command(version, about, long_about)]
-struct Cli {}
+#[command(version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
 
-fn main() {
-    let _cli = Cli::parse();
-    eprintln!("sim: not implemented yet; see `sim --help` and the README");
-    std::process::exit(2);
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Checks scenario files; prints every error as FILE:LINE:COLUMN: FIELD: MESSAGE.
+    ///
+    /// Exit status 0 when every file is valid, 1 otherwise.
+    Validate {
+        /// Scenario files.
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
+    },
+    /// Lists the built-in network profiles and their parameters.
+    Profiles,
+    /// Shows the resolved chain of segments of one site of a scenario.
+    Path {
+        /// The scenario file.
+        file: PathBuf,
+        /// The site (default: the first).
+        #[arg(long)]
+        site: Option<String>,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Validate { files } => validate(&files),
+        Command::Profiles => {
+            print_profiles();
+            ExitCode::SUCCESS
+        }
+        Command::Path { file, site } => path(&file, site.as_deref()),
+    }
+}
+
+fn validate(files: &[PathBuf]) -> ExitCode {
+    let mut ok = true;
+    for f in files {
+        match Scenario::load(f) {
+            Ok(s) => println!(
+                "{}: ok — {} calls, {} site{}, seed {}",
+                f.display(),
+                s.agents.calls,
+                s.sites.len(),
+                if s.sites.len() == 1 { "" } else { "s" },
+                s.seed
+            ),
+            Err(errors) => {
+                ok = false;
+                eprintln!("{errors}");
+                eprintln!(
+                    "{}: {} error{}",
+                    f.display(),
+                    errors.0.len(),
+                    if errors.0.len() == 1 { "" } else { "s" }
+                );
+            }
+        }
+    }
+    if ok {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    }
+}
+
+fn print_profiles() {
+    println!(
+        "{:<15} {:<13} {:>7} {:>20} {:>18}  {:<}",
+        "PROFILE", "SEGMENT", "DELAY", "JITTER (sd)", "LOSS", "OTHER"
+    );
+    for p in profiles::all() {
+        for (i, s) in p.segments.iter().enumerate() {
+            let name = if i == 0 { p.name } else { "" };
+            print_segment_row(name, s);
+        }
+        println!("{:<15} {}", "", p.summary);
+    }
+}
+
+fn print_segment_row(profile: &str, s: &Segment) {
+    let m = &s.up;
+    let jitter = m.jitter.map_or("-".to_owned(), |j| {
+        let corr = if j.correlation > 0.0 {
+            format!(" ρ{:.2}", j.correlation)
+        } else {
+            String::new()
+        };
+        format!("{} {}{corr}", ms(j.amount), j.distribution.as_str())
+    });
+    println!(
+        "{:<15} {:<13} {:>7} {:>20} {:>18}  {}",
+        profile,
+        s.name,
+        ms(m.delay),
+        jitter,
+        loss(&m.loss),
+        other(m, s.shared)
+    );
+}
+
+fn ms(d: Duration) -> String {
+    let v = d.as_secs_f64() * 1e3;
+    if v.fract() == 0.0 {
+        format!("{v:.0}ms")
+    } else {
+        format!("{v:.2}ms")
+    }
+}
+
+fn loss(l: &Loss) -> String {
+    match *l {
+        Loss::None => "-".to_owned(),
+        Loss::Random(p) => format!("{:.2}% random", p * 100.0),
+        Loss::GilbertElliott { r, .. } => {
+            format!("{:.2}% GE burst {:.1}", l.mean_rate() * 100.0, 1.0 / r)
+        }
+    }
+}
+
+fn other(m: &SegmentModel, shared: bool) -> String {
+    let mut parts = Vec::new();
+    if shared {
+        parts.push("shared".to_owned());
+    }
+    if m.reorder {
+        parts.push("reorders".to_owned());
+    }
+    if let Some(r) = m.rate {
+        let q = match r.queue {
+            QueueLimit::Packets(n) => format!("{n} pkts"),
+            QueueLimit::Time(t) => ms(t),
+        };
+        parts.push(format!("rate {} queue {q}", bits(r.bits_per_second)));
+    }
+    if let Some(mtu) = m.mtu {
+        parts.push(format!("MTU {mtu}"));
+    }
+    if m.overhead > 0 {
+        parts.push(format!("+{} B/pkt", m.overhead));
+    }
+    if m.duplicate > 0.0 {
+        parts.push(format!("dup {:.2}%", m.duplicate * 100.0));
+    }
+    if m.corrupt > 0.0 {
+        parts.push(format!("corrupt {:.2}%", m.corrupt * 100.0));
+    }
+    for (what, list) in [("outage", &m.outages), ("stall", &m.stalls)] {
+        for s in list {
+            parts.push(match *s {
+                Schedule::Periodic {
+                    every, duration, ..
+                } => format!("{what} {} every {}", human(duration), human(every)),
+                Schedule::Once { at, duration } => {
+                    format!("{what} {} at {}", human(duration), human(at))
+                }
+            });
+        }
+    }
+    parts.join(", ")
+}
+
+fn human(d: Duration) -> String {
+    let s = d.as_secs_f64();
+    if s >= 60.0 && s % 60.0 == 0.0 {
+        format!("{}min", s / 60.0)
+    } else if s >= 1.0 {
+        format!("{s}s")
+    } else {
+        ms(d)
+    }
+}
+
+fn bits(b: u64) -> String {
+    if b >= 1_000_000 {
+        format!("{}Mbit/s", b as f64 / 1e6)
+    } else {
+        format!("{}kbit/s", b as f64 / 1e3)
+    }
+}
+
+fn path(file: &std::path::Path, site: Option<&str>) -> ExitCode {
+    let scenario = match Scenario::load(file) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("{e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let found = match site {
+        Some(name) => scenario.sites.iter().find(|s| s.name == name),
+        None => scenario.sites.first(),
+    };
+    let Some(site) = found else {
+        let names: Vec<&str> = scenario.sites.iter().map(|s| s.name.as_str()).collect();
+        eprintln!(
+            "{}: no site `{}`; sites: {}",
+            file.display(),
+            site.unwrap_or(""),
+            names.join(", ")
+        );
+        return ExitCode::FAILURE;
+    };
+    println!(
+        "site {} ({:.0}% of agents): {}",
+        site.name,
+        site.share * 100.0,
+        site.profile
+    );
+    println!("agent");
+    for s in &site.path.segments {
+        println!("  │");
+        print_segment_row("  ├─", s);
+        if s.down != s.up {
+            print_segment_row(
+                "  │ (down)",
+                &Segment {
+                    up: s.down.clone(),
+                    ..s.clone()
+                },
+            );
+        }
+    }
+    println!("  │");
+    println!(
+        "TURN server: {}",
+        scenario
+            .turn
+            .urls
+            .iter()
+            .map(ToString::to_string)
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
+    let p = &site.policy;
+    if !p.block.is_empty()
+        || !p.unresolvable.is_empty()
+        || p.inbound_udp_allow.is_some()
+        || p.breaks_websocket_upgrade
+        || p.tls_cache_expiry.is_some()
+    {
+        println!("policy: {p:?}");
+    }
+    ExitCode::SUCCESS
 }
