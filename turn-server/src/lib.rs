@@ -5,6 +5,8 @@
 //! - [`auth`]: long-term and time-limited (coturn `use-auth-secret`) credentials, nonces;
 //! - [`policy`]: which peer addresses may be relayed to (no open relay by default);
 //! - [`server`]: the sans-I/O [`Server`]: allocations, permissions, channels, auth, faults;
+//! - [`config`]: the TOML configuration file and its errors with file:line:column;
+//! - [`io`]: the tokio edge: UDP/TCP/TLS listeners, relayed sockets, `/metrics`, control API.
 
 //!
 //! The core is driven like this (the edge in [`io`] does the same with sockets):
@@ -34,6 +36,8 @@
 #![forbid(unsafe_code)]
 
 pub mod auth;
+pub mod config;
+pub mod io;
 pub mod policy;
 pub mod server;
 pub mod wire;

@@ -311,6 +311,8 @@ pub struct Gauges {
 const SWEEP_INTERVAL: Duration = Duration::from_secs(1);
 /// How many ports are tried before an Allocate is answered 508.
 const MAX_RELAY_ATTEMPTS: u32 = 8;
+/// How long a port reserved by EVEN-PORT's R bit is held (RFC 8656 §7.2 suggests 30 s).
+const RESERVATION_LIFETIME: Duration = Duration::from_secs(30);
 /// The UDP protocol number in REQUESTED-TRANSPORT.
 const PROTO_UDP: u8 = 17;
 
@@ -328,6 +330,8 @@ pub struct Server {
     by_relay: HashMap<SocketAddr, FiveTuple>,
     per_user: HashMap<String, u32>,
     pending: HashMap<RelayRequest, PendingAllocate>,
+    /// Ports held for a later Allocate: token → (address, until).
+    reservations: HashMap<[u8; 8], (SocketAddr, Instant)>,
     next_request: u64,
     next_sweep: Option<Instant>,
     transmits: VecDeque<Transmit>,
@@ -365,8 +369,19 @@ struct PendingAllocate {
     auth: Auth,
     lifetime: Duration,
     addr: SocketAddr,
-    even: bool,
+    wish: PortWish,
     attempts: u32,
+}
+
+/// What an Allocate asked of its relayed port (RFC 8656 §7.2, EVEN-PORT, RESERVATION-TOKEN).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum PortWish {
+    Any,
+    Even,
+    /// Even, and reserve the next port for a later Allocate with the token we give back.
+    EvenReserveNext,
+    /// The port reserved under a token: no other port will do.
+    Reserved,
 }
 
 /// A request that passed authentication.
@@ -395,6 +410,7 @@ impl Server {
             by_relay: HashMap::new(),
             per_user: HashMap::new(),
             pending: HashMap::new(),
+            reservations: HashMap::new(),
             next_request: 0,
             next_sweep: None,
             transmits: VecDeque::new(),
@@ -520,8 +536,8 @@ impl Server {
         };
         if !opened {
             p.attempts += 1;
-            let next = (p.attempts < MAX_RELAY_ATTEMPTS)
-                .then(|| self.pick_relay_port(p.addr.ip(), p.even))
+            let next = (p.attempts < MAX_RELAY_ATTEMPTS && p.wish != PortWish::Reserved)
+                .then(|| self.pick_relay_port(p.addr.ip(), p.wish))
                 .flatten();
             if let Some(addr) = next {
                 p.addr = addr;
@@ -539,6 +555,13 @@ impl Server {
         b.xor_address(attr::XOR_RELAYED_ADDRESS, p.addr)
             .u32_attribute(attr::LIFETIME, secs(lifetime))
             .xor_address(attr::XOR_MAPPED_ADDRESS, p.five_tuple.client);
+        if p.wish == PortWish::EvenReserveNext {
+            let token: [u8; 8] = self.rng.next().to_be_bytes();
+            let next = SocketAddr::new(p.addr.ip(), p.addr.port() + 1);
+            self.reservations
+                .insert(token, (next, now + RESERVATION_LIFETIME));
+            b.attribute(attr::RESERVATION_TOKEN, &token);
+        }
         self.software(&mut b);
         b.integrity(p.auth.kind, &p.auth.key);
         let response = b.finish_with_fingerprint();
@@ -857,14 +880,10 @@ impl Server {
             400
         } else if repr.requested_transport != Some(PROTO_UDP) {
             442
-        } else if (repr.even_port.is_some() && repr.reservation_token)
+        } else if (repr.even_port.is_some() && repr.reservation_token.is_some())
             || (repr.requested_family.is_some() && repr.additional_family.is_some())
         {
             400
-        } else if repr.reservation_token || repr.even_port == Some(true) {
-            // We keep no port reservations: a token is never valid, and a request to reserve
-            // the next port cannot be satisfied.
-            508
         } else if self.faults.refuse_allocations {
             508
         } else {
@@ -889,8 +908,22 @@ impl Server {
             self.reply_error(ft, m, txid, 486, Some(&auth), |_| {});
             return;
         }
-        let even = repr.even_port.is_some();
-        let Some(addr) = self.pick_relay_port(relay_ip, even) else {
+        let (wish, addr) = if let Some(token) = repr.reservation_token {
+            // An unknown or lapsed token cannot be satisfied (RFC 8656 §7.2: 508).
+            let reserved = self
+                .reservations
+                .remove(&token)
+                .filter(|(_, exp)| *exp > self.now);
+            (PortWish::Reserved, reserved.map(|(addr, _)| addr))
+        } else {
+            let wish = match repr.even_port {
+                None => PortWish::Any,
+                Some(false) => PortWish::Even,
+                Some(true) => PortWish::EvenReserveNext,
+            };
+            (wish, self.pick_relay_port(relay_ip, wish))
+        };
+        let Some(addr) = addr else {
             self.reply_error(ft, m, txid, 508, Some(&auth), |_| {});
             return;
         };
@@ -902,7 +935,7 @@ impl Server {
             auth,
             lifetime,
             addr,
-            even,
+            wish,
             attempts: 0,
         });
     }
@@ -936,8 +969,15 @@ impl Server {
         asked.clamp(self.config.default_lifetime, self.config.max_lifetime)
     }
 
-    /// A free port in the range, starting at a random one (and even, if asked).
-    fn pick_relay_port(&mut self, ip: IpAddr, even: bool) -> Option<SocketAddr> {
+    fn port_free(&self, a: SocketAddr) -> bool {
+        !self.by_relay.contains_key(&a)
+            && !self.pending.values().any(|p| p.addr == a)
+            && !self.reservations.values().any(|(r, _)| *r == a)
+    }
+
+    /// A free port in the range, starting at a random one (even, and with a free successor,
+    /// if asked).
+    fn pick_relay_port(&mut self, ip: IpAddr, wish: PortWish) -> Option<SocketAddr> {
         let (lo, hi) = (self.config.min_port, self.config.max_port);
         if lo > hi {
             return None;
@@ -950,9 +990,11 @@ impl Server {
                 let port = u64::from(lo) + (start + i) % span;
                 SocketAddr::new(ip, u16::try_from(port).unwrap_or(hi))
             })
-            .filter(|a| !even || a.port() % 2 == 0)
+            .filter(|a| wish == PortWish::Any || a.port() % 2 == 0)
             .find(|a| {
-                !self.by_relay.contains_key(a) && !self.pending.values().any(|p| p.addr == *a)
+                self.port_free(*a)
+                    && (wish != PortWish::EvenReserveNext
+                        || (a.port() < hi && self.port_free(SocketAddr::new(ip, a.port() + 1))))
             })
     }
 
@@ -1110,6 +1152,7 @@ impl Server {
         };
         let now = self.now;
         let (Some(number), Some(&peer)) = (repr.channel, repr.peers.first()) else {
+            debug!(?repr.channel, ?repr.peers, "channel bind without number or peer");
             self.reply_error(ft, m, txid, 400, Some(auth), |_| {});
             return;
         };
@@ -1137,6 +1180,7 @@ impl Server {
                 .iter()
                 .any(|(n, p, _)| (*n == number) != (*p == peer));
         if conflict {
+            debug!(number, %peer, "channel bind conflicts with a binding");
             self.reply_error(ft, m, txid, 400, Some(auth), |_| {});
             return;
         }
@@ -1232,6 +1276,7 @@ impl Server {
     }
 
     fn sweep(&mut self, now: Instant) {
+        self.reservations.retain(|_, (_, exp)| *exp > now);
         let quarantine = self.config.channel_quarantine;
         let mut expired = Vec::new();
         for (ft, a) in &mut self.allocations {

@@ -186,7 +186,7 @@ pub enum WireError {
     /// FINGERPRINT present but wrong, or not last.
     #[error("bad fingerprint")]
     BadFingerprint,
-    /// ChannelData with a channel number outside 0x4000–0x4FFF.
+    /// ChannelData with a channel number outside 0x4000–0x7FFF.
     #[error("bad channel number")]
     BadChannel,
 }
@@ -403,8 +403,8 @@ pub struct StunRepr<'a> {
     pub dont_fragment: bool,
     /// EVEN-PORT, with its R bit.
     pub even_port: Option<bool>,
-    /// RESERVATION-TOKEN was present.
-    pub reservation_token: bool,
+    /// RESERVATION-TOKEN.
+    pub reservation_token: Option<[u8; 8]>,
     /// XOR-PEER-ADDRESS values, in order (at most [`StunRepr::MAX_PEERS`]).
     pub peers: Vec<SocketAddr>,
     /// CHANNEL-NUMBER.
@@ -505,10 +505,7 @@ impl<'a> StunRepr<'a> {
                     repr.even_port = Some(a.value.first().ok_or_else(bad)? & 0x80 != 0);
                 }
                 attr::RESERVATION_TOKEN => {
-                    if a.value.len() != 8 {
-                        return Err(bad());
-                    }
-                    repr.reservation_token = true;
+                    repr.reservation_token = Some(a.value.try_into().map_err(|_| bad())?);
                 }
                 attr::XOR_PEER_ADDRESS if repr.peers.len() < Self::MAX_PEERS => {
                     repr.peers
@@ -830,7 +827,7 @@ pub struct ChannelData<T: AsRef<[u8]>> {
 }
 
 impl<T: AsRef<[u8]>> ChannelData<T> {
-    /// Checks the channel number range (0x4000–0x4FFF) and that the declared length fits.
+    /// Checks the channel number range (0x4000–0x7FFF) and that the declared length fits.
     /// Trailing bytes (stream padding) are allowed and ignored.
     ///
     /// # Errors
@@ -887,10 +884,15 @@ impl<T: AsRef<[u8]>> ChannelData<T> {
     }
 }
 
-/// Whether `n` is a valid TURN channel number (RFC 8656 §12: 0x4000 through 0x4FFF).
+/// Whether `n` is a valid TURN channel number: 0x4000 through 0x7FFF.
+///
+/// RFC 8656 §12 narrowed the range to 0x4000–0x4FFF, but RFC 5766's 0x4000–0x7FFF is what
+/// deployed clients pick from (libwebrtc in every browser, coturn's `turnutils_uclient`), and a
+/// server that refused 0x5000–0x7FFF would fail their ChannelBinds at random. Every number in
+/// the wider range still starts with the bits `01`, so demultiplexing is unaffected.
 #[must_use]
 pub const fn is_channel_number(n: u16) -> bool {
-    n >= 0x4000 && n <= 0x4FFF
+    n >= 0x4000 && n <= 0x7FFF
 }
 
 #[cfg(test)]
@@ -1015,7 +1017,7 @@ mod tests {
         assert_eq!(unpadded.len(), 9);
         assert!(ChannelData::new_checked(&unpadded[..8]).is_err());
         assert_eq!(
-            ChannelData::new_checked(&[0x50, 0, 0, 0][..]).err(),
+            ChannelData::new_checked(&[0x80, 0, 0, 0][..]).err(),
             Some(WireError::BadChannel)
         );
         assert_eq!(frame_len(&[0xC0, 0, 0, 0]), Err(WireError::NotStun));

@@ -53,15 +53,10 @@ fn allocate_errors() {
         });
         assert_eq!(r.code, Some(440));
     }
-    // 508: reservation token (we keep none), EVEN-PORT with R bit; 400: both at once.
+    // 508: a reservation token we never gave; 400: EVEN-PORT and RESERVATION-TOKEN together.
     let r = c.transact(&mut h, Method::ALLOCATE, |b| {
         udp(b);
         b.attribute(attr::RESERVATION_TOKEN, &[1; 8]);
-    });
-    assert_eq!(r.code, Some(508));
-    let r = c.transact(&mut h, Method::ALLOCATE, |b| {
-        udp(b);
-        b.attribute(attr::EVEN_PORT, &[0x80]);
     });
     assert_eq!(r.code, Some(508));
     let r = c.transact(&mut h, Method::ALLOCATE, |b| {
@@ -77,6 +72,39 @@ fn allocate_errors() {
     });
     assert_eq!(r.class, Class::Success);
     assert_eq!(r.relayed.unwrap().port() % 2, 0);
+}
+
+#[test]
+fn even_port_reserves_the_next_port_for_its_token() {
+    let mut h = Harness::new(config());
+    let mut rtp = Client::new(five_tuple(42100), "alice", "alice-pw");
+    let r = rtp.transact(&mut h, Method::ALLOCATE, |b| {
+        udp(b);
+        b.attribute(attr::EVEN_PORT, &[0x80]);
+    });
+    assert_eq!(r.class, Class::Success);
+    let even = r.relayed.unwrap();
+    assert_eq!(even.port() % 2, 0);
+    let p = turn_server::wire::StunPacket::new_checked(&r.bytes[..]).unwrap();
+    let token = p
+        .attributes()
+        .find(|a| a.kind == attr::RESERVATION_TOKEN)
+        .unwrap()
+        .value;
+    let token = token.to_vec();
+    let mut rtcp = Client::new(five_tuple(42101), "alice", "alice-pw");
+    let r = rtcp.transact(&mut h, Method::ALLOCATE, |b| {
+        udp(b);
+        b.attribute(attr::RESERVATION_TOKEN, &token);
+    });
+    assert_eq!(r.relayed.map(|a| a.port()), Some(even.port() + 1));
+    // A token is good once.
+    let mut again = Client::new(five_tuple(42102), "alice", "alice-pw");
+    let r = again.transact(&mut h, Method::ALLOCATE, |b| {
+        udp(b);
+        b.attribute(attr::RESERVATION_TOKEN, &token);
+    });
+    assert_eq!(r.code, Some(508));
 }
 
 #[test]
@@ -157,7 +185,7 @@ fn permission_and_channel_errors() {
     );
     let peer = "127.0.0.1:5".parse().unwrap();
     assert_eq!(c.bind(&mut h, 0x3FFF, peer).code, Some(400));
-    assert_eq!(c.bind(&mut h, 0x5000, peer).code, Some(400));
+    assert_eq!(c.bind(&mut h, 0x8000, peer).code, Some(400));
     // A public peer is allowed.
     assert_eq!(
         c.permit(&mut h, "198.51.100.7:5".parse().unwrap()).class,

@@ -38,7 +38,10 @@ fn corpus() -> Vec<(&'static str, Vec<u8>)> {
         ("top bits 11", vec![0xC0; 24]),
         ("channel data short", vec![0x40, 0x00, 0x00]),
         ("channel data overlong", vec![0x40, 0x00, 0x00, 0x10, 1, 2]),
-        ("channel data bad number", vec![0x7F, 0xFF, 0x00, 0x00]),
+        (
+            "channel data without allocation",
+            vec![0x7F, 0xFF, 0x00, 0x00],
+        ),
         ("unsolicited response", response),
         ("send indication without data", {
             let mut b = MessageBuilder::new(Method::SEND, Class::Indication, txid);
@@ -63,8 +66,13 @@ fn malformed_corpus_is_dropped_and_counted() {
     let c = h.server.counters();
     let malformed = c.dropped(DropReason::Malformed);
     let unexpected = c.dropped(DropReason::Unexpected);
-    assert_eq!(malformed + unexpected, corpus.len() as u64, "{c:?}");
-    assert_eq!(unexpected, 1);
+    let no_allocation = c.dropped(DropReason::NoAllocation);
+    assert_eq!(
+        malformed + unexpected + no_allocation,
+        corpus.len() as u64,
+        "{c:?}"
+    );
+    assert_eq!((unexpected, no_allocation), (1, 1));
 }
 
 #[test]

@@ -1,0 +1,992 @@
+//! The tokio edge around the sans-I/O [`Server`]: UDP and TCP listeners, TLS listeners
+//! (rustls, self-signed when no certificate is given), one UDP socket per relayed address, an
+//! HTTP endpoint for Prometheus `/metrics` and the `/faults` control API, and a [`Handle`] the
+//! embedding program (the simulator, the binary) uses to inject faults, read counters and shut
+//! down.
+//!
+//! Everything runs on one thread: a current-thread tokio runtime with a `LocalSet`, the core in
+//! a `RefCell`. Each input is one mutation followed by a drain (STYLE.md's edge loop), UDP
+//! replies go out with `try_send_to` straight from the drain, and a timer task sleeps until
+//! [`Server::poll_timeout`].
+
+use std::cell::{Cell, RefCell};
+use std::collections::HashMap;
+use std::fmt::Write as _;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::rc::Rc;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream, UdpSocket};
+use tokio::sync::{Notify, mpsc, oneshot};
+use tokio::task::{JoinHandle, spawn_local};
+use tokio_rustls::TlsAcceptor;
+use tracing::{debug, info};
+
+use crate::server::{
+    Config, Counters, DropReason, Event, Faults, FiveTuple, Gauges, Server, Transmit, Transport,
+};
+use crate::wire::frame_len;
+
+/// The edge's clock: the one place the crate reads it.
+#[allow(clippy::disallowed_methods)]
+fn now() -> Instant {
+    Instant::now()
+}
+
+#[allow(clippy::disallowed_methods)]
+fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+/// What to listen on and how the core is configured.
+#[derive(Debug, Clone, Default)]
+pub struct Settings {
+    /// The core's configuration.
+    pub core: Config,
+    /// UDP and TCP listen addresses (port 0 picks a free port).
+    pub listen: Vec<SocketAddr>,
+    /// TLS listen addresses.
+    pub tls_listen: Vec<SocketAddr>,
+    /// PEM certificate chain and private key; a self-signed certificate when `None`.
+    pub tls_files: Option<(PathBuf, PathBuf)>,
+    /// HTTP address of `/metrics` and `/faults`.
+    pub metrics: Option<SocketAddr>,
+    /// Faults in force at start.
+    pub faults: Faults,
+}
+
+/// The addresses actually bound.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Bound {
+    /// UDP listeners.
+    pub udp: Vec<SocketAddr>,
+    /// TCP listeners.
+    pub tcp: Vec<SocketAddr>,
+    /// TLS listeners.
+    pub tls: Vec<SocketAddr>,
+    /// The metrics/control endpoint.
+    pub metrics: Option<SocketAddr>,
+}
+
+/// What the edge counts on top of the core.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct EdgeCounters {
+    /// Packets the socket refused (full buffer, or a vanished TCP connection).
+    pub send_failed: u64,
+    /// TCP/TLS connections accepted.
+    pub stream_connections: u64,
+    /// TCP/TLS connections open now.
+    pub stream_connections_open: u64,
+    /// TCP/TLS connections closed by the `drop_streams` fault.
+    pub stream_connections_dropped: u64,
+    /// TCP/TLS connections closed because their bytes were not STUN/ChannelData framing.
+    pub stream_framing_errors: u64,
+    /// TLS handshakes that failed.
+    pub tls_handshake_failures: u64,
+    /// Relayed sockets that could not be bound.
+    pub relay_bind_failures: u64,
+}
+
+/// Counters, gauges and faults at one moment.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Snapshot {
+    /// The core's counters.
+    pub counters: Counters,
+    /// The core's table sizes.
+    pub gauges: Gauges,
+    /// The edge's counters.
+    pub edge: EdgeCounters,
+    /// The faults in force.
+    pub faults: Faults,
+}
+
+enum Command {
+    SetFaults(Faults),
+    Snapshot(oneshot::Sender<Snapshot>),
+    Shutdown,
+}
+
+/// Controls a running server from any thread: the fault-injection control API.
+#[derive(Debug, Clone)]
+pub struct Handle {
+    tx: mpsc::UnboundedSender<Command>,
+}
+
+impl Handle {
+    /// Replaces the faults in force. Turning `drop_streams` on closes every TCP/TLS
+    /// connection and refuses new ones until it is turned off.
+    pub fn set_faults(&self, faults: Faults) {
+        let _ = self.tx.send(Command::SetFaults(faults));
+    }
+
+    /// The counters now (`None` once the server has stopped).
+    pub async fn snapshot(&self) -> Option<Snapshot> {
+        let (tx, rx) = oneshot::channel();
+        self.tx.send(Command::Snapshot(tx)).ok()?;
+        rx.await.ok()
+    }
+
+    /// [`Handle::snapshot`] for callers outside any async runtime.
+    #[must_use]
+    pub fn snapshot_blocking(&self) -> Option<Snapshot> {
+        let (tx, rx) = oneshot::channel();
+        self.tx.send(Command::Snapshot(tx)).ok()?;
+        rx.blocking_recv().ok()
+    }
+
+    /// Asks the server to stop.
+    pub fn shutdown(&self) {
+        let _ = self.tx.send(Command::Shutdown);
+    }
+}
+
+/// A server running on its own thread. Dropping it stops the server.
+#[derive(Debug)]
+pub struct Running {
+    /// The addresses bound.
+    pub bound: Bound,
+    handle: Handle,
+    thread: Option<std::thread::JoinHandle<Snapshot>>,
+}
+
+impl Running {
+    /// A handle for the control API.
+    #[must_use]
+    pub fn handle(&self) -> Handle {
+        self.handle.clone()
+    }
+
+    /// Stops the server and returns its final counters.
+    #[must_use]
+    pub fn stop(mut self) -> Snapshot {
+        self.handle.shutdown();
+        self.join()
+    }
+
+    /// Waits until the server stops (after [`Handle::shutdown`]) and returns its final counters.
+    #[must_use]
+    pub fn wait(mut self) -> Snapshot {
+        self.join()
+    }
+
+    fn join(&mut self) -> Snapshot {
+        self.thread
+            .take()
+            .and_then(|t| t.join().ok())
+            .unwrap_or_default()
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        if self.thread.is_some() {
+            self.handle.shutdown();
+            let _ = self.join();
+        }
+    }
+}
+
+/// Binds every listener and starts serving on a new thread. Returns once all listeners are
+/// bound, or with the first bind error.
+///
+/// # Errors
+/// The listener that could not be bound, or a TLS certificate that could not be loaded.
+pub fn start(settings: Settings) -> std::io::Result<Running> {
+    let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+    let (tx, rx) = mpsc::unbounded_channel();
+    let thread = std::thread::Builder::new()
+        .name("turn-server".into())
+        .spawn(move || {
+            let rt = match tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            {
+                Ok(rt) => rt,
+                Err(e) => {
+                    let _ = ready_tx.send(Err(e));
+                    return Snapshot::default();
+                }
+            };
+            let local = tokio::task::LocalSet::new();
+            local.block_on(&rt, serve(settings, rx, ready_tx))
+        })?;
+    match ready_rx.recv() {
+        Ok(Ok(bound)) => Ok(Running {
+            bound,
+            handle: Handle { tx },
+            thread: Some(thread),
+        }),
+        Ok(Err(e)) => {
+            let _ = thread.join();
+            Err(e)
+        }
+        Err(_) => Err(std::io::Error::other("server thread died during start")),
+    }
+}
+
+struct Relay {
+    socket: Rc<UdpSocket>,
+    task: JoinHandle<()>,
+}
+
+struct Stream {
+    tx: mpsc::Sender<Vec<u8>>,
+    close: Rc<Notify>,
+}
+
+struct Edge {
+    server: RefCell<Server>,
+    udp: HashMap<SocketAddr, Rc<UdpSocket>>,
+    relays: RefCell<HashMap<SocketAddr, Relay>>,
+    streams: RefCell<HashMap<(SocketAddr, SocketAddr), Stream>>,
+    timer: Notify,
+    armed: Cell<Option<Instant>>,
+    stats: RefCell<EdgeCounters>,
+    drop_streams: Cell<bool>,
+}
+
+async fn serve(
+    settings: Settings,
+    mut commands: mpsc::UnboundedReceiver<Command>,
+    ready: std::sync::mpsc::Sender<std::io::Result<Bound>>,
+) -> Snapshot {
+    let listeners = match bind_all(&settings).await {
+        Ok(l) => l,
+        Err(e) => {
+            let _ = ready.send(Err(e));
+            return Snapshot::default();
+        }
+    };
+    let mut core = settings.core.clone();
+    if core.nonce_key == [0; 32] {
+        let _ = getrandom::fill(&mut core.nonce_key);
+    }
+    if core.seed == 0 {
+        let mut seed = [0; 8];
+        let _ = getrandom::fill(&mut seed);
+        core.seed = u64::from_le_bytes(seed);
+    }
+    let mut server = Server::new(core, now(), unix_now());
+    server.set_faults(settings.faults);
+    let edge = Rc::new(Edge {
+        server: RefCell::new(server),
+        udp: listeners.udp.iter().map(|s| (s.0, s.1.clone())).collect(),
+        relays: RefCell::new(HashMap::new()),
+        streams: RefCell::new(HashMap::new()),
+        timer: Notify::new(),
+        armed: Cell::new(None),
+        stats: RefCell::new(EdgeCounters::default()),
+        drop_streams: Cell::new(settings.faults.drop_streams),
+    });
+    let mut tasks = Vec::new();
+    for (addr, socket) in &listeners.udp {
+        tasks.push(spawn_local(udp_listener(
+            edge.clone(),
+            socket.clone(),
+            *addr,
+        )));
+    }
+    for (addr, l) in listeners.tcp {
+        tasks.push(spawn_local(stream_listener(edge.clone(), l, addr, None)));
+    }
+    for (addr, l) in listeners.tls {
+        let acceptor = listeners.tls_acceptor.clone();
+        tasks.push(spawn_local(stream_listener(
+            edge.clone(),
+            l,
+            addr,
+            acceptor,
+        )));
+    }
+    if let Some((_, l)) = listeners.metrics {
+        tasks.push(spawn_local(http_listener(edge.clone(), l)));
+    }
+    tasks.push(spawn_local(timer(edge.clone())));
+    let _ = ready.send(Ok(listeners.bound));
+    while let Some(cmd) = commands.recv().await {
+        match cmd {
+            Command::SetFaults(f) => edge.set_faults(f),
+            Command::Snapshot(reply) => {
+                let _ = reply.send(edge.snapshot());
+            }
+            Command::Shutdown => break,
+        }
+    }
+    for t in &tasks {
+        t.abort();
+    }
+    for (_, r) in edge.relays.borrow_mut().drain() {
+        r.task.abort();
+    }
+    for (_, s) in edge.streams.borrow().iter() {
+        s.close.notify_one();
+    }
+    edge.snapshot()
+}
+
+struct Listeners {
+    udp: Vec<(SocketAddr, Rc<UdpSocket>)>,
+    tcp: Vec<(SocketAddr, TcpListener)>,
+    tls: Vec<(SocketAddr, TcpListener)>,
+    tls_acceptor: Option<TlsAcceptor>,
+    metrics: Option<(SocketAddr, TcpListener)>,
+    bound: Bound,
+}
+
+async fn bind_all(settings: &Settings) -> std::io::Result<Listeners> {
+    let mut l = Listeners {
+        udp: Vec::new(),
+        tcp: Vec::new(),
+        tls: Vec::new(),
+        tls_acceptor: None,
+        metrics: None,
+        bound: Bound::default(),
+    };
+    let context = |what: &str, addr: SocketAddr| {
+        let what = what.to_owned();
+        move |e: std::io::Error| std::io::Error::new(e.kind(), format!("{what} {addr}: {e}"))
+    };
+    for &addr in &settings.listen {
+        let udp = UdpSocket::bind(addr)
+            .await
+            .map_err(context("UDP listen", addr))?;
+        let udp_addr = udp.local_addr()?;
+        // TCP on the same port as UDP (port 0 takes UDP's choice).
+        let tcp_addr = SocketAddr::new(addr.ip(), udp_addr.port());
+        let tcp = TcpListener::bind(tcp_addr)
+            .await
+            .map_err(context("TCP listen", tcp_addr))?;
+        l.bound.udp.push(udp_addr);
+        l.bound.tcp.push(tcp.local_addr()?);
+        l.udp.push((udp_addr, Rc::new(udp)));
+        l.tcp.push((tcp.local_addr()?, tcp));
+    }
+    if !settings.tls_listen.is_empty() {
+        l.tls_acceptor = Some(tls_acceptor(settings)?);
+    }
+    for &addr in &settings.tls_listen {
+        let tls = TcpListener::bind(addr)
+            .await
+            .map_err(context("TLS listen", addr))?;
+        l.bound.tls.push(tls.local_addr()?);
+        l.tls.push((tls.local_addr()?, tls));
+    }
+    if let Some(addr) = settings.metrics {
+        let m = TcpListener::bind(addr)
+            .await
+            .map_err(context("metrics listen", addr))?;
+        l.bound.metrics = Some(m.local_addr()?);
+        l.metrics = Some((m.local_addr()?, m));
+    }
+    Ok(l)
+}
+
+fn tls_acceptor(settings: &Settings) -> std::io::Result<TlsAcceptor> {
+    use rustls::pki_types::pem::PemObject as _;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    let invalid = |e: &dyn std::fmt::Display| std::io::Error::other(format!("TLS: {e}"));
+    let (certs, key) = match &settings.tls_files {
+        Some((cert, key)) => {
+            let certs = CertificateDer::pem_file_iter(cert)
+                .and_then(Iterator::collect::<Result<Vec<_>, _>>)
+                .map_err(|e| invalid(&format!("{}: {e}", cert.display())))?;
+            let key = PrivateKeyDer::from_pem_file(key)
+                .map_err(|e| invalid(&format!("{}: {e}", key.display())))?;
+            (certs, key)
+        }
+        None => {
+            let mut names = vec!["localhost".to_owned()];
+            names.extend(settings.tls_listen.iter().map(|a| a.ip().to_string()));
+            let ck = rcgen::generate_simple_self_signed(names).map_err(|e| invalid(&e))?;
+            info!("TLS: no certificate configured, generated a self-signed one");
+            let key = PrivateKeyDer::Pkcs8(ck.signing_key.serialize_der().into());
+            (vec![ck.cert.der().clone()], key)
+        }
+    };
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| invalid(&e))?
+        .with_no_client_auth()
+        .with_single_cert(certs, key)
+        .map_err(|e| invalid(&e))?;
+    Ok(TlsAcceptor::from(Arc::new(config)))
+}
+
+/// How many datagrams one wake-up reads before draining.
+const RECV_BATCH: usize = 64;
+
+impl Edge {
+    /// Sends the core's output and does its events; re-arms the timer if needed.
+    fn drain(self: &Rc<Self>) {
+        // Bounded: each event is answered at once, and the core emits at most one
+        // OpenRelay per answer (MAX_RELAY_ATTEMPTS in the core bounds the retries).
+        for _ in 0..10_000 {
+            let event = {
+                let mut server = self.server.borrow_mut();
+                while let Some(t) = server.poll_transmit() {
+                    self.send(&t);
+                }
+                server.poll_event()
+            };
+            match event {
+                None => break,
+                Some(Event::OpenRelay { request, addr }) => {
+                    let opened = self.open_relay(addr);
+                    self.server
+                        .borrow_mut()
+                        .handle_relay_opened(now(), request, opened);
+                }
+                Some(Event::CloseRelay { addr }) => {
+                    if let Some(r) = self.relays.borrow_mut().remove(&addr) {
+                        r.task.abort();
+                    }
+                }
+            }
+        }
+        let next = self.server.borrow().poll_timeout();
+        if next.is_some_and(|n| self.armed.get().is_none_or(|a| n < a)) {
+            self.timer.notify_one();
+        }
+    }
+
+    fn send(&self, t: &Transmit) {
+        let sent = match t.transport {
+            Transport::Udp => {
+                let relays = self.relays.borrow();
+                let socket = self
+                    .udp
+                    .get(&t.source)
+                    .or_else(|| relays.get(&t.source).map(|r| &r.socket));
+                socket.is_some_and(|s| s.try_send_to(&t.contents, t.destination).is_ok())
+            }
+            Transport::Tcp | Transport::Tls => self
+                .streams
+                .borrow()
+                .get(&(t.source, t.destination))
+                .is_some_and(|s| s.tx.try_send(t.contents.clone()).is_ok()),
+        };
+        if !sent {
+            self.stats.borrow_mut().send_failed += 1;
+        }
+    }
+
+    fn open_relay(self: &Rc<Self>, addr: SocketAddr) -> bool {
+        let socket = std::net::UdpSocket::bind(addr)
+            .and_then(|s| s.set_nonblocking(true).map(|()| s))
+            .and_then(UdpSocket::from_std);
+        match socket {
+            Ok(socket) => {
+                let socket = Rc::new(socket);
+                let task = spawn_local(relay_socket(self.clone(), socket.clone(), addr));
+                self.relays
+                    .borrow_mut()
+                    .insert(addr, Relay { socket, task });
+                true
+            }
+            Err(e) => {
+                debug!(%addr, %e, "relay bind failed");
+                self.stats.borrow_mut().relay_bind_failures += 1;
+                false
+            }
+        }
+    }
+
+    fn set_faults(&self, f: Faults) {
+        info!(?f, "faults set");
+        self.server.borrow_mut().set_faults(f);
+        self.drop_streams.set(f.drop_streams);
+        if f.drop_streams {
+            for s in self.streams.borrow().values() {
+                s.close.notify_one();
+            }
+        }
+    }
+
+    fn snapshot(&self) -> Snapshot {
+        let server = self.server.borrow();
+        Snapshot {
+            counters: server.counters().clone(),
+            gauges: server.gauges(),
+            edge: *self.stats.borrow(),
+            faults: server.faults(),
+        }
+    }
+}
+
+async fn timer(edge: Rc<Edge>) {
+    loop {
+        let deadline = edge.server.borrow().poll_timeout();
+        edge.armed.set(deadline);
+        if let Some(at) = deadline {
+            tokio::select! {
+                () = tokio::time::sleep_until(at.into()) => {
+                    edge.server.borrow_mut().handle_timeout(now());
+                    edge.drain();
+                }
+                () = edge.timer.notified() => {}
+            }
+        } else {
+            edge.timer.notified().await;
+        }
+    }
+}
+
+/// Reads datagrams in batches: a mutation per datagram, one drain per batch.
+async fn recv_batches(
+    edge: &Rc<Edge>,
+    socket: &UdpSocket,
+    mut handle: impl FnMut(&mut Server, Instant, SocketAddr, &[u8]),
+) {
+    let mut buf = vec![0u8; 65536];
+    loop {
+        if socket.readable().await.is_err() {
+            return;
+        }
+        for _ in 0..RECV_BATCH {
+            match socket.try_recv_from(&mut buf) {
+                Ok((n, from)) => handle(&mut edge.server.borrow_mut(), now(), from, &buf[..n]),
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
+                // ICMP errors reported on the socket, and the like: keep serving.
+                Err(_) => break,
+            }
+        }
+        edge.drain();
+    }
+}
+
+async fn udp_listener(edge: Rc<Edge>, socket: Rc<UdpSocket>, local: SocketAddr) {
+    recv_batches(&edge, &socket, |server, now, client, data| {
+        let ft = FiveTuple {
+            transport: Transport::Udp,
+            client,
+            server: local,
+        };
+        server.handle_packet(now, ft, data);
+    })
+    .await;
+}
+
+async fn relay_socket(edge: Rc<Edge>, socket: Rc<UdpSocket>, relay: SocketAddr) {
+    recv_batches(&edge, &socket, |server, now, peer, data| {
+        server.handle_peer_packet(now, relay, peer, data);
+    })
+    .await;
+}
+
+async fn stream_listener(
+    edge: Rc<Edge>,
+    listener: TcpListener,
+    local: SocketAddr,
+    tls: Option<TlsAcceptor>,
+) {
+    let transport = if tls.is_some() {
+        Transport::Tls
+    } else {
+        Transport::Tcp
+    };
+    loop {
+        let Ok((stream, client)) = listener.accept().await else {
+            // Out of file descriptors and the like: back off instead of spinning.
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            continue;
+        };
+        if edge.drop_streams.get() {
+            edge.stats.borrow_mut().stream_connections_dropped += 1;
+            drop(stream);
+            continue;
+        }
+        let _ = stream.set_nodelay(true);
+        let ft = FiveTuple {
+            transport,
+            client,
+            server: local,
+        };
+        let edge = edge.clone();
+        let tls = tls.clone();
+        spawn_local(async move {
+            match tls {
+                None => run_stream(edge, stream, ft).await,
+                Some(acceptor) => {
+                    let handshake =
+                        tokio::time::timeout(Duration::from_secs(10), acceptor.accept(stream));
+                    match handshake.await {
+                        Ok(Ok(s)) => run_stream(edge, s, ft).await,
+                        Ok(Err(e)) => {
+                            debug!(client = %ft.client, %e, "TLS handshake failed");
+                            edge.stats.borrow_mut().tls_handshake_failures += 1;
+                        }
+                        Err(_) => {
+                            debug!(client = %ft.client, "TLS handshake timed out");
+                            edge.stats.borrow_mut().tls_handshake_failures += 1;
+                        }
+                    }
+                }
+            }
+        });
+    }
+}
+
+/// Serves one TCP or TLS connection: frames STUN/ChannelData (RFC 8656 §12.5), feeds the core,
+/// and tells it when the connection goes away.
+async fn run_stream<S: AsyncRead + AsyncWrite + Unpin + 'static>(
+    edge: Rc<Edge>,
+    stream: S,
+    ft: FiveTuple,
+) {
+    let (mut rd, mut wr) = tokio::io::split(stream);
+    let (tx, mut rx) = mpsc::channel::<Vec<u8>>(1024);
+    let close = Rc::new(Notify::new());
+    let writer = spawn_local(async move {
+        while let Some(b) = rx.recv().await {
+            if wr.write_all(&b).await.is_err() {
+                break;
+            }
+        }
+        let _ = wr.shutdown().await;
+    });
+    let key = (ft.server, ft.client);
+    edge.streams.borrow_mut().insert(
+        key,
+        Stream {
+            tx,
+            close: close.clone(),
+        },
+    );
+    {
+        let mut s = edge.stats.borrow_mut();
+        s.stream_connections += 1;
+        s.stream_connections_open += 1;
+    }
+    let mut buf: Vec<u8> = Vec::with_capacity(4096);
+    let mut chunk = vec![0u8; 16384];
+    'conn: loop {
+        let n = tokio::select! {
+            r = rd.read(&mut chunk) => match r {
+                Ok(0) | Err(_) => break 'conn,
+                Ok(n) => n,
+            },
+            () = close.notified() => {
+                edge.stats.borrow_mut().stream_connections_dropped += 1;
+                break 'conn;
+            }
+        };
+        buf.extend_from_slice(&chunk[..n]);
+        let mut at = 0;
+        loop {
+            match frame_len(&buf[at..]) {
+                Ok(Some(len)) if buf.len() - at >= len => {
+                    edge.server
+                        .borrow_mut()
+                        .handle_packet(now(), ft, &buf[at..at + len]);
+                    at += len;
+                }
+                Ok(_) => break,
+                Err(_) => {
+                    edge.stats.borrow_mut().stream_framing_errors += 1;
+                    edge.server
+                        .borrow_mut()
+                        .handle_packet(now(), ft, &buf[at..]);
+                    break 'conn;
+                }
+            }
+        }
+        buf.drain(..at);
+        edge.drain();
+    }
+    edge.streams.borrow_mut().remove(&key);
+    edge.stats.borrow_mut().stream_connections_open -= 1;
+    edge.server.borrow_mut().handle_connection_closed(now(), ft);
+    edge.drain();
+    // Let queued replies go out, then close.
+    let _ = tokio::time::timeout(Duration::from_secs(1), writer).await;
+}
+
+async fn http_listener(edge: Rc<Edge>, listener: TcpListener) {
+    loop {
+        let Ok((stream, _)) = listener.accept().await else {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            continue;
+        };
+        spawn_local(http_connection(edge.clone(), stream));
+    }
+}
+
+/// One HTTP/1.x request per connection: `GET /metrics`, `GET /faults`,
+/// `POST /faults?refuse_allocations=1&fail_auth=0&unresponsive=0&drop_streams=0&delay_ms=20`.
+async fn http_connection(edge: Rc<Edge>, mut stream: TcpStream) {
+    let mut req = Vec::new();
+    let mut chunk = [0u8; 1024];
+    let read = async {
+        while !req.windows(4).any(|w| w == b"\r\n\r\n") && req.len() < 8192 {
+            match stream.read(&mut chunk).await {
+                Ok(0) | Err(_) => return false,
+                Ok(n) => req.extend_from_slice(&chunk[..n]),
+            }
+        }
+        true
+    };
+    if !matches!(
+        tokio::time::timeout(Duration::from_secs(5), read).await,
+        Ok(true)
+    ) {
+        return;
+    }
+    let head = String::from_utf8_lossy(&req);
+    let mut parts = head.split_whitespace();
+    let (method, target) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""));
+    let (path, query) = target.split_once('?').unwrap_or((target, ""));
+    let (status, body) = match (method, path) {
+        ("GET", "/metrics") => ("200 OK", render_prometheus(&edge.snapshot())),
+        ("GET", "/faults") => ("200 OK", format_faults(edge.server.borrow().faults())),
+        ("POST" | "PUT", "/faults") => match parse_faults(query) {
+            Ok(f) => {
+                edge.set_faults(f);
+                ("200 OK", format_faults(f))
+            }
+            Err(e) => ("400 Bad Request", format!("{e}\n")),
+        },
+        _ => ("404 Not Found", "try /metrics or /faults\n".to_owned()),
+    };
+    let response = format!(
+        "HTTP/1.1 {status}\r\nContent-Type: text/plain; version=0.0.4\r\nContent-Length: {}\r\n\
+         Connection: close\r\n\r\n{body}",
+        body.len()
+    );
+    let _ = stream.write_all(response.as_bytes()).await;
+    let _ = stream.shutdown().await;
+}
+
+/// Faults as the `/faults` query string.
+#[must_use]
+pub fn format_faults(f: Faults) -> String {
+    format!(
+        "refuse_allocations={}&fail_auth={}&unresponsive={}&drop_streams={}&delay_ms={}\n",
+        u8::from(f.refuse_allocations),
+        u8::from(f.fail_auth),
+        u8::from(f.unresponsive),
+        u8::from(f.drop_streams),
+        f.delay.as_millis()
+    )
+}
+
+/// Parses a `/faults` query string; absent faults are off.
+///
+/// # Errors
+/// The first unknown key or bad value.
+pub fn parse_faults(query: &str) -> Result<Faults, String> {
+    let mut f = Faults::default();
+    for pair in query.split('&').filter(|p| !p.is_empty()) {
+        let (k, v) = pair.split_once('=').unwrap_or((pair, "1"));
+        let flag = || match v {
+            "1" | "true" | "on" => Ok(true),
+            "0" | "false" | "off" => Ok(false),
+            _ => Err(format!("bad value {v:?} for {k}")),
+        };
+        match k {
+            "refuse_allocations" => f.refuse_allocations = flag()?,
+            "fail_auth" => f.fail_auth = flag()?,
+            "unresponsive" => f.unresponsive = flag()?,
+            "drop_streams" => f.drop_streams = flag()?,
+            "delay_ms" => {
+                let ms = v
+                    .parse()
+                    .map_err(|_| format!("bad value {v:?} for delay_ms"))?;
+                f.delay = Duration::from_millis(ms);
+            }
+            _ => return Err(format!("unknown fault {k:?}")),
+        }
+    }
+    Ok(f)
+}
+
+/// A metric family: name, type, help, and (labels, value) rows.
+type Family<'a> = (&'a str, &'a str, &'a str, Vec<(String, u64)>);
+
+/// Renders a snapshot in the Prometheus text exposition format.
+#[must_use]
+pub fn render_prometheus(s: &Snapshot) -> String {
+    fn labelled<K: std::fmt::Display>(
+        label: &str,
+        rows: impl IntoIterator<Item = (K, u64)>,
+    ) -> Vec<(String, u64)> {
+        rows.into_iter()
+            .map(|(k, v)| (format!("{{{label}=\"{k}\"}}"), v))
+            .collect()
+    }
+    let one = |v: u64| vec![(String::new(), v)];
+    let (c, g, e, f) = (&s.counters, &s.gauges, &s.edge, s.faults);
+    let dirs = [
+        ("client_to_peer", c.client_to_peer),
+        ("peer_to_client", c.peer_to_client),
+    ];
+    let mut drops = labelled(
+        "reason",
+        DropReason::ALL.iter().map(|r| (r.name(), c.dropped(*r))),
+    );
+    drops.extend(labelled(
+        "reason",
+        [
+            ("send_failed", e.send_failed),
+            ("stream_framing", e.stream_framing_errors),
+        ],
+    ));
+    let families: [Family<'_>; 16] = [
+        (
+            "turn_allocations",
+            "gauge",
+            "Allocations now.",
+            one(g.allocations as u64),
+        ),
+        (
+            "turn_permissions",
+            "gauge",
+            "Permissions now.",
+            one(g.permissions as u64),
+        ),
+        (
+            "turn_channels",
+            "gauge",
+            "Channel bindings now.",
+            one(g.channels as u64),
+        ),
+        (
+            "turn_allocation_events_total",
+            "counter",
+            "Allocations created, expired, deleted.",
+            labelled(
+                "event",
+                [
+                    ("created", c.allocations_created),
+                    ("expired", c.allocations_expired),
+                    ("deleted", c.allocations_deleted),
+                ],
+            ),
+        ),
+        (
+            "turn_permissions_created_total",
+            "counter",
+            "Permissions installed.",
+            one(c.permissions_created),
+        ),
+        (
+            "turn_channels_bound_total",
+            "counter",
+            "Channels bound.",
+            one(c.channels_bound),
+        ),
+        (
+            "turn_relayed_packets_total",
+            "counter",
+            "Packets relayed.",
+            labelled("direction", dirs.map(|(d, t)| (d, t.packets))),
+        ),
+        (
+            "turn_relayed_bytes_total",
+            "counter",
+            "Application bytes relayed.",
+            labelled("direction", dirs.map(|(d, t)| (d, t.bytes))),
+        ),
+        (
+            "turn_requests_total",
+            "counter",
+            "STUN/TURN requests received.",
+            labelled("method", c.requests.iter().map(|(m, v)| (m, *v))),
+        ),
+        (
+            "turn_error_responses_total",
+            "counter",
+            "Error responses sent.",
+            labelled("code", c.errors.iter().map(|(code, v)| (code, *v))),
+        ),
+        (
+            "turn_dropped_total",
+            "counter",
+            "Packets dropped, by reason.",
+            drops,
+        ),
+        (
+            "turn_stream_connections_total",
+            "counter",
+            "TCP/TLS connections accepted.",
+            one(e.stream_connections),
+        ),
+        (
+            "turn_stream_connections",
+            "gauge",
+            "TCP/TLS connections open.",
+            one(e.stream_connections_open),
+        ),
+        (
+            "turn_stream_connections_dropped_total",
+            "counter",
+            "TCP/TLS connections closed by the drop_streams fault.",
+            one(e.stream_connections_dropped),
+        ),
+        (
+            "turn_tls_handshake_failures_total",
+            "counter",
+            "TLS handshakes that failed (including clients probing old TLS versions).",
+            one(e.tls_handshake_failures),
+        ),
+        (
+            "turn_fault",
+            "gauge",
+            "Injected faults in force (delay in ms).",
+            labelled(
+                "fault",
+                [
+                    ("refuse_allocations", u64::from(f.refuse_allocations)),
+                    ("fail_auth", u64::from(f.fail_auth)),
+                    ("unresponsive", u64::from(f.unresponsive)),
+                    ("drop_streams", u64::from(f.drop_streams)),
+                    (
+                        "delay_ms",
+                        u64::try_from(f.delay.as_millis()).unwrap_or(u64::MAX),
+                    ),
+                ],
+            ),
+        ),
+    ];
+    let mut out = String::new();
+    for (name, kind, help, rows) in families {
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+        for (labels, v) in rows {
+            let _ = writeln!(out, "{name}{labels} {v}");
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn faults_query_round_trips() {
+        let f = parse_faults("refuse_allocations=1&delay_ms=25&drop_streams=true").unwrap();
+        assert!(f.refuse_allocations && f.drop_streams && !f.fail_auth);
+        assert_eq!(f.delay, Duration::from_millis(25));
+        assert_eq!(parse_faults(format_faults(f).trim()).unwrap(), f);
+        assert!(parse_faults("nonsense=1").is_err());
+        assert!(parse_faults("fail_auth=maybe").is_err());
+    }
+
+    #[test]
+    fn prometheus_text_has_every_family() {
+        let text = render_prometheus(&Snapshot::default());
+        for family in [
+            "turn_allocations 0",
+            "turn_relayed_packets_total{direction=\"client_to_peer\"} 0",
+            "turn_dropped_total{reason=\"malformed\"} 0",
+            "turn_fault{fault=\"unresponsive\"} 0",
+        ] {
+            assert!(text.contains(family), "{family} missing from\n{text}");
+        }
+    }
+}
