@@ -298,3 +298,34 @@ impl Client {
         b.finish()
     }
 }
+
+/// Sends a request over a real UDP socket and returns the response, answering 401/438 once
+/// (for the edge tests; bounded by the socket's read timeout).
+pub fn transact_udp(
+    c: &mut Client,
+    sock: &std::net::UdpSocket,
+    server: SocketAddr,
+    method: Method,
+    attrs: impl Fn(&mut MessageBuilder),
+) -> Option<Response> {
+    let mut buf = [0u8; 2048];
+    for _ in 0..3 {
+        let txid = c.txid();
+        sock.send_to(&c.request(method, txid, &attrs), server)
+            .ok()?;
+        let r = loop {
+            let (n, _) = sock.recv_from(&mut buf).ok()?;
+            // Skip anything that is not the answer to this transaction (e.g. Data indications).
+            if n >= 20 && buf[8..20] == txid.0 {
+                break parse_response(&buf[..n]);
+            }
+        };
+        match r.code {
+            Some(401 | 438) if r.nonce.is_some() && (c.nonce.is_none() || r.code == Some(438)) => {
+                c.nonce = r.nonce.clone();
+            }
+            _ => return Some(r),
+        }
+    }
+    None
+}
