@@ -3,6 +3,8 @@
 #![deny(missing_docs)]
 #![forbid(unsafe_code)]
 
+pub mod bench;
 pub mod netem;
 pub mod profiles;
+pub mod relay;
 pub mod scenario;

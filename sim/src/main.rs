@@ -31,6 +31,11 @@ enum Command {
     },
     /// Lists the built-in network profiles and their parameters.
     Profiles,
+    /// Measures the path engine's throughput and the UDP relay's added latency.
+    Bench {
+        #[command(subcommand)]
+        what: BenchCommand,
+    },
     /// Shows the resolved chain of segments of one site of a scenario.
     Path {
         /// The scenario file.
@@ -38,6 +43,29 @@ enum Command {
         /// The site (default: the first).
         #[arg(long)]
         site: Option<String>,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum BenchCommand {
+    /// Packets per second through a four-segment path (jitter, GE loss, reordering, a shared
+    /// rate-limited uplink) on a virtual clock, one core.
+    Engine {
+        /// Packets to push.
+        #[arg(long, default_value_t = 2_000_000)]
+        packets: u64,
+        /// Flows (agents), 50 packets/s each.
+        #[arg(long, default_value_t = 1000)]
+        flows: u64,
+    },
+    /// One-way latency the UDP relay adds on loopback, against a direct send, at a packet rate.
+    Relay {
+        /// Packets per second.
+        #[arg(long, default_value_t = 20_000)]
+        rate: u32,
+        /// Seconds per measurement.
+        #[arg(long, default_value_t = 5)]
+        seconds: u64,
     },
 }
 
@@ -50,7 +78,73 @@ fn main() -> ExitCode {
             ExitCode::SUCCESS
         }
         Command::Path { file, site } => path(&file, site.as_deref()),
+        Command::Bench { what } => bench(&what),
     }
+}
+
+fn bench(what: &BenchCommand) -> ExitCode {
+    match *what {
+        BenchCommand::Engine { packets, flows } => {
+            let r = sim::bench::engine_throughput(flows, packets);
+            println!(
+                "engine: {} packets from {flows} flows through 4 segments in {:.3} s on one core",
+                r.packets,
+                r.elapsed.as_secs_f64()
+            );
+            println!(
+                "engine: {:.2} million packets/s ({} delivered)",
+                r.packets_per_second() / 1e6,
+                r.delivered
+            );
+        }
+        BenchCommand::Relay { rate, seconds } => {
+            let r = match sim::bench::relay_latency(rate, Duration::from_secs(seconds)) {
+                Ok(r) => r,
+                Err(e) => {
+                    eprintln!("relay bench failed: {e}");
+                    return ExitCode::FAILURE;
+                }
+            };
+            let q = |d: &reports::Distribution, q: f64| d.quantile(q).unwrap_or(0);
+            println!(
+                "relay: {} packets at {rate} packets/s, 172-byte payloads, loopback",
+                r.packets
+            );
+            println!(
+                "{:<26} {:>8} {:>8} {:>8} {:>8} {:>6}",
+                "one-way latency (µs)", "p50", "p99", "p99.9", "max", "lost"
+            );
+            for (name, d, lost) in [
+                ("direct", &r.direct, r.lost.0),
+                ("through the relay", &r.relayed, r.lost.1),
+            ] {
+                println!(
+                    "{name:<26} {:>8} {:>8} {:>8} {:>8} {lost:>6}",
+                    q(d, 0.5),
+                    q(d, 0.99),
+                    q(d, 0.999),
+                    d.max().unwrap_or(0)
+                );
+            }
+            let added = |p: f64| q(&r.relayed, p).saturating_sub(q(&r.direct, p));
+            println!(
+                "{:<26} {:>8} {:>8} {:>8}",
+                "added by the relay",
+                added(0.5),
+                added(0.99),
+                added(0.999)
+            );
+            println!(
+                "{:<26} {:>8} {:>8} {:>8} {:>8}",
+                "generator pacing error",
+                q(&r.pacing_error, 0.5),
+                q(&r.pacing_error, 0.99),
+                q(&r.pacing_error, 0.999),
+                r.pacing_error.max().unwrap_or(0)
+            );
+        }
+    }
+    ExitCode::SUCCESS
 }
 
 fn validate(files: &[PathBuf]) -> ExitCode {

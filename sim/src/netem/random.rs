@@ -11,6 +11,8 @@ use std::f64::consts::PI;
 #[derive(Debug, Clone)]
 pub(crate) struct Rng {
     s: [u64; 4],
+    /// The second normal of the last Box–Muller pair, not yet handed out.
+    spare_normal: Option<f64>,
 }
 
 impl Rng {
@@ -30,6 +32,7 @@ impl Rng {
                 splitmix64(&mut sm),
                 splitmix64(&mut sm),
             ],
+            spare_normal: None,
         }
     }
 
@@ -56,11 +59,16 @@ impl Rng {
         p > 0.0 && self.uniform() < p
     }
 
-    /// A standard normal sample (Box–Muller; one of the pair is discarded to keep one draw per
-    /// call, which keeps streams aligned packet for packet).
+    /// A standard normal sample (Box–Muller, both values of each pair used in turn).
     pub(crate) fn normal(&mut self) -> f64 {
+        if let Some(z) = self.spare_normal.take() {
+            return z;
+        }
         let (u1, u2) = (self.uniform(), self.uniform());
-        (-2.0 * u1.ln()).sqrt() * (2.0 * PI * u2).cos()
+        let radius = (-2.0 * u1.ln()).sqrt();
+        let (sin, cos) = (2.0 * PI * u2).sin_cos();
+        self.spare_normal = Some(radius * sin);
+        radius * cos
     }
 }
 
@@ -132,11 +140,33 @@ impl JitterDistribution {
     }
 }
 
+impl JitterDistribution {
+    /// A normalised variate drawn directly, for uncorrelated jitter: the same distribution as
+    /// [`Self::variate`] of independent latents, without the copula's normal CDF.
+    pub(crate) fn independent_variate(self, rng: &mut Rng) -> f64 {
+        match self {
+            Self::Uniform => 3f64.sqrt() * (2.0 * rng.uniform() - 1.0),
+            Self::Normal => rng.normal(),
+            Self::Pareto => pareto_from_tail(rng.uniform()),
+            Self::Paretonormal => {
+                (0.25 * rng.normal() + 0.75 * pareto_from_tail(rng.uniform()))
+                    / (10f64 / 16.0).sqrt()
+            }
+        }
+    }
+}
+
+/// A standardised Pareto variate from the upper-tail probability `tail` = 1 − u ∈ (0, 1):
+/// x = tail^(−1/α) with α = 3 (a cube root is several times cheaper than `powf`).
+fn pareto_from_tail(tail: f64) -> f64 {
+    debug_assert_eq!(PARETO_SHAPE, 3.0);
+    (1.0 / tail.cbrt() - PARETO_MEAN) / PARETO_SD
+}
+
 /// A standardised Pareto variate from a latent normal: x = (1 − u)^(−1/α), u = Φ(z).
 fn pareto_std(z: f64) -> f64 {
     // 1 − Φ(z) = Φ(−z), computed directly to keep precision in the tail.
-    let tail = phi(-z).max(f64::MIN_POSITIVE);
-    (tail.powf(-1.0 / PARETO_SHAPE) - PARETO_MEAN) / PARETO_SD
+    pareto_from_tail(phi(-z).max(f64::MIN_POSITIVE))
 }
 
 /// The standard normal CDF Φ, from erfc.

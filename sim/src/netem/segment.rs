@@ -290,7 +290,12 @@ impl SegmentState {
         at: Instant,
         wire_len: u32,
     ) -> Fate {
-        let since = at.saturating_duration_since(epoch);
+        let scheduled = !(m.outages.is_empty() && m.stalls.is_empty());
+        let since = if scheduled {
+            at.saturating_duration_since(epoch)
+        } else {
+            Duration::ZERO
+        };
         if m.outages.iter().any(|o| o.active_until(since).is_some()) {
             return Fate::Drop(DropReason::Outage);
         }
@@ -370,13 +375,23 @@ impl SegmentState {
 
     fn delay(&mut self, m: &SegmentModel) -> Duration {
         let Some(j) = &m.jitter else { return m.delay };
+        let variate = if j.correlation == 0.0 {
+            j.distribution.independent_variate(&mut self.rng)
+        } else {
+            self.correlated_variate(j)
+        };
+        let nanos = m.delay.as_secs_f64() * 1e9 + j.amount.as_secs_f64() * 1e9 * variate;
+        // A packet cannot leave before it arrived: the variation is clamped at zero total delay.
+        // (`as` saturates: absurd tails become the longest representable delay.)
+        Duration::from_nanos(nanos.max(0.0) as u64)
+    }
+
+    fn correlated_variate(&mut self, j: &Jitter) -> f64 {
         let z1 = self.latent.next(&mut self.rng, j.correlation);
         let z2 = match j.distribution {
             JitterDistribution::Paretonormal => self.latent_mix.next(&mut self.rng, j.correlation),
             _ => 0.0,
         };
-        let secs = m.delay.as_secs_f64() + j.amount.as_secs_f64() * j.distribution.variate(z1, z2);
-        // A packet cannot leave before it arrived: the variation is clamped at zero total delay.
-        Duration::from_secs_f64(secs.max(0.0))
+        j.distribution.variate(z1, z2)
     }
 }

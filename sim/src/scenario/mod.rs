@@ -424,7 +424,12 @@ fn read_scenario(
     };
 
     let sites = match top.get("site") {
-        Some(v) => read_sites(src, v, &segments, &common_policy.clone().unwrap_or_default()),
+        Some(v) => read_sites(
+            src,
+            v,
+            &segments,
+            &common_policy.clone().unwrap_or_default(),
+        ),
         None => {
             top.missing(src, "site", "at least one [[site]] with a `path`");
             None

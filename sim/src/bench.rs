@@ -1,0 +1,224 @@
+//! Benchmarks whose output states the figures: the engine's throughput on a virtual clock and
+//! the UDP relay's added latency on loopback (`sim bench engine`, `sim bench relay`).
+
+use std::net::{SocketAddr, UdpSocket};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use reports::{Distribution, Unit};
+
+use crate::netem::{
+    Direction, FlowId, JitterDistribution, Netem, Output, Path, QueueLimit, Segment, SegmentModel,
+};
+use crate::profiles::gilbert;
+use crate::relay::{UdpRelay, UdpRelayConfig};
+use crate::scenario::Policy;
+
+/// The result of [`engine_throughput`].
+#[derive(Debug, Clone, Copy)]
+pub struct EngineThroughput {
+    /// Packets put through.
+    pub packets: u64,
+    /// Packets delivered.
+    pub delivered: u64,
+    /// Wall time on one thread.
+    pub elapsed: Duration,
+}
+
+impl EngineThroughput {
+    /// Packets per second on one core.
+    pub fn packets_per_second(&self) -> f64 {
+        self.packets as f64 / self.elapsed.as_secs_f64()
+    }
+}
+
+/// The four-segment path the throughput benchmark uses: LAN jitter, a VPN with correlated jitter
+/// and Gilbert–Elliott loss, a reordering WAN with Pareto jitter, and a shared 1 Gbit/s uplink.
+pub fn bench_path() -> Path {
+    let ms = Duration::from_millis;
+    let seg = |name: &str, m: SegmentModel, shared| Segment {
+        name: name.into(),
+        up: m.clone(),
+        down: m,
+        shared,
+    };
+    Path {
+        segments: vec![
+            seg(
+                "lan",
+                SegmentModel::new()
+                    .delay(ms(5))
+                    .jitter(ms(1), JitterDistribution::Normal, 0.0),
+                false,
+            ),
+            seg(
+                "vpn",
+                SegmentModel::new()
+                    .delay(ms(30))
+                    .jitter(ms(10), JitterDistribution::Normal, 0.25)
+                    .loss(gilbert(0.01, 3.0)),
+                false,
+            ),
+            seg(
+                "wan",
+                SegmentModel::new()
+                    .delay(ms(20))
+                    .jitter(ms(5), JitterDistribution::Pareto, 0.0)
+                    .reorder(true),
+                false,
+            ),
+            seg(
+                "uplink",
+                SegmentModel::new().rate(1_000_000_000, QueueLimit::Time(ms(50))),
+                true,
+            ),
+        ],
+    }
+}
+
+/// Pushes `packets` packets from `flows` flows at 50 packets/s each through [`bench_path`] on a
+/// virtual clock, on the calling thread.
+pub fn engine_throughput(flows: u64, packets: u64) -> EngineThroughput {
+    let epoch = Instant::now();
+    let mut netem: Netem<Vec<u8>> = Netem::new(bench_path(), 1, epoch);
+    let spacing = Duration::from_micros(20_000 / flows.max(1));
+    // Delivered buffers are reused for new packets, as a relay reuses its receive buffers, so
+    // that the figure is the engine's and not the allocator's.
+    let mut pool: Vec<Vec<u8>> = Vec::new();
+    let mut delivered = 0;
+    let mut drain = |netem: &mut Netem<Vec<u8>>, pool: &mut Vec<Vec<u8>>| {
+        while let Some(o) = netem.poll_output() {
+            if let Output::Deliver { packet, .. } = o {
+                delivered += 1;
+                pool.push(packet);
+            }
+        }
+    };
+    let start = Instant::now();
+    for i in 0..packets {
+        let t = epoch + spacing * u32::try_from(i).unwrap_or(u32::MAX);
+        netem.handle_timeout(t);
+        drain(&mut netem, &mut pool);
+        let dir = if i % 2 == 0 {
+            Direction::Up
+        } else {
+            Direction::Down
+        };
+        let packet = pool.pop().unwrap_or_else(|| vec![0u8; 160]);
+        netem.handle_input(t, FlowId(i % flows), dir, 200, packet);
+    }
+    while let Some(due) = netem.poll_timeout() {
+        netem.handle_timeout(due);
+        drain(&mut netem, &mut pool);
+    }
+    let elapsed = start.elapsed();
+    EngineThroughput {
+        packets,
+        delivered,
+        elapsed,
+    }
+}
+
+/// Latency distributions of [`relay_latency`], µs.
+#[derive(Debug, Clone)]
+pub struct RelayLatency {
+    /// Packets sent per run.
+    pub packets: u64,
+    /// Sender → sink directly on loopback.
+    pub direct: Distribution,
+    /// Sender → relay (no impairment) → sink.
+    pub relayed: Distribution,
+    /// How late the sender sent each packet against its schedule (the generator's own error).
+    pub pacing_error: Distribution,
+    /// Packets that never arrived, direct and relayed.
+    pub lost: (u64, u64),
+}
+
+/// Sends `rate` packets/s of 172 bytes for `duration` to a sink, first directly, then through a
+/// relay with an empty path, and measures one-way latency; the difference is the relay's own.
+pub fn relay_latency(rate: u32, duration: Duration) -> std::io::Result<RelayLatency> {
+    let sink = UdpSocket::bind("127.0.0.1:0")?;
+    let sink_addr = sink.local_addr()?;
+    let (direct, lost_direct, pacing_error) = measure(&sink, sink_addr, rate, duration)?;
+    let relay = UdpRelay::start(UdpRelayConfig {
+        listen: "127.0.0.1:0".parse().map_err(std::io::Error::other)?,
+        upstream: sink_addr,
+        path: Path::symmetric(vec![SegmentModel::new()]),
+        seed: 1,
+        policy: Policy::default(),
+    })?;
+    let (relayed, lost_relayed, _) = measure(&sink, relay.local_addr(), rate, duration)?;
+    relay.shutdown();
+    let packets = u64::from(rate) * duration.as_secs();
+    Ok(RelayLatency {
+        packets,
+        direct,
+        relayed,
+        pacing_error,
+        lost: (lost_direct, lost_relayed),
+    })
+}
+
+fn measure(
+    sink: &UdpSocket,
+    to: SocketAddr,
+    rate: u32,
+    duration: Duration,
+) -> std::io::Result<(Distribution, u64, Distribution)> {
+    let epoch = Instant::now();
+    let total = u64::from(rate) * duration.as_secs();
+    let done = Arc::new(AtomicBool::new(false));
+    let sender = {
+        let socket = UdpSocket::bind("127.0.0.1:0")?;
+        let done = done.clone();
+        thread::spawn(move || {
+            let mut pacing = Distribution::new(Unit::Micros);
+            let interval = Duration::from_secs(1) / rate.max(1);
+            let mut p = [0u8; 172];
+            for i in 0..total {
+                let due = interval * u32::try_from(i).unwrap_or(u32::MAX);
+                // Sleep to within 1 ms, then send the packets due: a burst per millisecond, each
+                // stamped with its own send instant.
+                let now = epoch.elapsed();
+                if due > now + Duration::from_millis(1) {
+                    thread::sleep(due - now - Duration::from_millis(1));
+                }
+                while epoch.elapsed() < due {
+                    std::hint::spin_loop();
+                }
+                let sent = epoch.elapsed();
+                pacing.record((sent - due).as_micros() as u64);
+                p[..16].copy_from_slice(&sent.as_nanos().to_le_bytes());
+                let _ = socket.send_to(&p, to);
+            }
+            done.store(true, Ordering::Relaxed);
+            pacing
+        })
+    };
+    sink.set_read_timeout(Some(Duration::from_millis(100)))?;
+    let mut latency = Distribution::new(Unit::Micros);
+    let mut buf = [0u8; 2048];
+    let mut received = 0;
+    loop {
+        match sink.recv_from(&mut buf) {
+            Ok((n, _)) if n >= 16 => {
+                let now = epoch.elapsed().as_nanos();
+                let sent = u128::from_le_bytes(buf[..16].try_into().unwrap_or_default());
+                latency.record(u64::try_from(now.saturating_sub(sent) / 1000).unwrap_or(u64::MAX));
+                received += 1;
+                if received == total {
+                    break;
+                }
+            }
+            Ok(_) => {}
+            Err(_) if done.load(Ordering::Relaxed) => break,
+            Err(_) => {}
+        }
+    }
+    let pacing = sender
+        .join()
+        .map_err(|_| std::io::Error::other("sender panicked"))?;
+    Ok((latency, total - received, pacing))
+}
