@@ -179,14 +179,12 @@ fn measure(
             let mut p = [0u8; 172];
             for i in 0..total {
                 let due = interval * u32::try_from(i).unwrap_or(u32::MAX);
-                // Sleep to within 1 ms, then send the packets due: a burst per millisecond, each
-                // stamped with its own send instant.
+                // Sleep until the packet is due (no spinning: on two cores a spinning sender would
+                // steal the CPU the relay needs and fake its latency); packets that fell due
+                // during a sleep go out back to back, each stamped with its own send instant.
                 let now = epoch.elapsed();
-                if due > now + Duration::from_millis(1) {
-                    thread::sleep(due - now - Duration::from_millis(1));
-                }
-                while epoch.elapsed() < due {
-                    std::hint::spin_loop();
+                if due > now {
+                    thread::sleep(due - now);
                 }
                 let sent = epoch.elapsed();
                 pacing.record((sent - due).as_micros() as u64);

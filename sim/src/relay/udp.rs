@@ -1,4 +1,4 @@
-//! The edge: a UDP impairment relay between agents and the TURN server, applying the path engine
+//! A UDP impairment relay between agents and the TURN server, applying the path engine
 //! per direction in real time.
 //!
 //! Agents send to the relay's address as if it were the TURN server. Each agent address becomes
