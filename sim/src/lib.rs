@@ -4,6 +4,7 @@
 #![forbid(unsafe_code)]
 
 pub mod bench;
+pub mod dns;
 pub mod netem;
 pub mod profiles;
 pub mod relay;
