@@ -1,5 +1,12 @@
-//! The softphone media-path simulator: network-path emulation, scenarios, and (later) the run
-//! orchestrator, signalling endpoint and media anchor.
+//! The softphone media-path simulator: the agents' network, emulated.
+//!
+//! - [`netem`]: the sans-I/O path engine — segments with delay, jitter, loss, rate, MTU,
+//!   outages and stalls, per flow or shared — seeded and deterministic;
+//! - [`profiles`]: the six named network profiles of DESIGN §5, calibrated by tests;
+//! - [`scenario`]: scenario files, parsed with every error reported at once;
+//! - [`relay`]: the edge — UDP and TCP impairment relays and a TLS-inspecting proxy;
+//! - [`dns`]: the agents' name resolution under a site's DNS policy;
+//! - [`bench`](mod@bench): the engine's throughput and the relay's added latency, measured.
 #![deny(missing_docs)]
 #![forbid(unsafe_code)]
 
