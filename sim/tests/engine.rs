@@ -310,13 +310,27 @@ fn shared_64k_link_splits_between_two_flows_and_fills_its_queue() {
     let (_, outs) = trace(path, 1, 2, 3_000, 200, interval); // 120 s
     let mut per_flow = [0u64; 2];
     let mut drops = [0u64; 2];
+    let mut queueing = Vec::new();
+    let epoch = outs.iter().find_map(|o| match o {
+        Output::Deliver { at, packet, .. } if seq_of(packet) == 0 => Some(*at),
+        _ => None,
+    });
     for o in &outs {
         match o {
             Output::Deliver {
                 direction: Direction::Up,
                 flow,
-                ..
-            } => per_flow[flow.0 as usize] += 1,
+                at,
+                packet,
+            } => {
+                per_flow[flow.0 as usize] += 1;
+                // Delay relative to the first packet's (which met an empty queue).
+                if let Some(first) = epoch
+                    && seq_of(packet) > 250
+                {
+                    queueing.push(*at - first - interval * seq_of(packet));
+                }
+            }
             Output::Drop {
                 direction: Direction::Up,
                 flow,
@@ -342,6 +356,19 @@ fn shared_64k_link_splits_between_two_flows_and_fills_its_queue() {
     // a flow's deliveries have sd √(1200/4) ≈ 17 packets, 0.36 % of 4800; 5σ ≈ 1.8 %.
     let share = per_flow[0] as f64 / delivered as f64;
     assert!((share - 0.5).abs() < 0.018, "{per_flow:?}");
+    // Once the queue has filled (after 10 s), packets wait about the queue's 200 ms: never more
+    // than the limit plus one packet's serialisation (25 ms) and the LAN jitter's spread.
+    queueing.sort();
+    let median = queueing[queueing.len() / 2];
+    let max = *queueing.last().unwrap();
+    assert!(
+        median > Duration::from_millis(150),
+        "median queueing {median:?}"
+    );
+    assert!(
+        max < Duration::from_millis(200 + 25 + 10),
+        "max queueing {max:?}"
+    );
 }
 
 #[test]
