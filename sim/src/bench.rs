@@ -128,7 +128,7 @@ pub struct RelayLatency {
     pub packets: u64,
     /// Sender → sink directly on loopback.
     pub direct: Distribution,
-    /// Sender → relay (no impairment) → sink.
+    /// Sender → relay → sink, less the path's configured delay.
     pub relayed: Distribution,
     /// How late the sender sent each packet against its schedule (the generator's own error).
     pub pacing_error: Distribution,
@@ -137,19 +137,34 @@ pub struct RelayLatency {
 }
 
 /// Sends `rate` packets/s of 172 bytes for `duration` to a sink, first directly, then through a
-/// relay with an empty path, and measures one-way latency; the difference is the relay's own.
-pub fn relay_latency(rate: u32, duration: Duration) -> std::io::Result<RelayLatency> {
+/// relay whose path adds a fixed `delay`, and measures one-way latency; the relayed latency less
+/// `delay` less the direct latency is the relay's own.
+pub fn relay_latency(
+    rate: u32,
+    duration: Duration,
+    delay: Duration,
+) -> std::io::Result<RelayLatency> {
     let sink = UdpSocket::bind("127.0.0.1:0")?;
     let sink_addr = sink.local_addr()?;
     let (direct, lost_direct, pacing_error) = measure(&sink, sink_addr, rate, duration)?;
     let relay = UdpRelay::start(UdpRelayConfig {
         listen: "127.0.0.1:0".parse().map_err(std::io::Error::other)?,
         upstream: sink_addr,
-        path: Path::symmetric(vec![SegmentModel::new()]),
+        path: Path::symmetric(vec![SegmentModel::new().delay(delay)]),
         seed: 1,
         policy: Policy::default(),
     })?;
-    let (relayed, lost_relayed, _) = measure(&sink, relay.local_addr(), rate, duration)?;
+    let (mut relayed, lost_relayed, _) = measure(&sink, relay.local_addr(), rate, duration)?;
+    // Report what the relay adds beyond the configured delay.
+    let mut beyond = Distribution::new(Unit::Micros);
+    let delay_us = delay.as_micros() as u64;
+    for v in relayed.histogram().iter_recorded() {
+        beyond.record_n(
+            v.value_iterated_to().saturating_sub(delay_us),
+            v.count_at_value(),
+        );
+    }
+    relayed = beyond;
     relay.shutdown();
     let packets = u64::from(rate) * duration.as_secs();
     Ok(RelayLatency {

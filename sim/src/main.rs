@@ -66,6 +66,9 @@ enum BenchCommand {
         /// Seconds per measurement.
         #[arg(long, default_value_t = 5)]
         seconds: u64,
+        /// Fixed delay of the relay's path, ms (subtracted from the figures).
+        #[arg(long, default_value_t = 20)]
+        delay_ms: u64,
     },
 }
 
@@ -97,8 +100,16 @@ fn bench(what: &BenchCommand) -> ExitCode {
                 r.delivered
             );
         }
-        BenchCommand::Relay { rate, seconds } => {
-            let r = match sim::bench::relay_latency(rate, Duration::from_secs(seconds)) {
+        BenchCommand::Relay {
+            rate,
+            seconds,
+            delay_ms,
+        } => {
+            let r = match sim::bench::relay_latency(
+                rate,
+                Duration::from_secs(seconds),
+                Duration::from_millis(delay_ms),
+            ) {
                 Ok(r) => r,
                 Err(e) => {
                     eprintln!("relay bench failed: {e}");
@@ -107,7 +118,7 @@ fn bench(what: &BenchCommand) -> ExitCode {
             };
             let q = |d: &reports::Distribution, q: f64| d.quantile(q).unwrap_or(0);
             println!(
-                "relay: {} packets at {rate} packets/s, 172-byte payloads, loopback",
+                "relay: {} packets at {rate} packets/s, 172-byte payloads, loopback, path delay {delay_ms} ms",
                 r.packets
             );
             println!(
@@ -116,7 +127,7 @@ fn bench(what: &BenchCommand) -> ExitCode {
             );
             for (name, d, lost) in [
                 ("direct", &r.direct, r.lost.0),
-                ("through the relay", &r.relayed, r.lost.1),
+                ("relay, less path delay", &r.relayed, r.lost.1),
             ] {
                 println!(
                     "{name:<26} {:>8} {:>8} {:>8} {:>8} {lost:>6}",
