@@ -45,6 +45,9 @@ pub(crate) struct BenchArgs {
     /// Milliseconds between packets of one flow, per direction.
     #[arg(long, default_value_t = 20)]
     interval_ms: u64,
+    /// Which directions carry packets: both, up (client → peer) or down (peer → client).
+    #[arg(long, value_enum, default_value_t = Direction::Both)]
+    direction: Direction,
     /// Which servers: ours, coturn or both.
     #[arg(long, value_enum, default_value_t = Servers::Both)]
     servers: Servers,
@@ -54,6 +57,19 @@ pub(crate) struct BenchArgs {
     /// Relay threads for coturn (`--relay-threads`); 0 keeps coturn's default.
     #[arg(long, default_value_t = 1)]
     coturn_relay_threads: u32,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum Direction {
+    Both,
+    Up,
+    Down,
+}
+
+impl Direction {
+    const fn count(self) -> f64 {
+        if matches!(self, Self::Both) { 2.0 } else { 1.0 }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -131,10 +147,10 @@ pub(crate) fn run(args: &BenchArgs) -> Result<(), String> {
 fn print_report(args: &BenchArgs, baselines: &[RunResult], results: &[RunResult]) {
     let cmd: Vec<String> = std::env::args().skip(1).collect();
     println!(
-        "Relayed ChannelData, {} B payloads, one packet per {} ms per flow in each direction, \
+        "Relayed ChannelData, {} B payloads, one packet per {} ms per flow, directions: {:?}; \
          {} s measured after {} s warm-up; latency is one-way through the relay minus the \
          generator's direct (no relay) latency at the same percentile.\n",
-        args.payload, args.interval_ms, args.seconds, args.warmup
+        args.payload, args.interval_ms, args.direction, args.seconds, args.warmup
     );
     println!(
         "Command: `cargo run --release -p turn-server -- {}`\n",
@@ -400,13 +416,17 @@ async fn load(
         let (socket, tally) = (f.socket.clone(), tally.clone());
         tasks.push(tokio::task::spawn_local(async move {
             let mut buf = vec![0u8; 2048];
-            while let Ok(n) = socket.recv(&mut buf).await {
-                if relayed {
-                    if let Ok(cd) = ChannelData::new_checked(&buf[..n]) {
-                        tally.borrow_mut().record(cd.data(), epoch);
+            // Readiness, then every queued datagram: one wake-up per burst, not per packet.
+            while socket.readable().await.is_ok() {
+                while let Ok(n) = socket.try_recv(&mut buf) {
+                    let mut t = tally.borrow_mut();
+                    if relayed {
+                        if let Ok(cd) = ChannelData::new_checked(&buf[..n]) {
+                            t.record(cd.data(), epoch);
+                        }
+                    } else {
+                        t.record(&buf[..n], epoch);
                     }
-                } else {
-                    tally.borrow_mut().record(&buf[..n], epoch);
                 }
             }
         }));
@@ -415,8 +435,10 @@ async fn load(
         let (peer, tally) = (peer.clone(), tally.clone());
         tasks.push(tokio::task::spawn_local(async move {
             let mut buf = vec![0u8; 2048];
-            while let Ok((n, _)) = peer.recv_from(&mut buf).await {
-                tally.borrow_mut().record(&buf[..n], epoch);
+            while peer.readable().await.is_ok() {
+                while let Ok((n, _)) = peer.try_recv_from(&mut buf) {
+                    tally.borrow_mut().record(&buf[..n], epoch);
+                }
             }
         }));
     }
@@ -457,8 +479,8 @@ async fn load(
             } else {
                 payload.clone()
             };
-            let a = f.socket.try_send(&out).is_ok();
-            let b = peer.try_send_to(&payload, f.relay).is_ok();
+            let a = args.direction != Direction::Down && f.socket.try_send(&out).is_ok();
+            let b = args.direction != Direction::Up && peer.try_send_to(&payload, f.relay).is_ok();
             if measuring {
                 sent_in_window += u64::from(a) + u64::from(b);
             }
@@ -483,7 +505,7 @@ async fn load(
     Ok(RunResult {
         server: "direct",
         allocations: n,
-        offered_pps: 2.0 * n as f64 * flows_per_s,
+        offered_pps: args.direction.count() * n as f64 * flows_per_s,
         relayed_pps: t.received as f64 / window.as_secs_f64(),
         cpu_cores: cpu.as_secs_f64() / window.as_secs_f64(),
         loss: if sent_in_window > 0 {

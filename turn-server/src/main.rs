@@ -306,6 +306,19 @@ fn settings(cli: &Cli, file: FileConfig) -> Result<Settings, String> {
     } else {
         cli.listen.clone()
     };
+    // A wildcard listener gives no address to put in XOR-RELAYED-ADDRESS: it needs a relay IP.
+    for l in &listen {
+        let missing = match l.ip() {
+            IpAddr::V4(ip) => ip.is_unspecified() && core.relay_ipv4.is_none(),
+            IpAddr::V6(ip) => ip.is_unspecified() && core.relay_ipv6.is_none(),
+        };
+        if missing {
+            return Err(format!(
+                "listening on {l} needs --relay-ip (relay_ip in the file): the address clients \
+                 and peers reach relayed ports on"
+            ));
+        }
+    }
     let tls_listen = if cli.no_tls {
         Vec::new()
     } else if !cli.tls_listen.is_empty() {

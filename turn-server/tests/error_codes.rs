@@ -292,3 +292,30 @@ fn bandwidth_cap_drops_excess() {
         .sum();
     assert_eq!(sent, 5);
 }
+
+#[test]
+fn ipv6_relay_when_configured() {
+    let mut config = config();
+    config.relay_ipv6 = Some("::1".parse().unwrap());
+    let mut h = Harness::new(config);
+    let mut c = Client::new(five_tuple(48000), "alice", "alice-pw");
+    let r = c.transact(&mut h, Method::ALLOCATE, |b| {
+        udp(b);
+        b.u32_attribute(attr::REQUESTED_ADDRESS_FAMILY, 2 << 24);
+    });
+    assert_eq!(r.class, Class::Success);
+    assert_eq!(r.relayed.unwrap().ip().to_string(), "::1");
+    // 443: an IPv4 peer on an IPv6 relay; a Refresh naming IPv4 likewise.
+    assert_eq!(
+        c.permit(&mut h, "127.0.0.1:5".parse().unwrap()).code,
+        Some(443)
+    );
+    assert_eq!(
+        c.permit(&mut h, "[::1]:5".parse().unwrap()).class,
+        Class::Success
+    );
+    let r = c.transact(&mut h, Method::REFRESH, |b| {
+        b.u32_attribute(attr::REQUESTED_ADDRESS_FAMILY, 1 << 24);
+    });
+    assert_eq!(r.code, Some(443));
+}
