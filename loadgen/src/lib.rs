@@ -1,0 +1,10 @@
+//! Softphone agents placing real WebRTC calls: relay-only ICE through TURN, DTLS-SRTP, an
+//! Opus-like RTP stream each way, measured at each receiver.
+//!
+//! - [`peer`]: one media leg — an `rtc` peer connection glued to a TURN client;
+//! - [`measure`]: what a receiver measures and the call record's media figures.
+#![deny(missing_docs)]
+#![forbid(unsafe_code)]
+
+pub mod measure;
+pub mod peer;
