@@ -2,9 +2,11 @@
 //! Opus-like RTP stream each way, measured at each receiver.
 //!
 //! - [`peer`]: one media leg — an `rtc` peer connection glued to a TURN client;
-//! - [`measure`]: what a receiver measures and the call record's media figures.
+//! - [`measure`]: what a receiver measures and the call record's media figures;
+//! - [`pair`]: both legs of a call on one thread, signalling in process (tests, calibration).
 #![deny(missing_docs)]
 #![forbid(unsafe_code)]
 
 pub mod measure;
+pub mod pair;
 pub mod peer;

@@ -5,7 +5,8 @@
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
-use loadgen::peer::{Peer, PeerConfig};
+use loadgen::pair::PairedCall;
+use loadgen::peer::{LegError, PeerConfig};
 use reports::emodel::Codec;
 use turn_server::auth::{Credentials, Secret};
 use turn_server::io::{self, Settings};
@@ -34,25 +35,6 @@ fn turn_server() -> io::Running {
     .unwrap()
 }
 
-fn drive_until(
-    agent: &mut Peer,
-    anchor: &mut Peer,
-    limit: Duration,
-    mut done: impl FnMut(&Peer, &Peer) -> bool,
-) -> bool {
-    let start = Instant::now();
-    while start.elapsed() < limit {
-        let now = Instant::now();
-        agent.drive(now);
-        anchor.drive(now);
-        if done(agent, anchor) {
-            return true;
-        }
-        std::thread::sleep(Duration::from_millis(1));
-    }
-    false
-}
-
 #[test]
 fn one_call_through_turn_without_impairment() {
     let server = turn_server();
@@ -66,69 +48,20 @@ fn one_call_through_turn_without_impairment() {
         answering,
         epoch,
     };
-    let mut agent = Peer::new(config(false), 0x1111, Instant::now()).unwrap();
-    let mut anchor = Peer::new(config(true), 0x2222, Instant::now()).unwrap();
-
-    let offer = agent.offer(Instant::now()).unwrap();
-    let answer = anchor.answer(Instant::now(), offer).unwrap();
-    agent.accept(Instant::now(), answer).unwrap();
+    let mut call = PairedCall::new(config(false), config(true)).unwrap();
+    call.connect(Duration::from_secs(10)).unwrap();
     assert!(
-        drive_until(&mut agent, &mut anchor, Duration::from_secs(5), |a, b| a
+        call.agent
             .local_candidate()
-            .is_some()
-            && b.local_candidate().is_some()),
-        "allocations: agent {:?} anchor {:?}",
-        agent.error,
-        anchor.error
+            .unwrap()
+            .candidate
+            .contains("typ relay")
     );
-    let (ca, cb) = (
-        agent.local_candidate().unwrap().clone(),
-        anchor.local_candidate().unwrap().clone(),
-    );
-    assert!(ca.candidate.contains("typ relay"), "{}", ca.candidate);
-    agent.add_remote_candidate(Instant::now(), cb).unwrap();
-    anchor.add_remote_candidate(Instant::now(), ca).unwrap();
-    assert!(
-        drive_until(&mut agent, &mut anchor, Duration::from_secs(10), |a, b| a
-            .times
-            .connected
-            .is_some()
-            && b.times.connected.is_some()),
-        "connect: agent {:?} {:?}, anchor {:?} {:?}",
-        agent.times,
-        agent.error,
-        anchor.times,
-        anchor.error
-    );
+    let t = call.agent.times;
+    assert!(t.allocated.is_some() && t.ice_connected.is_some() && t.connected.is_some());
 
-    // 3 s of 20 ms frames each way.
-    let frames = 150;
-    let start = Instant::now();
-    let mut sent = 0;
-    while sent < frames {
-        let due = start + Duration::from_millis(20) * sent;
-        let now = Instant::now();
-        if now >= due {
-            agent.send_frame(now);
-            anchor.send_frame(now);
-            sent += 1;
-        }
-        agent.drive(now);
-        anchor.drive(now);
-        std::thread::sleep(Duration::from_millis(1));
-    }
-    drive_until(
-        &mut agent,
-        &mut anchor,
-        Duration::from_millis(500),
-        |a, b| a.meter.received() >= u64::from(frames) && b.meter.received() >= u64::from(frames),
-    );
-
-    let (agent_sent, anchor_sent) = (agent.frames_sent(), anchor.frames_sent());
-    let to_anchor = std::mem::replace(&mut anchor.meter, loadgen::measure::MediaMeter::new(epoch))
-        .finish(agent_sent, agent.wire_bytes_sent, Codec::OPUS);
-    let to_agent = std::mem::replace(&mut agent.meter, loadgen::measure::MediaMeter::new(epoch))
-        .finish(anchor_sent, anchor.wire_bytes_sent, Codec::OPUS);
+    call.talk(Duration::from_secs(3));
+    let (to_anchor, to_agent) = call.finish(Codec::OPUS);
     for (dir, m) in [("agent→anchor", &to_anchor), ("anchor→agent", &to_agent)] {
         println!(
             "{dir}: sent {} received {} lost {} jitter p50 {:?} µs delay p50 {:?} µs MOS {:.2}",
@@ -139,8 +72,8 @@ fn one_call_through_turn_without_impairment() {
             m.one_way_delay.quantile(0.5),
             m.mos
         );
-        assert_eq!(m.packets_sent, u64::from(frames), "{dir}");
-        assert_eq!(m.packets_received, u64::from(frames), "{dir}");
+        assert_eq!(m.packets_sent, 150, "{dir}");
+        assert_eq!(m.packets_received, 150, "{dir}");
         assert_eq!(m.packets_lost, 0, "{dir}");
         // Loopback, no impairment: the only jitter is this test's own 1 ms scheduling.
         assert!(
@@ -148,10 +81,51 @@ fn one_call_through_turn_without_impairment() {
             "{dir} jitter {:?}",
             m.jitter
         );
+        // The codec's maximum with a 30 ms jitter buffer and 20 ms packetisation: R ≈ 92.9.
         assert!(m.mos > 4.3, "{dir} MOS {}", m.mos);
     }
-    agent.close(Instant::now());
-    anchor.close(Instant::now());
     let snapshot = server.stop();
-    println!("{snapshot:?}");
+    // Both allocations carried the call: 150 frames each way plus ICE and RTCP.
+    assert!(
+        snapshot.counters.client_to_peer.packets >= 300,
+        "{snapshot:?}"
+    );
+}
+
+#[test]
+fn wrong_turn_password_is_an_auth_failure() {
+    let server = turn_server();
+    let turn = server.bound.udp[0];
+    let epoch = Instant::now();
+    let config = |password: &str| PeerConfig {
+        turn,
+        username: "agent".into(),
+        password: password.into(),
+        realm: "sim.local".into(),
+        answering: false,
+        epoch,
+    };
+    let mut call = PairedCall::new(config("wrong"), config("agent-pw")).unwrap();
+    let err = call.connect(Duration::from_secs(5)).unwrap_err();
+    assert_eq!(err.side, "agent");
+    assert!(matches!(err.error, Some(LegError::TurnAuth(_))), "{err:?}");
+}
+
+#[test]
+fn unreachable_turn_server_fails_allocation() {
+    // A port nobody listens on: the allocation times out.
+    let silent = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    let turn = silent.local_addr().unwrap();
+    let epoch = Instant::now();
+    let config = PeerConfig {
+        turn,
+        username: "agent".into(),
+        password: "agent-pw".into(),
+        realm: "sim.local".into(),
+        answering: false,
+        epoch,
+    };
+    let mut call = PairedCall::new(config.clone(), config).unwrap();
+    let err = call.connect(Duration::from_secs(20)).unwrap_err();
+    assert_eq!(err.step, "allocate", "{err:?}");
 }

@@ -1,0 +1,178 @@
+//! Both legs of a call driven together on one thread, with the offer and answer handed over in
+//! process — the media path without the signalling, for tests and calibration runs.
+
+use std::time::{Duration, Instant};
+
+use reports::emodel::Codec;
+use reports::record::MediaStats;
+
+use crate::measure::MediaMeter;
+use crate::peer::{LegError, Peer, PeerConfig};
+
+/// How often the legs are driven: `rtc`'s ICE only progresses when driven, and waking only at
+/// its own `poll_timeout` makes relay setup slow (../shared/notes/rtc-relay.md).
+const TICK: Duration = Duration::from_millis(1);
+/// Media frame interval.
+const FRAME: Duration = Duration::from_millis(20);
+
+/// An agent leg and an anchor leg, each with its own TURN server address (the agent's may be an
+/// impairment relay in front of the server).
+#[derive(Debug)]
+pub struct PairedCall {
+    /// The agent's leg.
+    pub agent: Peer,
+    /// The anchor's leg.
+    pub anchor: Peer,
+    epoch: Instant,
+}
+
+/// A leg's error, with which side it was on.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PairError {
+    /// `agent` or `anchor`.
+    pub side: &'static str,
+    /// What went wrong; `None` when the step simply did not finish in time.
+    pub error: Option<LegError>,
+    /// What was being done.
+    pub step: &'static str,
+}
+
+impl PairedCall {
+    /// Creates both legs and exchanges offer and answer; allocations start at once.
+    pub fn new(agent: PeerConfig, anchor: PeerConfig) -> Result<Self, PairError> {
+        let epoch = agent.epoch;
+        let now = Instant::now();
+        let fail = |side, error| PairError {
+            side,
+            error: Some(error),
+            step: "create",
+        };
+        let mut agent = Peer::new(agent, 0x1000_0001, now).map_err(|e| fail("agent", e))?;
+        let mut anchor = Peer::new(anchor, 0x2000_0002, now).map_err(|e| fail("anchor", e))?;
+        let offer = agent.offer(now).map_err(|e| fail("agent", e))?;
+        let answer = anchor.answer(now, offer).map_err(|e| fail("anchor", e))?;
+        agent.accept(now, answer).map_err(|e| fail("agent", e))?;
+        Ok(Self {
+            agent,
+            anchor,
+            epoch,
+        })
+    }
+
+    /// Drives both legs until `done` holds or `limit` passes; `false` on timeout or a leg error.
+    pub fn drive_until(
+        &mut self,
+        limit: Duration,
+        mut done: impl FnMut(&Peer, &Peer) -> bool,
+    ) -> bool {
+        let start = Instant::now();
+        while start.elapsed() < limit {
+            let now = Instant::now();
+            self.agent.drive(now);
+            self.anchor.drive(now);
+            if done(&self.agent, &self.anchor) {
+                return true;
+            }
+            if self.agent.error.is_some() || self.anchor.error.is_some() {
+                return false;
+            }
+            std::thread::sleep(TICK);
+        }
+        false
+    }
+
+    fn failed(&self, step: &'static str) -> PairError {
+        match (&self.agent.error, &self.anchor.error) {
+            (Some(e), _) => PairError {
+                side: "agent",
+                error: Some(e.clone()),
+                step,
+            },
+            (None, Some(e)) => PairError {
+                side: "anchor",
+                error: Some(e.clone()),
+                step,
+            },
+            (None, None) => PairError {
+                side: "agent",
+                error: None,
+                step,
+            },
+        }
+    }
+
+    /// Waits for both allocations, exchanges the relay candidates, and waits for both legs to
+    /// connect (ICE and DTLS).
+    pub fn connect(&mut self, limit: Duration) -> Result<(), PairError> {
+        if !self.drive_until(limit, |a, b| {
+            a.local_candidate().is_some() && b.local_candidate().is_some()
+        }) {
+            return Err(self.failed("allocate"));
+        }
+        let now = Instant::now();
+        let (a, b) = (
+            self.agent.local_candidate().cloned(),
+            self.anchor.local_candidate().cloned(),
+        );
+        if let (Some(a), Some(b)) = (a, b) {
+            self.agent
+                .add_remote_candidate(now, b)
+                .map_err(|e| PairError {
+                    side: "agent",
+                    error: Some(e),
+                    step: "candidates",
+                })?;
+            self.anchor
+                .add_remote_candidate(now, a)
+                .map_err(|e| PairError {
+                    side: "anchor",
+                    error: Some(e),
+                    step: "candidates",
+                })?;
+        }
+        if !self.drive_until(limit, |a, b| {
+            a.times.connected.is_some() && b.times.connected.is_some()
+        }) {
+            return Err(self.failed("connect"));
+        }
+        Ok(())
+    }
+
+    /// Sends 20 ms frames both ways for `duration`, then lets the last ones arrive.
+    pub fn talk(&mut self, duration: Duration) {
+        let start = Instant::now();
+        let frames = u32::try_from(duration.as_millis() / FRAME.as_millis()).unwrap_or(u32::MAX);
+        let mut sent = 0;
+        while sent < frames {
+            let now = Instant::now();
+            if now >= start + FRAME * sent {
+                self.agent.send_frame(now);
+                self.anchor.send_frame(now);
+                sent += 1;
+            }
+            self.agent.drive(now);
+            self.anchor.drive(now);
+            std::thread::sleep(TICK);
+        }
+        let expected = u64::from(frames);
+        let _ = self.drive_until(Duration::from_millis(500), |a, b| {
+            a.meter.received() >= expected && b.meter.received() >= expected
+        });
+    }
+
+    /// Ends the call: closes both legs and returns the media figures, agent → anchor first.
+    pub fn finish(mut self, codec: Codec) -> (MediaStats, MediaStats) {
+        let now = Instant::now();
+        self.agent.close(now);
+        self.anchor.close(now);
+        let to_anchor = std::mem::replace(&mut self.anchor.meter, MediaMeter::new(self.epoch))
+            .finish(self.agent.frames_sent(), self.agent.wire_bytes_sent, codec);
+        let to_agent = std::mem::replace(&mut self.agent.meter, MediaMeter::new(self.epoch))
+            .finish(
+                self.anchor.frames_sent(),
+                self.anchor.wire_bytes_sent,
+                codec,
+            );
+        (to_anchor, to_agent)
+    }
+}
