@@ -3,10 +3,12 @@
 //!
 //! - [`peer`]: one media leg — an `rtc` peer connection glued to a TURN client;
 //! - [`measure`]: what a receiver measures and the call record's media figures;
-//! - [`pair`]: both legs of a call on one thread, signalling in process (tests, calibration).
+//! - [`pair`]: both legs of a call on one thread, signalling in process (tests, calibration);
+//! - [`signalling`]: the JSON-RPC 2.0 over WebSocket/TLS client and its wire types.
 #![deny(missing_docs)]
 #![forbid(unsafe_code)]
 
 pub mod measure;
 pub mod pair;
 pub mod peer;
+pub mod signalling;

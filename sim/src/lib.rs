@@ -6,6 +6,7 @@
 //! - [`scenario`]: scenario files, parsed with every error reported at once;
 //! - [`relay`]: the edge — UDP and TCP impairment relays and a TLS-inspecting proxy;
 //! - [`dns`]: the agents' name resolution under a site's DNS policy;
+//! - [`signalling`]: the JSON-RPC 2.0 over WebSocket/TLS endpoint;
 //! - [`bench`](mod@bench): the engine's throughput and the relay's added latency, measured.
 #![deny(missing_docs)]
 #![forbid(unsafe_code)]
@@ -16,3 +17,4 @@ pub mod netem;
 pub mod profiles;
 pub mod relay;
 pub mod scenario;
+pub mod signalling;

@@ -1,0 +1,276 @@
+//! The signalling endpoint: JSON-RPC 2.0 over WebSocket/TLS (see `loadgen::signalling` for the
+//! protocol). Requests that are well formed go to the application — the media anchor — through
+//! a channel, each with its own reply slot; malformed ones are answered here with JSON-RPC's
+//! own error codes.
+
+use std::io;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use futures_util::{SinkExt, StreamExt};
+use loadgen::signalling::{JSONRPC, Request, Response, RpcError};
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use serde_json::Value;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{mpsc, oneshot};
+use tokio_rustls::TlsAcceptor;
+use tokio_tungstenite::tungstenite::Message;
+
+/// The methods the endpoint knows.
+pub const METHODS: [&str; 7] = [
+    "invite",
+    "accept",
+    "bye",
+    "connectContact",
+    "disconnectContact",
+    "hold",
+    "resume",
+];
+
+/// A well-formed request for the application, with the slot for its answer. Dropping `reply`
+/// answers 500; never answering leaves the agent to its timeout.
+#[derive(Debug)]
+pub struct Incoming {
+    /// The WebSocket connection it came on (an agent).
+    pub connection: u64,
+    /// The method, one of [`METHODS`].
+    pub method: String,
+    /// Its parameters.
+    pub params: Value,
+    /// Where the answer goes.
+    pub reply: oneshot::Sender<Result<Value, RpcError>>,
+}
+
+/// Counters of the endpoint.
+#[derive(Debug, Default)]
+pub struct SignallingStats {
+    /// WebSocket connections opened.
+    pub connections: AtomicU64,
+    /// TLS or WebSocket handshakes that failed.
+    pub handshake_failures: AtomicU64,
+    /// Requests handed to the application.
+    pub requests: AtomicU64,
+    /// Malformed requests answered with a JSON-RPC error.
+    pub malformed: AtomicU64,
+}
+
+/// A running endpoint; dropping it stops it.
+#[derive(Debug)]
+pub struct SignallingServer {
+    local_addr: SocketAddr,
+    stats: Arc<SignallingStats>,
+    stop: Option<oneshot::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl SignallingServer {
+    /// Binds `listen` and serves with the given certificate; requests go to `app`.
+    pub fn start(
+        listen: SocketAddr,
+        certs: Vec<CertificateDer<'static>>,
+        key: PrivateKeyDer<'static>,
+        app: mpsc::UnboundedSender<Incoming>,
+    ) -> io::Result<Self> {
+        let invalid =
+            |e: &dyn std::fmt::Display| io::Error::new(io::ErrorKind::InvalidInput, e.to_string());
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let config = rustls::ServerConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .map_err(|e| invalid(&e))?
+            .with_no_client_auth()
+            .with_single_cert(certs, key)
+            .map_err(|e| invalid(&e))?;
+        let acceptor = TlsAcceptor::from(Arc::new(config));
+        let std_listener = std::net::TcpListener::bind(listen)?;
+        std_listener.set_nonblocking(true)?;
+        let local_addr = std_listener.local_addr()?;
+        let stats = Arc::new(SignallingStats::default());
+        let (stop_tx, stop_rx) = oneshot::channel();
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        let s = stats.clone();
+        let thread = std::thread::Builder::new()
+            .name("signalling".into())
+            .spawn(move || {
+                runtime.block_on(async move {
+                    let Ok(listener) = TcpListener::from_std(std_listener) else {
+                        return;
+                    };
+                    tokio::select! {
+                        () = serve(listener, acceptor, app, s) => {}
+                        _ = stop_rx => {}
+                    }
+                });
+            })?;
+        Ok(Self {
+            local_addr,
+            stats,
+            stop: Some(stop_tx),
+            thread: Some(thread),
+        })
+    }
+
+    /// The bound address.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    /// The endpoint's counters.
+    pub fn stats(&self) -> Arc<SignallingStats> {
+        self.stats.clone()
+    }
+
+    /// Stops the endpoint, closing every connection.
+    pub fn shutdown(mut self) {
+        self.stop_and_join();
+    }
+
+    fn stop_and_join(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+impl Drop for SignallingServer {
+    fn drop(&mut self) {
+        self.stop_and_join();
+    }
+}
+
+async fn serve(
+    listener: TcpListener,
+    acceptor: TlsAcceptor,
+    app: mpsc::UnboundedSender<Incoming>,
+    stats: Arc<SignallingStats>,
+) {
+    let mut next = 0u64;
+    loop {
+        let Ok((tcp, _)) = listener.accept().await else {
+            continue;
+        };
+        next += 1;
+        tokio::spawn(connection(
+            tcp,
+            next,
+            acceptor.clone(),
+            app.clone(),
+            stats.clone(),
+        ));
+    }
+}
+
+async fn connection(
+    tcp: TcpStream,
+    id: u64,
+    acceptor: TlsAcceptor,
+    app: mpsc::UnboundedSender<Incoming>,
+    stats: Arc<SignallingStats>,
+) {
+    let _ = tcp.set_nodelay(true);
+    let ws = match acceptor.accept(tcp).await {
+        Ok(tls) => tokio_tungstenite::accept_async(tls).await,
+        Err(_) => {
+            stats.handshake_failures.fetch_add(1, Ordering::Relaxed);
+            return;
+        }
+    };
+    let Ok(mut ws) = ws else {
+        stats.handshake_failures.fetch_add(1, Ordering::Relaxed);
+        return;
+    };
+    stats.connections.fetch_add(1, Ordering::Relaxed);
+    while let Some(frame) = ws.next().await {
+        let response = match frame {
+            Ok(Message::Text(text)) => handle(text.as_str(), id, &app, &stats).await,
+            Ok(Message::Binary(_)) => {
+                stats.malformed.fetch_add(1, Ordering::Relaxed);
+                error_response(
+                    None,
+                    RpcError::new(-32600, "binary frames are not JSON-RPC"),
+                )
+            }
+            Ok(Message::Close(_)) | Err(_) => break,
+            Ok(_) => continue,
+        };
+        let Ok(text) = serde_json::to_string(&response) else {
+            break;
+        };
+        if ws.send(Message::text(text)).await.is_err() {
+            break;
+        }
+    }
+}
+
+fn error_response(id: Option<u64>, error: RpcError) -> Response {
+    Response {
+        jsonrpc: JSONRPC.into(),
+        id,
+        result: None,
+        error: Some(error),
+    }
+}
+
+async fn handle(
+    text: &str,
+    connection: u64,
+    app: &mpsc::UnboundedSender<Incoming>,
+    stats: &SignallingStats,
+) -> Response {
+    let request: Request = match serde_json::from_str(text) {
+        Ok(r) => r,
+        Err(e) => {
+            stats.malformed.fetch_add(1, Ordering::Relaxed);
+            // −32700 for text that is not JSON, −32600 for JSON that is not a request.
+            let code = if serde_json::from_str::<Value>(text).is_ok() {
+                -32600
+            } else {
+                -32700
+            };
+            return error_response(None, RpcError::new(code, format!("invalid request: {e}")));
+        }
+    };
+    if request.jsonrpc != JSONRPC {
+        stats.malformed.fetch_add(1, Ordering::Relaxed);
+        return error_response(
+            Some(request.id),
+            RpcError::new(-32600, "jsonrpc must be \"2.0\""),
+        );
+    }
+    if !METHODS.contains(&request.method.as_str()) {
+        stats.malformed.fetch_add(1, Ordering::Relaxed);
+        return error_response(
+            Some(request.id),
+            RpcError::new(-32601, format!("unknown method `{}`", request.method)),
+        );
+    }
+    stats.requests.fetch_add(1, Ordering::Relaxed);
+    let (reply, answer) = oneshot::channel();
+    let incoming = Incoming {
+        connection,
+        method: request.method,
+        params: request.params,
+        reply,
+    };
+    if app.send(incoming).is_err() {
+        return error_response(Some(request.id), RpcError::new(500, "no one to answer"));
+    }
+    match answer.await {
+        Ok(Ok(result)) => Response {
+            jsonrpc: JSONRPC.into(),
+            id: Some(request.id),
+            result: Some(result),
+            error: None,
+        },
+        Ok(Err(e)) => error_response(Some(request.id), e),
+        Err(_) => error_response(
+            Some(request.id),
+            RpcError::new(500, "the request was dropped"),
+        ),
+    }
+}
