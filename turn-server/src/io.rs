@@ -6,7 +6,7 @@
 //!
 //! Everything runs on one thread: a current-thread tokio runtime with a `LocalSet`, the core in
 //! a `RefCell`. Each input is one mutation followed by a drain (STYLE.md's edge loop), UDP
-//! replies go out with `try_send_to` straight from the drain, and a timer task sleeps until
+//! replies go out with a non-blocking `send_to` straight from the drain, and a timer task sleeps until
 //! [`Server::poll_timeout`].
 
 use std::cell::{Cell, RefCell};
@@ -18,8 +18,10 @@ use std::rc::Rc;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use tokio::io::Interest;
+use tokio::io::unix::AsyncFd;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream, UdpSocket};
+use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Notify, mpsc, oneshot};
 use tokio::task::{JoinHandle, spawn_local};
 use tokio_rustls::TlsAcceptor;
@@ -229,6 +231,21 @@ pub fn start(settings: Settings) -> std::io::Result<Running> {
     }
 }
 
+/// A non-blocking UDP socket registered for readability only: sends go straight to the socket
+/// (a full buffer drops the datagram, as UDP may), so the kernel's write-space notifications
+/// never wake the runtime (coturn registers its relay sockets the same way).
+type UdpSocket = AsyncFd<std::net::UdpSocket>;
+
+// `with_interest` is deprecated because a `T` that merely borrows its file descriptor could
+// close it while registered; `std::net::UdpSocket` owns its descriptor and the `AsyncFd` owns
+// the socket, so that cannot happen here. Its replacement is `unsafe`, which this crate forbids.
+#[allow(deprecated)]
+fn udp_socket(addr: SocketAddr) -> std::io::Result<UdpSocket> {
+    let s = std::net::UdpSocket::bind(addr)?;
+    s.set_nonblocking(true)?;
+    AsyncFd::with_interest(s, Interest::READABLE)
+}
+
 struct Relay {
     socket: Rc<UdpSocket>,
     task: JoinHandle<()>,
@@ -352,10 +369,8 @@ async fn bind_all(settings: &Settings) -> std::io::Result<Listeners> {
         move |e: std::io::Error| std::io::Error::new(e.kind(), format!("{what} {addr}: {e}"))
     };
     for &addr in &settings.listen {
-        let udp = UdpSocket::bind(addr)
-            .await
-            .map_err(context("UDP listen", addr))?;
-        let udp_addr = udp.local_addr()?;
+        let udp = udp_socket(addr).map_err(context("UDP listen", addr))?;
+        let udp_addr = udp.get_ref().local_addr()?;
         // TCP on the same port as UDP (port 0 takes UDP's choice).
         let tcp_addr = SocketAddr::new(addr.ip(), udp_addr.port());
         let tcp = TcpListener::bind(tcp_addr)
@@ -463,7 +478,7 @@ impl Edge {
                     .udp
                     .get(&t.source)
                     .or_else(|| relays.get(&t.source).map(|r| &r.socket));
-                socket.is_some_and(|s| s.try_send_to(&t.contents, t.destination).is_ok())
+                socket.is_some_and(|s| s.get_ref().send_to(&t.contents, t.destination).is_ok())
             }
             Transport::Tcp | Transport::Tls => self
                 .streams
@@ -477,10 +492,7 @@ impl Edge {
     }
 
     fn open_relay(self: &Rc<Self>, addr: SocketAddr) -> bool {
-        let socket = std::net::UdpSocket::bind(addr)
-            .and_then(|s| s.set_nonblocking(true).map(|()| s))
-            .and_then(UdpSocket::from_std);
-        match socket {
+        match udp_socket(addr) {
             Ok(socket) => {
                 let socket = Rc::new(socket);
                 let task = spawn_local(relay_socket(self.clone(), socket.clone(), addr));
@@ -545,17 +557,22 @@ async fn recv_batches(
 ) {
     let mut buf = vec![0u8; 65536];
     loop {
-        if socket.readable().await.is_err() {
+        let Ok(mut ready) = socket.readable().await else {
             return;
-        }
+        };
         for _ in 0..RECV_BATCH {
-            match socket.try_recv_from(&mut buf) {
+            match ready.get_inner().recv_from(&mut buf) {
                 Ok((n, from)) => handle(&mut edge.server.borrow_mut(), now(), from, &buf[..n]),
-                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
-                // ICMP errors reported on the socket, and the like: keep serving.
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                    ready.clear_ready();
+                    break;
+                }
+                // ICMP errors reported on the socket, and the like: keep serving (each error
+                // is consumed by the read that reports it).
                 Err(_) => break,
             }
         }
+        drop(ready);
         edge.drain();
     }
 }

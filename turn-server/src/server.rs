@@ -371,6 +371,8 @@ struct PendingAllocate {
     addr: SocketAddr,
     wish: PortWish,
     attempts: u32,
+    /// The client's connection closed while the socket was being opened.
+    abandoned: bool,
 }
 
 /// What an Allocate asked of its relayed port (RFC 8656 §7.2, EVEN-PORT, RESERVATION-TOKEN).
@@ -525,15 +527,22 @@ impl Server {
     }
 
     /// The edge's answer to [`Event::OpenRelay`]: `opened` says whether the socket was bound.
+    /// Every OpenRelay must be answered exactly once; the core asks to close a socket it no
+    /// longer needs with [`Event::CloseRelay`].
     pub fn handle_relay_opened(&mut self, now: Instant, request: RelayRequest, opened: bool) {
         self.advance(now);
         let Some(mut p) = self.pending.remove(&request) else {
-            // The client went away meanwhile: give the socket back.
-            if opened {
-                debug!(?request, "relay opened for a vanished allocation");
-            }
+            debug!(?request, "answer to an OpenRelay we did not ask for");
             return;
         };
+        if p.abandoned {
+            // The client went away meanwhile: give the socket back.
+            self.release_quota(&p.auth.quota_name);
+            if opened {
+                self.events.push_back(Event::CloseRelay { addr: p.addr });
+            }
+            return;
+        }
         if !opened {
             p.attempts += 1;
             let next = (p.attempts < MAX_RELAY_ATTEMPTS && p.wish != PortWish::Reserved)
@@ -591,7 +600,13 @@ impl Server {
     /// A client's TCP/TLS connection closed: its allocation goes with it (RFC 8656 §3.1).
     pub fn handle_connection_closed(&mut self, now: Instant, five_tuple: FiveTuple) {
         self.advance(now);
-        self.pending.retain(|_, p| p.five_tuple != five_tuple);
+        for p in self
+            .pending
+            .values_mut()
+            .filter(|p| p.five_tuple == five_tuple)
+        {
+            p.abandoned = true;
+        }
         if self.allocations.contains_key(&five_tuple) {
             self.remove_allocation(five_tuple);
             self.counters.allocations_deleted += 1;
@@ -937,6 +952,7 @@ impl Server {
             addr,
             wish,
             attempts: 0,
+            abandoned: false,
         });
     }
 

@@ -156,3 +156,31 @@ fn time_limited_credentials_authenticate_until_expiry() {
     assert_eq!(r.code, Some(401));
     let _ = Event::CloseRelay { addr: c.ft.server };
 }
+
+#[test]
+fn a_relay_opened_after_its_client_left_is_closed_again() {
+    let mut h = Harness::new(config());
+    let mut ft = five_tuple(40010);
+    ft.transport = Transport::Tcp;
+    let mut c = Client::new(ft, "alice", "alice-pw");
+    h.held = Some(Vec::new());
+    // The first round trip is the 401 challenge; the second leaves an OpenRelay pending.
+    let txid = c.txid();
+    let challenge = h.send(ft, &c.request(Method::ALLOCATE, txid, |_| {}));
+    c.nonce = parse_response(&challenge[0].contents).nonce;
+    let txid = c.txid();
+    let req = c.request(Method::ALLOCATE, txid, |b| {
+        b.u32_attribute(attr::REQUESTED_TRANSPORT, 17 << 24);
+    });
+    assert!(
+        h.send(ft, &req).is_empty(),
+        "no answer before the relay is open"
+    );
+    let held = h.held.take().unwrap();
+    assert_eq!(held.len(), 1);
+    h.server.handle_connection_closed(h.now, ft);
+    h.server.handle_relay_opened(h.now, held[0], true);
+    assert!(h.drain().is_empty());
+    assert_eq!(h.closed_relays.len(), 1);
+    assert_eq!(h.server.gauges().allocations, 0);
+}

@@ -53,6 +53,8 @@ pub struct Harness {
     /// Relays the harness refuses to open (to test 508 and retries).
     pub refuse_open: usize,
     pub closed_relays: Vec<SocketAddr>,
+    /// When set, OpenRelay requests are held here instead of answered.
+    pub held: Option<Vec<turn_server::RelayRequest>>,
 }
 
 impl Harness {
@@ -66,6 +68,7 @@ impl Harness {
             now: epoch,
             refuse_open: 0,
             closed_relays: Vec::new(),
+            held: None,
         }
     }
 
@@ -81,6 +84,9 @@ impl Harness {
             while let Some(e) = self.server.poll_event() {
                 progressed = true;
                 match e {
+                    Event::OpenRelay { request, .. } if self.held.is_some() => {
+                        self.held.as_mut().unwrap().push(request);
+                    }
                     Event::OpenRelay { request, .. } => {
                         let ok = if self.refuse_open > 0 {
                             self.refuse_open -= 1;
