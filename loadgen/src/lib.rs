@@ -1,14 +1,18 @@
 //! Softphone agents placing real WebRTC calls: relay-only ICE through TURN, DTLS-SRTP, an
 //! Opus-like RTP stream each way, measured at each receiver.
 //!
+//! - [`driver`]: a leg driven from async code by socket readiness and timers;
 //! - [`peer`]: one media leg — an `rtc` peer connection glued to a TURN client;
 //! - [`measure`]: what a receiver measures and the call record's media figures;
 //! - [`pair`]: both legs of a call on one thread, signalling in process (tests, calibration);
+//! - [`session`]: one call's session state machine, ending in its call record;
 //! - [`signalling`]: the JSON-RPC 2.0 over WebSocket/TLS client and its wire types.
 #![deny(missing_docs)]
 #![forbid(unsafe_code)]
 
+pub mod driver;
 pub mod measure;
 pub mod pair;
 pub mod peer;
+pub mod session;
 pub mod signalling;

@@ -61,6 +61,7 @@ pub struct MediaMeter {
     delay: Distribution,
     min_delay: Option<Duration>,
     late: u64,
+    last_arrival: Option<Instant>,
     /// RTCP packets received.
     pub rtcp_reports: u64,
 }
@@ -77,12 +78,14 @@ impl MediaMeter {
             delay: Distribution::new(Unit::Micros),
             min_delay: None,
             late: 0,
+            last_arrival: None,
             rtcp_reports: 0,
         }
     }
 
     /// Accounts for one RTP packet received at `now`.
     pub fn on_rtp(&mut self, now: Instant, seq: u16, timestamp: u32, payload: &[u8]) {
+        self.last_arrival = Some(now);
         self.sequence.on_packet(seq);
         self.jitter.on_packet(now, timestamp);
         let next = *self.next_sample.get_or_insert(now + Duration::from_secs(1));
@@ -100,6 +103,11 @@ impl MediaMeter {
                 self.late += 1;
             }
         }
+    }
+
+    /// When the last RTP packet arrived.
+    pub fn last_arrival(&self) -> Option<Instant> {
+        self.last_arrival
     }
 
     /// The current RFC 3550 jitter, ms.

@@ -76,8 +76,10 @@ pub struct LegTimes {
 pub enum LegError {
     /// The TURN server rejected the allocation's credentials.
     TurnAuth(String),
-    /// The TURN server refused or never answered the allocation.
+    /// The TURN server refused the allocation.
     TurnAllocation(String),
+    /// The TURN server never answered (unreachable: blocked port, dead node).
+    TurnUnreachable,
     /// ICE failed.
     IceFailed,
     /// The peer connection failed after ICE (DTLS).
@@ -225,6 +227,11 @@ impl Peer {
             error: None,
             buf: vec![0u8; 2048],
         })
+    }
+
+    /// The leg's socket (for readiness: [`Self::drive`] whenever it is readable).
+    pub fn socket(&self) -> &UdpSocket {
+        &self.socket
     }
 
     /// The relay candidate, once the allocation succeeded.

@@ -298,8 +298,12 @@ impl SignallingClient {
                 }
                 Err(e) => return Err(SignallingError::Protocol(e.to_string())),
             };
-            let response: Response = serde_json::from_str(text.as_str())
+            let raw: Value = serde_json::from_str(text.as_str())
+                .map_err(|e| SignallingError::Protocol(format!("not JSON: {e}")))?;
+            let mut response: Response = serde_json::from_value(raw.clone())
                 .map_err(|e| SignallingError::Protocol(format!("not a JSON-RPC response: {e}")))?;
+            // `"result": null` is a success with a null result, not a missing result.
+            response.result = raw.get("result").cloned();
             if response.jsonrpc != JSONRPC {
                 return Err(SignallingError::Protocol(format!(
                     "jsonrpc {:?}, expected \"2.0\"",

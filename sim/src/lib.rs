@@ -1,5 +1,6 @@
 //! The softphone media-path simulator: the agents' network, emulated.
 //!
+//! - [`anchor`]: the media anchor, the far end of every call;
 //! - [`netem`]: the sans-I/O path engine — segments with delay, jitter, loss, rate, MTU,
 //!   outages and stalls, per flow or shared — seeded and deterministic;
 //! - [`profiles`]: the six named network profiles of DESIGN §5, calibrated by tests;
@@ -11,6 +12,7 @@
 #![deny(missing_docs)]
 #![forbid(unsafe_code)]
 
+pub mod anchor;
 pub mod bench;
 pub mod dns;
 pub mod netem;

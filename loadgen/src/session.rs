@@ -1,0 +1,445 @@
+//! One softphone call, as the CCP's softphone library runs it (DESIGN §4): the session state
+//! machine with its timeouts, milestones and failure classes, ending in a [`CallRecord`].
+//!
+//! `GrabLocalMedia → CreateOffer → SetLocalDescription → ConnectSignalingAndIceCollection →
+//! InviteAnswer → Accept → ConnectContact → Talking → CleanUp → Disconnected | Failed`
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant, SystemTime};
+
+use reports::emodel::Codec;
+use reports::record::{CcpEndpoints, IceCounters, MediaStats};
+use reports::{
+    CallIdentity, CallRecord, Failure, FailureClass, Milestones, Outcome, SCHEMA_VERSION,
+    SessionState,
+};
+use rtc::peer_connection::sdp::RTCSessionDescription;
+use rtc::peer_connection::transport::RTCIceCandidateInit;
+use serde_json::Value;
+
+use crate::driver::DrivenPeer;
+use crate::peer::{LegError, Peer, PeerConfig};
+use crate::signalling::{Candidate, Endpoint, Invite, SignallingClient, SignallingError};
+
+/// Session timeouts (the CCP's defaults: 10 s, 8 s, 5 s, 2 s).
+#[derive(Debug, Clone, Copy)]
+pub struct Timeouts {
+    /// Signalling WebSocket connect, retries included.
+    pub websocket_connect: Duration,
+    /// ICE candidate collection (the TURN allocation).
+    pub ice_collection: Duration,
+    /// `invite` → answer.
+    pub invite_answer: Duration,
+    /// `accept` and `bye` acknowledgement.
+    pub ack: Duration,
+    /// ICE and DTLS after the answer.
+    pub connect: Duration,
+}
+
+impl Default for Timeouts {
+    fn default() -> Self {
+        Self {
+            websocket_connect: Duration::from_secs(10),
+            ice_collection: Duration::from_secs(8),
+            invite_answer: Duration::from_secs(5),
+            ack: Duration::from_secs(2),
+            connect: Duration::from_secs(10),
+        }
+    }
+}
+
+/// Everything one call needs.
+#[derive(Debug, Clone)]
+pub struct CallSpec {
+    /// Who, where, which run.
+    pub identity: CallIdentity,
+    /// The signalling endpoint, or why its name did not resolve.
+    pub signalling: Result<Endpoint, String>,
+    /// The TURN server's address, or why its name did not resolve.
+    pub turn: Result<SocketAddr, String>,
+    /// The TURN URL as the agent is given it (for the CCP's messages).
+    pub turn_url: String,
+    /// TURN username.
+    pub turn_username: String,
+    /// TURN password.
+    pub turn_password: String,
+    /// TURN realm.
+    pub turn_realm: String,
+    /// Timeouts.
+    pub timeouts: Timeouts,
+    /// Talk time once connected.
+    pub talk: Duration,
+    /// No RTP for this long drops the call.
+    pub dead_air: Duration,
+    /// The codec.
+    pub codec: Codec,
+    /// The instant media stamps count from (shared with the anchor, same host).
+    pub epoch: Instant,
+    /// The SSRC of the agent's stream.
+    pub ssrc: u32,
+}
+
+/// Runs one call to its end and returns its record. Never panics on network input: every
+/// failure becomes the record's failure class.
+pub async fn run_call(spec: CallSpec) -> CallRecord {
+    let mut call = Call::new(&spec);
+    let outcome = call.run(&spec).await;
+    call.record(&spec, outcome)
+}
+
+struct Call {
+    start: Instant,
+    started_unix_ms: u64,
+    milestones: Milestones,
+    state: SessionState,
+    peer: Option<DrivenPeer>,
+    anchor_half: Option<MediaStats>,
+    anchor_sent: Option<u64>,
+    connected: bool,
+}
+
+type Fail = (FailureClass, String);
+
+impl Call {
+    fn new(_spec: &CallSpec) -> Self {
+        let started_unix_ms = SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64);
+        Self {
+            start: Instant::now(),
+            started_unix_ms,
+            milestones: Milestones::default(),
+            state: SessionState::GrabLocalMedia,
+            peer: None,
+            anchor_half: None,
+            anchor_sent: None,
+            connected: false,
+        }
+    }
+
+    fn at(&self) -> Option<u64> {
+        Some(u64::try_from(self.start.elapsed().as_micros()).unwrap_or(u64::MAX))
+    }
+
+    async fn run(&mut self, spec: &CallSpec) -> Result<(), Fail> {
+        // GrabLocalMedia: a synthetic source, available at once.
+        self.milestones.local_media_us = self.at();
+        self.state = SessionState::CreateOffer;
+        let turn = match &spec.turn {
+            Ok(addr) => Some(*addr),
+            // An unresolvable TURN name: nothing to allocate from; ICE collection will time out.
+            Err(_) => None,
+        };
+        let config = PeerConfig {
+            turn: turn.unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 9))),
+            username: spec.turn_username.clone(),
+            password: spec.turn_password.clone(),
+            realm: spec.turn_realm.clone(),
+            answering: false,
+            epoch: spec.epoch,
+        };
+        let now = Instant::now();
+        let mut peer = Peer::new(config, spec.ssrc, now).map_err(|e| leg_failure(&e))?;
+        let offer = peer.offer(now).map_err(|e| leg_failure(&e))?;
+        self.state = SessionState::SetLocalDescription;
+        self.milestones.local_description_us = self.at();
+        let mut driven = DrivenPeer::new(peer)
+            .map_err(|e| (FailureClass::IceCollectionTimeout, e.to_string()))?;
+
+        // Signalling connect and ICE collection run side by side.
+        self.state = SessionState::ConnectSignalingAndIceCollection;
+        let ice_deadline = Instant::now() + spec.timeouts.ice_collection;
+        let signalling = async {
+            let endpoint = spec
+                .signalling
+                .as_ref()
+                .map_err(|e| SignallingError::Connect(e.clone()))?;
+            SignallingClient::connect(endpoint, spec.timeouts.websocket_connect, 3).await
+        };
+        let collection = async {
+            if turn.is_none() {
+                tokio::time::sleep_until(tokio::time::Instant::from_std(ice_deadline)).await;
+                return false;
+            }
+            driven
+                .drive_until(ice_deadline, None, |p| p.local_candidate().is_some())
+                .await
+        };
+        let (client, collected) = tokio::join!(signalling, collection);
+        let now_us = self.at();
+        if collected {
+            self.milestones.ice_collected_us =
+                driven.peer.times.allocated.map(|t| micros(t - self.start));
+        }
+        let mut client = match client {
+            Ok(c) => {
+                self.milestones.signalling_connected_us = now_us;
+                c
+            }
+            Err(e) => {
+                self.peer = Some(driven);
+                return Err((e.class(), e.to_string()));
+            }
+        };
+        if !collected {
+            let error = driven.peer.error.clone();
+            self.peer = Some(driven);
+            client.close().await;
+            return Err(match error {
+                Some(e) => leg_failure(&e),
+                None => (
+                    FailureClass::IceCollectionTimeout,
+                    match &spec.turn {
+                        Err(e) => format!("no relay candidate: {e}"),
+                        Ok(a) => format!(
+                            "no relay candidate from {a} within {:?}",
+                            spec.timeouts.ice_collection
+                        ),
+                    },
+                ),
+            });
+        }
+
+        // InviteAnswer.
+        self.state = SessionState::InviteAnswer;
+        let candidate = driven.peer.local_candidate().cloned().map(to_wire);
+        let invite = Invite {
+            sdp: offer.sdp.clone(),
+            candidates: candidate.into_iter().collect(),
+            call_context_token: spec.identity.call.clone(),
+        };
+        self.milestones.invite_sent_us = self.at();
+        let answer = client.invite(&invite, spec.timeouts.invite_answer).await;
+        let answer = match answer {
+            Ok(a) => a,
+            Err(e) => {
+                self.peer = Some(driven);
+                client.close().await;
+                return Err((e.class(), e.to_string()));
+            }
+        };
+        self.milestones.answer_received_us = self.at();
+
+        // Accept: apply the answer, send `accept`.
+        self.state = SessionState::Accept;
+        let now = Instant::now();
+        let sdp = match RTCSessionDescription::answer(answer.sdp.clone()) {
+            Ok(s) => s,
+            Err(e) => {
+                self.peer = Some(driven);
+                client.close().await;
+                return Err((FailureClass::InvalidRemoteSdp, e.to_string()));
+            }
+        };
+        if let Err(e) = driven.peer.accept(now, sdp) {
+            self.peer = Some(driven);
+            client.close().await;
+            return Err((FailureClass::SetRemoteDescriptionFailure, format!("{e:?}")));
+        }
+        if answer.candidates.is_empty() {
+            self.peer = Some(driven);
+            client.close().await;
+            return Err((
+                FailureClass::NoRemoteIceCandidate,
+                "the answer carried no ICE candidate".into(),
+            ));
+        }
+        for c in answer.candidates {
+            let _ = driven.peer.add_remote_candidate(now, from_wire(c));
+        }
+        if let Err(e) = client
+            .call_ref("accept", &answer.call_id, spec.timeouts.ack)
+            .await
+        {
+            self.peer = Some(driven);
+            client.close().await;
+            return Err((e.class(), e.to_string()));
+        }
+        self.milestones.accepted_us = self.at();
+
+        // ConnectContact: ICE and DTLS.
+        self.state = SessionState::ConnectContact;
+        let connect_deadline = Instant::now() + spec.timeouts.connect;
+        let connected = driven
+            .drive_until(connect_deadline, None, |p| p.times.connected.is_some())
+            .await;
+        let t = driven.peer.times;
+        self.milestones.ice_connected_us = t.ice_connected.map(|i| micros(i - self.start));
+        if !connected {
+            let detail = driven.peer.error.clone();
+            self.peer = Some(driven);
+            let _ = client
+                .call_ref("bye", &answer.call_id, spec.timeouts.ack)
+                .await;
+            client.close().await;
+            return Err(if t.ice_connected.is_some() {
+                (
+                    FailureClass::DtlsHandshakeFailure,
+                    format!("DTLS did not complete: {detail:?}"),
+                )
+            } else {
+                (
+                    FailureClass::IceConnectionFailed,
+                    format!("no candidate pair connected: {detail:?}"),
+                )
+            });
+        }
+        self.milestones.dtls_connected_us = t.connected.map(|i| micros(i - self.start));
+        self.connected = true;
+
+        // Talking: 20 ms frames for the talk time; dead air drops the call.
+        self.state = SessionState::Talking;
+        let talk_start = Instant::now();
+        let mut frame = 0u32;
+        let mut dropped = None;
+        while talk_start.elapsed() < spec.talk {
+            let due = talk_start + Duration::from_millis(20) * frame;
+            driven
+                .drive_until(talk_start + spec.talk, Some(due), |_| false)
+                .await;
+            let now = Instant::now();
+            if now >= due {
+                driven.peer.send_frame(now);
+                frame += 1;
+            }
+            if let Some(first) = driven.peer.times.first_rtp {
+                self.milestones
+                    .first_rtp_us
+                    .get_or_insert(micros(first - self.start));
+            }
+            let last = driven.peer.meter.last_arrival().unwrap_or(talk_start);
+            if now.saturating_duration_since(last) > spec.dead_air {
+                dropped = Some(format!(
+                    "no RTP for {:?}",
+                    now.saturating_duration_since(last)
+                ));
+                break;
+            }
+            if driven.peer.error.is_some() {
+                dropped = Some(format!("{:?}", driven.peer.error));
+                break;
+            }
+        }
+
+        // CleanUp: `bye`, which our anchor answers with its measurement of the agent's stream.
+        self.state = SessionState::CleanUp;
+        self.milestones.hangup_us = self.at();
+        let bye = serde_json::to_value(crate::signalling::CallRef {
+            call_id: answer.call_id.clone(),
+        })
+        .unwrap_or_default();
+        if let Ok(v) = client.call("bye", bye, spec.timeouts.ack).await {
+            self.anchor_half = v
+                .get("agentToAnchor")
+                .and_then(|m| serde_json::from_value::<MediaStats>(m.clone()).ok())
+                .map(|mut m| {
+                    // The anchor measured what it received; what was sent is the agent's to say.
+                    m.packets_sent = driven.peer.frames_sent();
+                    m.wire_bytes_sent = driven.peer.wire_bytes_sent;
+                    m
+                });
+            self.anchor_sent = v.get("anchorSent").and_then(Value::as_u64);
+        }
+        client.close().await;
+        self.peer = Some(driven);
+        match dropped {
+            Some(detail) => Err((FailureClass::MediaTimeout, detail)),
+            None => Ok(()),
+        }
+    }
+
+    fn record(mut self, spec: &CallSpec, result: Result<(), Fail>) -> CallRecord {
+        self.milestones.ended_us = self.at();
+        let (outcome, failure) = match result {
+            Ok(()) => (Outcome::Completed, None),
+            Err((class, detail)) => {
+                let endpoints = CcpEndpoints {
+                    signalling: spec
+                        .signalling
+                        .as_ref()
+                        .map_or("wss://signalling", |e| e.url.as_str()),
+                    turn: &spec.turn_url,
+                };
+                let outcome = if self.connected {
+                    Outcome::Dropped
+                } else {
+                    Outcome::Failed
+                };
+                (
+                    outcome,
+                    Some(Failure {
+                        class,
+                        detail,
+                        ccp_message: class.ccp_message(endpoints),
+                    }),
+                )
+            }
+        };
+        let last_state = if failure.is_some() {
+            SessionState::Failed
+        } else {
+            SessionState::Disconnected
+        };
+        let anchor_to_agent = self.peer.take().and_then(|mut d| {
+            d.peer.close(Instant::now());
+            let sent_by_anchor = self.anchor_sent.unwrap_or_else(|| d.peer.meter.received());
+            let meter = std::mem::replace(
+                &mut d.peer.meter,
+                crate::measure::MediaMeter::new(spec.epoch),
+            );
+            (self.connected).then(|| meter.finish(sent_by_anchor, 0, spec.codec))
+        });
+        let _ = self.state;
+        CallRecord {
+            schema_version: SCHEMA_VERSION,
+            identity: spec.identity.clone(),
+            started_unix_ms: self.started_unix_ms,
+            milestones: self.milestones,
+            last_state,
+            outcome,
+            failure,
+            ice: IceCounters::default(),
+            agent_to_anchor: self.anchor_half,
+            anchor_to_agent,
+        }
+    }
+}
+
+fn micros(d: Duration) -> u64 {
+    u64::try_from(d.as_micros()).unwrap_or(u64::MAX)
+}
+
+fn leg_failure(e: &LegError) -> Fail {
+    match e {
+        LegError::TurnAuth(d) => (FailureClass::TurnAuthFailure, d.clone()),
+        LegError::TurnAllocation(d) => (FailureClass::TurnAllocationFailure, d.clone()),
+        // The CCP reports an unreachable TURN server as an ICE collection timeout.
+        LegError::TurnUnreachable => (
+            FailureClass::IceCollectionTimeout,
+            "no answer from the TURN server".into(),
+        ),
+        LegError::IceFailed => (FailureClass::IceConnectionFailed, "ICE failed".into()),
+        LegError::DtlsFailed => (FailureClass::DtlsHandshakeFailure, "DTLS failed".into()),
+        LegError::Sdp(d) => (FailureClass::SetRemoteDescriptionFailure, d.clone()),
+        LegError::Io(d) => (FailureClass::IceCollectionTimeout, d.clone()),
+    }
+}
+
+/// An `rtc` candidate as it goes on the wire.
+pub fn to_wire(c: RTCIceCandidateInit) -> Candidate {
+    Candidate {
+        candidate: c.candidate,
+        sdp_mid: c.sdp_mid,
+        sdp_m_line_index: c.sdp_mline_index,
+    }
+}
+
+/// A wire candidate as `rtc` takes it.
+pub fn from_wire(c: Candidate) -> RTCIceCandidateInit {
+    RTCIceCandidateInit {
+        candidate: c.candidate,
+        sdp_mid: c.sdp_mid,
+        sdp_mline_index: c.sdp_m_line_index,
+        ..Default::default()
+    }
+}

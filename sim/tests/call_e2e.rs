@@ -1,0 +1,282 @@
+//! Whole calls end to end on loopback: the agent's session (WebSocket/TLS signalling, TURN over
+//! an impairment relay, DTLS-SRTP media) against the signalling endpoint and the media anchor —
+//! a clean call, and each failure path giving exactly its class.
+#![allow(clippy::disallowed_methods)] // real sockets, real clock
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use loadgen::session::{CallSpec, Timeouts, run_call};
+use loadgen::signalling::Endpoint;
+use reports::emodel::Codec;
+use reports::{CallIdentity, CallKind, FailureClass, Outcome, Shard};
+use rustls::pki_types::PrivateKeyDer;
+use sim::anchor::{AnchorBehaviour, AnchorConfig, AnchorStats};
+use sim::netem::{Path, SegmentModel};
+use sim::relay::{UdpRelay, UdpRelayConfig};
+use sim::scenario::{Policy, PortRule, Transport};
+use sim::signalling::SignallingServer;
+use turn_server::Config;
+use turn_server::auth::{Credentials, Secret};
+use turn_server::io::{self, Settings};
+
+const NAME: &str = "signalling.sim.local";
+
+struct Stack {
+    _turn: io::Running,
+    turn: SocketAddr,
+    _signalling: SignallingServer,
+    endpoint: Endpoint,
+    epoch: Instant,
+    relay: Option<UdpRelay>,
+}
+
+fn stack(behaviour: AnchorBehaviour, policy: Option<Policy>) -> Stack {
+    let mut users = HashMap::new();
+    users.insert("agent".to_owned(), Secret("agent-pw".into()));
+    let mut core = Config {
+        realm: "sim.local".into(),
+        credentials: Credentials {
+            users,
+            static_auth_secret: None,
+        },
+        ..Config::default()
+    };
+    core.peer_policy.allow.push("127.0.0.0/8".parse().unwrap());
+    let turn_server = io::start(Settings {
+        core,
+        listen: vec!["127.0.0.1:0".parse().unwrap()],
+        ..Settings::default()
+    })
+    .unwrap();
+    let turn = turn_server.bound.udp[0];
+    let epoch = Instant::now();
+
+    let ck = rcgen::generate_simple_self_signed(vec![NAME.to_owned()]).unwrap();
+    let cert = ck.cert.der().clone();
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    let signalling = SignallingServer::start(
+        "127.0.0.1:0".parse().unwrap(),
+        vec![cert.clone()],
+        PrivateKeyDer::Pkcs8(ck.signing_key.serialize_der().into()),
+        tx,
+    )
+    .unwrap();
+    let anchor = AnchorConfig {
+        turn,
+        username: "agent".into(),
+        password: "agent-pw".into(),
+        realm: "sim.local".into(),
+        epoch,
+        codec: Codec::OPUS,
+        behaviour,
+    };
+    std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(sim::anchor::serve(
+            anchor,
+            rx,
+            Arc::new(AnchorStats::default()),
+        ));
+    });
+    let endpoint = Endpoint {
+        url: format!("wss://{NAME}:{}/rtc", signalling.local_addr().port()),
+        addr: signalling.local_addr(),
+        roots: vec![cert],
+    };
+    let relay = policy.map(|policy| {
+        UdpRelay::start(UdpRelayConfig {
+            listen: "127.0.0.1:0".parse().unwrap(),
+            upstream: turn,
+            path: Path::symmetric(vec![SegmentModel::new().delay(Duration::from_millis(5))]),
+            seed: 1,
+            policy,
+        })
+        .unwrap()
+    });
+    Stack {
+        _turn: turn_server,
+        turn,
+        _signalling: signalling,
+        endpoint,
+        epoch,
+        relay,
+    }
+}
+
+fn spec(s: &Stack, talk: Duration) -> CallSpec {
+    CallSpec {
+        identity: CallIdentity {
+            run: "test".into(),
+            call: "c1".into(),
+            agent: "agent-1".into(),
+            scenario: "e2e".into(),
+            site: "hq".into(),
+            profile: "office-lan".into(),
+            kind: CallKind::Inbound,
+            shard: Shard::WHOLE,
+        },
+        signalling: Ok(s.endpoint.clone()),
+        turn: Ok(s.relay.as_ref().map_or(s.turn, UdpRelay::local_addr)),
+        turn_url: "turn:turn.sim.local:3478?transport=udp".into(),
+        turn_username: "agent".into(),
+        turn_password: "agent-pw".into(),
+        turn_realm: "sim.local".into(),
+        timeouts: Timeouts {
+            websocket_connect: Duration::from_secs(2),
+            ice_collection: Duration::from_secs(2),
+            invite_answer: Duration::from_secs(1),
+            ..Timeouts::default()
+        },
+        talk,
+        dead_air: Duration::from_secs(1),
+        codec: Codec::OPUS,
+        epoch: s.epoch,
+        ssrc: 0x1234,
+    }
+}
+
+fn run(spec: CallSpec) -> reports::CallRecord {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let record = rt.block_on(run_call(spec));
+    println!("{}", serde_json::to_string(&record).unwrap());
+    record.check().unwrap();
+    record
+}
+
+#[test]
+fn a_clean_call_completes_with_media_both_ways() {
+    let s = stack(AnchorBehaviour::Answer, Some(Policy::default()));
+    let r = run(spec(&s, Duration::from_secs(2)));
+    assert_eq!(r.outcome, Outcome::Completed, "{:?}", r.failure);
+    let m = r.milestones;
+    for (name, v) in [
+        ("signalling", m.signalling_connected_us),
+        ("ice collected", m.ice_collected_us),
+        ("answer", m.answer_received_us),
+        ("ice", m.ice_connected_us),
+        ("dtls", m.dtls_connected_us),
+        ("first rtp", m.first_rtp_us),
+    ] {
+        assert!(v.is_some(), "{name} missing");
+    }
+    let up = r
+        .agent_to_anchor
+        .expect("the anchor's measurement came back in bye");
+    let down = r
+        .anchor_to_agent
+        .expect("the agent measured the anchor's stream");
+    for (dir, d) in [("up", &up), ("down", &down)] {
+        assert!(d.packets_sent >= 90, "{dir}: {} sent", d.packets_sent);
+        assert_eq!(d.packets_lost, 0, "{dir}");
+        // 5 ms each way through the relay.
+        let delay = d.one_way_delay.quantile(0.5).unwrap();
+        assert!((4_900..10_000).contains(&delay), "{dir}: {delay} µs");
+        assert!(d.mos > 4.2, "{dir}: MOS {}", d.mos);
+    }
+}
+
+#[test]
+fn an_anchor_that_never_answers_is_a_handshake_failure() {
+    let s = stack(AnchorBehaviour::NeverAnswer, None);
+    let r = run(spec(&s, Duration::from_secs(1)));
+    assert_eq!(r.outcome, Outcome::Failed);
+    assert_eq!(
+        r.failure.unwrap().class,
+        FailureClass::SignallingHandshakeFailure
+    );
+}
+
+#[test]
+fn a_busy_agent_is_user_busy() {
+    let s = stack(AnchorBehaviour::Refuse(486), None);
+    let r = run(spec(&s, Duration::from_secs(1)));
+    let f = r.failure.unwrap();
+    assert_eq!(f.class, FailureClass::UserBusy);
+    assert_eq!(
+        f.ccp_message.as_deref(),
+        Some("Softphone call UserBusy error.")
+    );
+}
+
+#[test]
+fn blocked_udp_3478_is_an_ice_collection_timeout_with_the_ccp_message() {
+    let policy = Policy {
+        block: vec![PortRule {
+            transport: Transport::Udp,
+            ports: None,
+        }],
+        ..Policy::default()
+    };
+    let s = stack(AnchorBehaviour::Answer, Some(policy));
+    let r = run(spec(&s, Duration::from_secs(1)));
+    let f = r.failure.unwrap();
+    assert_eq!(f.class, FailureClass::IceCollectionTimeout, "{}", f.detail);
+    let msg = f.ccp_message.unwrap();
+    assert!(
+        msg.starts_with("Failed to establish softphone connection."),
+        "{msg}"
+    );
+    assert!(
+        msg.ends_with("turn:turn.sim.local:3478?transport=udp"),
+        "{msg}"
+    );
+    assert_eq!(r.outcome, Outcome::Failed);
+}
+
+#[test]
+fn an_unresolvable_turn_name_is_an_ice_collection_timeout() {
+    let s = stack(AnchorBehaviour::Answer, None);
+    let mut sp = spec(&s, Duration::from_secs(1));
+    sp.turn = Err("turn.sim.local: the site's DNS does not resolve this name".into());
+    let r = run(sp);
+    let f = r.failure.unwrap();
+    assert_eq!(f.class, FailureClass::IceCollectionTimeout);
+    assert!(f.detail.contains("DNS"), "{}", f.detail);
+}
+
+#[test]
+fn wrong_turn_credentials_are_a_turn_auth_failure() {
+    let s = stack(AnchorBehaviour::Answer, None);
+    let mut sp = spec(&s, Duration::from_secs(1));
+    sp.turn_password = "wrong".into();
+    let r = run(sp);
+    assert_eq!(r.failure.unwrap().class, FailureClass::TurnAuthFailure);
+}
+
+#[test]
+fn refused_signalling_is_a_connection_failure() {
+    let s = stack(AnchorBehaviour::Answer, None);
+    let mut sp = spec(&s, Duration::from_secs(1));
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = closed.local_addr().unwrap();
+    drop(closed);
+    sp.signalling = Ok(Endpoint {
+        url: format!("wss://{NAME}:{}/rtc", addr.port()),
+        addr,
+        roots: s.endpoint.roots.clone(),
+    });
+    let r = run(sp);
+    let f = r.failure.unwrap();
+    assert_eq!(f.class, FailureClass::SignallingConnectionFailure);
+    assert!(f.ccp_message.unwrap().contains("cannot be reached"));
+}
+
+#[test]
+fn media_stopping_mid_call_is_a_dropped_call() {
+    let s = stack(
+        AnchorBehaviour::GoSilentAfter(Duration::from_millis(800)),
+        None,
+    );
+    let r = run(spec(&s, Duration::from_secs(5)));
+    assert_eq!(r.outcome, Outcome::Dropped);
+    assert_eq!(r.failure.unwrap().class, FailureClass::MediaTimeout);
+}
