@@ -77,6 +77,8 @@ pub struct CallSpec {
     pub epoch: Instant,
     /// The SSRC of the agent's stream.
     pub ssrc: u32,
+    /// Becomes `true` when the run is stopping: a talking call hangs up at once.
+    pub hangup: Option<tokio::sync::watch::Receiver<bool>>,
 }
 
 /// Runs one call to its end and returns its record. Never panics on network input: every
@@ -292,7 +294,8 @@ impl Call {
         let talk_start = Instant::now();
         let mut frame = 0u32;
         let mut dropped = None;
-        while talk_start.elapsed() < spec.talk {
+        let hung_up = || spec.hangup.as_ref().is_some_and(|h| *h.borrow());
+        while talk_start.elapsed() < spec.talk && !hung_up() {
             let due = talk_start + Duration::from_millis(20) * frame;
             driven
                 .drive_until(talk_start + spec.talk, Some(due), |_| false)

@@ -25,6 +25,7 @@ pub mod distribution;
 pub mod emodel;
 pub mod jitter;
 pub mod loss;
+pub mod output;
 pub mod record;
 pub mod summary;
 pub mod verdict;

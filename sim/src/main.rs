@@ -21,6 +21,30 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// Runs a scenario: places its calls through the emulated network and a real TURN server,
+    /// writes the run folder, and says whether the network passes.
+    ///
+    /// Exit status: 0 pass, 1 fail, 2 inconclusive (the error rate's interval straddles the
+    /// threshold), 3 configuration error or a component that could not start.
+    Run {
+        /// The scenario file.
+        file: PathBuf,
+        /// The run folder (default: runs/<scenario>-<UTC timestamp>/).
+        #[arg(long)]
+        out: Option<PathBuf>,
+        /// Overrides the scenario's seed.
+        #[arg(long)]
+        seed: Option<u64>,
+        /// Overrides the number of call attempts.
+        #[arg(long)]
+        calls: Option<u32>,
+        /// Overrides the talk time of each call (e.g. 5s).
+        #[arg(long, value_parser = parse_duration)]
+        duration: Option<Duration>,
+        /// Plain progress lines instead of a progress bar.
+        #[arg(long)]
+        plain: bool,
+    },
     /// Checks scenario files; prints every error as FILE:LINE:COLUMN: FIELD: MESSAGE.
     ///
     /// Exit status 0 when every file is valid, 1 otherwise.
@@ -82,7 +106,74 @@ fn main() -> ExitCode {
         }
         Command::Path { file, site } => path(&file, site.as_deref()),
         Command::Bench { what } => bench(&what),
+        Command::Run {
+            file,
+            out,
+            seed,
+            calls,
+            duration,
+            plain,
+        } => {
+            let scenario = match Scenario::load(&file) {
+                Ok(s) => s,
+                Err(e) => {
+                    eprintln!("{e}");
+                    return ExitCode::from(3);
+                }
+            };
+            let options = sim::run::RunOptions {
+                out,
+                seed,
+                calls,
+                call_duration: duration,
+                plain_progress: plain,
+            };
+            match sim::run::run(&scenario, &options) {
+                Ok(outcome) => {
+                    let s = &outcome.summary;
+                    let e = &s.error_rate;
+                    println!(
+                        "{}: {} — error rate {:.2} % ({} of {}), {:.0} % interval {:.2}–{:.2} %, threshold {:.1} %",
+                        scenario.name,
+                        s.verdict.as_str().to_uppercase(),
+                        e.rate * 100.0,
+                        e.errors,
+                        e.attempts,
+                        e.confidence * 100.0,
+                        e.lower * 100.0,
+                        e.upper * 100.0,
+                        s.threshold * 100.0
+                    );
+                    if let (reports::Verdict::Inconclusive, Some(n)) = (s.verdict, s.calls_needed) {
+                        println!("about {n} calls in all would settle it at this error rate");
+                    }
+                    println!("run folder: {}", outcome.dir.display());
+                    ExitCode::from(sim::run::exit_code(s.verdict))
+                }
+                Err(e) => {
+                    eprintln!("sim run: {e}");
+                    ExitCode::from(3)
+                }
+            }
+        }
     }
+}
+
+fn parse_duration(s: &str) -> Result<Duration, String> {
+    let (num, unit) = s.split_at(
+        s.find(|c: char| !c.is_ascii_digit() && c != '.')
+            .unwrap_or(s.len()),
+    );
+    let v: f64 = num
+        .parse()
+        .map_err(|_| format!("expected a duration like 5s or 500ms, found {s}"))?;
+    let scale = match unit {
+        "ms" => 1e-3,
+        "s" | "" => 1.0,
+        "m" => 60.0,
+        _ => return Err(format!("unknown unit in {s} (ms, s, m)")),
+    };
+    Ok(Duration::from_secs_f64(v * scale))
 }
 
 fn bench(what: &BenchCommand) -> ExitCode {

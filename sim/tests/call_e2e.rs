@@ -138,6 +138,7 @@ fn spec(s: &Stack, talk: Duration) -> CallSpec {
         codec: Codec::OPUS,
         epoch: s.epoch,
         ssrc: 0x1234,
+        hangup: None,
     }
 }
 

@@ -1,0 +1,333 @@
+//! The run folder's files for programs and people: `summary.json`, `calls.csv`, `junit.xml` and
+//! `summary.md`. Each is versioned: the JSON carries `schema_version`, the CSV's first column
+//! names its version, the JUnit file follows the de-facto schema CI systems render.
+
+use std::fmt::Write as _;
+
+use serde::{Deserialize, Serialize};
+
+use crate::record::{CallRecord, FailureClass, SetupPhase};
+use crate::summary::RunSummary;
+use crate::verdict::{ErrorRate, Verdict};
+
+/// Version of the `summary.json` layout.
+pub const SUMMARY_FILE_VERSION: u32 = 1;
+/// Version of the `calls.csv` columns.
+pub const CSV_VERSION: u32 = 1;
+
+/// `summary.json`: the verdict and the figures behind it, with the mergeable summary.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SummaryFile {
+    /// [`SUMMARY_FILE_VERSION`].
+    pub schema_version: u32,
+    /// The scenario's name.
+    pub scenario: String,
+    /// The error-rate threshold, a fraction.
+    pub threshold: f64,
+    /// The error rate and its interval.
+    pub error_rate: ErrorRate,
+    /// Pass, fail or inconclusive.
+    pub verdict: Verdict,
+    /// Attempts in total that would settle the verdict at the observed rate (`null`: none would).
+    pub calls_needed: Option<u64>,
+    /// Whether the run was stopped before all its calls (Ctrl-C).
+    pub interrupted: bool,
+    /// Counts and distributions.
+    pub summary: RunSummary,
+}
+
+impl SummaryFile {
+    /// The summary file of `summary` against `threshold` at `confidence`.
+    pub fn new(
+        scenario: &str,
+        summary: RunSummary,
+        threshold: f64,
+        confidence: f64,
+        interrupted: bool,
+    ) -> Self {
+        let error_rate = summary.error_rate(confidence);
+        Self {
+            schema_version: SUMMARY_FILE_VERSION,
+            scenario: scenario.to_owned(),
+            threshold,
+            verdict: error_rate.verdict(threshold),
+            calls_needed: error_rate.calls_needed(threshold),
+            error_rate,
+            interrupted,
+            summary,
+        }
+    }
+}
+
+const CSV_COLUMNS: &[&str] = &[
+    "csv_version",
+    "run",
+    "call",
+    "agent",
+    "site",
+    "profile",
+    "kind",
+    "shard",
+    "started_unix_ms",
+    "outcome",
+    "failure_class",
+    "failure_detail",
+    "setup_signalling_ms",
+    "setup_ice_collection_ms",
+    "setup_invite_answer_ms",
+    "setup_ice_connected_ms",
+    "setup_dtls_ms",
+    "first_rtp_ms",
+    "up_sent",
+    "up_lost",
+    "up_loss_pct",
+    "up_jitter_p95_ms",
+    "up_delay_p50_ms",
+    "up_mos",
+    "down_sent",
+    "down_lost",
+    "down_loss_pct",
+    "down_jitter_p95_ms",
+    "down_delay_p50_ms",
+    "down_mos",
+];
+
+/// `calls.csv`: one row per call, the columns above (RFC 4180 quoting).
+pub fn calls_csv(records: &[CallRecord]) -> String {
+    let mut out = CSV_COLUMNS.join(",");
+    out.push('\n');
+    for r in records {
+        let id = &r.identity;
+        let mut row: Vec<String> = vec![
+            CSV_VERSION.to_string(),
+            id.run.clone(),
+            id.call.clone(),
+            id.agent.clone(),
+            id.site.clone(),
+            id.profile.clone(),
+            id.kind.as_str().to_owned(),
+            id.shard.to_string(),
+            r.started_unix_ms.to_string(),
+            r.outcome.as_str().to_owned(),
+            r.failure
+                .as_ref()
+                .map_or(String::new(), |f| f.class.as_str().to_owned()),
+            r.failure
+                .as_ref()
+                .map_or(String::new(), |f| f.detail.clone()),
+        ];
+        for phase in SetupPhase::ALL {
+            row.push(
+                r.milestones
+                    .phase_us(phase)
+                    .map_or(String::new(), |us| format!("{:.1}", us as f64 / 1000.0)),
+            );
+        }
+        for m in [&r.agent_to_anchor, &r.anchor_to_agent] {
+            match m {
+                Some(m) => {
+                    row.push(m.packets_sent.to_string());
+                    row.push(m.packets_lost.to_string());
+                    row.push(format!("{:.2}", m.loss_percent()));
+                    row.push(
+                        m.jitter
+                            .quantile(0.95)
+                            .map_or(String::new(), |v| format!("{:.2}", v as f64 / 1000.0)),
+                    );
+                    row.push(
+                        m.one_way_delay
+                            .quantile(0.5)
+                            .map_or(String::new(), |v| format!("{:.2}", v as f64 / 1000.0)),
+                    );
+                    row.push(format!("{:.2}", m.mos));
+                }
+                None => row.extend(std::iter::repeat_n(String::new(), 6)),
+            }
+        }
+        let cells: Vec<String> = row.iter().map(|c| csv_cell(c)).collect();
+        out.push_str(&cells.join(","));
+        out.push('\n');
+    }
+    out
+}
+
+fn csv_cell(s: &str) -> String {
+    if s.contains([',', '"', '\n', '\r']) {
+        format!("\"{}\"", s.replace('"', "\"\""))
+    } else {
+        s.to_owned()
+    }
+}
+
+fn xml(s: &str) -> String {
+    s.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+        .replace('"', "&quot;")
+        .replace('\'', "&apos;")
+}
+
+/// `junit.xml`: one testsuite per site, one testcase per call; failed and dropped calls carry a
+/// `<failure>` with the class as its type and the CCP's message (or the detail).
+pub fn junit_xml(scenario: &str, records: &[CallRecord]) -> String {
+    let mut sites: Vec<&str> = records.iter().map(|r| r.identity.site.as_str()).collect();
+    sites.sort_unstable();
+    sites.dedup();
+    let failures = records.iter().filter(|r| r.failure.is_some()).count();
+    let mut out = String::from("<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n");
+    let _ = writeln!(
+        out,
+        "<testsuites name=\"{}\" tests=\"{}\" failures=\"{failures}\">",
+        xml(scenario),
+        records.len()
+    );
+    for site in sites {
+        let calls: Vec<&CallRecord> = records.iter().filter(|r| r.identity.site == site).collect();
+        let failed = calls.iter().filter(|r| r.failure.is_some()).count();
+        let time: f64 = calls.iter().map(|r| duration_s(r)).sum();
+        let _ = writeln!(
+            out,
+            "  <testsuite name=\"{}\" tests=\"{}\" failures=\"{failed}\" errors=\"0\" time=\"{time:.3}\">",
+            xml(site),
+            calls.len()
+        );
+        for r in calls {
+            let _ = write!(
+                out,
+                "    <testcase classname=\"{}.{}\" name=\"{}\" time=\"{:.3}\"",
+                xml(scenario),
+                xml(site),
+                xml(&r.identity.call),
+                duration_s(r)
+            );
+            match &r.failure {
+                None => out.push_str("/>\n"),
+                Some(f) => {
+                    let message = f.ccp_message.as_deref().unwrap_or(&f.detail);
+                    let _ = writeln!(
+                        out,
+                        ">\n      <failure type=\"{}\" message=\"{}\">{} ({}): {}</failure>\n    </testcase>",
+                        f.class,
+                        xml(message),
+                        r.outcome.as_str(),
+                        f.class,
+                        xml(&f.detail)
+                    );
+                }
+            }
+        }
+        out.push_str("  </testsuite>\n");
+    }
+    out.push_str("</testsuites>\n");
+    out
+}
+
+fn duration_s(r: &CallRecord) -> f64 {
+    r.milestones.ended_us.unwrap_or(0) as f64 / 1e6
+}
+
+/// `summary.md`: the verdict and its figures, to paste into a ticket.
+pub fn summary_md(file: &SummaryFile) -> String {
+    let s = &file.summary;
+    let e = &file.error_rate;
+    let pct = |x: f64| format!("{:.2} %", x * 100.0);
+    let mut out = String::new();
+    let verdict = match file.verdict {
+        Verdict::Pass => "PASS",
+        Verdict::Fail => "FAIL",
+        Verdict::Inconclusive => "INCONCLUSIVE",
+    };
+    let _ = writeln!(out, "# {}: {verdict}\n", file.scenario);
+    let _ = writeln!(
+        out,
+        "Error rate **{}** ({} of {} calls failed or dropped), {:.0} % Wilson interval {} – {}, threshold {}.",
+        pct(e.rate),
+        e.errors,
+        e.attempts,
+        e.confidence * 100.0,
+        pct(e.lower),
+        pct(e.upper),
+        pct(file.threshold)
+    );
+    match (file.verdict, file.calls_needed) {
+        (Verdict::Inconclusive, Some(n)) => {
+            let _ = writeln!(
+                out,
+                "\nThe interval straddles the threshold: about **{n} calls** in all ({} more) would settle it if errors continue at this rate.",
+                n.saturating_sub(e.attempts)
+            );
+        }
+        (Verdict::Inconclusive, None) => {
+            let _ = writeln!(
+                out,
+                "\nThe interval straddles the threshold and the observed rate equals it: more calls will not settle it."
+            );
+        }
+        _ => {}
+    }
+    if file.interrupted {
+        let _ = writeln!(
+            out,
+            "\n> The run was interrupted before all its calls were placed."
+        );
+    }
+    let _ = writeln!(
+        out,
+        "\n| outcome | calls |\n|---|---:|\n| completed | {} |\n| failed | {} |\n| dropped | {} |",
+        s.outcomes.completed, s.outcomes.failed, s.outcomes.dropped
+    );
+    if !s.failures.is_empty() {
+        let _ = writeln!(out, "\n| failure class | calls |\n|---|---:|");
+        let mut classes: Vec<(&FailureClass, &u64)> = s.failures.iter().collect();
+        classes.sort_by(|a, b| b.1.cmp(a.1));
+        for (c, n) in classes {
+            let _ = writeln!(out, "| `{c}` | {n} |");
+        }
+    }
+    let _ = writeln!(
+        out,
+        "\n| setup phase | p50 ms | p95 ms | max ms |\n|---|---:|---:|---:|"
+    );
+    for (phase, d) in &s.setup {
+        if d.is_empty() {
+            continue;
+        }
+        let ms = |q: f64| {
+            d.quantile(q)
+                .map_or(String::new(), |v| format!("{:.1}", v as f64 / 1000.0))
+        };
+        let _ = writeln!(
+            out,
+            "| {} | {} | {} | {} |",
+            phase.as_str(),
+            ms(0.5),
+            ms(0.95),
+            d.max()
+                .map_or(String::new(), |v| format!("{:.1}", v as f64 / 1000.0))
+        );
+    }
+    let _ = writeln!(
+        out,
+        "\n| media | streams | loss | jitter p95 ms | delay p50 ms | MOS p5 | MOS p50 |\n|---|---:|---:|---:|---:|---:|---:|"
+    );
+    for (name, d) in [
+        ("agent → anchor", &s.agent_to_anchor),
+        ("anchor → agent", &s.anchor_to_agent),
+    ] {
+        let q = |dist: &crate::Distribution, q: f64, scale: f64| {
+            dist.quantile(q)
+                .map_or(String::from("–"), |v| format!("{:.2}", v as f64 / scale))
+        };
+        let _ = writeln!(
+            out,
+            "| {name} | {} | {:.2} % | {} | {} | {} | {} |",
+            d.streams,
+            d.loss_percent(),
+            q(&d.jitter, 0.95, 1000.0),
+            q(&d.one_way_delay, 0.5, 1000.0),
+            q(&d.mos, 0.05, 100.0),
+            q(&d.mos, 0.5, 100.0)
+        );
+    }
+    out
+}

@@ -1,0 +1,662 @@
+//! `sim run`: the whole media path on one machine — TURN server, signalling endpoint, media
+//! anchor and each site's impaired path started in process, then the scenario's calls placed at
+//! its concurrency and ramp, every record appended to `calls.jsonl` as its call ends, and the
+//! verdict written when the run ends (or is interrupted).
+
+use std::collections::HashMap;
+use std::fs::{self, File};
+use std::io::{self, IsTerminal};
+use std::net::SocketAddr;
+use std::path::{Path as FsPath, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use indicatif::{ProgressBar, ProgressStyle};
+use loadgen::session::{CallSpec, Timeouts, run_call};
+use loadgen::signalling::Endpoint;
+use reports::emodel::Codec as EModelCodec;
+use reports::output::{SummaryFile, calls_csv, junit_xml, summary_md};
+use reports::record::append_record;
+use reports::{CallIdentity, CallKind, CallRecord, FailureClass, RunSummary, Shard, Verdict};
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use tokio::sync::{Semaphore, mpsc, watch};
+
+use crate::anchor::{AnchorBehaviour, AnchorConfig, AnchorStats};
+use crate::relay::{
+    InspectingProxy, InspectingProxyConfig, InspectionCa, TcpRelay, TcpRelayConfig, UdpRelay,
+    UdpRelayConfig,
+};
+use crate::scenario::{Codec, Scenario, Transport};
+use crate::signalling::SignallingServer;
+
+/// Overrides of the scenario from the command line (DESIGN §7).
+#[derive(Debug, Clone, Default)]
+pub struct RunOptions {
+    /// The run folder (default `runs/<scenario>-<UTC timestamp>/`).
+    pub out: Option<PathBuf>,
+    /// The seed.
+    pub seed: Option<u64>,
+    /// Call attempts.
+    pub calls: Option<u32>,
+    /// Talk time of each call.
+    pub call_duration: Option<Duration>,
+    /// Show progress as plain lines even on a terminal (or never a bar).
+    pub plain_progress: bool,
+}
+
+/// What a run produced.
+#[derive(Debug)]
+pub struct RunOutcome {
+    /// The run folder.
+    pub dir: PathBuf,
+    /// The verdict and figures written to `summary.json`.
+    pub summary: SummaryFile,
+}
+
+/// Why a run could not start or finish.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum RunError {
+    /// The scenario asks for something this version cannot run.
+    #[error("{0}")]
+    Unsupported(String),
+    /// A component could not start, or a file could not be written.
+    #[error("{what}: {source}")]
+    Io {
+        /// What was being done.
+        what: String,
+        /// The error.
+        source: io::Error,
+    },
+}
+
+fn io_err(what: impl Into<String>) -> impl FnOnce(io::Error) -> RunError {
+    let what = what.into();
+    move |source| RunError::Io { what, source }
+}
+
+/// Call kinds this version places; the others are refused before the run starts.
+const SUPPORTED_KINDS: [CallKind; 2] = [CallKind::Inbound, CallKind::Outbound];
+
+/// Runs `scenario` and writes its run folder.
+pub fn run(scenario: &Scenario, options: &RunOptions) -> Result<RunOutcome, RunError> {
+    let unsupported: Vec<&str> = scenario
+        .agents
+        .mix
+        .iter()
+        .filter(|(k, share)| **share > 0.0 && !SUPPORTED_KINDS.contains(k))
+        .map(|(k, _)| k.as_str())
+        .collect();
+    if !unsupported.is_empty() {
+        return Err(RunError::Unsupported(format!(
+            "call kinds {} are not implemented yet; this version places inbound and outbound calls (set agents.mix accordingly)",
+            unsupported.join(", ")
+        )));
+    }
+    let Some(turn_url) = scenario
+        .turn
+        .urls
+        .iter()
+        .find(|u| u.transport == Transport::Udp && !u.secure)
+    else {
+        return Err(RunError::Unsupported(
+            "this version reaches TURN over UDP only: give a turn:…?transport=udp URL".into(),
+        ));
+    };
+    let seed = options.seed.unwrap_or(scenario.seed);
+    let calls = options.calls.unwrap_or(scenario.agents.calls);
+    let talk = options
+        .call_duration
+        .unwrap_or(scenario.agents.call_duration);
+    let dir = options.out.clone().unwrap_or_else(|| {
+        PathBuf::from("runs").join(format!(
+            "{}-{}",
+            scenario.name,
+            utc_stamp(SystemTime::now())
+        ))
+    });
+    fs::create_dir_all(&dir).map_err(io_err(format!("creating {}", dir.display())))?;
+    let run_id = dir.file_name().map_or_else(
+        || scenario.name.clone(),
+        |n| n.to_string_lossy().into_owned(),
+    );
+
+    // The vendor side: TURN, signalling, anchor.
+    let password = format!("{:016x}", splitmix(seed ^ 0x7475_726e));
+    let turn = start_turn(&password)?;
+    let turn_addr = turn.bound.udp[0];
+    let signalling_host = host_of(&scenario.signalling_url);
+    let ck = rcgen::generate_simple_self_signed(vec![signalling_host.clone()])
+        .map_err(|e| io_err("certificate")(io::Error::other(e)))?;
+    let cert: CertificateDer<'static> = ck.cert.der().clone();
+    let (to_anchor, requests) = mpsc::unbounded_channel();
+    let signalling = SignallingServer::start(
+        "127.0.0.1:0"
+            .parse()
+            .map_err(|e| io_err("address")(io::Error::other(e)))?,
+        vec![cert.clone()],
+        PrivateKeyDer::Pkcs8(ck.signing_key.serialize_der().into()),
+        to_anchor,
+    )
+    .map_err(io_err("starting the signalling endpoint"))?;
+    let epoch = Instant::now();
+    let codec = match scenario.agents.codec {
+        Codec::Opus => EModelCodec::OPUS,
+        Codec::G711 => EModelCodec::G711_PLC,
+    };
+    let anchor_stats = Arc::new(AnchorStats::default());
+    let anchor = {
+        let config = AnchorConfig {
+            turn: turn_addr,
+            username: "agent".into(),
+            password: password.clone(),
+            realm: "sim.local".into(),
+            epoch,
+            codec,
+            behaviour: AnchorBehaviour::Answer,
+        };
+        let stats = anchor_stats.clone();
+        std::thread::Builder::new()
+            .name("anchor".into())
+            .spawn(move || {
+                if let Ok(rt) = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                {
+                    rt.block_on(crate::anchor::serve(config, requests, stats));
+                }
+            })
+            .map_err(io_err("starting the anchor"))?
+    };
+
+    // The agents' side: each site's path in front of TURN and signalling.
+    let mut sites = Vec::new();
+    for (i, site) in scenario.sites.iter().enumerate() {
+        let site_seed = splitmix(seed ^ (i as u64 + 1));
+        let media = UdpRelay::start(UdpRelayConfig {
+            listen: loopback(),
+            upstream: turn_addr,
+            path: site.path.clone(),
+            seed: site_seed,
+            policy: site.policy.clone(),
+        })
+        .map_err(io_err(format!("starting site {}'s media path", site.name)))?;
+        let (mut upstream, mut roots) = (signalling.local_addr(), vec![cert.clone()]);
+        let proxy = if site.policy.breaks_websocket_upgrade
+            || site.policy.tls_cache_expiry.is_some()
+        {
+            let ca = Arc::new(
+                InspectionCa::new().map_err(|e| io_err("inspection CA")(io::Error::other(e)))?,
+            );
+            let p = InspectingProxy::start(InspectingProxyConfig {
+                listen: loopback(),
+                upstream,
+                server_name: signalling_host.clone(),
+                upstream_roots: vec![cert.clone()],
+                ca: ca.clone(),
+                breaks_websocket_upgrade: site.policy.breaks_websocket_upgrade,
+                cache_expiry: site.policy.tls_cache_expiry,
+            })
+            .map_err(io_err(format!("starting site {}'s proxy", site.name)))?;
+            upstream = p.local_addr();
+            roots = vec![ca.certificate()];
+            Some(p)
+        } else {
+            None
+        };
+        let control = TcpRelay::start(TcpRelayConfig {
+            listen: loopback(),
+            upstream,
+            path: site.path.clone(),
+            seed: site_seed,
+            policy: site.policy.clone(),
+            reset_after: None,
+        })
+        .map_err(io_err(format!(
+            "starting site {}'s signalling path",
+            site.name
+        )))?;
+        sites.push(SitePlumbing {
+            media,
+            control,
+            _proxy: proxy,
+            roots,
+        });
+    }
+
+    // The calls.
+    let plan = plan_calls(scenario, seed, calls);
+    let mut jsonl =
+        File::create(dir.join("calls.jsonl")).map_err(io_err("creating calls.jsonl"))?;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(io_err("starting the agents' runtime"))?;
+    let progress = Progress::new(u64::from(calls), options.plain_progress);
+    let timeouts = Timeouts {
+        websocket_connect: scenario.agents.timeouts.websocket_connect,
+        ice_collection: scenario.agents.timeouts.ice_collection,
+        invite_answer: scenario.agents.timeouts.invite_answer,
+        ack: scenario.agents.timeouts.ack,
+        ..Timeouts::default()
+    };
+    let (records, interrupted) = runtime.block_on(async {
+        let (hangup_tx, hangup_rx) = watch::channel(false);
+        let (done_tx, mut done_rx) = mpsc::unbounded_channel::<CallRecord>();
+        let permits = Arc::new(Semaphore::new(scenario.agents.concurrency as usize));
+        let ramp = Duration::from_secs_f64(1.0 / scenario.agents.ramp_per_second);
+        let mut records = Vec::with_capacity(plan.len());
+        let mut interrupted = false;
+        let mut next_start = tokio::time::Instant::now();
+        let mut planned = plan.into_iter();
+        let mut in_flight = 0usize;
+        let ctrl_c = tokio::signal::ctrl_c();
+        tokio::pin!(ctrl_c);
+        loop {
+            let can_start = !interrupted && planned.len() > 0;
+            tokio::select! {
+                biased;
+                _ = &mut ctrl_c, if !interrupted => {
+                    interrupted = true;
+                    let _ = hangup_tx.send(true);
+                    progress.note("interrupted: no new calls, hanging up the live ones");
+                }
+                Some(record) = done_rx.recv() => {
+                    in_flight -= 1;
+                    let _ = append_record(&mut jsonl, &record);
+                    progress.call_ended(&record);
+                    records.push(record);
+                }
+                permit = permits.clone().acquire_owned(), if can_start => {
+                    let Ok(permit) = permit else { break };
+                    tokio::time::sleep_until(next_start).await;
+                    next_start = tokio::time::Instant::now() + ramp;
+                    let Some(planned_call) = planned.next() else { continue };
+                    let site = &scenario.sites[planned_call.site];
+                    let plumbing = &sites[planned_call.site];
+                    let spec = CallSpec {
+                        identity: CallIdentity {
+                            run: run_id.clone(),
+                            call: format!("c{:05}", planned_call.index),
+                            agent: format!("agent-{:04}", planned_call.index % scenario.agents.concurrency.max(1)),
+                            scenario: scenario.name.clone(),
+                            site: site.name.clone(),
+                            profile: site.profile.clone(),
+                            kind: planned_call.kind,
+                            shard: Shard::WHOLE,
+                        },
+                        signalling: if site.policy.resolves(&signalling_host) {
+                            Ok(Endpoint { url: scenario.signalling_url.clone(), addr: plumbing.control.local_addr(), roots: plumbing.roots.clone() })
+                        } else {
+                            Err(format!("{signalling_host}: the site's DNS does not resolve this name"))
+                        },
+                        turn: if site.policy.resolves(&turn_url.host) {
+                            Ok(plumbing.media.local_addr())
+                        } else {
+                            Err(format!("{}: the site's DNS does not resolve this name", turn_url.host))
+                        },
+                        turn_url: turn_url.to_string(),
+                        turn_username: "agent".into(),
+                        turn_password: password.clone(),
+                        turn_realm: "sim.local".into(),
+                        timeouts,
+                        talk,
+                        dead_air: scenario.agents.dead_air,
+                        codec,
+                        epoch,
+                        ssrc: 0x1000_0000 | planned_call.index,
+                        hangup: Some(hangup_rx.clone()),
+                    };
+                    let done = done_tx.clone();
+                    in_flight += 1;
+                    progress.call_started();
+                    tokio::spawn(async move {
+                        let record = run_call(spec).await;
+                        drop(permit);
+                        let _ = done.send(record);
+                    });
+                }
+                else => break,
+            }
+            if (interrupted || planned.len() == 0) && in_flight == 0 {
+                break;
+            }
+        }
+        (records, interrupted)
+    });
+    progress.finish();
+
+    let mut summary = RunSummary::new();
+    for r in &records {
+        // Invariant: records are built by this crate with units it chose; a unit clash is a bug.
+        let _ = summary.add(r);
+    }
+    let file = SummaryFile::new(
+        &scenario.name,
+        summary,
+        scenario.threshold,
+        scenario.confidence,
+        interrupted,
+    );
+    write_outputs(&dir, &scenario.name, &records, &file)?;
+
+    drop(sites);
+    signalling.shutdown();
+    let _ = anchor.join();
+    let _ = turn.stop();
+    Ok(RunOutcome { dir, summary: file })
+}
+
+struct SitePlumbing {
+    media: UdpRelay,
+    control: TcpRelay,
+    _proxy: Option<InspectingProxy>,
+    roots: Vec<CertificateDer<'static>>,
+}
+
+fn loopback() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], 0))
+}
+
+fn host_of(url: &str) -> String {
+    let rest = url.split_once("://").map_or(url, |(_, r)| r);
+    rest.split(['/', ':'])
+        .next()
+        .unwrap_or("signalling.sim.local")
+        .to_owned()
+}
+
+fn start_turn(password: &str) -> Result<turn_server::io::Running, RunError> {
+    let mut users = HashMap::new();
+    users.insert(
+        "agent".to_owned(),
+        turn_server::auth::Secret(password.to_owned()),
+    );
+    let mut core = turn_server::Config {
+        realm: "sim.local".into(),
+        credentials: turn_server::auth::Credentials {
+            users,
+            static_auth_secret: None,
+        },
+        ..turn_server::Config::default()
+    };
+    // The anchor's relayed addresses are on loopback: allow them explicitly (the server denies
+    // loopback peers by default).
+    if let Ok(lo) = "127.0.0.0/8".parse() {
+        core.peer_policy.allow.push(lo);
+    }
+    // Quotas sized for a load test, not for a public server.
+    core.user_quota = 100_000;
+    core.total_quota = 100_000;
+    turn_server::io::start(turn_server::io::Settings {
+        core,
+        listen: vec![loopback()],
+        ..turn_server::io::Settings::default()
+    })
+    .map_err(io_err("starting the TURN server"))
+}
+
+struct PlannedCall {
+    index: u32,
+    site: usize,
+    kind: CallKind,
+}
+
+/// Which site and kind each call gets: sites by their shares (largest remainder, so 200 calls
+/// at 50/50 are exactly 100/100), kinds drawn from the mix with the scenario's seed.
+fn plan_calls(scenario: &Scenario, seed: u64, calls: u32) -> Vec<PlannedCall> {
+    let mut per_site: Vec<u32> = scenario
+        .sites
+        .iter()
+        .map(|s| (s.share * f64::from(calls)).floor() as u32)
+        .collect();
+    let rest = calls - per_site.iter().sum::<u32>().min(calls);
+    let mut order: Vec<usize> = (0..per_site.len()).collect();
+    order.sort_by(|&a, &b| {
+        let frac = |i: usize| scenario.sites[i].share * f64::from(calls) - f64::from(per_site[i]);
+        frac(b).total_cmp(&frac(a))
+    });
+    for &i in order.iter().cycle().take(rest as usize) {
+        per_site[i] += 1;
+    }
+    let sites: Vec<usize> = per_site
+        .iter()
+        .enumerate()
+        .flat_map(|(i, &n)| std::iter::repeat_n(i, n as usize))
+        .collect();
+    let mix: Vec<(CallKind, f64)> = scenario.agents.mix.iter().map(|(k, s)| (*k, *s)).collect();
+    let mut state = seed;
+    (0..calls)
+        .map(|index| {
+            // Interleave the sites so that they ramp up together.
+            let site = sites[(index as usize * 7919) % sites.len().max(1)];
+            state = splitmix(state);
+            let u = (state >> 11) as f64 / (1u64 << 53) as f64;
+            let mut acc = 0.0;
+            let kind = mix.iter().find(|(_, s)| {
+                acc += s;
+                u < acc
+            });
+            PlannedCall {
+                index,
+                site,
+                kind: kind.map_or(CallKind::Inbound, |(k, _)| *k),
+            }
+        })
+        .collect()
+}
+
+fn splitmix(mut x: u64) -> u64 {
+    x = x.wrapping_add(0x9e37_79b9_7f4a_7c15);
+    x = (x ^ (x >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    x = (x ^ (x >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    x ^ (x >> 31)
+}
+
+fn write_outputs(
+    dir: &FsPath,
+    scenario: &str,
+    records: &[CallRecord],
+    file: &SummaryFile,
+) -> Result<(), RunError> {
+    let write = |name: &str, contents: &str| {
+        fs::write(dir.join(name), contents).map_err(io_err(format!("writing {name}")))
+    };
+    let json = serde_json::to_string_pretty(file)
+        .map_err(|e| io_err("summary.json")(io::Error::other(e)))?;
+    write("summary.json", &json)?;
+    write("calls.csv", &calls_csv(records))?;
+    write("junit.xml", &junit_xml(scenario, records))?;
+    write("summary.md", &summary_md(file))
+}
+
+/// `YYYYMMDDTHHMMSSZ` in UTC (civil-from-days, H. Hinnant's algorithm).
+fn utc_stamp(t: SystemTime) -> String {
+    let secs = t
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let (days, rem) = (secs / 86_400, secs % 86_400);
+    let z = days as i64 + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!(
+        "{y:04}{m:02}{d:02}T{:02}{:02}{:02}Z",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60
+    )
+}
+
+/// Live counts: a bar on a terminal, plain lines otherwise.
+struct Progress {
+    bar: Option<ProgressBar>,
+    total: u64,
+    started: Instant,
+    last_line: std::cell::Cell<Instant>,
+    counts: std::cell::RefCell<Counts>,
+}
+
+#[derive(Default)]
+struct Counts {
+    attempted: u64,
+    completed: u64,
+    failed: u64,
+    dropped: u64,
+    classes: HashMap<FailureClass, u64>,
+}
+
+impl Progress {
+    fn new(total: u64, plain: bool) -> Self {
+        let bar = (!plain && io::stderr().is_terminal()).then(|| {
+            let bar = ProgressBar::new(total);
+            bar.set_style(
+                ProgressStyle::with_template(
+                    "{spinner} [{elapsed_precise}] {bar:30} {pos}/{len} ended · {msg}",
+                )
+                .unwrap_or_else(|_| ProgressStyle::default_bar()),
+            );
+            bar.enable_steady_tick(Duration::from_millis(200));
+            bar
+        });
+        let now = Instant::now();
+        Self {
+            bar,
+            total,
+            started: now,
+            last_line: std::cell::Cell::new(now),
+            counts: std::cell::RefCell::default(),
+        }
+    }
+
+    fn message(&self) -> String {
+        let c = self.counts.borrow();
+        let ended = c.completed + c.failed + c.dropped;
+        let rate = if ended == 0 {
+            0.0
+        } else {
+            100.0 * (c.failed + c.dropped) as f64 / ended as f64
+        };
+        let cps = ended as f64 / self.started.elapsed().as_secs_f64().max(1e-3);
+        let mut classes: Vec<(&FailureClass, &u64)> = c.classes.iter().collect();
+        classes.sort_by(|a, b| b.1.cmp(a.1));
+        let top: Vec<String> = classes
+            .iter()
+            .take(2)
+            .map(|(k, n)| format!("{k} {n}"))
+            .collect();
+        format!(
+            "{} attempted, {} connected, {} failed, {} dropped, error rate {rate:.1} %, {cps:.1} calls/s{}",
+            c.attempted,
+            c.completed,
+            c.failed,
+            c.dropped,
+            if top.is_empty() {
+                String::new()
+            } else {
+                format!(" ({})", top.join(", "))
+            }
+        )
+    }
+
+    fn call_started(&self) {
+        self.counts.borrow_mut().attempted += 1;
+        self.refresh();
+    }
+
+    fn call_ended(&self, r: &CallRecord) {
+        {
+            let mut c = self.counts.borrow_mut();
+            match r.outcome {
+                reports::Outcome::Completed => c.completed += 1,
+                reports::Outcome::Failed => c.failed += 1,
+                reports::Outcome::Dropped => c.dropped += 1,
+            }
+            if let Some(f) = &r.failure {
+                *c.classes.entry(f.class).or_default() += 1;
+            }
+        }
+        if let Some(bar) = &self.bar {
+            bar.inc(1);
+        }
+        self.refresh();
+    }
+
+    fn refresh(&self) {
+        match &self.bar {
+            Some(bar) => bar.set_message(self.message()),
+            None => {
+                if self.last_line.get().elapsed() >= Duration::from_secs(5) {
+                    self.last_line.set(Instant::now());
+                    let ended = {
+                        let c = self.counts.borrow();
+                        c.completed + c.failed + c.dropped
+                    };
+                    eprintln!(
+                        "[{:>5.0} s] {ended}/{} ended: {}",
+                        self.started.elapsed().as_secs_f64(),
+                        self.total,
+                        self.message()
+                    );
+                }
+            }
+        }
+    }
+
+    fn note(&self, text: &str) {
+        match &self.bar {
+            Some(bar) => bar.println(text),
+            None => eprintln!("{text}"),
+        }
+    }
+
+    fn finish(&self) {
+        match &self.bar {
+            Some(bar) => bar.finish_with_message(self.message()),
+            None => eprintln!(
+                "[{:>5.0} s] done: {}",
+                self.started.elapsed().as_secs_f64(),
+                self.message()
+            ),
+        }
+    }
+}
+
+/// The process exit status for a verdict (documented in the README): 0 pass, 1 fail,
+/// 2 inconclusive; 3 is a configuration error.
+pub fn exit_code(verdict: Verdict) -> u8 {
+    match verdict {
+        Verdict::Pass => 0,
+        Verdict::Fail => 1,
+        Verdict::Inconclusive => 2,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn utc_stamps() {
+        // 2026-11-27 09:15:06 UTC = 1 795 770 906 s after the epoch.
+        assert_eq!(
+            utc_stamp(SystemTime::UNIX_EPOCH + Duration::from_secs(1_795_770_906)),
+            "20261127T091506Z"
+        );
+        assert_eq!(utc_stamp(SystemTime::UNIX_EPOCH), "19700101T000000Z");
+    }
+
+    #[test]
+    fn hosts() {
+        assert_eq!(
+            host_of("wss://signalling.sim.local:8443/rtc"),
+            "signalling.sim.local"
+        );
+        assert_eq!(host_of("wss://x.example/"), "x.example");
+    }
+}
