@@ -9,7 +9,8 @@
 //!                                       # [] for none
 //! cert = "/etc/turn/cert.pem"           # PEM chain; self-signed at start when absent
 //! pkey = "/etc/turn/key.pem"            # PEM private key (PKCS#8, PKCS#1 or SEC1)
-//! metrics = "127.0.0.1:9641"            # Prometheus /metrics and the /faults control API
+//! metrics = "127.0.0.1:9641"            # Prometheus /metrics, GET/POST /faults
+//! http_faults = false                   # allow POST /faults (unauthenticated; loopback only!)
 //! relay_ip = "192.0.2.10"               # IPv4 address of relayed sockets; default: listen IP
 //! relay_ipv6 = "2001:db8::10"           # IPv6 address of relayed sockets (enables IPv6 relay)
 //! min_port = 49152                      # relayed port range
@@ -60,6 +61,8 @@ pub struct FileConfig {
     pub pkey: Option<PathBuf>,
     /// Metrics/control HTTP address.
     pub metrics: Option<SocketAddr>,
+    /// Allow `POST /faults`.
+    pub http_faults: Option<bool>,
     /// IPv4 relay address.
     pub relay_ip: Option<Ipv4Addr>,
     /// IPv6 relay address.

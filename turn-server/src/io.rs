@@ -58,6 +58,9 @@ pub struct Settings {
     pub tls_files: Option<(PathBuf, PathBuf)>,
     /// HTTP address of `/metrics` and `/faults`.
     pub metrics: Option<SocketAddr>,
+    /// Whether `POST /faults` may change faults (an unauthenticated control: off by default,
+    /// for loopback use by the simulator).
+    pub http_faults: bool,
     /// Faults in force at start.
     pub faults: Faults,
 }
@@ -265,6 +268,7 @@ struct Edge {
     armed: Cell<Option<Instant>>,
     stats: RefCell<EdgeCounters>,
     drop_streams: Cell<bool>,
+    http_faults: bool,
 }
 
 async fn serve(
@@ -299,6 +303,7 @@ async fn serve(
         armed: Cell::new(None),
         stats: RefCell::new(EdgeCounters::default()),
         drop_streams: Cell::new(settings.faults.drop_streams),
+        http_faults: settings.http_faults,
     });
     let mut tasks = Vec::new();
     for (addr, socket) in &listeners.udp {
@@ -761,6 +766,10 @@ async fn http_connection(edge: Rc<Edge>, mut stream: TcpStream) {
     let (status, body) = match (method, path) {
         ("GET", "/metrics") => ("200 OK", render_prometheus(&edge.snapshot())),
         ("GET", "/faults") => ("200 OK", format_faults(edge.server.borrow().faults())),
+        ("POST" | "PUT", "/faults") if !edge.http_faults => (
+            "403 Forbidden",
+            "fault injection over HTTP is off (start with --http-faults)\n".to_owned(),
+        ),
         ("POST" | "PUT", "/faults") => match parse_faults(query) {
             Ok(f) => {
                 edge.set_faults(f);

@@ -66,6 +66,9 @@ struct Cli {
     /// HTTP address for Prometheus `/metrics` and the `/faults` control API.
     #[arg(long, value_name = "ADDR:PORT")]
     metrics: Option<SocketAddr>,
+    /// Allow `POST /faults` on the metrics endpoint (unauthenticated: keep it on loopback).
+    #[arg(long)]
+    http_faults: bool,
     /// Address relayed sockets bind on (IPv4 or IPv6) [default: the listen address].
     #[arg(long, value_name = "IP")]
     relay_ip: Vec<IpAddr>,
@@ -354,6 +357,7 @@ fn settings(cli: &Cli, file: FileConfig) -> Result<Settings, String> {
         tls_listen,
         tls_files,
         metrics: cli.metrics.or(file.metrics),
+        http_faults: cli.http_faults || file.http_faults == Some(true),
         faults,
     })
 }

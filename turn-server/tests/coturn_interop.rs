@@ -70,6 +70,7 @@ fn start_server() -> Running {
         tls_listen: vec!["127.0.0.1:0".parse().unwrap()],
         tls_files: None,
         metrics: None,
+        http_faults: false,
         faults: Faults::default(),
     })
     .expect("server starts")

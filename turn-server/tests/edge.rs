@@ -24,6 +24,7 @@ fn start(faults: Faults) -> Running {
         tls_listen: vec![],
         tls_files: None,
         metrics: Some("127.0.0.1:0".parse().unwrap()),
+        http_faults: true,
         faults,
     })
     .expect("server starts")
@@ -258,4 +259,25 @@ fn faults_via_handle_and_http() {
         "{text}"
     );
     assert!(http(metrics, "POST /faults?bogus=1 HTTP/1.1\r\n\r\n").starts_with("HTTP/1.1 400"));
+}
+
+#[test]
+fn http_fault_control_is_off_unless_enabled() {
+    let mut core = common::config();
+    core.min_port = 49152;
+    core.max_port = 65535;
+    let server = io::start(Settings {
+        core,
+        listen: vec!["127.0.0.1:0".parse().unwrap()],
+        tls_listen: vec![],
+        tls_files: None,
+        metrics: Some("127.0.0.1:0".parse().unwrap()),
+        http_faults: false,
+        faults: Faults::default(),
+    })
+    .unwrap();
+    let metrics = server.bound.metrics.unwrap();
+    let out = http(metrics, "POST /faults?unresponsive=1 HTTP/1.1\r\n\r\n");
+    assert!(out.starts_with("HTTP/1.1 403"), "{out}");
+    assert!(http(metrics, "GET /faults HTTP/1.1\r\n\r\n").contains("unresponsive=0"));
 }
