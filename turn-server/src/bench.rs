@@ -48,6 +48,9 @@ pub(crate) struct BenchArgs {
     /// Which directions carry packets: both, up (client → peer) or down (peer → client).
     #[arg(long, value_enum, default_value_t = Direction::Both)]
     direction: Direction,
+    /// Runs of every configuration, interleaved; the report shows the median of each figure.
+    #[arg(long, default_value_t = 1)]
+    repeat: usize,
     /// Which servers: ours, coturn or both.
     #[arg(long, value_enum, default_value_t = Servers::Both)]
     servers: Servers,
@@ -116,41 +119,85 @@ pub(crate) fn run(args: &BenchArgs) -> Result<(), String> {
         .map_err(|e| e.to_string())?;
     let mut results = Vec::new();
     let mut baselines = Vec::new();
-    for &n in &args.allocations {
-        eprintln!("== {n} flows: direct (generator baseline)");
-        let local = tokio::task::LocalSet::new();
-        baselines.push(local.block_on(&rt, load(None, n, args))?);
-        let mut servers: Vec<&'static str> = Vec::new();
-        if args.servers != Servers::Coturn {
-            servers.push("turn-server");
-        }
-        if args.servers != Servers::Ours {
-            servers.push("coturn");
-        }
-        for name in servers {
-            eprintln!("== {n} flows: {name}");
-            let mut proc = if name == "coturn" {
-                spawn_coturn(args)?
-            } else {
-                spawn_ours()?
-            };
+    let mut servers: Vec<&'static str> = Vec::new();
+    if args.servers != Servers::Coturn {
+        servers.push("turn-server");
+    }
+    if args.servers != Servers::Ours {
+        servers.push("coturn");
+    }
+    // Interleaved so that anything else running on the machine hits every server alike.
+    for rep in 0..args.repeat.max(1) {
+        for &n in &args.allocations {
+            eprintln!("== run {}: {n} flows: direct (generator baseline)", rep + 1);
             let local = tokio::task::LocalSet::new();
-            let r = local.block_on(&rt, load(Some(&proc), n, args));
-            proc.stop();
-            results.push(RunResult { server: name, ..r? });
+            baselines.push(local.block_on(&rt, load(None, n, args))?);
+            for &name in &servers {
+                eprintln!("== run {}: {n} flows: {name}", rep + 1);
+                let mut proc = if name == "coturn" {
+                    spawn_coturn(args)?
+                } else {
+                    spawn_ours()?
+                };
+                let local = tokio::task::LocalSet::new();
+                let r = local.block_on(&rt, load(Some(&proc), n, args));
+                proc.stop();
+                results.push(RunResult { server: name, ..r? });
+            }
         }
     }
+    let baselines = medians(&baselines);
+    let results = medians(&results);
     print_report(args, &baselines, &results);
     Ok(())
+}
+
+/// One row per (server, allocations), each figure the median over the repeated runs.
+fn medians(runs: &[RunResult]) -> Vec<RunResult> {
+    let mut out: Vec<RunResult> = Vec::new();
+    for r in runs {
+        if out
+            .iter()
+            .any(|o| o.server == r.server && o.allocations == r.allocations)
+        {
+            continue;
+        }
+        let same: Vec<&RunResult> = runs
+            .iter()
+            .filter(|o| o.server == r.server && o.allocations == r.allocations)
+            .collect();
+        let median = |f: fn(&RunResult) -> f64| {
+            let mut v: Vec<f64> = same.iter().map(|r| f(r)).collect();
+            v.sort_by(f64::total_cmp);
+            v[v.len() / 2]
+        };
+        out.push(RunResult {
+            server: r.server,
+            allocations: r.allocations,
+            offered_pps: r.offered_pps,
+            relayed_pps: median(|r| r.relayed_pps),
+            cpu_cores: median(|r| r.cpu_cores),
+            loss: median(|r| r.loss),
+            p50_us: median(|r| r.p50_us),
+            p99_us: median(|r| r.p99_us),
+        });
+    }
+    out
 }
 
 fn print_report(args: &BenchArgs, baselines: &[RunResult], results: &[RunResult]) {
     let cmd: Vec<String> = std::env::args().skip(1).collect();
     println!(
         "Relayed ChannelData, {} B payloads, one packet per {} ms per flow, directions: {:?}; \
-         {} s measured after {} s warm-up; latency is one-way through the relay minus the \
-         generator's direct (no relay) latency at the same percentile.\n",
-        args.payload, args.interval_ms, args.direction, args.seconds, args.warmup
+         {} s measured after {} s warm-up, median of {} interleaved run(s); latency is one-way \
+         through the relay minus the generator's direct (no relay) latency at the same \
+         percentile.\n",
+        args.payload,
+        args.interval_ms,
+        args.direction,
+        args.seconds,
+        args.warmup,
+        args.repeat.max(1)
     );
     println!(
         "Command: `cargo run --release -p turn-server -- {}`\n",
