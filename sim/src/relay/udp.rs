@@ -212,7 +212,7 @@ impl Engine {
             match self.listen.recv_from(&mut self.buf) {
                 Ok((n, from)) => {
                     let data = self.buf[..n].to_vec();
-                    self.from_agent(from, Instant::now(), data);
+                    self.on_agent_datagram(from, Instant::now(), data);
                 }
                 Err(e) if e.kind() == io::ErrorKind::ConnectionRefused => {}
                 Err(_) => break,
@@ -223,7 +223,7 @@ impl Engine {
                 match self.by_flow[i].upstream.recv(&mut self.buf) {
                     Ok(n) => {
                         let data = self.buf[..n].to_vec();
-                        self.from_server(FlowId(i as u64), Instant::now(), data);
+                        self.on_server_datagram(FlowId(i as u64), Instant::now(), data);
                     }
                     // The server's port was unreachable for an earlier send: not fatal.
                     Err(e) if e.kind() == io::ErrorKind::ConnectionRefused => {}
@@ -233,7 +233,7 @@ impl Engine {
         }
     }
 
-    fn from_agent(&mut self, from: SocketAddr, at: Instant, data: Vec<u8>) {
+    fn on_agent_datagram(&mut self, from: SocketAddr, at: Instant, data: Vec<u8>) {
         self.stats.from_agents.fetch_add(1, Ordering::Relaxed);
         if self.policy.blocks(Transport::Udp, self.upstream.port()) {
             self.stats.dropped_policy.fetch_add(1, Ordering::Relaxed);
@@ -245,7 +245,7 @@ impl Engine {
         self.release();
     }
 
-    fn from_server(&mut self, flow: FlowId, at: Instant, data: Vec<u8>) {
+    fn on_server_datagram(&mut self, flow: FlowId, at: Instant, data: Vec<u8>) {
         self.stats.from_server.fetch_add(1, Ordering::Relaxed);
         let agent = self.by_flow[flow.0 as usize].agent;
         if !self.policy.admits_inbound_udp(agent.port()) {
