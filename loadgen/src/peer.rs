@@ -108,6 +108,8 @@ pub struct Peer {
     frames_sent: u64,
     /// Bytes sent on the wire for media, with IP, UDP and TURN framing.
     pub wire_bytes_sent: u64,
+    /// RTCP packets sent (SRTCP, told apart by their packet type byte, RFC 5761 §4).
+    pub rtcp_sent: u64,
     /// Milestones.
     pub times: LegTimes,
     /// What this leg measures of the media it receives.
@@ -159,10 +161,16 @@ impl Peer {
                 credential: config.password.clone(),
             }])
             .build();
+        // RTCP sender and receiver reports both ways (RFC 3550 §6.4), as a browser sends them.
+        let interceptors =
+            rtc::peer_connection::configuration::interceptor_registry::configure_rtcp_reports(
+                rtc::interceptor::Registry::new(),
+            );
         let mut pc = RTCPeerConnectionBuilder::new()
             .with_configuration(rtc_config)
             .with_setting_engine(setting)
             .with_media_engine(media)
+            .with_interceptor_registry(interceptors)
             .build(now)
             .map_err(err)?;
         let track = MediaStreamTrack::new(
@@ -223,6 +231,7 @@ impl Peer {
             seq: 0,
             frames_sent: 0,
             wire_bytes_sent: 0,
+            rtcp_sent: 0,
             times: LegTimes::default(),
             error: None,
             buf: vec![0u8; 2048],
@@ -425,6 +434,10 @@ impl Peer {
                         self.remotes.insert(from);
                         self.permit(now, from);
                     }
+                    if is_rtcp(&data) {
+                        // Counted here: `rtc`'s report interceptors consume SR/RR themselves.
+                        self.meter.rtcp_reports += 1;
+                    }
                     let _ = self.pc.handle_read(TaggedBytesMut {
                         now,
                         transport: TransportContext {
@@ -473,18 +486,14 @@ impl Peer {
             }
         }
         while let Some(TaggedRTCMessage { message, .. }) = self.pc.poll_read() {
-            match message {
-                RTCMessage::RtpPacket(_, packet) => {
-                    self.times.first_rtp.get_or_insert(now);
-                    self.meter.on_rtp(
-                        now,
-                        packet.header.sequence_number,
-                        packet.header.timestamp,
-                        &packet.payload,
-                    );
-                }
-                RTCMessage::RtcpPacket(_, _) => self.meter.rtcp_reports += 1,
-                _ => {}
+            if let RTCMessage::RtpPacket(_, packet) = message {
+                self.times.first_rtp.get_or_insert(now);
+                self.meter.on_rtp(
+                    now,
+                    packet.header.sequence_number,
+                    packet.header.timestamp,
+                    &packet.payload,
+                );
             }
         }
     }
@@ -508,6 +517,9 @@ impl Peer {
                 }
                 // IPv4 + UDP + ChannelData headers on the wire.
                 self.wire_bytes_sent += data.len() as u64 + 28 + 4;
+                if is_rtcp(&data) {
+                    self.rtcp_sent += 1;
+                }
                 if let Ok(mut r) = self.turn.relay(relay) {
                     let _ = r.send_to(now, &data, peer);
                 }
@@ -549,6 +561,12 @@ fn relay_candidate(relay: SocketAddr, base: SocketAddr) -> Result<RTCIceCandidat
     RTCIceCandidate::from(&candidate)
         .to_json()
         .map_err(|e| e.to_string())
+}
+
+/// Whether a datagram on the muxed RTP/RTCP port is (S)RTCP: version 2 and a packet type in
+/// 192–223 (RFC 5761 §4; the first 8 bytes of SRTCP are not encrypted).
+fn is_rtcp(data: &[u8]) -> bool {
+    data.len() >= 8 && data[0] >> 6 == 2 && (192..=223).contains(&data[1])
 }
 
 /// The transport address of an ICE candidate line (`candidate:F C udp P ADDR PORT typ …`).

@@ -8,9 +8,9 @@ use std::time::{Duration, Instant};
 use loadgen::pair::PairedCall;
 use loadgen::peer::{LegError, PeerConfig};
 use reports::emodel::Codec;
+use turn_server::Config;
 use turn_server::auth::{Credentials, Secret};
 use turn_server::io::{self, Settings};
-use turn_server::{Config, Faults};
 
 fn turn_server() -> io::Running {
     let mut users = HashMap::new();
@@ -27,10 +27,7 @@ fn turn_server() -> io::Running {
     io::start(Settings {
         core,
         listen: vec!["127.0.0.1:0".parse().unwrap()],
-        tls_listen: vec![],
-        tls_files: None,
-        metrics: None,
-        faults: Faults::default(),
+        ..Settings::default()
     })
     .unwrap()
 }
@@ -61,6 +58,7 @@ fn one_call_through_turn_without_impairment() {
     assert!(t.allocated.is_some() && t.ice_connected.is_some() && t.connected.is_some());
 
     call.talk(Duration::from_secs(3));
+    assert!(call.agent.rtcp_sent >= 2 && call.anchor.rtcp_sent >= 2);
     let (to_anchor, to_agent) = call.finish(Codec::OPUS);
     for (dir, m) in [("agent→anchor", &to_anchor), ("anchor→agent", &to_agent)] {
         println!(
@@ -83,6 +81,12 @@ fn one_call_through_turn_without_impairment() {
         );
         // The codec's maximum with a 30 ms jitter buffer and 20 ms packetisation: R ≈ 92.9.
         assert!(m.mos > 4.3, "{dir} MOS {}", m.mos);
+        // Sender and receiver reports flow both ways (at least one per second of a 3 s call).
+        assert!(
+            m.rtcp_reports >= 2,
+            "{dir}: {} RTCP reports",
+            m.rtcp_reports
+        );
     }
     let snapshot = server.stop();
     // Both allocations carried the call: 150 frames each way plus ICE and RTCP.
