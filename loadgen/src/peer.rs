@@ -152,6 +152,10 @@ impl Peer {
         let setting = SettingEngineBuilder::default()
             // pion's 2 s wait before nominating relay pairs would show up as setup time.
             .with_relay_acceptance_min_wait(Some(Duration::ZERO))
+            // RFC 8445 §14.2's pacing, Ta = 50 ms, as browsers pace checks; pion's 200 ms would
+            // add up to 200 ms of setup while the controlling side waits to nominate. 20 checks
+            // keep the 1 s window a lossy path needs.
+            .with_ice_connection_attempts(Some(Duration::from_millis(50)), Some(20))
             .with_answering_dtls_role(RTCDtlsRole::Client)
             .build();
         let rtc_config = RTCConfigurationBuilder::new()
