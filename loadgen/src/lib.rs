@@ -5,6 +5,7 @@
 //! - [`peer`]: one media leg — an `rtc` peer connection glued to a TURN client;
 //! - [`measure`]: what a receiver measures and the call record's media figures;
 //! - [`pair`]: both legs of a call on one thread, signalling in process (tests, calibration);
+//! - [`runner`]: many calls at a concurrency and ramp;
 //! - [`session`]: one call's session state machine, ending in its call record;
 //! - [`signalling`]: the JSON-RPC 2.0 over WebSocket/TLS client and its wire types.
 #![deny(missing_docs)]
@@ -14,5 +15,6 @@ pub mod driver;
 pub mod measure;
 pub mod pair;
 pub mod peer;
+pub mod runner;
 pub mod session;
 pub mod signalling;

@@ -1,19 +1,282 @@
-//! `loadgen`: softphone agents placing real WebRTC calls (ICE relay-only, DTLS-SRTP, RTP/RTCP).
-//!
-//! Not built yet: this binary only describes itself. See the README's status section.
+//! `loadgen`: softphone agents aimed at any signalling endpoint and TURN server — the
+//! simulator's own (`sim run` starts them in process) or a team's staging stack.
 
+use std::io::IsTerminal;
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::{Duration, Instant, SystemTime};
+
+use anyhow::{Context, Result, anyhow, bail};
+use base64::Engine as _;
 use clap::Parser;
+use hmac::{Hmac, Mac};
+use loadgen::runner::{Load, LoadEvents, run_calls};
+use loadgen::session::{CallSpec, Timeouts};
+use loadgen::signalling::Endpoint;
+use reports::emodel::Codec;
+use reports::record::append_record;
+use reports::{CallIdentity, CallKind, CallRecord, Outcome, RunSummary, Shard};
+use rustls::pki_types::CertificateDer;
+use rustls::pki_types::pem::PemObject as _;
 
-/// Softphone agents that place real DTLS-SRTP calls through a TURN relay and a signalling
-/// server, measure setup time, jitter, loss and MOS, and write one JSON line per call.
-///
-/// Status: not implemented yet — this build only prints its help.
+/// Softphone agents placing real WebRTC calls (relay-only ICE through TURN, DTLS-SRTP, 20 ms
+/// audio both ways) against a JSON-RPC-over-WebSocket signalling endpoint, one JSON line per
+/// call. The far end must answer `invite` as the simulator's anchor does (see the README).
 #[derive(Debug, Parser)]
-#[command(version, about, long_about)]
-struct Cli {}
+#[command(version, about)]
+struct Cli {
+    /// The signalling endpoint, e.g. wss://signalling.example.com:443/rtc
+    #[arg(long)]
+    signalling: String,
+    /// Connect to this address instead of resolving the URL's host.
+    #[arg(long)]
+    signalling_addr: Option<SocketAddr>,
+    /// PEM file of the roots that sign the signalling endpoint's certificate.
+    #[arg(long)]
+    ca: PathBuf,
+    /// The TURN server, e.g. turn:turn.example.com:3478?transport=udp
+    #[arg(long)]
+    turn: String,
+    /// TURN username (long-term credentials).
+    #[arg(long, default_value = "agent")]
+    turn_user: String,
+    /// TURN password (long-term credentials).
+    #[arg(long, conflicts_with = "turn_secret")]
+    turn_password: Option<String>,
+    /// Shared secret of time-limited TURN credentials (username `expiry:user`, password
+    /// base64(HMAC-SHA1(secret, username)), as coturn's use-auth-secret).
+    #[arg(long)]
+    turn_secret: Option<String>,
+    /// TURN realm.
+    #[arg(long, default_value = "sim.local")]
+    realm: String,
+    /// Calls to place.
+    #[arg(long, default_value_t = 10)]
+    calls: u32,
+    /// Calls up at once.
+    #[arg(long, default_value_t = 10)]
+    concurrency: u32,
+    /// New calls per second.
+    #[arg(long, default_value_t = 10.0)]
+    ramp: f64,
+    /// Talk time of each call, seconds.
+    #[arg(long, default_value_t = 10.0)]
+    duration: f64,
+    /// Where the call records go (JSON Lines, appended per call).
+    #[arg(long, default_value = "calls.jsonl")]
+    out: PathBuf,
+    /// This generator's shard, INDEX/COUNT (default: JOB_COMPLETION_INDEX/1 when set, else 0/1).
+    #[arg(long)]
+    shard: Option<String>,
+    /// The run's name in the records.
+    #[arg(long, default_value = "loadgen")]
+    run: String,
+}
 
-fn main() {
-    let _cli = Cli::parse();
-    eprintln!("loadgen: not implemented yet; see `loadgen --help` and the README");
-    std::process::exit(2);
+fn main() -> ExitCode {
+    match run(&Cli::parse()) {
+        Ok(0) => ExitCode::SUCCESS,
+        Ok(_) => ExitCode::from(1),
+        Err(e) => {
+            eprintln!("loadgen: {e:#}");
+            ExitCode::from(3)
+        }
+    }
+}
+
+fn shard(arg: Option<&str>) -> Result<Shard> {
+    let text = match arg {
+        Some(s) => s.to_owned(),
+        None => match std::env::var("JOB_COMPLETION_INDEX") {
+            Ok(i) => format!("{i}/1"),
+            Err(_) => return Ok(Shard::WHOLE),
+        },
+    };
+    let (i, n) = text
+        .split_once('/')
+        .ok_or_else(|| anyhow!("--shard expects INDEX/COUNT, got {text}"))?;
+    let (index, count): (u32, u32) = (i.parse()?, n.parse()?);
+    if count == 0 || index >= count {
+        bail!("--shard {text}: INDEX must be below COUNT");
+    }
+    Ok(Shard { index, count })
+}
+
+fn run(cli: &Cli) -> Result<u64> {
+    let shard = shard(cli.shard.as_deref())?;
+    let roots: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(&cli.ca)
+        .and_then(Iterator::collect)
+        .with_context(|| format!("reading {}", cli.ca.display()))?;
+    let host_port = cli
+        .signalling
+        .strip_prefix("wss://")
+        .ok_or_else(|| anyhow!("--signalling must be a wss:// URL"))?;
+    let authority = host_port.split('/').next().unwrap_or(host_port);
+    let signalling_addr = match cli.signalling_addr {
+        Some(a) => a,
+        None => {
+            let with_port = if authority.contains(':') {
+                authority.to_owned()
+            } else {
+                format!("{authority}:443")
+            };
+            with_port
+                .to_socket_addrs()?
+                .next()
+                .ok_or_else(|| anyhow!("{authority} does not resolve"))?
+        }
+    };
+    let turn_rest = cli
+        .turn
+        .strip_prefix("turn:")
+        .ok_or_else(|| anyhow!("--turn must be a turn: URL (TURN over UDP)"))?;
+    let (turn_hostport, query) = turn_rest
+        .split_once('?')
+        .unwrap_or((turn_rest, "transport=udp"));
+    if query != "transport=udp" {
+        bail!("this version reaches TURN over UDP only (transport=udp)");
+    }
+    let turn_hostport = if turn_hostport.contains(':') {
+        turn_hostport.to_owned()
+    } else {
+        format!("{turn_hostport}:3478")
+    };
+    let turn_addr: std::result::Result<SocketAddr, String> = turn_hostport
+        .to_socket_addrs()
+        .map_err(|e| e.to_string())
+        .and_then(|mut a| a.next().ok_or_else(|| "no address".into()));
+    let (username, password) = match (&cli.turn_password, &cli.turn_secret) {
+        (Some(p), None) => (cli.turn_user.clone(), p.clone()),
+        (None, Some(secret)) => time_limited(secret, &cli.turn_user, Duration::from_secs(86_400))?,
+        _ => bail!("give --turn-password or --turn-secret"),
+    };
+
+    let mut out = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&cli.out)
+        .with_context(|| format!("opening {}", cli.out.display()))?;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let epoch = Instant::now();
+    let endpoint = Endpoint {
+        url: cli.signalling.clone(),
+        addr: signalling_addr,
+        roots,
+    };
+    let mut sink = Sink {
+        out: &mut out,
+        summary: RunSummary::new(),
+        ended: 0,
+        total: cli.calls,
+        tty: std::io::stderr().is_terminal(),
+    };
+    let talk = Duration::from_secs_f64(cli.duration.max(0.0));
+    let interrupted = runtime.block_on(run_calls(
+        cli.calls,
+        Load {
+            concurrency: cli.concurrency,
+            ramp_per_second: cli.ramp,
+        },
+        |i, hangup| CallSpec {
+            identity: CallIdentity {
+                run: cli.run.clone(),
+                call: format!("s{}-c{i:05}", shard.index),
+                agent: format!("agent-{:04}", i % cli.concurrency.max(1)),
+                scenario: "loadgen".into(),
+                site: "loadgen".into(),
+                profile: "external".into(),
+                kind: CallKind::Inbound,
+                shard,
+            },
+            signalling: Ok(endpoint.clone()),
+            turn: turn_addr.clone(),
+            turn_url: cli.turn.clone(),
+            turn_username: username.clone(),
+            turn_password: password.clone(),
+            turn_realm: cli.realm.clone(),
+            timeouts: Timeouts::default(),
+            talk,
+            dead_air: Duration::from_secs(5),
+            codec: Codec::OPUS,
+            epoch,
+            ssrc: 0x3000_0000 | i,
+            hangup: Some(hangup),
+        },
+        &mut sink,
+    ));
+    let o = &sink.summary.outcomes;
+    let rate = sink.summary.error_rate(0.95);
+    println!(
+        "{} calls: {} completed, {} failed, {} dropped; error rate {:.2} % (95 % interval {:.2}–{:.2} %){}; records in {}",
+        o.attempts(),
+        o.completed,
+        o.failed,
+        o.dropped,
+        rate.rate * 100.0,
+        rate.lower * 100.0,
+        rate.upper * 100.0,
+        if interrupted { ", interrupted" } else { "" },
+        cli.out.display()
+    );
+    Ok(o.errors())
+}
+
+/// coturn's `use-auth-secret` credentials: username `expiry:user`, password
+/// base64(HMAC-SHA1(secret, username)).
+fn time_limited(secret: &str, user: &str, valid: Duration) -> Result<(String, String)> {
+    let expiry = SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)?
+        .as_secs()
+        + valid.as_secs();
+    let username = format!("{expiry}:{user}");
+    let mut mac =
+        Hmac::<sha1::Sha1>::new_from_slice(secret.as_bytes()).map_err(|e| anyhow!("{e}"))?;
+    mac.update(username.as_bytes());
+    let password = base64::engine::general_purpose::STANDARD.encode(mac.finalize().into_bytes());
+    Ok((username, password))
+}
+
+struct Sink<'a> {
+    out: &'a mut std::fs::File,
+    summary: RunSummary,
+    ended: u32,
+    total: u32,
+    tty: bool,
+}
+
+impl LoadEvents for Sink<'_> {
+    fn started(&mut self) {}
+
+    fn ended(&mut self, record: CallRecord) {
+        if let Err(e) = append_record(self.out, &record) {
+            eprintln!("writing a record: {e}");
+        }
+        self.ended += 1;
+        let _ = self.summary.add(&record);
+        let class = record
+            .failure
+            .as_ref()
+            .map_or(String::new(), |f| format!(" ({})", f.class));
+        let outcome = match record.outcome {
+            Outcome::Completed => "completed",
+            Outcome::Failed => "failed",
+            Outcome::Dropped => "dropped",
+        };
+        let line = format!(
+            "[{}/{}] {} {outcome}{class}",
+            self.ended, self.total, record.identity.call
+        );
+        if self.tty {
+            eprint!("\r{line:<60}");
+        } else {
+            eprintln!("{line}");
+        }
+    }
+
+    fn interrupted(&mut self) {
+        eprintln!("\ninterrupted: no new calls, hanging up the live ones");
+    }
 }

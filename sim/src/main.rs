@@ -45,6 +45,19 @@ enum Command {
         #[arg(long)]
         plain: bool,
     },
+    /// Serves the vendor side alone — TURN server, signalling endpoint, media anchor — for a
+    /// `loadgen` running elsewhere; prints the `loadgen` command line and waits for Ctrl-C.
+    Serve {
+        /// The address to serve on (one interface; port numbers are picked by the OS).
+        #[arg(long, default_value = "127.0.0.1")]
+        listen: std::net::IpAddr,
+        /// The signalling host name (its certificate's name).
+        #[arg(long, default_value = "signalling.sim.local")]
+        host: String,
+        /// Where to write the signalling certificate (PEM) the agents must trust.
+        #[arg(long, default_value = "sim-ca.pem")]
+        ca_out: PathBuf,
+    },
     /// Checks scenario files; prints every error as FILE:LINE:COLUMN: FIELD: MESSAGE.
     ///
     /// Exit status 0 when every file is valid, 1 otherwise.
@@ -106,6 +119,11 @@ fn main() -> ExitCode {
         }
         Command::Path { file, site } => path(&file, site.as_deref()),
         Command::Bench { what } => bench(&what),
+        Command::Serve {
+            listen,
+            host,
+            ca_out,
+        } => serve(listen, &host, &ca_out),
         Command::Run {
             file,
             out,
@@ -157,6 +175,53 @@ fn main() -> ExitCode {
             }
         }
     }
+}
+
+fn serve(listen: std::net::IpAddr, host: &str, ca_out: &std::path::Path) -> ExitCode {
+    let vendor = match sim::run::VendorSide::start(
+        1,
+        host,
+        std::net::SocketAddr::new(listen, 0),
+        std::time::Instant::now(),
+        reports::emodel::Codec::OPUS,
+    ) {
+        Ok(v) => v,
+        Err(e) => {
+            eprintln!("sim serve: {e}");
+            return ExitCode::from(3);
+        }
+    };
+    if let Err(e) = std::fs::write(ca_out, &vendor.certificate_pem) {
+        eprintln!("sim serve: writing {}: {e}", ca_out.display());
+        return ExitCode::from(3);
+    }
+    let (turn, sig) = (vendor.turn_addr(), vendor.signalling_addr());
+    println!(
+        "TURN        turn:{turn}?transport=udp   user agent, password {}, realm sim.local",
+        vendor.password
+    );
+    println!(
+        "signalling  wss://{host}:{}/rtc at {sig}   certificate in {}",
+        sig.port(),
+        ca_out.display()
+    );
+    println!();
+    println!(
+        "loadgen --signalling wss://{host}:{}/rtc --signalling-addr {sig} --ca {} --turn 'turn:{turn}?transport=udp' --turn-password {} --calls 20",
+        sig.port(),
+        ca_out.display(),
+        vendor.password
+    );
+    println!("\nserving; Ctrl-C stops");
+    let stopped = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map(|rt| rt.block_on(tokio::signal::ctrl_c()));
+    if let Err(e) = stopped {
+        eprintln!("sim serve: {e}");
+    }
+    vendor.stop();
+    ExitCode::SUCCESS
 }
 
 fn parse_duration(s: &str) -> Result<Duration, String> {

@@ -12,14 +12,15 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use indicatif::{ProgressBar, ProgressStyle};
-use loadgen::session::{CallSpec, Timeouts, run_call};
+use loadgen::runner::{Load, LoadEvents, run_calls};
+use loadgen::session::{CallSpec, Timeouts};
 use loadgen::signalling::Endpoint;
 use reports::emodel::Codec as EModelCodec;
 use reports::output::{SummaryFile, calls_csv, junit_xml, summary_md};
 use reports::record::append_record;
 use reports::{CallIdentity, CallKind, CallRecord, FailureClass, RunSummary, Shard, Verdict};
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
-use tokio::sync::{Semaphore, mpsc, watch};
+use tokio::sync::mpsc;
 
 use crate::anchor::{AnchorBehaviour, AnchorConfig, AnchorStats};
 use crate::relay::{
@@ -122,52 +123,18 @@ pub fn run(scenario: &Scenario, options: &RunOptions) -> Result<RunOutcome, RunE
     );
 
     // The vendor side: TURN, signalling, anchor.
-    let password = format!("{:016x}", splitmix(seed ^ 0x7475_726e));
-    let turn = start_turn(&password)?;
-    let turn_addr = turn.bound.udp[0];
-    let signalling_host = host_of(&scenario.signalling_url);
-    let ck = rcgen::generate_simple_self_signed(vec![signalling_host.clone()])
-        .map_err(|e| io_err("certificate")(io::Error::other(e)))?;
-    let cert: CertificateDer<'static> = ck.cert.der().clone();
-    let (to_anchor, requests) = mpsc::unbounded_channel();
-    let signalling = SignallingServer::start(
-        "127.0.0.1:0"
-            .parse()
-            .map_err(|e| io_err("address")(io::Error::other(e)))?,
-        vec![cert.clone()],
-        PrivateKeyDer::Pkcs8(ck.signing_key.serialize_der().into()),
-        to_anchor,
-    )
-    .map_err(io_err("starting the signalling endpoint"))?;
     let epoch = Instant::now();
     let codec = match scenario.agents.codec {
         Codec::Opus => EModelCodec::OPUS,
         Codec::G711 => EModelCodec::G711_PLC,
     };
-    let anchor_stats = Arc::new(AnchorStats::default());
-    let anchor = {
-        let config = AnchorConfig {
-            turn: turn_addr,
-            username: "agent".into(),
-            password: password.clone(),
-            realm: "sim.local".into(),
-            epoch,
-            codec,
-            behaviour: AnchorBehaviour::Answer,
-        };
-        let stats = anchor_stats.clone();
-        std::thread::Builder::new()
-            .name("anchor".into())
-            .spawn(move || {
-                if let Ok(rt) = tokio::runtime::Builder::new_current_thread()
-                    .enable_all()
-                    .build()
-                {
-                    rt.block_on(crate::anchor::serve(config, requests, stats));
-                }
-            })
-            .map_err(io_err("starting the anchor"))?
-    };
+    let signalling_host = host_of(&scenario.signalling_url);
+    let vendor = VendorSide::start(seed, &signalling_host, loopback(), epoch, codec)?;
+    let (turn_addr, cert, password) = (
+        vendor.turn_addr(),
+        vendor.certificate.clone(),
+        vendor.password.clone(),
+    );
 
     // The agents' side: each site's path in front of TURN and signalling.
     let mut sites = Vec::new();
@@ -181,7 +148,7 @@ pub fn run(scenario: &Scenario, options: &RunOptions) -> Result<RunOutcome, RunE
             policy: site.policy.clone(),
         })
         .map_err(io_err(format!("starting site {}'s media path", site.name)))?;
-        let (mut upstream, mut roots) = (signalling.local_addr(), vec![cert.clone()]);
+        let (mut upstream, mut roots) = (vendor.signalling_addr(), vec![cert.clone()]);
         let proxy = if site.policy.breaks_websocket_upgrade
             || site.policy.tls_cache_expiry.is_some()
         {
@@ -240,90 +207,71 @@ pub fn run(scenario: &Scenario, options: &RunOptions) -> Result<RunOutcome, RunE
         ack: scenario.agents.timeouts.ack,
         ..Timeouts::default()
     };
-    let (records, interrupted) = runtime.block_on(async {
-        let (hangup_tx, hangup_rx) = watch::channel(false);
-        let (done_tx, mut done_rx) = mpsc::unbounded_channel::<CallRecord>();
-        let permits = Arc::new(Semaphore::new(scenario.agents.concurrency as usize));
-        let ramp = Duration::from_secs_f64(1.0 / scenario.agents.ramp_per_second);
-        let mut records = Vec::with_capacity(plan.len());
-        let mut interrupted = false;
-        let mut next_start = tokio::time::Instant::now();
-        let mut planned = plan.into_iter();
-        let mut in_flight = 0usize;
-        let ctrl_c = tokio::signal::ctrl_c();
-        tokio::pin!(ctrl_c);
-        loop {
-            let can_start = !interrupted && planned.len() > 0;
-            tokio::select! {
-                biased;
-                _ = &mut ctrl_c, if !interrupted => {
-                    interrupted = true;
-                    let _ = hangup_tx.send(true);
-                    progress.note("interrupted: no new calls, hanging up the live ones");
-                }
-                Some(record) = done_rx.recv() => {
-                    in_flight -= 1;
-                    let _ = append_record(&mut jsonl, &record);
-                    progress.call_ended(&record);
-                    records.push(record);
-                }
-                permit = permits.clone().acquire_owned(), if can_start => {
-                    let Ok(permit) = permit else { break };
-                    tokio::time::sleep_until(next_start).await;
-                    next_start = tokio::time::Instant::now() + ramp;
-                    let Some(planned_call) = planned.next() else { continue };
-                    let site = &scenario.sites[planned_call.site];
-                    let plumbing = &sites[planned_call.site];
-                    let spec = CallSpec {
-                        identity: CallIdentity {
-                            run: run_id.clone(),
-                            call: format!("c{:05}", planned_call.index),
-                            agent: format!("agent-{:04}", planned_call.index % scenario.agents.concurrency.max(1)),
-                            scenario: scenario.name.clone(),
-                            site: site.name.clone(),
-                            profile: site.profile.clone(),
-                            kind: planned_call.kind,
-                            shard: Shard::WHOLE,
-                        },
-                        signalling: if site.policy.resolves(&signalling_host) {
-                            Ok(Endpoint { url: scenario.signalling_url.clone(), addr: plumbing.control.local_addr(), roots: plumbing.roots.clone() })
-                        } else {
-                            Err(format!("{signalling_host}: the site's DNS does not resolve this name"))
-                        },
-                        turn: if site.policy.resolves(&turn_url.host) {
-                            Ok(plumbing.media.local_addr())
-                        } else {
-                            Err(format!("{}: the site's DNS does not resolve this name", turn_url.host))
-                        },
-                        turn_url: turn_url.to_string(),
-                        turn_username: "agent".into(),
-                        turn_password: password.clone(),
-                        turn_realm: "sim.local".into(),
-                        timeouts,
-                        talk,
-                        dead_air: scenario.agents.dead_air,
-                        codec,
-                        epoch,
-                        ssrc: 0x1000_0000 | planned_call.index,
-                        hangup: Some(hangup_rx.clone()),
-                    };
-                    let done = done_tx.clone();
-                    in_flight += 1;
-                    progress.call_started();
-                    tokio::spawn(async move {
-                        let record = run_call(spec).await;
-                        drop(permit);
-                        let _ = done.send(record);
-                    });
-                }
-                else => break,
+    let mut sink = RecordSink {
+        jsonl: &mut jsonl,
+        progress: &progress,
+        records: Vec::with_capacity(plan.len()),
+    };
+    let load = Load {
+        concurrency: scenario.agents.concurrency,
+        ramp_per_second: scenario.agents.ramp_per_second,
+    };
+    let interrupted = runtime.block_on(run_calls(
+        calls,
+        load,
+        |i, hangup| {
+            let planned_call = &plan[i as usize];
+            let site = &scenario.sites[planned_call.site];
+            let plumbing = &sites[planned_call.site];
+            CallSpec {
+                identity: CallIdentity {
+                    run: run_id.clone(),
+                    call: format!("c{:05}", planned_call.index),
+                    agent: format!(
+                        "agent-{:04}",
+                        planned_call.index % scenario.agents.concurrency.max(1)
+                    ),
+                    scenario: scenario.name.clone(),
+                    site: site.name.clone(),
+                    profile: site.profile.clone(),
+                    kind: planned_call.kind,
+                    shard: Shard::WHOLE,
+                },
+                signalling: if site.policy.resolves(&signalling_host) {
+                    Ok(Endpoint {
+                        url: scenario.signalling_url.clone(),
+                        addr: plumbing.control.local_addr(),
+                        roots: plumbing.roots.clone(),
+                    })
+                } else {
+                    Err(format!(
+                        "{signalling_host}: the site's DNS does not resolve this name"
+                    ))
+                },
+                turn: if site.policy.resolves(&turn_url.host) {
+                    Ok(plumbing.media.local_addr())
+                } else {
+                    Err(format!(
+                        "{}: the site's DNS does not resolve this name",
+                        turn_url.host
+                    ))
+                },
+                turn_url: turn_url.to_string(),
+                turn_username: "agent".into(),
+                turn_password: password.clone(),
+                turn_realm: "sim.local".into(),
+                timeouts,
+                talk,
+                dead_air: scenario.agents.dead_air,
+                codec,
+                epoch,
+                ssrc: 0x1000_0000 | planned_call.index,
+                hangup: Some(hangup),
             }
-            if (interrupted || planned.len() == 0) && in_flight == 0 {
-                break;
-            }
-        }
-        (records, interrupted)
-    });
+        },
+        &mut sink,
+    ));
+    let records = sink.records;
     progress.finish();
 
     let mut summary = RunSummary::new();
@@ -341,10 +289,135 @@ pub fn run(scenario: &Scenario, options: &RunOptions) -> Result<RunOutcome, RunE
     write_outputs(&dir, &scenario.name, &records, &file)?;
 
     drop(sites);
-    signalling.shutdown();
-    let _ = anchor.join();
-    let _ = turn.stop();
+    vendor.stop();
     Ok(RunOutcome { dir, summary: file })
+}
+
+/// The vendor's side of every call — TURN server, signalling endpoint and media anchor — as
+/// `sim run` starts it, and as `sim serve` offers it to an external `loadgen`.
+pub struct VendorSide {
+    turn: turn_server::io::Running,
+    signalling: SignallingServer,
+    anchor: std::thread::JoinHandle<()>,
+    /// The signalling endpoint's certificate (self-signed for its host name).
+    pub certificate: CertificateDer<'static>,
+    /// The same, PEM-encoded, for agents outside this process.
+    pub certificate_pem: String,
+    /// The agents' TURN password (user `agent`, realm `sim.local`).
+    pub password: String,
+    /// The anchor's counters.
+    pub anchor_stats: Arc<AnchorStats>,
+}
+
+impl std::fmt::Debug for VendorSide {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("VendorSide")
+            .field("turn", &self.turn_addr())
+            .field("signalling", &self.signalling_addr())
+            .finish_non_exhaustive()
+    }
+}
+
+impl VendorSide {
+    /// Starts the three on `bind` (port 0 each), the signalling certificate for `host`.
+    pub fn start(
+        seed: u64,
+        host: &str,
+        bind: SocketAddr,
+        epoch: Instant,
+        codec: EModelCodec,
+    ) -> Result<Self, RunError> {
+        let password = format!("{:016x}", splitmix(seed ^ 0x7475_726e));
+        let turn = start_turn(&password, bind)?;
+        let ck = rcgen::generate_simple_self_signed(vec![host.to_owned()])
+            .map_err(|e| io_err("certificate")(io::Error::other(e)))?;
+        let certificate: CertificateDer<'static> = ck.cert.der().clone();
+        let certificate_pem = ck.cert.pem();
+        let (to_anchor, requests) = mpsc::unbounded_channel();
+        let signalling = SignallingServer::start(
+            bind,
+            vec![certificate.clone()],
+            PrivateKeyDer::Pkcs8(ck.signing_key.serialize_der().into()),
+            to_anchor,
+        )
+        .map_err(io_err("starting the signalling endpoint"))?;
+        let anchor_stats = Arc::new(AnchorStats::default());
+        let config = AnchorConfig {
+            turn: turn.bound.udp[0],
+            username: "agent".into(),
+            password: password.clone(),
+            realm: "sim.local".into(),
+            epoch,
+            codec,
+            behaviour: AnchorBehaviour::Answer,
+        };
+        let stats = anchor_stats.clone();
+        let anchor = std::thread::Builder::new()
+            .name("anchor".into())
+            .spawn(move || {
+                if let Ok(rt) = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                {
+                    rt.block_on(crate::anchor::serve(config, requests, stats));
+                }
+            })
+            .map_err(io_err("starting the anchor"))?;
+        Ok(Self {
+            turn,
+            signalling,
+            anchor,
+            certificate,
+            certificate_pem,
+            password,
+            anchor_stats,
+        })
+    }
+
+    /// The TURN server's UDP address.
+    pub fn turn_addr(&self) -> SocketAddr {
+        self.turn.bound.udp[0]
+    }
+
+    /// The signalling endpoint's address.
+    pub fn signalling_addr(&self) -> SocketAddr {
+        self.signalling.local_addr()
+    }
+
+    /// Stops all three.
+    pub fn stop(self) {
+        // Closing the endpoint closes the anchor's request channel, which ends the anchor.
+        self.signalling.shutdown();
+        let _ = self.anchor.join();
+        let _ = self.turn.stop();
+    }
+}
+
+/// Appends each record to `calls.jsonl` as its call ends, and shows it in the progress.
+struct RecordSink<'a> {
+    jsonl: &'a mut File,
+    progress: &'a Progress,
+    records: Vec<CallRecord>,
+}
+
+impl LoadEvents for RecordSink<'_> {
+    fn started(&mut self) {
+        self.progress.call_started();
+    }
+
+    fn ended(&mut self, record: CallRecord) {
+        // A write error must not lose the run: the record is kept for the summary regardless.
+        if let Err(e) = append_record(self.jsonl, &record) {
+            self.progress.note(&format!("calls.jsonl: {e}"));
+        }
+        self.progress.call_ended(&record);
+        self.records.push(record);
+    }
+
+    fn interrupted(&mut self) {
+        self.progress
+            .note("interrupted: no new calls, hanging up the live ones");
+    }
 }
 
 struct SitePlumbing {
@@ -366,7 +439,7 @@ fn host_of(url: &str) -> String {
         .to_owned()
 }
 
-fn start_turn(password: &str) -> Result<turn_server::io::Running, RunError> {
+fn start_turn(password: &str, bind: SocketAddr) -> Result<turn_server::io::Running, RunError> {
     let mut users = HashMap::new();
     users.insert(
         "agent".to_owned(),
@@ -380,17 +453,19 @@ fn start_turn(password: &str) -> Result<turn_server::io::Running, RunError> {
         },
         ..turn_server::Config::default()
     };
-    // The anchor's relayed addresses are on loopback: allow them explicitly (the server denies
-    // loopback peers by default).
-    if let Ok(lo) = "127.0.0.0/8".parse() {
-        core.peer_policy.allow.push(lo);
+    // The anchor's relayed addresses are on loopback (or the served address): allow them
+    // explicitly — the server denies loopback and private peers by default.
+    for range in ["127.0.0.0/8".to_owned(), format!("{}/32", bind.ip())] {
+        if let Ok(cidr) = range.parse() {
+            core.peer_policy.allow.push(cidr);
+        }
     }
     // Quotas sized for a load test, not for a public server.
     core.user_quota = 100_000;
     core.total_quota = 100_000;
     turn_server::io::start(turn_server::io::Settings {
         core,
-        listen: vec![loopback()],
+        listen: vec![bind],
         ..turn_server::io::Settings::default()
     })
     .map_err(io_err("starting the TURN server"))
