@@ -23,20 +23,27 @@ pub struct Stamp {
 }
 
 impl Stamp {
+    /// Marks a payload as carrying a stamp: other senders' media (a browser's Opus) is measured
+    /// for jitter and loss but has no send instant to read.
+    pub const MAGIC: [u8; 4] = *b"SPS1";
     /// Bytes a stamp takes.
-    pub const LEN: usize = 16;
+    pub const LEN: usize = 20;
 
     /// Writes the stamp at the start of `payload` (which must hold [`Self::LEN`] bytes).
     pub fn write(&self, payload: &mut [u8]) {
         let nanos = u64::try_from(self.sent.as_nanos()).unwrap_or(u64::MAX);
-        payload[..8].copy_from_slice(&nanos.to_le_bytes());
-        payload[8..16].copy_from_slice(&self.frame.to_le_bytes());
+        payload[..4].copy_from_slice(&Self::MAGIC);
+        payload[4..12].copy_from_slice(&nanos.to_le_bytes());
+        payload[12..20].copy_from_slice(&self.frame.to_le_bytes());
     }
 
-    /// Reads a stamp; `None` when the payload is too short.
+    /// Reads a stamp; `None` when the payload carries none.
     pub fn read(payload: &[u8]) -> Option<Self> {
-        let nanos = u64::from_le_bytes(payload.get(..8)?.try_into().ok()?);
-        let frame = u64::from_le_bytes(payload.get(8..16)?.try_into().ok()?);
+        if payload.get(..4)? != Self::MAGIC {
+            return None;
+        }
+        let nanos = u64::from_le_bytes(payload.get(4..12)?.try_into().ok()?);
+        let frame = u64::from_le_bytes(payload.get(12..20)?.try_into().ok()?);
         Some(Self {
             sent: Duration::from_nanos(nanos),
             frame,
@@ -171,5 +178,12 @@ mod tests {
         s.write(&mut p);
         assert_eq!(Stamp::read(&p), Some(s));
         assert_eq!(Stamp::read(&p[..10]), None);
+        // A browser's Opus frame is not mistaken for a stamp.
+        assert_eq!(
+            Stamp::read(&[
+                0x78, 0x0b, 0xfc, 0xc1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0
+            ]),
+            None
+        );
     }
 }

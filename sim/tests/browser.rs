@@ -1,0 +1,294 @@
+//! Interop with a real browser: headless Chromium places a relay-only call through our TURN
+//! server (across an impaired path) to our media anchor, over our WebSocket/TLS signalling. The
+//! browser's own `getStats()` must show the connection and the media, and its jitter and loss
+//! figures must agree with ours (the two directions cross the same path model).
+//!
+//! Needs Debian's `chromium` (`.ci/run` installs it); the test installs it when it runs as root
+//! and it is missing, and skips with a loud message only when that is impossible.
+#![allow(clippy::disallowed_methods)] // real processes, real clock
+
+use std::collections::HashMap;
+use std::io::Read;
+use std::path::Path as FsPath;
+use std::process::{Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use reports::emodel::Codec;
+use rustls::pki_types::PrivateKeyDer;
+use sim::anchor::{AnchorBehaviour, AnchorConfig, AnchorStats};
+use sim::netem::{JitterDistribution, Loss, Path, SegmentModel};
+use sim::relay::{UdpRelay, UdpRelayConfig};
+use sim::scenario::Policy;
+use sim::signalling::SignallingServer;
+use turn_server::Config;
+use turn_server::auth::{Credentials, Secret};
+use turn_server::io::{self, Settings};
+
+const CHROMIUM: &str = "/usr/bin/chromium";
+
+fn chromium() -> bool {
+    if FsPath::new(CHROMIUM).exists() {
+        return true;
+    }
+    // Install it when we can (root, Debian); CI installs it beforehand.
+    let _ = Command::new("apt-get")
+        .args([
+            "install",
+            "-y",
+            "-qq",
+            "--no-install-recommends",
+            "chromium",
+        ])
+        .env("DEBIAN_FRONTEND", "noninteractive")
+        .status();
+    FsPath::new(CHROMIUM).exists()
+}
+
+const PAGE: &str = r#"<!doctype html><meta charset="utf-8"><title>softphone interop</title>
+<script>
+const log = (o) => console.log('RESULT ' + JSON.stringify(o));
+(async () => {
+  try {
+    const pc = new RTCPeerConnection({
+      iceServers: [{ urls: 'turn:TURN_ADDR?transport=udp', username: 'agent', credential: 'agent-pw' }],
+      iceTransportPolicy: 'relay', rtcpMuxPolicy: 'require' });
+    const candidates = [];
+    pc.onicecandidate = (e) => { if (e.candidate && e.candidate.candidate) candidates.push(e.candidate.toJSON()); };
+    const media = await navigator.mediaDevices.getUserMedia({ audio: true });
+    media.getTracks().forEach((t) => pc.addTrack(t, media));
+    await pc.setLocalDescription(await pc.createOffer());
+    await new Promise((done) => {
+      if (pc.iceGatheringState === 'complete') return done();
+      pc.onicegatheringstatechange = () => { if (pc.iceGatheringState === 'complete') done(); };
+      setTimeout(done, 5000);
+    });
+    const ws = new WebSocket('wss://127.0.0.1:SIG_PORT/rtc');
+    await new Promise((ok, fail) => { ws.onopen = ok; ws.onerror = () => fail(new Error('websocket')); });
+    let nextId = 1; const waiting = {};
+    ws.onmessage = (m) => { const r = JSON.parse(m.data); waiting[r.id](r); };
+    const call = (method, params) => new Promise((ok) => { const id = nextId++; waiting[id] = ok;
+      ws.send(JSON.stringify({ jsonrpc: '2.0', id, method, params })); });
+    const invite = await call('invite', { sdp: pc.localDescription.sdp, candidates, callContextToken: 'browser' });
+    if (invite.error) throw new Error('invite: ' + JSON.stringify(invite.error));
+    await pc.setRemoteDescription({ type: 'answer', sdp: invite.result.sdp });
+    for (const c of invite.result.candidates) await pc.addIceCandidate(c);
+    await call('accept', { callId: invite.result.callId });
+    const connectedAt = await new Promise((ok) => {
+      const check = () => { if (pc.connectionState === 'connected') ok(performance.now()); };
+      pc.onconnectionstatechange = check; check(); setTimeout(() => ok(null), 15000); });
+    await new Promise((ok) => setTimeout(ok, TALK_MS));
+    const report = await pc.getStats();
+    const stats = {};
+    report.forEach((s) => {
+      if (s.type === 'inbound-rtp' && s.kind === 'audio') stats.inbound = { packetsReceived: s.packetsReceived, packetsLost: s.packetsLost, jitter: s.jitter, bytesReceived: s.bytesReceived };
+      if (s.type === 'candidate-pair' && s.nominated && s.state === 'succeeded') stats.pair = { local: s.localCandidateId, remote: s.remoteCandidateId };
+      if (s.type === 'transport') stats.dtlsState = s.dtlsState;
+    });
+    report.forEach((s) => {
+      if (stats.pair && s.id === stats.pair.local) stats.localType = s.candidateType;
+      if (stats.pair && s.id === stats.pair.remote) stats.remoteType = s.candidateType;
+    });
+    const bye = await call('bye', { callId: invite.result.callId });
+    log({ connected: connectedAt !== null, connectionState: pc.connectionState, stats, anchor: bye.result });
+  } catch (e) {
+    log({ error: String(e) });
+  }
+  window.close();
+})();
+</script>"#;
+
+#[test]
+fn chromium_calls_our_anchor_through_our_turn_server() {
+    if !chromium() {
+        eprintln!(
+            "\n\n!!! SKIPPED: {CHROMIUM} is missing and could not be installed (run as root, or apt-get install chromium)\n"
+        );
+        return;
+    }
+    // TURN, signalling, anchor.
+    let mut users = HashMap::new();
+    users.insert("agent".to_owned(), Secret("agent-pw".into()));
+    let mut core = Config {
+        realm: "sim.local".into(),
+        credentials: Credentials {
+            users,
+            static_auth_secret: None,
+        },
+        ..Config::default()
+    };
+    core.peer_policy.allow.push("127.0.0.0/8".parse().unwrap());
+    let server = io::start(Settings {
+        core,
+        listen: vec!["127.0.0.1:0".parse().unwrap()],
+        ..Settings::default()
+    })
+    .unwrap();
+    let turn = server.bound.udp[0];
+    let ck = rcgen::generate_simple_self_signed(vec!["127.0.0.1".to_owned()]).unwrap();
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    let signalling = SignallingServer::start(
+        "127.0.0.1:0".parse().unwrap(),
+        vec![ck.cert.der().clone()],
+        PrivateKeyDer::Pkcs8(ck.signing_key.serialize_der().into()),
+        tx,
+    )
+    .unwrap();
+    let anchor = AnchorConfig {
+        turn,
+        username: "agent".into(),
+        password: "agent-pw".into(),
+        realm: "sim.local".into(),
+        epoch: Instant::now(),
+        codec: Codec::OPUS,
+        behaviour: AnchorBehaviour::Answer,
+    };
+    std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(sim::anchor::serve(
+            anchor,
+            rx,
+            Arc::new(AnchorStats::default()),
+        ));
+    });
+
+    // The browser's path to TURN: σ = 10 ms normal jitter and 2 % loss each way.
+    let sigma = 10.0;
+    let model = SegmentModel::new()
+        .delay(Duration::from_millis(40))
+        .jitter(Duration::from_millis(10), JitterDistribution::Normal, 0.0)
+        .loss(Loss::Random(0.02));
+    let relay = UdpRelay::start(UdpRelayConfig {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        upstream: turn,
+        path: Path::symmetric(vec![model]),
+        seed: 3,
+        policy: Policy::default(),
+    })
+    .unwrap();
+
+    let dir = std::env::temp_dir().join(format!("sim-browser-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let talk_ms = 10_000;
+    let page = PAGE
+        .replace("TURN_ADDR", &relay.local_addr().to_string())
+        .replace("SIG_PORT", &signalling.local_addr().port().to_string())
+        .replace("TALK_MS", &talk_ms.to_string());
+    let page_path = dir.join("call.html");
+    std::fs::write(&page_path, page).unwrap();
+    let mut child = Command::new(CHROMIUM)
+        .args([
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-quic",
+            "--no-first-run",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+            "--use-fake-device-for-media-stream",
+            "--use-fake-ui-for-media-stream",
+            // Our signalling certificate is self-signed.
+            "--ignore-certificate-errors",
+            "--enable-logging=stderr",
+            "--v=0",
+        ])
+        .arg(format!("--user-data-dir={}", dir.join("profile").display()))
+        .arg(format!("file://{}", page_path.display()))
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Bounded: the page closes itself; kill the browser after 60 s whatever happens.
+    let mut stderr = child.stderr.take().unwrap();
+    let reader = std::thread::spawn(move || {
+        let mut s = String::new();
+        let _ = stderr.read_to_string(&mut s);
+        s
+    });
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while Instant::now() < deadline && child.try_wait().unwrap().is_none() {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    let log = reader.join().unwrap();
+    relay.shutdown();
+    signalling.shutdown();
+    drop(server);
+    let line = log.lines().find_map(|l| {
+        l.split_once("RESULT ")
+            .map(|(_, r)| r.trim_end_matches(['"', ')', ' ']).to_owned())
+    });
+    let Some(line) = line else {
+        panic!("no RESULT from the page; browser log:\n{log}")
+    };
+    // Chromium logs `"RESULT {…}", source: file://… (N)`: cut at the JSON's end.
+    let json_end = line.rfind('}').map_or(line.len(), |i| i + 1);
+    let result: serde_json::Value =
+        serde_json::from_str(&line[..json_end]).unwrap_or_else(|e| panic!("{e}: {line}"));
+    println!("{}", serde_json::to_string_pretty(&result).unwrap());
+    assert!(result.get("error").is_none(), "{result}");
+    assert_eq!(result["connected"], true);
+    let stats = &result["stats"];
+    assert_eq!(
+        stats["localType"], "relay",
+        "the browser's side is relay-only"
+    );
+    assert_eq!(
+        stats["remoteType"], "relay",
+        "our anchor's side is relay-only"
+    );
+    assert_eq!(stats["dtlsState"], "connected");
+
+    // The anchor → browser stream, measured by the browser.
+    let inbound = &stats["inbound"];
+    let b_received = inbound["packetsReceived"].as_f64().unwrap();
+    let b_lost = inbound["packetsLost"].as_f64().unwrap();
+    let b_jitter_ms = inbound["jitter"].as_f64().unwrap() * 1000.0;
+    assert!(
+        b_received > 300.0,
+        "the browser received {b_received} packets"
+    );
+    // The browser → anchor stream, measured by us.
+    let ours: reports::record::MediaStats =
+        serde_json::from_value(result["anchor"]["agentToAnchor"].clone()).unwrap();
+    assert!(
+        ours.packets_received > 300,
+        "we received {} packets",
+        ours.packets_received
+    );
+    let our_jitter_ms = ours.jitter.quantile(0.5).unwrap() as f64 / 1000.0;
+    let our_loss = ours.packets_lost as f64 / ours.packets_expected as f64;
+    let b_loss = b_lost / (b_lost + b_received);
+    println!(
+        "jitter: browser {b_jitter_ms:.2} ms, ours {our_jitter_ms:.2} ms; loss: browser {:.2} %, ours {:.2} %",
+        b_loss * 100.0,
+        our_loss * 100.0
+    );
+
+    // Loss: each direction is Binomial(n, 0.02); with n ≈ 500 the sd of a loss fraction is
+    // √(0.02·0.98/500) = 0.63 %, so each is within 5 sd (3.1 %) of 2 %.
+    let n = b_lost + b_received;
+    let tol = 5.0 * (0.02 * 0.98 / n).sqrt();
+    assert!((b_loss - 0.02).abs() < tol, "browser loss {b_loss}");
+    assert!((our_loss - 0.02).abs() < tol, "our loss {our_loss}");
+    // Jitter: both run RFC 3550's estimator over the same path model (σ = 10 ms normal, FIFO).
+    // J is an average of |D| with weight 1/16: with |D| of sd σ·√2·√(1 − 2/π) = 8.5 ms, one
+    // reading of J has sd ≈ 8.5/√31 = 1.5 ms; the difference of two readings ≈ 2.2 ms, and we
+    // allow 5 of those (11 ms) — far inside what a unit or clock-rate error would give (×1000,
+    // ×6). Both must also sit near E|D| = 2σ/√π = 11.3 ms within the same margin.
+    let expected = 2.0 * sigma / std::f64::consts::PI.sqrt();
+    assert!(
+        (b_jitter_ms - our_jitter_ms).abs() < 11.0,
+        "browser {b_jitter_ms} ms vs ours {our_jitter_ms} ms"
+    );
+    assert!(
+        (our_jitter_ms - expected).abs() < 11.0,
+        "ours {our_jitter_ms} ms vs E|D| {expected} ms"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
