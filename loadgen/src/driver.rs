@@ -67,7 +67,7 @@ impl DrivenPeer {
                         let _ = self.readiness.try_io(Interest::READABLE, || Err::<(), _>(io::ErrorKind::WouldBlock.into()));
                     }
                 }
-                () = tokio::time::sleep_until(tokio::time::Instant::from_std(wake)) => {}
+                () = crate::clock::sleep_until(wake) => {}
             }
         }
     }

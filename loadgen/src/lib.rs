@@ -1,6 +1,7 @@
 //! Softphone agents placing real WebRTC calls: relay-only ICE through TURN, DTLS-SRTP, an
 //! Opus-like RTP stream each way, measured at each receiver.
 //!
+//! - [`clock`]: sleeping with microsecond precision (tokio's timers have 1 ms);
 //! - [`driver`]: a leg driven from async code by socket readiness and timers;
 //! - [`peer`]: one media leg — an `rtc` peer connection glued to a TURN client;
 //! - [`measure`]: what a receiver measures and the call record's media figures;
@@ -11,6 +12,7 @@
 #![deny(missing_docs)]
 #![forbid(unsafe_code)]
 
+pub mod clock;
 pub mod driver;
 pub mod measure;
 pub mod pair;

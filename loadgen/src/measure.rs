@@ -158,6 +158,7 @@ impl MediaMeter {
             one_way_delay: self.delay,
             jitter_buffer_delay_ms: JITTER_BUFFER.as_secs_f64() * 1e3 / 2.0,
             rtcp_reports: self.rtcp_reports,
+            send_pacing_error: Distribution::new(Unit::Micros),
             r_factor: model.r(),
             mos: model.mos(),
         }

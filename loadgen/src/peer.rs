@@ -110,6 +110,8 @@ pub struct Peer {
     pub wire_bytes_sent: u64,
     /// RTCP packets sent (SRTCP, told apart by their packet type byte, RFC 5761 §4).
     pub rtcp_sent: u64,
+    /// How late each frame was sent against its schedule, µs.
+    pub pacing: reports::Distribution,
     /// Milestones.
     pub times: LegTimes,
     /// What this leg measures of the media it receives.
@@ -236,6 +238,7 @@ impl Peer {
             frames_sent: 0,
             wire_bytes_sent: 0,
             rtcp_sent: 0,
+            pacing: reports::Distribution::new(reports::Unit::Micros),
             times: LegTimes::default(),
             error: None,
             buf: vec![0u8; 2048],
@@ -291,6 +294,14 @@ impl Peer {
             self.permit(now, addr);
         }
         self.pc.add_remote_candidate(candidate).map_err(err)
+    }
+
+    /// Sends the frame scheduled for `due` (now, late by `now − due`).
+    pub fn send_frame_due(&mut self, now: Instant, due: Instant) {
+        self.pacing.record(
+            u64::try_from(now.saturating_duration_since(due).as_micros()).unwrap_or(u64::MAX),
+        );
+        self.send_frame(now);
     }
 
     /// Sends one 20 ms frame, stamped with its send instant and sequence.

@@ -97,6 +97,7 @@ struct Call {
     peer: Option<DrivenPeer>,
     anchor_half: Option<MediaStats>,
     anchor_sent: Option<u64>,
+    anchor_pacing: Option<reports::Distribution>,
     connected: bool,
 }
 
@@ -115,6 +116,7 @@ impl Call {
             peer: None,
             anchor_half: None,
             anchor_sent: None,
+            anchor_pacing: None,
             connected: false,
         }
     }
@@ -302,7 +304,7 @@ impl Call {
                 .await;
             let now = Instant::now();
             if now >= due {
-                driven.peer.send_frame(now);
+                driven.peer.send_frame_due(now, due);
                 frame += 1;
             }
             if let Some(first) = driven.peer.times.first_rtp {
@@ -339,9 +341,13 @@ impl Call {
                     // The anchor measured what it received; what was sent is the agent's to say.
                     m.packets_sent = driven.peer.frames_sent();
                     m.wire_bytes_sent = driven.peer.wire_bytes_sent;
+                    m.send_pacing_error = driven.peer.pacing.clone();
                     m
                 });
             self.anchor_sent = v.get("anchorSent").and_then(Value::as_u64);
+            self.anchor_pacing = v
+                .get("anchorPacing")
+                .and_then(|p| serde_json::from_value(p.clone()).ok());
         }
         client.close().await;
         self.peer = Some(driven);
@@ -390,7 +396,14 @@ impl Call {
                 &mut d.peer.meter,
                 crate::measure::MediaMeter::new(spec.epoch),
             );
-            (self.connected).then(|| meter.finish(sent_by_anchor, 0, spec.codec))
+            let pacing = self.anchor_pacing.take();
+            (self.connected).then(|| {
+                let mut m = meter.finish(sent_by_anchor, 0, spec.codec);
+                if let Some(p) = pacing {
+                    m.send_pacing_error = p;
+                }
+                m
+            })
         });
         let _ = self.state;
         CallRecord {

@@ -308,7 +308,7 @@ pub fn summary_md(file: &SummaryFile) -> String {
     }
     let _ = writeln!(
         out,
-        "\n| media | streams | loss | jitter p95 ms | delay p50 ms | MOS p5 | MOS p50 |\n|---|---:|---:|---:|---:|---:|---:|"
+        "\n| media | streams | loss | jitter p95 ms | delay p50 ms | MOS p5 | MOS p50 | sender pacing p99 ms |\n|---|---:|---:|---:|---:|---:|---:|---:|"
     );
     for (name, d) in [
         ("agent → anchor", &s.agent_to_anchor),
@@ -320,13 +320,14 @@ pub fn summary_md(file: &SummaryFile) -> String {
         };
         let _ = writeln!(
             out,
-            "| {name} | {} | {:.2} % | {} | {} | {} | {} |",
+            "| {name} | {} | {:.2} % | {} | {} | {} | {} | {} |",
             d.streams,
             d.loss_percent(),
             q(&d.jitter, 0.95, 1000.0),
             q(&d.one_way_delay, 0.5, 1000.0),
             q(&d.mos, 0.05, 100.0),
-            q(&d.mos, 0.5, 100.0)
+            q(&d.mos, 0.5, 100.0),
+            q(&d.send_pacing_error, 0.99, 1000.0)
         );
     }
     out

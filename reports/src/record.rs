@@ -464,10 +464,18 @@ pub struct MediaStats {
     pub jitter_buffer_delay_ms: f64,
     /// RTCP reports received from the sender.
     pub rtcp_reports: u64,
+    /// How late the sender sent each frame against its 20 ms schedule, µs: the simulator's own
+    /// contribution to the jitter measured downstream (empty when the sender is not ours).
+    #[serde(default = "micros")]
+    pub send_pacing_error: Distribution,
     /// E-model transmission rating of this direction.
     pub r_factor: f64,
     /// E-model MOS (conversational quality, estimated) of this direction.
     pub mos: f64,
+}
+
+fn micros() -> Distribution {
+    Distribution::new(crate::distribution::Unit::Micros)
 }
 
 impl MediaStats {

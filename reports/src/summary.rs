@@ -120,6 +120,13 @@ pub struct DirectionSummary {
     pub burst_length: Distribution,
     /// MOS per stream, hundredths.
     pub mos: Distribution,
+    /// The senders' pacing error, every frame, µs.
+    #[serde(default = "micros")]
+    pub send_pacing_error: Distribution,
+}
+
+fn micros() -> Distribution {
+    Distribution::new(Unit::Micros)
 }
 
 impl Default for DirectionSummary {
@@ -138,6 +145,7 @@ impl Default for DirectionSummary {
             loss: Distribution::new(Unit::BasisPoints),
             burst_length: Distribution::new(Unit::Count),
             mos: Distribution::new(Unit::Centi),
+            send_pacing_error: Distribution::new(Unit::Micros),
         }
     }
 }
@@ -159,7 +167,7 @@ impl DirectionSummary {
             self.burst_length.record_n(u64::from(len), count);
         }
         self.mos.record_hundredths(m.mos);
-        Ok(())
+        self.send_pacing_error.merge(&m.send_pacing_error)
     }
 
     fn merge(&mut self, o: &Self) -> Result<(), MergeError> {
@@ -175,7 +183,8 @@ impl DirectionSummary {
         self.one_way_delay.merge(&o.one_way_delay)?;
         self.loss.merge(&o.loss)?;
         self.burst_length.merge(&o.burst_length)?;
-        self.mos.merge(&o.mos)
+        self.mos.merge(&o.mos)?;
+        self.send_pacing_error.merge(&o.send_pacing_error)
     }
 
     /// Network loss over all streams, percent of expected packets.

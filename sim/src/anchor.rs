@@ -69,7 +69,7 @@ pub struct AnchorStats {
 
 /// What a leg hands back when its call ends: its measurement of the agent's stream and the
 /// frames it sent.
-type Ended = (MediaStats, u64);
+type Ended = (MediaStats, u64, reports::Distribution);
 
 struct LiveCall {
     stop: oneshot::Sender<oneshot::Sender<Ended>>,
@@ -138,7 +138,9 @@ pub async fn serve(
                 let reply = req.reply;
                 tokio::spawn(async move {
                     let result = match tokio::time::timeout(Duration::from_secs(1), rx).await {
-                        Ok(Ok((m, sent))) => json!({ "agentToAnchor": m, "anchorSent": sent }),
+                        Ok(Ok((m, sent, pacing))) => {
+                            json!({ "agentToAnchor": m, "anchorSent": sent, "anchorPacing": pacing })
+                        }
                         _ => Value::Null,
                     };
                     let _ = reply.send(Ok(result));
@@ -239,7 +241,7 @@ async fn run_leg(
             if now >= first {
                 let silent = matches!(config.behaviour, AnchorBehaviour::GoSilentAfter(d) if now >= connected + d);
                 if !silent {
-                    driven.peer.send_frame(now);
+                    driven.peer.send_frame_due(now, first);
                 }
                 next_frame = Some(first + Duration::from_millis(20));
             }
@@ -255,6 +257,10 @@ async fn run_leg(
     if let Some(tx) = done {
         // What the agent sent is the agent's to report; it fills `packets_sent` in.
         let received = meter.received();
-        let _ = tx.send((meter.finish(received, 0, config.codec), sent));
+        let _ = tx.send((
+            meter.finish(received, 0, config.codec),
+            sent,
+            driven.peer.pacing.clone(),
+        ));
     }
 }

@@ -74,6 +74,7 @@ pub fn media(packets: u64, lost: u64, delays_us: &[u64]) -> MediaStats {
         one_way_delay: delay,
         jitter_buffer_delay_ms: 20.0,
         rtcp_reports: 2,
+        send_pacing_error: Distribution::new(Unit::Micros),
         r_factor: 93.0,
         mos: 4.4,
     }
@@ -112,6 +113,7 @@ fn arb_media() -> impl Strategy<Value = MediaStats> {
                 one_way_delay: delay,
                 jitter_buffer_delay_ms: 20.0,
                 rtcp_reports: 1,
+                send_pacing_error: Distribution::new(Unit::Micros),
                 r_factor: 80.0,
                 mos,
             }
