@@ -1,41 +1,9 @@
 //! The configuration file (TOML). Every field is optional and documented here; unknown fields
 //! are errors that name the file, line and column. Command-line flags override the file.
 //!
-//! ```toml
-//! # turn-server.toml
-//! realm = "example.org"                 # REALM; default "softphone-sim"
-//! listen = ["0.0.0.0:3478"]             # UDP and TCP on each; default ["127.0.0.1:3478"]
-//! tls_listen = ["0.0.0.0:5349", "0.0.0.0:443"] # TLS; default: port 5349 on the first listen IP;
-//!                                       # [] for none
-//! cert = "/etc/turn/cert.pem"           # PEM chain; self-signed at start when absent
-//! pkey = "/etc/turn/key.pem"            # PEM private key (PKCS#8, PKCS#1 or SEC1)
-//! metrics = "127.0.0.1:9641"            # Prometheus /metrics, GET/POST /faults
-//! http_faults = false                   # allow POST /faults (unauthenticated; loopback only!)
-//! relay_ip = "192.0.2.10"               # IPv4 address of relayed sockets; default: listen IP
-//! relay_ipv6 = "2001:db8::10"           # IPv6 address of relayed sockets (enables IPv6 relay)
-//! min_port = 49152                      # relayed port range
-//! max_port = 65535
-//! static_auth_secret = "s3cret"         # time-limited credentials (coturn use-auth-secret)
-//! allow_peer = ["203.0.113.0/24"]       # peer ranges allowed despite the default deny list
-//! allow_loopback_peers = false          # allow 127.0.0.0/8 and ::1 as peers
-//! user_quota = 100                      # allocations per user (486 beyond)
-//! total_quota = 10000                   # allocations in all (486 beyond)
-//! max_bps = 8000000                     # relayed bits/s per allocation, both ways; 0 = no cap
-//! nonce_lifetime = 600                  # seconds (438 after)
-//! max_lifetime = 3600                   # longest allocation lifetime granted, seconds
-//! software = "turn-server"              # SOFTWARE attribute; "" for none
-//! log = "info"                          # tracing filter (RUST_LOG syntax)
+//! The full list, from `turn-server/turn-server.example.toml`:
 //!
-//! [users]                               # long-term credentials: name = "password"
-//! alice = "correct horse"
-//!
-//! [faults]                              # fault injection at start (see Faults)
-//! refuse_allocations = false            # answer Allocate with 508
-//! fail_auth = false                     # answer every credential with 401
-//! unresponsive = false                  # answer nothing: a dead TURN node
-//! drop_streams = false                  # close every TCP/TLS connection
-//! delay_ms = 0                          # hold every outgoing packet this long
-//! ```
+#![doc = concat!("```toml\n", include_str!("../turn-server.example.toml"), "```")]
 
 use std::collections::BTreeMap;
 use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
@@ -210,18 +178,8 @@ mod tests {
 
     #[test]
     fn documented_example_parses() {
-        let doc = include_str!("config.rs");
-        let start = doc.find("//! ```toml\n").unwrap() + 12;
-        let end = start + doc[start..].find("//! ```\n").unwrap();
-        let text: String = doc[start..end]
-            .lines()
-            .map(|l| {
-                l.strip_prefix("//! ")
-                    .unwrap_or(l.trim_start_matches("//!"))
-            })
-            .collect::<Vec<_>>()
-            .join("\n");
-        let c = parse(&text).unwrap();
+        let text = include_str!("../turn-server.example.toml");
+        let c = parse(text).unwrap();
         assert_eq!(c.realm.as_deref(), Some("example.org"));
         assert_eq!(
             c.users.get("alice").map(String::as_str),
@@ -229,6 +187,7 @@ mod tests {
         );
         assert_eq!(c.tls_listen.unwrap().len(), 2);
         assert_eq!(c.allow_peer.unwrap()[0].0.to_string(), "203.0.113.0/24");
+        assert_eq!(c.http_faults, Some(false));
     }
 
     #[test]
