@@ -554,7 +554,8 @@ async fn timer(edge: Rc<Edge>) {
     }
 }
 
-/// Reads datagrams in batches: a mutation per datagram, one drain per batch.
+/// Reads every queued datagram (up to a batch) per wake-up: one mutation and one drain per
+/// datagram, so that the first of a burst is not held back behind the rest.
 async fn recv_batches(
     edge: &Rc<Edge>,
     socket: &UdpSocket,
@@ -567,7 +568,10 @@ async fn recv_batches(
         };
         for _ in 0..RECV_BATCH {
             match ready.get_inner().recv_from(&mut buf) {
-                Ok((n, from)) => handle(&mut edge.server.borrow_mut(), now(), from, &buf[..n]),
+                Ok((n, from)) => {
+                    handle(&mut edge.server.borrow_mut(), now(), from, &buf[..n]);
+                    edge.drain();
+                }
                 Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
                     ready.clear_ready();
                     break;
@@ -578,7 +582,6 @@ async fn recv_batches(
             }
         }
         drop(ready);
-        edge.drain();
     }
 }
 
