@@ -6,9 +6,11 @@
 //! a NAT); packets cross the [`Netem`] up, and the server's replies cross it down.
 //!
 //! One thread, not tokio: tokio's timer wheel (and `epoll_wait`) have a 1 ms resolution, which
-//! alone would break the relay's 0.5 ms budget. The thread waits in `ppoll` on every socket with
-//! a nanosecond timeout until the next packet is due, with its timer slack cut to 1 µs, reads
-//! whatever arrived, and releases what is due — no hand-off between threads on the packet path.
+//! alone would break the relay's 0.5 ms budget. The thread waits in `epoll_pwait2` (nanosecond
+//! timeout; rustix falls back to `epoll_wait` on kernels before 5.11) on every socket until the
+//! next packet is due, with its timer slack cut to 1 µs, reads the sockets that are ready, and
+//! releases what is due — no hand-off between threads on the packet path, and no per-wake cost
+//! in the number of flows.
 
 use std::collections::HashMap;
 use std::io;
@@ -19,7 +21,9 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use rustix::event::{PollFd, PollFlags, Timespec};
+use std::os::fd::OwnedFd;
+
+use rustix::event::{Timespec, epoll};
 
 use crate::netem::{Direction, DropReason, FlowId, Netem, Output, Path};
 use crate::scenario::{Policy, Transport};
@@ -100,7 +104,15 @@ impl UdpRelay {
         let local_addr = listen.local_addr()?;
         let stats = Arc::new(RelayStats::default());
         let stop = Arc::new(AtomicBool::new(false));
+        let poller = epoll::create(epoll::CreateFlags::CLOEXEC)?;
+        epoll::add(
+            &poller,
+            &listen,
+            epoll::EventData::new_u64(LISTEN_KEY),
+            epoll::EventFlags::IN,
+        )?;
         let mut engine = Engine {
+            epoll: poller,
             netem: Netem::new(config.path, config.seed, Instant::now()),
             upstream: config.upstream,
             policy: config.policy,
@@ -158,7 +170,11 @@ struct FlowSockets {
     upstream: UdpSocket,
 }
 
+/// The epoll key of the agents' socket; flows use their index.
+const LISTEN_KEY: u64 = u64::MAX;
+
 struct Engine {
+    epoll: OwnedFd,
     netem: Netem<Vec<u8>>,
     upstream: SocketAddr,
     policy: Policy,
@@ -174,51 +190,60 @@ impl Engine {
     fn run(&mut self) {
         // Wake within a microsecond of the deadline rather than the default 50 µs slack.
         let _ = rustix::thread::set_current_timer_slack(NonZeroU64::new(1_000));
+        // Made here: epoll events hold a raw pointer variant, so they cannot cross threads.
+        let mut events: Vec<epoll::Event> = Vec::with_capacity(256);
         while !self.stop.load(Ordering::Relaxed) {
             let now = Instant::now();
             let wait = self
                 .netem
                 .poll_timeout()
                 .map_or(POLL, |due| due.saturating_duration_since(now).min(POLL));
-            if !wait.is_zero() {
-                self.wait(wait);
-            }
-            self.read_all();
+            events.clear();
+            // A zero wait still asks epoll which sockets are ready, without blocking.
+            self.wait(wait, &mut events);
+            self.read_all(&events);
             self.netem.handle_timeout(Instant::now());
             self.release();
         }
     }
 
     /// Sleeps until a socket is readable or `wait` has passed.
-    fn wait(&self, wait: Duration) {
-        let mut fds = Vec::with_capacity(1 + self.by_flow.len());
-        fds.push(PollFd::new(&self.listen, PollFlags::IN));
-        fds.extend(
-            self.by_flow
-                .iter()
-                .map(|f| PollFd::new(&f.upstream, PollFlags::IN)),
-        );
+    fn wait(&self, wait: Duration, events: &mut Vec<epoll::Event>) {
         let timeout = Timespec {
             tv_sec: wait.as_secs() as i64,
             tv_nsec: i64::from(wait.subsec_nanos()),
         };
         // Interrupted or failed waits just loop: the next pass reads and times out as usual.
-        let _ = rustix::event::poll(&mut fds, Some(&timeout));
+        let _ = epoll::wait(
+            &self.epoll,
+            rustix::buffer::spare_capacity(events),
+            Some(&timeout),
+        );
     }
 
-    /// Reads every datagram waiting on every socket, each stamped as it is read.
-    fn read_all(&mut self) {
-        loop {
-            match self.listen.recv_from(&mut self.buf) {
-                Ok((n, from)) => {
-                    let data = self.buf[..n].to_vec();
-                    self.on_agent_datagram(from, Instant::now(), data);
+    /// Reads every datagram waiting on the sockets the last wait found ready, each stamped as it
+    /// is read.
+    fn read_all(&mut self, events: &[epoll::Event]) {
+        for key in events.iter().map(|e| e.data.u64()) {
+            if key == LISTEN_KEY {
+                loop {
+                    match self.listen.recv_from(&mut self.buf) {
+                        Ok((n, from)) => {
+                            let data = self.buf[..n].to_vec();
+                            self.on_agent_datagram(from, Instant::now(), data);
+                        }
+                        Err(e) if e.kind() == io::ErrorKind::ConnectionRefused => {}
+                        Err(_) => break,
+                    }
                 }
-                Err(e) if e.kind() == io::ErrorKind::ConnectionRefused => {}
-                Err(_) => break,
+                continue;
             }
-        }
-        for i in 0..self.by_flow.len() {
+            let Some(i) = usize::try_from(key)
+                .ok()
+                .filter(|&i| i < self.by_flow.len())
+            else {
+                continue;
+            };
             loop {
                 match self.by_flow[i].upstream.recv(&mut self.buf) {
                     Ok(n) => {
@@ -281,6 +306,17 @@ impl Engine {
             return None;
         };
         let flow = FlowId(self.by_flow.len() as u64);
+        if epoll::add(
+            &self.epoll,
+            &socket,
+            epoll::EventData::new_u64(flow.0),
+            epoll::EventFlags::IN,
+        )
+        .is_err()
+        {
+            self.stats.send_errors.fetch_add(1, Ordering::Relaxed);
+            return None;
+        }
         self.by_flow.push(FlowSockets {
             agent,
             upstream: socket,
