@@ -111,7 +111,7 @@ pub struct Snapshot {
 }
 
 enum Command {
-    SetFaults(Faults),
+    SetFaults(Faults, std::sync::mpsc::Sender<()>),
     Snapshot(oneshot::Sender<Snapshot>),
     Shutdown,
 }
@@ -123,10 +123,16 @@ pub struct Handle {
 }
 
 impl Handle {
-    /// Replaces the faults in force. Turning `drop_streams` on closes every TCP/TLS
-    /// connection and refuses new ones until it is turned off.
+    /// Replaces the faults in force, and returns once the server has applied them (so that
+    /// the next packet sees them), or after a second if the server has stopped. Turning
+    /// `drop_streams` on closes every TCP/TLS connection and refuses new ones until it is
+    /// turned off.
     pub fn set_faults(&self, faults: Faults) {
-        let _ = self.tx.send(Command::SetFaults(faults));
+        let (ack, applied) = std::sync::mpsc::channel();
+        if self.tx.send(Command::SetFaults(faults, ack)).is_ok() {
+            // A std channel: waiting here is safe even from inside an async runtime.
+            let _ = applied.recv_timeout(Duration::from_secs(1));
+        }
     }
 
     /// The counters now (`None` once the server has stopped).
@@ -332,7 +338,10 @@ async fn serve(
     let _ = ready.send(Ok(listeners.bound));
     while let Some(cmd) = commands.recv().await {
         match cmd {
-            Command::SetFaults(f) => edge.set_faults(f),
+            Command::SetFaults(f, ack) => {
+                edge.set_faults(f);
+                let _ = ack.send(());
+            }
             Command::Snapshot(reply) => {
                 let _ = reply.send(edge.snapshot());
             }
