@@ -115,4 +115,8 @@ fn starts_within_a_second_serves_and_stops_on_sigterm() {
         .read_to_string(&mut log)
         .unwrap();
     assert!(log.contains("final counters"), "{log}");
+    assert!(
+        !log.contains('\x1b'),
+        "no colour codes in a log that is not a terminal"
+    );
 }
