@@ -50,13 +50,13 @@ impl DrivenPeer {
             if self.peer.error.is_some() || now >= deadline || also.is_some_and(|a| now >= a) {
                 return false;
             }
-            let mut wake = (now + MAX_SLEEP).min(deadline);
+            // Protocol timers and the deadline tolerate tokio's 1 ms timer; only a media frame
+            // needs the precise one, so only it costs a wake-up of the timer thread.
+            let mut coarse = (now + MAX_SLEEP).min(deadline);
             if let Some(t) = self.peer.poll_timeout() {
-                wake = wake.min(t.max(now));
+                coarse = coarse.min(t.max(now));
             }
-            if let Some(a) = also {
-                wake = wake.min(a);
-            }
+            let frame = also.filter(|&a| a <= coarse);
             tokio::select! {
                 ready = self.readiness.readable() => {
                     if ready.is_ok() {
@@ -67,7 +67,8 @@ impl DrivenPeer {
                         let _ = self.readiness.try_io(Interest::READABLE, || Err::<(), _>(io::ErrorKind::WouldBlock.into()));
                     }
                 }
-                () = crate::clock::sleep_until(wake) => {}
+                () = tokio::time::sleep_until(tokio::time::Instant::from_std(coarse)), if frame.is_none() => {}
+                () = crate::clock::sleep_until(frame.unwrap_or(now)), if frame.is_some() => {}
             }
         }
     }
