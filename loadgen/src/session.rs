@@ -158,7 +158,9 @@ impl Call {
                 .signalling
                 .as_ref()
                 .map_err(|e| SignallingError::Connect(e.clone()))?;
-            SignallingClient::connect(endpoint, spec.timeouts.websocket_connect, 3).await
+            let client =
+                SignallingClient::connect(endpoint, spec.timeouts.websocket_connect, 3).await?;
+            Ok::<_, SignallingError>((client, Instant::now()))
         };
         let collection = async {
             if turn.is_none() {
@@ -170,14 +172,14 @@ impl Call {
                 .await
         };
         let (client, collected) = tokio::join!(signalling, collection);
-        let now_us = self.at();
         if collected {
             self.milestones.ice_collected_us =
                 driven.peer.times.allocated.map(|t| micros(t - self.start));
         }
         let mut client = match client {
-            Ok(c) => {
-                self.milestones.signalling_connected_us = now_us;
+            Ok((c, at)) => {
+                // When it connected, not when ICE collection (run alongside) finished.
+                self.milestones.signalling_connected_us = Some(micros(at - self.start));
                 c
             }
             Err(e) => {

@@ -239,6 +239,13 @@ fn an_unresolvable_turn_name_is_an_ice_collection_timeout() {
     let mut sp = spec(&s, Duration::from_secs(1));
     sp.turn = Err("turn.sim.local: the site's DNS does not resolve this name".into());
     let r = run(sp);
+    // Signalling connected in its own time, not when ICE collection gave up beside it.
+    assert!(
+        r.milestones
+            .phase_us(reports::SetupPhase::SignallingConnect)
+            .unwrap()
+            < 1_000_000
+    );
     let f = r.failure.unwrap();
     assert_eq!(f.class, FailureClass::IceCollectionTimeout);
     assert!(f.detail.contains("DNS"), "{}", f.detail);
