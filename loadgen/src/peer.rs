@@ -435,9 +435,7 @@ impl Peer {
                     );
                 }
                 TurnEvent::TransactionTimeout(_) if self.relay.is_none() => {
-                    self.error = Some(LegError::TurnAllocation(
-                        "no answer from the TURN server".into(),
-                    ));
+                    self.error = Some(LegError::TurnUnreachable);
                 }
                 TurnEvent::CreatePermissionResponse(_, peer) => {
                     self.permitted.insert(peer);

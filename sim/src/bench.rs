@@ -154,6 +154,7 @@ pub fn relay_latency(
         path: Path::symmetric(vec![SegmentModel::new().delay(delay)]),
         seed: 1,
         policy: Policy::default(),
+        server_port: None,
     })?;
     // The configured delay is taken off each sample before it is recorded: the histogram keeps
     // two significant digits, which at 20 ms would be steps of 128 µs.

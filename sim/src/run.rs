@@ -146,6 +146,9 @@ pub fn run(scenario: &Scenario, options: &RunOptions) -> Result<RunOutcome, RunE
             path: site.path.clone(),
             seed: site_seed,
             policy: site.policy.clone(),
+            // The firewall sees the port in the agents' TURN URL (3478), not the port our
+            // server happens to have.
+            server_port: Some(turn_url.port),
         })
         .map_err(io_err(format!("starting site {}'s media path", site.name)))?;
         let (mut upstream, mut roots) = (vendor.signalling_addr(), vec![cert.clone()]);
@@ -178,6 +181,7 @@ pub fn run(scenario: &Scenario, options: &RunOptions) -> Result<RunOutcome, RunE
             seed: site_seed,
             policy: site.policy.clone(),
             reset_after: None,
+            server_port: Some(port_of(&scenario.signalling_url)),
         })
         .map_err(io_err(format!(
             "starting site {}'s signalling path",
@@ -429,6 +433,16 @@ struct SitePlumbing {
 
 fn loopback() -> SocketAddr {
     SocketAddr::from(([127, 0, 0, 1], 0))
+}
+
+/// The port of a `wss://` URL (443 when it names none).
+fn port_of(url: &str) -> u16 {
+    let rest = url.split_once("://").map_or(url, |(_, r)| r);
+    let authority = rest.split('/').next().unwrap_or(rest);
+    authority
+        .rsplit_once(':')
+        .and_then(|(_, p)| p.parse().ok())
+        .unwrap_or(443)
 }
 
 fn host_of(url: &str) -> String {
@@ -733,5 +747,7 @@ mod tests {
             "signalling.sim.local"
         );
         assert_eq!(host_of("wss://x.example/"), "x.example");
+        assert_eq!(port_of("wss://signalling.sim.local:8443/rtc"), 8443);
+        assert_eq!(port_of("wss://x.example/"), 443);
     }
 }

@@ -167,6 +167,7 @@ fn chromium_calls_our_anchor_through_our_turn_server() {
         path: Path::symmetric(vec![model]),
         seed: 3,
         policy: Policy::default(),
+        server_port: None,
     })
     .unwrap();
 

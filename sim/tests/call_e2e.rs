@@ -96,6 +96,7 @@ fn stack(behaviour: AnchorBehaviour, policy: Option<Policy>) -> Stack {
             path: Path::symmetric(vec![SegmentModel::new().delay(Duration::from_millis(5))]),
             seed: 1,
             policy,
+            server_port: None,
         })
         .unwrap()
     });

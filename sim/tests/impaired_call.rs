@@ -47,6 +47,7 @@ fn delay_and_loss_of_the_path_are_measured() {
         path,
         seed: 9,
         policy: Policy::default(),
+        server_port: None,
     })
     .unwrap();
 

@@ -58,6 +58,7 @@ fn relay(path: Path, policy: Policy, upstream: SocketAddr) -> UdpRelay {
         path,
         seed: 1,
         policy,
+        server_port: None,
     })
     .unwrap()
 }

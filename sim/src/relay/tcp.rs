@@ -40,6 +40,9 @@ pub struct TcpRelayConfig {
     pub policy: Policy,
     /// Reset every open connection this long after the relay starts.
     pub reset_after: Option<Duration>,
+    /// The server port the agents were given (their URL's), which the firewall's rules see;
+    /// `None`: the upstream's own port.
+    pub server_port: Option<u16>,
 }
 
 /// Counters of a TCP relay.
@@ -182,7 +185,7 @@ async fn serve(listener: TcpListener, config: TcpRelayConfig, stats: Arc<TcpRela
             accepted = listener.accept() => {
                 let Ok((agent, _)) = accepted else { continue };
                 stats.accepted.fetch_add(1, Ordering::Relaxed);
-                if config.policy.blocks(Transport::Tcp, config.upstream.port()) {
+                if config.policy.blocks(Transport::Tcp, config.server_port.unwrap_or(config.upstream.port())) {
                     stats.refused.fetch_add(1, Ordering::Relaxed);
                     drop(agent);
                     continue;

@@ -46,6 +46,9 @@ pub struct UdpRelayConfig {
     pub seed: u64,
     /// The site's firewall policy (blocked ports, stateless inbound filtering).
     pub policy: Policy,
+    /// The server port the agents were given (their TURN URL's), which the firewall's rules
+    /// see; `None`: the upstream's own port.
+    pub server_port: Option<u16>,
 }
 
 /// Counters of a running relay.
@@ -115,6 +118,7 @@ impl UdpRelay {
             epoll: poller,
             netem: Netem::new(config.path, config.seed, Instant::now()),
             upstream: config.upstream,
+            server_port: config.server_port.unwrap_or(config.upstream.port()),
             policy: config.policy,
             listen,
             flows: HashMap::new(),
@@ -177,6 +181,7 @@ struct Engine {
     epoll: OwnedFd,
     netem: Netem<Vec<u8>>,
     upstream: SocketAddr,
+    server_port: u16,
     policy: Policy,
     listen: UdpSocket,
     flows: HashMap<SocketAddr, FlowId>,
@@ -260,7 +265,7 @@ impl Engine {
 
     fn on_agent_datagram(&mut self, from: SocketAddr, at: Instant, data: Vec<u8>) {
         self.stats.from_agents.fetch_add(1, Ordering::Relaxed);
-        if self.policy.blocks(Transport::Udp, self.upstream.port()) {
+        if self.policy.blocks(Transport::Udp, self.server_port) {
             self.stats.dropped_policy.fetch_add(1, Ordering::Relaxed);
             return;
         }
