@@ -45,6 +45,7 @@ fn relay(
         seed: 1,
         policy,
         reset_after,
+        server_port: None,
     })
     .unwrap()
 }
