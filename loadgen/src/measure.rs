@@ -1,6 +1,7 @@
 //! What the receiving side of a media stream measures (DESIGN §6): one-way delay from the send
 //! instant carried in the payload, RFC 3550 jitter sampled once a second, loss and its bursts
-//! from sequence numbers, late loss against a fixed jitter buffer, and the E-model's MOS.
+//! from sequence numbers, late loss against a jitter buffer (adaptive or fixed), and the E-model's
+//! MOS.
 
 use std::time::{Duration, Instant};
 
@@ -51,9 +52,36 @@ impl Stamp {
     }
 }
 
-/// The fixed jitter buffer the late-loss figure assumes: a frame plays `JITTER_BUFFER` after the
-/// fastest delay seen so far; later arrivals are lost to the listener.
-pub const JITTER_BUFFER: Duration = Duration::from_millis(60);
+/// The jitter buffer the late-loss figure assumes. Delays are measured relative to the fastest
+/// packet so far (the buffer's reference); a packet later than the buffer's depth is lost to the
+/// listener even though the network delivered it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum JitterBuffer {
+    /// A fixed depth.
+    Fixed(Duration),
+    /// Adapts as a browser's does (WebRTC's NetEq in spirit): the depth follows the 95th
+    /// percentile of the last second of relative delays, at least 20 ms, at most 500 ms.
+    Adaptive,
+}
+
+impl JitterBuffer {
+    /// Packets of relative delay the adaptive buffer looks back over: one second of 20 ms frames.
+    const WINDOW: usize = 50;
+    const MIN: u64 = 20_000;
+    const MAX: u64 = 500_000;
+
+    fn depth_us(self, recent: &std::collections::VecDeque<u64>) -> u64 {
+        match self {
+            Self::Fixed(d) => u64::try_from(d.as_micros()).unwrap_or(u64::MAX),
+            Self::Adaptive => {
+                let mut sorted: Vec<u64> = recent.iter().copied().collect();
+                sorted.sort_unstable();
+                let p95 = sorted.get(sorted.len() * 95 / 100).copied().unwrap_or(0);
+                p95.clamp(Self::MIN, Self::MAX)
+            }
+        }
+    }
+}
 /// Packetisation delay of one frame.
 const PACKETISATION: Duration = Duration::from_millis(20);
 
@@ -68,6 +96,10 @@ pub struct MediaMeter {
     delay: Distribution,
     min_delay: Option<Duration>,
     late: u64,
+    buffer: JitterBuffer,
+    recent: std::collections::VecDeque<u64>,
+    depth_sum_us: u64,
+    depth_count: u64,
     last_arrival: Option<Instant>,
     /// RTCP packets received.
     pub rtcp_reports: u64,
@@ -85,6 +117,10 @@ impl MediaMeter {
             delay: Distribution::new(Unit::Micros),
             min_delay: None,
             late: 0,
+            buffer: JitterBuffer::Adaptive,
+            recent: std::collections::VecDeque::with_capacity(JitterBuffer::WINDOW),
+            depth_sum_us: 0,
+            depth_count: 0,
             last_arrival: None,
             rtcp_reports: 0,
         }
@@ -104,12 +140,27 @@ impl MediaMeter {
             let delay = now.saturating_duration_since(self.epoch + stamp.sent);
             self.delay
                 .record(u64::try_from(delay.as_micros()).unwrap_or(u64::MAX));
-            let min = *self.min_delay.get_or_insert(delay);
-            self.min_delay = Some(min.min(delay));
-            if delay > min + JITTER_BUFFER {
+            let min = (*self.min_delay.get_or_insert(delay)).min(delay);
+            self.min_delay = Some(min);
+            let relative = u64::try_from((delay - min).as_micros()).unwrap_or(u64::MAX);
+            // The depth in force when the packet arrives, from the packets before it.
+            let depth = self.buffer.depth_us(&self.recent);
+            if relative > depth {
                 self.late += 1;
             }
+            self.depth_sum_us += depth;
+            self.depth_count += 1;
+            if self.recent.len() == JitterBuffer::WINDOW {
+                self.recent.pop_front();
+            }
+            self.recent.push_back(relative);
         }
+    }
+
+    /// A meter whose late-loss figure assumes `buffer` (the default is [`JitterBuffer::Adaptive`]).
+    pub fn with_jitter_buffer(mut self, buffer: JitterBuffer) -> Self {
+        self.buffer = buffer;
+        self
     }
 
     /// When the last RTP packet arrived.
@@ -137,10 +188,16 @@ impl MediaMeter {
         let expected = loss.expected.max(1);
         let ppl = 100.0 * (loss.lost + self.late) as f64 / expected as f64;
         let burst = burst_ratio(loss.loss_fraction(), loss.mean_burst_len());
-        let mean_delay = self.delay.mean().unwrap_or(0.0) / 1000.0;
-        let mouth_to_ear = mean_delay
-            + JITTER_BUFFER.as_secs_f64() * 1e3 / 2.0
-            + PACKETISATION.as_secs_f64() * 1e3;
+        // Mouth to ear: the fastest packet's delay, plus the buffer's mean depth (every frame
+        // plays that long after the fastest could have), plus packetisation. Without stamps
+        // (another sender's media) the delay is unknown and counts as zero.
+        let depth_ms = if self.depth_count == 0 {
+            0.0
+        } else {
+            self.depth_sum_us as f64 / self.depth_count as f64 / 1000.0
+        };
+        let min_ms = self.min_delay.map_or(0.0, |d| d.as_secs_f64() * 1e3);
+        let mouth_to_ear = min_ms + depth_ms + PACKETISATION.as_secs_f64() * 1e3;
         let model = EModel::DEFAULT
             .with_codec(codec)
             .with_mouth_to_ear_ms(mouth_to_ear)
@@ -156,7 +213,7 @@ impl MediaMeter {
             loss_bursts: loss.bursts,
             jitter: self.jitter_samples,
             one_way_delay: self.delay,
-            jitter_buffer_delay_ms: JITTER_BUFFER.as_secs_f64() * 1e3 / 2.0,
+            jitter_buffer_delay_ms: depth_ms,
             rtcp_reports: self.rtcp_reports,
             send_pacing_error: Distribution::new(Unit::Micros),
             r_factor: model.r(),
@@ -168,6 +225,51 @@ impl MediaMeter {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Relative delays alternating 0 and 40 ms with a spike of 200 ms every 50 packets: a fixed
+    /// 30 ms buffer loses every 40 ms packet; the adaptive one learns the 40 ms (its p95 over a
+    /// second) and loses only the spikes it could not foresee.
+    #[test]
+    #[allow(clippy::disallowed_methods)] // a test needs one real instant as its epoch
+    fn adaptive_buffer_loses_only_the_unforeseen() {
+        let run = |buffer| {
+            let epoch = Instant::now();
+            let mut m = MediaMeter::new(epoch).with_jitter_buffer(buffer);
+            let mut payload = [0u8; 80];
+            for i in 0..1000u32 {
+                let sent = Duration::from_millis(20) * i;
+                let extra = if i % 50 == 49 {
+                    200
+                } else if i % 2 == 1 {
+                    40
+                } else {
+                    0
+                };
+                let arrival = epoch + sent + Duration::from_millis(10 + extra);
+                Stamp {
+                    sent,
+                    frame: u64::from(i),
+                }
+                .write(&mut payload);
+                m.on_rtp(arrival, i as u16, i * 960, &payload);
+            }
+            m.finish(1000, 0, Codec::OPUS)
+        };
+        let fixed = run(JitterBuffer::Fixed(Duration::from_millis(30)));
+        assert_eq!(fixed.late_lost, 500, "every 40 ms packet and spike is late");
+        let adaptive = run(JitterBuffer::Adaptive);
+        // Only the first second's 40 ms packets (before the window learns them) and the 20
+        // spikes: at most 25 + 20.
+        assert!(adaptive.late_lost <= 45, "{}", adaptive.late_lost);
+        assert!(adaptive.late_lost >= 20, "{}", adaptive.late_lost);
+        // Its depth settles at the 40 ms it needs.
+        assert!(
+            (adaptive.jitter_buffer_delay_ms - 40.0).abs() < 5.0,
+            "{}",
+            adaptive.jitter_buffer_delay_ms
+        );
+        assert!(adaptive.mos > fixed.mos);
+    }
 
     #[test]
     fn stamps_round_trip() {
