@@ -10,11 +10,21 @@ use turn_server::{Config, Event, FiveTuple, Server, Transport};
 fuzz_target!(|data: &[u8]| {
     let start = Instant::now();
     let mut config = Config::default();
-    config.peer_policy.allow.extend(turn_server::policy::loopback());
-    config.credentials.users.insert("u".into(), turn_server::auth::Secret("p".into()));
+    config
+        .peer_policy
+        .allow
+        .extend(turn_server::policy::loopback());
+    config
+        .credentials
+        .users
+        .insert("u".into(), turn_server::auth::Secret("p".into()));
     let mut server = Server::new(config, start, 1_700_000_000);
     let ft = FiveTuple {
-        transport: if data.first().is_some_and(|b| b & 1 == 1) { Transport::Tcp } else { Transport::Udp },
+        transport: if data.first().is_some_and(|b| b & 1 == 1) {
+            Transport::Tcp
+        } else {
+            Transport::Udp
+        },
         client: "127.0.0.1:40000".parse().unwrap(),
         server: "127.0.0.1:3478".parse().unwrap(),
     };
