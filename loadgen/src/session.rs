@@ -226,6 +226,16 @@ impl Call {
         };
         self.milestones.answer_received_us = self.at();
 
+        // A missed call: the agent lets the contact ring out and declines it.
+        if spec.identity.kind == reports::CallKind::Missed {
+            let _ = client
+                .call_ref("bye", &answer.call_id, spec.timeouts.ack)
+                .await;
+            client.close().await;
+            self.peer = Some(driven);
+            return Ok(());
+        }
+
         // Accept: apply the answer, send `accept`.
         self.state = SessionState::Accept;
         let now = Instant::now();
@@ -299,6 +309,8 @@ impl Call {
         let mut frame = 0u32;
         let mut dropped = None;
         let hung_up = || spec.hangup.as_ref().is_some_and(|h| *h.borrow());
+        let (mut held, mut resumed) = (false, false);
+        let mut signalling_failure = None;
         while talk_start.elapsed() < spec.talk && !hung_up() {
             let due = talk_start + Duration::from_millis(20) * frame;
             driven
@@ -325,6 +337,30 @@ impl Call {
             if driven.peer.error.is_some() {
                 dropped = Some(format!("{:?}", driven.peer.error));
                 break;
+            }
+            // Hold at a third of the call, resume at two thirds; media keeps flowing (the
+            // customer hears hold music), the signalling must acknowledge both.
+            if spec.identity.kind == reports::CallKind::HoldResume {
+                let elapsed = talk_start.elapsed();
+                let method = match held {
+                    false if elapsed >= spec.talk / 3 => Some("hold"),
+                    true if elapsed >= spec.talk * 2 / 3 && !resumed => Some("resume"),
+                    _ => None,
+                };
+                if let Some(method) = method {
+                    if let Err(e) = client
+                        .call_ref(method, &answer.call_id, spec.timeouts.ack)
+                        .await
+                    {
+                        signalling_failure = Some((e.class(), format!("{method}: {e}")));
+                        break;
+                    }
+                    if method == "hold" {
+                        held = true;
+                    } else {
+                        resumed = true;
+                    }
+                }
             }
         }
 
@@ -353,6 +389,9 @@ impl Call {
         }
         client.close().await;
         self.peer = Some(driven);
+        if let Some(failure) = signalling_failure {
+            return Err(failure);
+        }
         match dropped {
             Some(detail) => Err((FailureClass::MediaTimeout, detail)),
             None => Ok(()),

@@ -77,7 +77,12 @@ fn io_err(what: impl Into<String>) -> impl FnOnce(io::Error) -> RunError {
 }
 
 /// Call kinds this version places; the others are refused before the run starts.
-const SUPPORTED_KINDS: [CallKind; 2] = [CallKind::Inbound, CallKind::Outbound];
+const SUPPORTED_KINDS: [CallKind; 4] = [
+    CallKind::Inbound,
+    CallKind::Outbound,
+    CallKind::Missed,
+    CallKind::HoldResume,
+];
 
 /// Runs `scenario` and writes its run folder.
 pub fn run(scenario: &Scenario, options: &RunOptions) -> Result<RunOutcome, RunError> {
@@ -90,7 +95,7 @@ pub fn run(scenario: &Scenario, options: &RunOptions) -> Result<RunOutcome, RunE
         .collect();
     if !unsupported.is_empty() {
         return Err(RunError::Unsupported(format!(
-            "call kinds {} are not implemented yet; this version places inbound and outbound calls (set agents.mix accordingly)",
+            "call kinds {} are not implemented yet; this version places inbound, outbound, missed and hold_resume calls (set agents.mix accordingly)",
             unsupported.join(", ")
         )));
     }

@@ -289,3 +289,30 @@ fn media_stopping_mid_call_is_a_dropped_call() {
     assert_eq!(r.outcome, Outcome::Dropped);
     assert_eq!(r.failure.unwrap().class, FailureClass::MediaTimeout);
 }
+
+#[test]
+fn a_missed_call_rings_out_without_media() {
+    let s = stack(AnchorBehaviour::Answer, None);
+    let mut sp = spec(&s, Duration::from_secs(1));
+    sp.identity.kind = CallKind::Missed;
+    let r = run(sp);
+    assert_eq!(r.outcome, Outcome::Completed, "{:?}", r.failure);
+    assert!(r.milestones.answer_received_us.is_some());
+    assert!(
+        r.milestones.accepted_us.is_none(),
+        "a missed call is never accepted"
+    );
+    assert!(r.agent_to_anchor.is_none() && r.anchor_to_agent.is_none());
+}
+
+#[test]
+fn hold_and_resume_keep_the_call_up() {
+    let s = stack(AnchorBehaviour::Answer, Some(Policy::default()));
+    let mut sp = spec(&s, Duration::from_secs(3));
+    sp.identity.kind = CallKind::HoldResume;
+    let r = run(sp);
+    assert_eq!(r.outcome, Outcome::Completed, "{:?}", r.failure);
+    // Media flowed through the hold (hold music): no gap longer than the dead-air limit.
+    let down = r.anchor_to_agent.unwrap();
+    assert!(down.packets_received >= 140, "{}", down.packets_received);
+}
