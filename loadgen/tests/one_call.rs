@@ -2,34 +2,15 @@
 //! connected, SRTP media both ways, no loss, near-zero jitter, MOS at the codec's maximum.
 #![allow(clippy::disallowed_methods)] // real sockets, real clock
 
-use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use loadgen::pair::PairedCall;
 use loadgen::peer::{LegError, PeerConfig};
 use reports::emodel::Codec;
-use turn_server::Config;
-use turn_server::auth::{Credentials, Secret};
 use turn_server::io::{self, Settings};
 
 fn turn_server() -> io::Running {
-    let mut users = HashMap::new();
-    users.insert("agent".to_owned(), Secret("agent-pw".into()));
-    let mut core = Config {
-        realm: "sim.local".into(),
-        credentials: Credentials {
-            users,
-            static_auth_secret: None,
-        },
-        ..Config::default()
-    };
-    core.peer_policy.allow.push("127.0.0.0/8".parse().unwrap());
-    io::start(Settings {
-        core,
-        listen: vec!["127.0.0.1:0".parse().unwrap()],
-        ..Settings::default()
-    })
-    .unwrap()
+    io::start(Settings::loopback("agent", "agent-pw", "sim.local")).unwrap()
 }
 
 #[test]

@@ -21,4 +21,5 @@ pub mod profiles;
 pub mod relay;
 pub mod run;
 pub mod scenario;
+mod service;
 pub mod signalling;

@@ -459,35 +459,16 @@ fn host_of(url: &str) -> String {
 }
 
 fn start_turn(password: &str, bind: SocketAddr) -> Result<turn_server::io::Running, RunError> {
-    let mut users = HashMap::new();
-    users.insert(
-        "agent".to_owned(),
-        turn_server::auth::Secret(password.to_owned()),
-    );
-    let mut core = turn_server::Config {
-        realm: "sim.local".into(),
-        credentials: turn_server::auth::Credentials {
-            users,
-            static_auth_secret: None,
-        },
-        ..turn_server::Config::default()
-    };
-    // The anchor's relayed addresses are on loopback (or the served address): allow them
-    // explicitly — the server denies loopback and private peers by default.
-    for range in ["127.0.0.0/8".to_owned(), format!("{}/32", bind.ip())] {
-        if let Ok(cidr) = range.parse() {
-            core.peer_policy.allow.push(cidr);
-        }
+    let mut settings = turn_server::io::Settings::loopback("agent", password, "sim.local");
+    settings.listen = vec![bind];
+    // The anchor's relayed addresses are on the served address too (loopback by default).
+    if let Ok(own) = format!("{}/32", bind.ip()).parse() {
+        settings.core.peer_policy.allow.push(own);
     }
     // Quotas sized for a load test, not for a public server.
-    core.user_quota = 100_000;
-    core.total_quota = 100_000;
-    turn_server::io::start(turn_server::io::Settings {
-        core,
-        listen: vec![bind],
-        ..turn_server::io::Settings::default()
-    })
-    .map_err(io_err("starting the TURN server"))
+    settings.core.user_quota = 100_000;
+    settings.core.total_quota = 100_000;
+    turn_server::io::start(settings).map_err(io_err("starting the TURN server"))
 }
 
 struct PlannedCall {

@@ -17,6 +17,8 @@ use tokio::sync::{mpsc, oneshot};
 use tokio_rustls::TlsAcceptor;
 use tokio_tungstenite::tungstenite::Message;
 
+use crate::service::Service;
+
 /// The methods the endpoint knows.
 pub const METHODS: [&str; 7] = [
     "invite",
@@ -58,10 +60,8 @@ pub struct SignallingStats {
 /// A running endpoint; dropping it stops it.
 #[derive(Debug)]
 pub struct SignallingServer {
-    local_addr: SocketAddr,
     stats: Arc<SignallingStats>,
-    stop: Option<oneshot::Sender<()>>,
-    thread: Option<std::thread::JoinHandle<()>>,
+    service: Service,
 }
 
 impl SignallingServer {
@@ -82,39 +82,17 @@ impl SignallingServer {
             .with_single_cert(certs, key)
             .map_err(|e| invalid(&e))?;
         let acceptor = TlsAcceptor::from(Arc::new(config));
-        let std_listener = std::net::TcpListener::bind(listen)?;
-        std_listener.set_nonblocking(true)?;
-        let local_addr = std_listener.local_addr()?;
         let stats = Arc::new(SignallingStats::default());
-        let (stop_tx, stop_rx) = oneshot::channel();
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()?;
         let s = stats.clone();
-        let thread = std::thread::Builder::new()
-            .name("signalling".into())
-            .spawn(move || {
-                runtime.block_on(async move {
-                    let Ok(listener) = TcpListener::from_std(std_listener) else {
-                        return;
-                    };
-                    tokio::select! {
-                        () = serve(listener, acceptor, app, s) => {}
-                        _ = stop_rx => {}
-                    }
-                });
-            })?;
-        Ok(Self {
-            local_addr,
-            stats,
-            stop: Some(stop_tx),
-            thread: Some(thread),
-        })
+        let service = Service::start("signalling", listen, move |listener| {
+            serve(listener, acceptor, app, s)
+        })?;
+        Ok(Self { stats, service })
     }
 
     /// The bound address.
     pub fn local_addr(&self) -> SocketAddr {
-        self.local_addr
+        self.service.local_addr()
     }
 
     /// The endpoint's counters.
@@ -123,23 +101,8 @@ impl SignallingServer {
     }
 
     /// Stops the endpoint, closing every connection.
-    pub fn shutdown(mut self) {
-        self.stop_and_join();
-    }
-
-    fn stop_and_join(&mut self) {
-        if let Some(stop) = self.stop.take() {
-            let _ = stop.send(());
-        }
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
-    }
-}
-
-impl Drop for SignallingServer {
-    fn drop(&mut self) {
-        self.stop_and_join();
+    pub fn shutdown(self) {
+        drop(self.service);
     }
 }
 

@@ -7,7 +7,6 @@
 //! and it is missing, and skips with a loud message only when that is impossible.
 #![allow(clippy::disallowed_methods)] // real processes, real clock
 
-use std::collections::HashMap;
 use std::io::Read;
 use std::path::Path as FsPath;
 use std::process::{Command, Stdio};
@@ -21,8 +20,6 @@ use sim::netem::{JitterDistribution, Loss, Path, SegmentModel};
 use sim::relay::{UdpRelay, UdpRelayConfig};
 use sim::scenario::Policy;
 use sim::signalling::SignallingServer;
-use turn_server::Config;
-use turn_server::auth::{Credentials, Secret};
 use turn_server::io::{self, Settings};
 
 const CHROMIUM: &str = "/usr/bin/chromium";
@@ -107,23 +104,7 @@ fn chromium_calls_our_anchor_through_our_turn_server() {
         return;
     }
     // TURN, signalling, anchor.
-    let mut users = HashMap::new();
-    users.insert("agent".to_owned(), Secret("agent-pw".into()));
-    let mut core = Config {
-        realm: "sim.local".into(),
-        credentials: Credentials {
-            users,
-            static_auth_secret: None,
-        },
-        ..Config::default()
-    };
-    core.peer_policy.allow.push("127.0.0.0/8".parse().unwrap());
-    let server = io::start(Settings {
-        core,
-        listen: vec!["127.0.0.1:0".parse().unwrap()],
-        ..Settings::default()
-    })
-    .unwrap();
+    let server = io::start(Settings::loopback("agent", "agent-pw", "sim.local")).unwrap();
     let turn = server.bound.udp[0];
     let ck = rcgen::generate_simple_self_signed(vec!["127.0.0.1".to_owned()]).unwrap();
     let (tx, rx) = tokio::sync::mpsc::unbounded_channel();

@@ -3,7 +3,6 @@
 //! a clean call, and each failure path giving exactly its class.
 #![allow(clippy::disallowed_methods)] // real sockets, real clock
 
-use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -18,8 +17,6 @@ use sim::netem::{Path, SegmentModel};
 use sim::relay::{UdpRelay, UdpRelayConfig};
 use sim::scenario::{Policy, PortRule, Transport};
 use sim::signalling::SignallingServer;
-use turn_server::Config;
-use turn_server::auth::{Credentials, Secret};
 use turn_server::io::{self, Settings};
 
 const NAME: &str = "signalling.sim.local";
@@ -34,23 +31,7 @@ struct Stack {
 }
 
 fn stack(behaviour: AnchorBehaviour, policy: Option<Policy>) -> Stack {
-    let mut users = HashMap::new();
-    users.insert("agent".to_owned(), Secret("agent-pw".into()));
-    let mut core = Config {
-        realm: "sim.local".into(),
-        credentials: Credentials {
-            users,
-            static_auth_secret: None,
-        },
-        ..Config::default()
-    };
-    core.peer_policy.allow.push("127.0.0.0/8".parse().unwrap());
-    let turn_server = io::start(Settings {
-        core,
-        listen: vec!["127.0.0.1:0".parse().unwrap()],
-        ..Settings::default()
-    })
-    .unwrap();
+    let turn_server = io::start(Settings::loopback("agent", "agent-pw", "sim.local")).unwrap();
     let turn = turn_server.bound.udp[0];
     let epoch = Instant::now();
 

@@ -2,7 +2,6 @@
 //! the UDP relay to our TURN server: the receivers measure the delay and loss the path applies.
 #![allow(clippy::disallowed_methods)] // real sockets, real clock
 
-use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use loadgen::pair::PairedCall;
@@ -11,29 +10,11 @@ use reports::emodel::Codec;
 use sim::netem::{Loss, Path, SegmentModel};
 use sim::relay::{UdpRelay, UdpRelayConfig};
 use sim::scenario::Policy;
-use turn_server::Config;
-use turn_server::auth::{Credentials, Secret};
 use turn_server::io::{self, Settings};
 
 #[test]
 fn delay_and_loss_of_the_path_are_measured() {
-    let mut users = HashMap::new();
-    users.insert("agent".to_owned(), Secret("agent-pw".into()));
-    let mut core = Config {
-        realm: "sim.local".into(),
-        credentials: Credentials {
-            users,
-            static_auth_secret: None,
-        },
-        ..Config::default()
-    };
-    core.peer_policy.allow.push("127.0.0.0/8".parse().unwrap());
-    let server = io::start(Settings {
-        core,
-        listen: vec!["127.0.0.1:0".parse().unwrap()],
-        ..Settings::default()
-    })
-    .unwrap();
+    let server = io::start(Settings::loopback("agent", "agent-pw", "sim.local")).unwrap();
     let turn = server.bound.udp[0];
 
     let path = Path::symmetric(vec![

@@ -65,6 +65,28 @@ pub struct Settings {
     pub faults: Faults,
 }
 
+impl Settings {
+    /// A server on loopback for tests and demos: UDP and TCP on `127.0.0.1` (a free port), one
+    /// long-term user, loopback peers allowed (the relayed far end is on this machine too).
+    pub fn loopback(user: &str, password: &str, realm: &str) -> Self {
+        let mut core = Config {
+            realm: realm.to_owned(),
+            ..Config::default()
+        };
+        core.credentials
+            .users
+            .insert(user.to_owned(), crate::auth::Secret(password.to_owned()));
+        if let Ok(lo) = "127.0.0.0/8".parse() {
+            core.peer_policy.allow.push(lo);
+        }
+        Self {
+            core,
+            listen: vec![SocketAddr::from(([127, 0, 0, 1], 0))],
+            ..Self::default()
+        }
+    }
+}
+
 /// The addresses actually bound.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Bound {

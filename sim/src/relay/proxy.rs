@@ -18,9 +18,10 @@ use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, DnType, IsCa, 
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::oneshot;
 use tokio::task::AbortHandle;
 use tokio_rustls::{TlsAcceptor, TlsConnector};
+
+use crate::service::Service;
 
 /// Largest HTTP request head the proxy reads before deciding.
 const MAX_HEAD: usize = 16 * 1024;
@@ -112,10 +113,8 @@ pub struct ProxyStats {
 /// A running proxy; dropping it stops it.
 #[derive(Debug)]
 pub struct InspectingProxy {
-    local_addr: SocketAddr,
     stats: Arc<ProxyStats>,
-    stop: Option<oneshot::Sender<()>>,
-    thread: Option<std::thread::JoinHandle<()>>,
+    service: Service,
 }
 
 fn invalid(e: impl std::fmt::Display) -> io::Error {
@@ -137,9 +136,6 @@ fn acceptor(ca: &InspectionCa, host: &str) -> io::Result<TlsAcceptor> {
 impl InspectingProxy {
     /// Binds and starts the proxy.
     pub fn start(config: InspectingProxyConfig) -> io::Result<Self> {
-        let std_listener = std::net::TcpListener::bind(config.listen)?;
-        std_listener.set_nonblocking(true)?;
-        let local_addr = std_listener.local_addr()?;
         let mut roots = rustls::RootCertStore::empty();
         for r in &config.upstream_roots {
             roots.add(r.clone()).map_err(invalid)?;
@@ -154,41 +150,22 @@ impl InspectingProxy {
         let upstream_name = ServerName::try_from(config.server_name.clone()).map_err(invalid)?;
         let acceptor = acceptor(&config.ca, &config.server_name)?;
         let stats = Arc::new(ProxyStats::default());
-        let (stop_tx, stop_rx) = oneshot::channel();
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()?;
-        let s = stats.clone();
-        let thread = std::thread::Builder::new()
-            .name("inspecting-proxy".into())
-            .spawn(move || {
-                runtime.block_on(async move {
-                    let Ok(listener) = TcpListener::from_std(std_listener) else {
-                        return;
-                    };
-                    let shared = Shared {
-                        connector,
-                        upstream_name,
-                        config,
-                        stats: s,
-                    };
-                    tokio::select! {
-                        () = serve(listener, acceptor, shared) => {}
-                        _ = stop_rx => {}
-                    }
-                });
-            })?;
-        Ok(Self {
-            local_addr,
-            stats,
-            stop: Some(stop_tx),
-            thread: Some(thread),
-        })
+        let listen = config.listen;
+        let shared = Shared {
+            connector,
+            upstream_name,
+            config,
+            stats: stats.clone(),
+        };
+        let service = Service::start("inspecting-proxy", listen, move |listener| {
+            serve(listener, acceptor, shared)
+        })?;
+        Ok(Self { stats, service })
     }
 
     /// The address agents connect to.
     pub fn local_addr(&self) -> SocketAddr {
-        self.local_addr
+        self.service.local_addr()
     }
 
     /// The proxy's counters (readable after shutdown).
@@ -197,23 +174,8 @@ impl InspectingProxy {
     }
 
     /// Stops the proxy.
-    pub fn shutdown(mut self) {
-        self.stop_and_join();
-    }
-
-    fn stop_and_join(&mut self) {
-        if let Some(stop) = self.stop.take() {
-            let _ = stop.send(());
-        }
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
-    }
-}
-
-impl Drop for InspectingProxy {
-    fn drop(&mut self) {
-        self.stop_and_join();
+    pub fn shutdown(self) {
+        drop(self.service);
     }
 }
 

@@ -20,10 +20,11 @@ use std::time::{Duration, Instant};
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::mpsc;
 
 use crate::netem::{Direction, FlowId, Loss, Netem, Output, Path};
 use crate::scenario::{Policy, Transport};
+use crate::service::Service;
 
 /// What the TCP relay is told to do.
 #[derive(Debug, Clone)]
@@ -65,10 +66,8 @@ pub struct TcpRelayStats {
 /// A running TCP relay; dropping it stops it.
 #[derive(Debug)]
 pub struct TcpRelay {
-    local_addr: SocketAddr,
     stats: Arc<TcpRelayStats>,
-    stop: Option<oneshot::Sender<()>>,
-    thread: Option<std::thread::JoinHandle<()>>,
+    service: Service,
 }
 
 /// The form of a path that applies to a byte stream: no loss, duplication, corruption, MTU or
@@ -92,39 +91,17 @@ pub fn stream_path(path: &Path) -> Path {
 impl TcpRelay {
     /// Binds and starts the relay.
     pub fn start(config: TcpRelayConfig) -> io::Result<Self> {
-        let std_listener = std::net::TcpListener::bind(config.listen)?;
-        std_listener.set_nonblocking(true)?;
-        let local_addr = std_listener.local_addr()?;
         let stats = Arc::new(TcpRelayStats::default());
-        let (stop_tx, stop_rx) = oneshot::channel();
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()?;
         let s = stats.clone();
-        let thread = std::thread::Builder::new()
-            .name("tcp-relay".into())
-            .spawn(move || {
-                runtime.block_on(async move {
-                    let Ok(listener) = TcpListener::from_std(std_listener) else {
-                        return;
-                    };
-                    tokio::select! {
-                        () = serve(listener, config, s) => {}
-                        _ = stop_rx => {}
-                    }
-                });
-            })?;
-        Ok(Self {
-            local_addr,
-            stats,
-            stop: Some(stop_tx),
-            thread: Some(thread),
-        })
+        let service = Service::start("tcp-relay", config.listen, move |listener| {
+            serve(listener, config, s)
+        })?;
+        Ok(Self { stats, service })
     }
 
     /// The address agents connect to.
     pub fn local_addr(&self) -> SocketAddr {
-        self.local_addr
+        self.service.local_addr()
     }
 
     /// The relay's counters (readable after shutdown).
@@ -133,23 +110,8 @@ impl TcpRelay {
     }
 
     /// Stops the relay, closing every connection.
-    pub fn shutdown(mut self) {
-        self.stop_and_join();
-    }
-
-    fn stop_and_join(&mut self) {
-        if let Some(stop) = self.stop.take() {
-            let _ = stop.send(());
-        }
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
-    }
-}
-
-impl Drop for TcpRelay {
-    fn drop(&mut self) {
-        self.stop_and_join();
+    pub fn shutdown(self) {
+        drop(self.service);
     }
 }
 
