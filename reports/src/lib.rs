@@ -36,4 +36,4 @@ pub use record::{
     SCHEMA_VERSION, SessionState, SetupPhase, Shard,
 };
 pub use summary::{DirectionSummary, OutcomeCounts, RunSummary};
-pub use verdict::{ErrorRate, Verdict};
+pub use verdict::{ErrorRate, ProportionTest, Verdict};

@@ -271,6 +271,17 @@ pub fn summary_md(file: &SummaryFile) -> String {
             "\n> The run was interrupted before all its calls were placed."
         );
     }
+    if s.runs.len() > 1 || s.shards.len() > 1 {
+        let runs: Vec<&str> = s.runs.iter().map(String::as_str).collect();
+        let shards: Vec<String> = s.shards.iter().map(ToString::to_string).collect();
+        let _ = writeln!(
+            out,
+            "\nMerged from {} runs ({}), shards {}.",
+            runs.len(),
+            runs.join(", "),
+            shards.join(", ")
+        );
+    }
     let _ = writeln!(
         out,
         "\n| outcome | calls |\n|---|---:|\n| completed | {} |\n| failed | {} |\n| dropped | {} |",

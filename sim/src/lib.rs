@@ -7,6 +7,7 @@
 //! - [`scenario`]: scenario files, parsed with every error reported at once;
 //! - [`relay`]: the edge — UDP and TCP impairment relays and a TLS-inspecting proxy;
 //! - [`run`](mod@run): `sim run`, the whole path on one machine and the run folder;
+//! - [`report`]: re-render, merge and compare run folders;
 //! - [`dns`]: the agents' name resolution under a site's DNS policy;
 //! - [`signalling`]: the JSON-RPC 2.0 over WebSocket/TLS endpoint;
 //! - [`bench`](mod@bench): the engine's throughput and the relay's added latency, measured.
@@ -19,6 +20,7 @@ pub mod dns;
 pub mod netem;
 pub mod profiles;
 pub mod relay;
+pub mod report;
 pub mod run;
 pub mod scenario;
 mod service;

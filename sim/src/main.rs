@@ -68,6 +68,19 @@ enum Command {
     },
     /// Lists the built-in network profiles and their parameters.
     Profiles,
+    /// Re-renders a run folder, merges several (shards, repeated runs) into one, or compares
+    /// two (before and after a network change).
+    Report {
+        /// Run folders.
+        #[arg(required = true)]
+        dirs: Vec<PathBuf>,
+        /// Where to write a merged or re-rendered folder (default: re-render in place).
+        #[arg(long)]
+        out: Option<PathBuf>,
+        /// Compare the two folders given: before, then after.
+        #[arg(long)]
+        compare: bool,
+    },
     /// Measures the path engine's throughput and the UDP relay's added latency.
     Bench {
         #[command(subcommand)]
@@ -124,6 +137,7 @@ fn main() -> ExitCode {
             host,
             ca_out,
         } => serve(listen, &host, &ca_out),
+        Command::Report { dirs, out, compare } => report(&dirs, out.as_deref(), compare),
         Command::Run {
             file,
             out,
@@ -173,6 +187,38 @@ fn main() -> ExitCode {
                     ExitCode::from(3)
                 }
             }
+        }
+    }
+}
+
+fn report(dirs: &[PathBuf], out: Option<&std::path::Path>, compare: bool) -> ExitCode {
+    let result = match (compare, dirs, out) {
+        (true, [a, b], _) => sim::report::compare(a, b).map(|md| print!("{md}")),
+        (true, _, _) => {
+            eprintln!("sim report --compare takes exactly two run folders");
+            return ExitCode::from(3);
+        }
+        (false, [dir], out) => sim::report::render(dir, out.unwrap_or(dir))
+            .map(|f| println!("{}: {}", f.scenario, f.verdict.as_str())),
+        (false, dirs, Some(out)) => sim::report::merge(dirs, out).map(|f| {
+            println!(
+                "merged {} folders into {}: {} calls, {}",
+                dirs.len(),
+                out.display(),
+                f.error_rate.attempts,
+                f.verdict.as_str()
+            );
+        }),
+        (false, _, None) => {
+            eprintln!("sim report: merging several folders needs --out DIR");
+            return ExitCode::from(3);
+        }
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("sim report: {e}");
+            ExitCode::from(3)
         }
     }
 }

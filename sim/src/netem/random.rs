@@ -169,29 +169,9 @@ fn pareto_std(z: f64) -> f64 {
     pareto_from_tail(phi(-z).max(f64::MIN_POSITIVE))
 }
 
-/// The standard normal CDF Φ, from erfc.
+/// The standard normal CDF Φ (the results model's, one implementation for the workspace).
 pub(crate) fn phi(z: f64) -> f64 {
-    0.5 * erfc(-z / std::f64::consts::SQRT_2)
-}
-
-/// The complementary error function, W. J. Cody's rational Chebyshev approximation as given in
-/// Numerical Recipes (3rd ed., §6.2.2, `erfccheb`) — fractional error below 1.2·10⁻⁷, plenty for
-/// shaping delays.
-fn erfc(x: f64) -> f64 {
-    let z = x.abs();
-    let t = 1.0 / (1.0 + 0.5 * z);
-    let r = t
-        * (-z * z - 1.265_512_23
-            + t * (1.000_023_68
-                + t * (0.374_091_96
-                    + t * (0.096_784_18
-                        + t * (-0.186_288_06
-                            + t * (0.278_868_07
-                                + t * (-1.135_203_98
-                                    + t * (1.488_515_87
-                                        + t * (-0.822_152_23 + t * 0.170_872_77)))))))))
-            .exp();
-    if x >= 0.0 { r } else { 2.0 - r }
+    reports::verdict::normal_cdf(z)
 }
 
 /// An AR(1) latent standard normal: `z ← ρ z + √(1 − ρ²) ε`. Its marginal stays N(0, 1) for any

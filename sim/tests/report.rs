@@ -1,0 +1,92 @@
+//! `sim report`: two runs' folders merged equal one summary over the union of their records
+//! (counts and histogram percentiles exactly); a re-render reproduces a folder; a comparison
+//! says whether the error rates differ significantly.
+#![allow(clippy::disallowed_methods)] // real sockets, real clock
+
+use std::path::PathBuf;
+
+use reports::RunSummary;
+use sim::report::{compare, load, merge, render};
+use sim::run::{RunOptions, run};
+use sim::scenario::Scenario;
+
+fn scenario(seed: u64, policy: &str) -> Scenario {
+    let text = format!(
+        r#"
+[run]
+seed = {seed}
+threshold = "10%"
+[agents]
+calls = 3
+concurrency = 3
+ramp = "50/s"
+call_duration = "1s"
+timeouts = {{ ice_collection = "1s" }}
+[turn]
+urls = ["turn:turn.sim.local:3478?transport=udp"]
+[[site]]
+name = "hq"
+path = ["office-lan"]
+{policy}
+"#
+    );
+    Scenario::parse("t.toml", "t", &text).unwrap()
+}
+
+fn folder(name: &str, s: &Scenario) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("sim-report-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    run(
+        s,
+        &RunOptions {
+            out: Some(dir.clone()),
+            plain_progress: true,
+            ..RunOptions::default()
+        },
+    )
+    .unwrap();
+    dir
+}
+
+#[test]
+fn merge_render_and_compare() {
+    let a = folder("a", &scenario(1, ""));
+    let b = folder("b", &scenario(2, "policy = { block = [\"udp/3478\"] }"));
+    let out = std::env::temp_dir().join(format!("sim-report-merged-{}", std::process::id()));
+
+    let merged = merge(&[a.clone(), b.clone()], &out).unwrap();
+    let union: Vec<_> = load(&a)
+        .unwrap()
+        .records
+        .into_iter()
+        .chain(load(&b).unwrap().records)
+        .collect();
+    let whole = RunSummary::from_records(&union).unwrap();
+    assert_eq!(
+        merged.summary, whole,
+        "merged summaries equal the summary of all records"
+    );
+    assert_eq!(merged.summary.outcomes.attempts(), 6);
+    assert_eq!(merged.summary.outcomes.failed, 3);
+    for q in [0.5, 0.95, 0.99] {
+        assert_eq!(
+            merged.summary.agent_to_anchor.one_way_delay.quantile(q),
+            whole.agent_to_anchor.one_way_delay.quantile(q)
+        );
+    }
+    let md = std::fs::read_to_string(out.join("summary.md")).unwrap();
+    assert!(md.contains("Merged from 2 runs"), "{md}");
+    assert_eq!(load(&out).unwrap().records.len(), 6);
+
+    // Re-rendering a folder reproduces its summary.
+    let again = render(&a, &a).unwrap();
+    assert_eq!(again.summary, load(&a).unwrap().summary.summary);
+
+    // 0 of 3 against 3 of 3: significant by the z-test (z = 2.45, p = 0.014).
+    let text = compare(&a, &b).unwrap();
+    assert!(text.contains("a significant difference at 5 %"), "{text}");
+    assert!(text.contains("p = 0.014"), "{text}");
+    for d in [a, b, out] {
+        let _ = std::fs::remove_dir_all(d);
+    }
+}
