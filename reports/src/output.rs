@@ -287,6 +287,26 @@ pub fn summary_md(file: &SummaryFile) -> String {
         "\n| outcome | calls |\n|---|---:|\n| completed | {} |\n| failed | {} |\n| dropped | {} |",
         s.outcomes.completed, s.outcomes.failed, s.outcomes.dropped
     );
+    if s.by_site.len() > 1 {
+        let _ = writeln!(
+            out,
+            "\n| site | calls | failed | dropped | error rate | {:.0} % interval |\n|---|---:|---:|---:|---:|---:|",
+            e.confidence * 100.0
+        );
+        for (site, c) in &s.by_site {
+            let r = c.error_rate(e.confidence);
+            let _ = writeln!(
+                out,
+                "| {site} | {} | {} | {} | {} | {} – {} |",
+                c.attempts(),
+                c.failed,
+                c.dropped,
+                pct(r.rate),
+                pct(r.lower),
+                pct(r.upper)
+            );
+        }
+    }
     if !s.failures.is_empty() {
         let _ = writeln!(out, "\n| failure class | calls |\n|---|---:|");
         let mut classes: Vec<(&FailureClass, &u64)> = s.failures.iter().collect();
@@ -342,4 +362,46 @@ pub fn summary_md(file: &SummaryFile) -> String {
         );
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::summary::OutcomeCounts;
+
+    fn file(sites: &[(&str, u64, u64)]) -> SummaryFile {
+        let mut s = RunSummary::new();
+        for &(name, completed, failed) in sites {
+            let c = OutcomeCounts {
+                completed,
+                failed,
+                dropped: 0,
+            };
+            s.by_site.insert(name.to_owned(), c);
+            s.outcomes.completed += completed;
+            s.outcomes.failed += failed;
+        }
+        SummaryFile::new("branches", s, 0.02, 0.95, false)
+    }
+
+    #[test]
+    fn summary_md_states_the_verdict_and_splits_sites() {
+        let md = summary_md(&file(&[("north", 200, 0), ("south", 180, 20)]));
+        assert!(md.starts_with("# branches: FAIL\n"), "{md}");
+        assert!(
+            md.contains("Error rate **5.00 %** (20 of 400 calls failed or dropped)"),
+            "{md}"
+        );
+        assert!(md.contains("| north | 200 | 0 | 0 | 0.00 % |"), "{md}");
+        assert!(md.contains("| south | 200 | 20 | 0 | 10.00 % |"), "{md}");
+        // One site: no site table.
+        assert!(!summary_md(&file(&[("hq", 10, 0)])).contains("| site |"));
+    }
+
+    #[test]
+    fn csv_cells_are_quoted() {
+        assert_eq!(csv_cell("plain"), "plain");
+        assert_eq!(csv_cell("a,b"), "\"a,b\"");
+        assert_eq!(csv_cell("say \"hi\""), "\"say \"\"hi\"\"\"");
+    }
 }
