@@ -425,8 +425,9 @@ impl Call {
                 )
             }
         };
+        // Where a failed call stopped says more than "Failed" (its class says why).
         let last_state = if failure.is_some() {
-            SessionState::Failed
+            self.state
         } else {
             SessionState::Disconnected
         };
@@ -446,7 +447,6 @@ impl Call {
                 m
             })
         });
-        let _ = self.state;
         CallRecord {
             schema_version: SCHEMA_VERSION,
             identity: spec.identity.clone(),

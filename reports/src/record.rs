@@ -26,7 +26,8 @@ pub struct CallRecord {
     pub started_unix_ms: u64,
     /// When each step of the session was reached.
     pub milestones: Milestones,
-    /// The last state of the session state machine the call reached.
+    /// `disconnected` for a call that ended normally; for a failed or dropped call, the state it
+    /// was in when it failed (e.g. `connect_signaling_and_ice_collection`).
     pub last_state: SessionState,
     /// How the call ended.
     pub outcome: Outcome,

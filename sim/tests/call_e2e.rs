@@ -201,6 +201,10 @@ fn blocked_udp_3478_is_an_ice_collection_timeout_with_the_ccp_message() {
     };
     let s = stack(AnchorBehaviour::Answer, Some(policy));
     let r = run(spec(&s, Duration::from_secs(1)));
+    assert_eq!(
+        r.last_state,
+        reports::SessionState::ConnectSignalingAndIceCollection
+    );
     let f = r.failure.unwrap();
     assert_eq!(f.class, FailureClass::IceCollectionTimeout, "{}", f.detail);
     let msg = f.ccp_message.unwrap();
