@@ -23,6 +23,7 @@ use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use tokio::sync::mpsc;
 
 use crate::anchor::{AnchorBehaviour, AnchorConfig, AnchorStats};
+use crate::netem::Rng;
 use crate::relay::{
     InspectingProxy, InspectingProxyConfig, InspectionCa, TcpRelay, TcpRelayConfig, UdpRelay,
     UdpRelayConfig,
@@ -144,7 +145,7 @@ pub fn run(scenario: &Scenario, options: &RunOptions) -> Result<RunOutcome, RunE
     // The agents' side: each site's path in front of TURN and signalling.
     let mut sites = Vec::new();
     for (i, site) in scenario.sites.iter().enumerate() {
-        let site_seed = splitmix(seed ^ (i as u64 + 1));
+        let site_seed = Rng::for_stream(seed, &[SITE_STREAM, i as u64]).next_u64();
         let media = UdpRelay::start(UdpRelayConfig {
             listen: loopback(),
             upstream: turn_addr,
@@ -336,7 +337,10 @@ impl VendorSide {
         epoch: Instant,
         codec: EModelCodec,
     ) -> Result<Self, RunError> {
-        let password = format!("{:016x}", splitmix(seed ^ 0x7475_726e));
+        let password = format!(
+            "{:016x}",
+            Rng::for_stream(seed, &[PASSWORD_STREAM]).next_u64()
+        );
         let turn = start_turn(&password, bind)?;
         let ck = rcgen::generate_simple_self_signed(vec![host.to_owned()])
             .map_err(|e| io_err("certificate")(io::Error::other(e)))?;
@@ -477,36 +481,22 @@ struct PlannedCall {
     kind: CallKind,
 }
 
+/// Streams of the scenario's seed for what the run decides (see `Rng::for_stream`).
+const SITE_STREAM: u64 = 1;
+const PASSWORD_STREAM: u64 = 2;
+const KIND_STREAM: u64 = 3;
+
 /// Which site and kind each call gets: sites by their shares (largest remainder, so 200 calls
-/// at 50/50 are exactly 100/100), kinds drawn from the mix with the scenario's seed.
+/// at 50/50 are exactly 100/100), interleaved so that every site ramps up together; kinds drawn
+/// from the mix with the scenario's seed.
 fn plan_calls(scenario: &Scenario, seed: u64, calls: u32) -> Vec<PlannedCall> {
-    let mut per_site: Vec<u32> = scenario
-        .sites
-        .iter()
-        .map(|s| (s.share * f64::from(calls)).floor() as u32)
-        .collect();
-    let rest = calls - per_site.iter().sum::<u32>().min(calls);
-    let mut order: Vec<usize> = (0..per_site.len()).collect();
-    order.sort_by(|&a, &b| {
-        let frac = |i: usize| scenario.sites[i].share * f64::from(calls) - f64::from(per_site[i]);
-        frac(b).total_cmp(&frac(a))
-    });
-    for &i in order.iter().cycle().take(rest as usize) {
-        per_site[i] += 1;
-    }
-    let sites: Vec<usize> = per_site
-        .iter()
-        .enumerate()
-        .flat_map(|(i, &n)| std::iter::repeat_n(i, n as usize))
-        .collect();
+    let shares: Vec<f64> = scenario.sites.iter().map(|s| s.share).collect();
+    let sites = interleave(&site_counts(&shares, calls));
     let mix: Vec<(CallKind, f64)> = scenario.agents.mix.iter().map(|(k, s)| (*k, *s)).collect();
-    let mut state = seed;
+    let mut rng = Rng::for_stream(seed, &[KIND_STREAM]);
     (0..calls)
         .map(|index| {
-            // Interleave the sites so that they ramp up together.
-            let site = sites[(index as usize * 7919) % sites.len().max(1)];
-            state = splitmix(state);
-            let u = (state >> 11) as f64 / (1u64 << 53) as f64;
+            let u = rng.uniform();
             let mut acc = 0.0;
             let kind = mix.iter().find(|(_, s)| {
                 acc += s;
@@ -514,18 +504,50 @@ fn plan_calls(scenario: &Scenario, seed: u64, calls: u32) -> Vec<PlannedCall> {
             });
             PlannedCall {
                 index,
-                site,
+                site: sites[index as usize],
                 kind: kind.map_or(CallKind::Inbound, |(k, _)| *k),
             }
         })
         .collect()
 }
 
-fn splitmix(mut x: u64) -> u64 {
-    x = x.wrapping_add(0x9e37_79b9_7f4a_7c15);
-    x = (x ^ (x >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-    x = (x ^ (x >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-    x ^ (x >> 31)
+/// Calls per site: `share × calls` rounded down, the remainder to the largest fractions.
+fn site_counts(shares: &[f64], calls: u32) -> Vec<u32> {
+    let mut counts: Vec<u32> = shares
+        .iter()
+        .map(|s| (s * f64::from(calls)).floor() as u32)
+        .collect();
+    let rest = calls.saturating_sub(counts.iter().sum());
+    let mut order: Vec<usize> = (0..counts.len()).collect();
+    let frac = |i: usize| shares[i] * f64::from(calls) - (shares[i] * f64::from(calls)).floor();
+    order.sort_by(|&a, &b| frac(b).total_cmp(&frac(a)));
+    for &i in order.iter().cycle().take(rest as usize) {
+        counts[i] += 1;
+    }
+    counts
+}
+
+/// The site of each call in order: at every step the site furthest behind its share goes next
+/// (exact counts, evenly spread, whatever the number of calls).
+fn interleave(counts: &[u32]) -> Vec<usize> {
+    let total: u64 = counts.iter().map(|&c| u64::from(c)).sum();
+    let mut placed = vec![0u64; counts.len()];
+    (1..=total)
+        .filter_map(|step| {
+            // Deficit of site s after `step` calls: counts[s]·step/total − placed[s], scaled.
+            let site = (0..counts.len())
+                .filter(|&s| placed[s] < u64::from(counts[s]))
+                .max_by_key(|&s| {
+                    (
+                        i128::from(counts[s]) * i128::from(step)
+                            - i128::from(placed[s]) * i128::from(total),
+                        std::cmp::Reverse(s),
+                    )
+                })?;
+            placed[site] += 1;
+            Some(site)
+        })
+        .collect()
 }
 
 fn write_outputs(
@@ -724,6 +746,19 @@ mod tests {
             "20261127T091506Z"
         );
         assert_eq!(utc_stamp(SystemTime::UNIX_EPOCH), "19700101T000000Z");
+    }
+
+    #[test]
+    fn sites_get_exact_shares_evenly_spread() {
+        // 7919 calls: the old stride-7919 interleave sent them all to one site.
+        let counts = site_counts(&[0.5, 0.5], 7919);
+        assert_eq!(counts, vec![3960, 3959]);
+        let order = interleave(&counts);
+        assert_eq!(order.len(), 7919);
+        assert_eq!(order.iter().filter(|&&s| s == 0).count(), 3960);
+        assert_eq!(&order[..6], &[0, 1, 0, 1, 0, 1]);
+        let order = interleave(&site_counts(&[0.75, 0.25], 8));
+        assert_eq!(order, vec![0, 0, 1, 0, 0, 0, 1, 0]);
     }
 
     #[test]

@@ -39,7 +39,7 @@ pub use random::JitterDistribution;
 pub use segment::{Jitter, Loss, QueueLimit, Rate, Schedule, SegmentModel};
 
 use queue::RadixHeap;
-use random::Rng;
+pub(crate) use random::Rng;
 use segment::{Fate, SegmentState};
 
 /// Which way a packet travels along the path.
