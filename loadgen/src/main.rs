@@ -108,24 +108,14 @@ fn run(cli: &Cli) -> Result<u64> {
     let roots: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(&cli.ca)
         .and_then(Iterator::collect)
         .with_context(|| format!("reading {}", cli.ca.display()))?;
-    let host_port = cli
-        .signalling
-        .strip_prefix("wss://")
-        .ok_or_else(|| anyhow!("--signalling must be a wss:// URL"))?;
-    let authority = host_port.split('/').next().unwrap_or(host_port);
+    let (host, port) = loadgen::signalling::host_port(&cli.signalling)
+        .map_err(|e| anyhow!("--signalling: {e}"))?;
     let signalling_addr = match cli.signalling_addr {
         Some(a) => a,
-        None => {
-            let with_port = if authority.contains(':') {
-                authority.to_owned()
-            } else {
-                format!("{authority}:443")
-            };
-            with_port
-                .to_socket_addrs()?
-                .next()
-                .ok_or_else(|| anyhow!("{authority} does not resolve"))?
-        }
+        None => (host.as_str(), port)
+            .to_socket_addrs()?
+            .next()
+            .ok_or_else(|| anyhow!("{host} does not resolve"))?,
     };
     let turn_rest = cli
         .turn

@@ -164,6 +164,25 @@ impl SignallingError {
     }
 }
 
+/// The host and port of a `wss://` (or `ws://`) URL; the port defaults to 443 (80 for `ws://`).
+pub fn host_port(url: &str) -> Result<(String, u16), String> {
+    let bad = || format!("expected a WebSocket URL like wss://host:port/path, found {url}");
+    let (rest, default_port) = match (url.strip_prefix("wss://"), url.strip_prefix("ws://")) {
+        (Some(r), _) => (r, 443),
+        (None, Some(r)) => (r, 80),
+        (None, None) => return Err(bad()),
+    };
+    let authority = rest.split('/').next().unwrap_or(rest);
+    let (host, port) = match authority.rsplit_once(':') {
+        Some((h, p)) => (h, p.parse().map_err(|_| bad())?),
+        None => (authority, default_port),
+    };
+    if host.is_empty() {
+        return Err(bad());
+    }
+    Ok((host.to_owned(), port))
+}
+
 /// Where and how to connect.
 #[derive(Debug, Clone)]
 pub struct Endpoint {
@@ -212,12 +231,7 @@ impl SignallingClient {
     }
 
     async fn connect_once(endpoint: &Endpoint) -> Result<Self, String> {
-        let host = endpoint
-            .url
-            .strip_prefix("wss://")
-            .and_then(|r| r.split(['/', ':']).next())
-            .ok_or_else(|| format!("not a wss:// URL: {}", endpoint.url))?
-            .to_owned();
+        let (host, _) = host_port(&endpoint.url)?;
         let mut roots = rustls::RootCertStore::empty();
         for r in &endpoint.roots {
             roots.add(r.clone()).map_err(|e| e.to_string())?;
@@ -353,5 +367,22 @@ impl SignallingClient {
     /// Closes the WebSocket.
     pub async fn close(mut self) {
         let _ = self.ws.close(None).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn websocket_urls() {
+        assert_eq!(
+            host_port("wss://signalling.sim.local:8443/rtc"),
+            Ok(("signalling.sim.local".into(), 8443))
+        );
+        assert_eq!(host_port("wss://x.example/"), Ok(("x.example".into(), 443)));
+        assert_eq!(host_port("ws://x.example"), Ok(("x.example".into(), 80)));
+        assert!(host_port("https://x.example").is_err());
+        assert!(host_port("wss://x.example:port/").is_err());
     }
 }

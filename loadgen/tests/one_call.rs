@@ -114,32 +114,3 @@ fn unreachable_turn_server_fails_allocation() {
     let err = call.connect(Duration::from_secs(20)).unwrap_err();
     assert_eq!(err.step, "allocate", "{err:?}");
 }
-
-#[test]
-#[ignore = "diagnostic: prints setup timings"]
-fn setup_timings() {
-    let server = turn_server();
-    let turn = server.bound.udp[0];
-    let epoch = Instant::now();
-    let config = |answering| PeerConfig {
-        turn,
-        username: "agent".into(),
-        password: "agent-pw".into(),
-        realm: "sim.local".into(),
-        answering,
-        epoch,
-    };
-    let start = Instant::now();
-    let mut call = PairedCall::new(config(false), config(true)).unwrap();
-    call.connect(Duration::from_secs(10)).unwrap();
-    for (n, p) in [("agent", &call.agent), ("anchor", &call.anchor)] {
-        let t = p.times;
-        let ms = |i: Option<Instant>| i.map(|i| (i - start).as_secs_f64() * 1e3);
-        println!(
-            "{n}: allocated {:?} ice {:?} dtls {:?}",
-            ms(t.allocated),
-            ms(t.ice_connected),
-            ms(t.connected)
-        );
-    }
-}

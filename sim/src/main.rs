@@ -38,8 +38,8 @@ enum Command {
         /// Overrides the number of call attempts.
         #[arg(long)]
         calls: Option<u32>,
-        /// Overrides the talk time of each call (e.g. 5s).
-        #[arg(long, value_parser = parse_duration)]
+        /// Overrides the talk time of each call (e.g. 5s, 500ms).
+        #[arg(long, value_parser = sim::scenario::parse_duration)]
         duration: Option<Duration>,
         /// Plain progress lines instead of a progress bar.
         #[arg(long)]
@@ -268,23 +268,6 @@ fn serve(listen: std::net::IpAddr, host: &str, ca_out: &std::path::Path) -> Exit
     }
     vendor.stop();
     ExitCode::SUCCESS
-}
-
-fn parse_duration(s: &str) -> Result<Duration, String> {
-    let (num, unit) = s.split_at(
-        s.find(|c: char| !c.is_ascii_digit() && c != '.')
-            .unwrap_or(s.len()),
-    );
-    let v: f64 = num
-        .parse()
-        .map_err(|_| format!("expected a duration like 5s or 500ms, found {s}"))?;
-    let scale = match unit {
-        "ms" => 1e-3,
-        "s" | "" => 1.0,
-        "m" => 60.0,
-        _ => return Err(format!("unknown unit in {s} (ms, s, m)")),
-    };
-    Ok(Duration::from_secs_f64(v * scale))
 }
 
 fn bench(what: &BenchCommand) -> ExitCode {

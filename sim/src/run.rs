@@ -134,7 +134,9 @@ pub fn run(scenario: &Scenario, options: &RunOptions) -> Result<RunOutcome, RunE
         Codec::Opus => EModelCodec::OPUS,
         Codec::G711 => EModelCodec::G711_PLC,
     };
-    let signalling_host = host_of(&scenario.signalling_url);
+    // The scenario parser checked the URL; only its host and port are used here.
+    let (signalling_host, signalling_port) =
+        loadgen::signalling::host_port(&scenario.signalling_url).map_err(RunError::Unsupported)?;
     let vendor = VendorSide::start(seed, &signalling_host, loopback(), epoch, codec)?;
     let (turn_addr, cert, password) = (
         vendor.turn_addr(),
@@ -187,7 +189,7 @@ pub fn run(scenario: &Scenario, options: &RunOptions) -> Result<RunOutcome, RunE
             seed: site_seed,
             policy: site.policy.clone(),
             reset_after: None,
-            server_port: Some(port_of(&scenario.signalling_url)),
+            server_port: Some(signalling_port),
         })
         .map_err(io_err(format!(
             "starting site {}'s signalling path",
@@ -442,24 +444,6 @@ struct SitePlumbing {
 
 fn loopback() -> SocketAddr {
     SocketAddr::from(([127, 0, 0, 1], 0))
-}
-
-/// The port of a `wss://` URL (443 when it names none).
-fn port_of(url: &str) -> u16 {
-    let rest = url.split_once("://").map_or(url, |(_, r)| r);
-    let authority = rest.split('/').next().unwrap_or(rest);
-    authority
-        .rsplit_once(':')
-        .and_then(|(_, p)| p.parse().ok())
-        .unwrap_or(443)
-}
-
-fn host_of(url: &str) -> String {
-    let rest = url.split_once("://").map_or(url, |(_, r)| r);
-    rest.split(['/', ':'])
-        .next()
-        .unwrap_or("signalling.sim.local")
-        .to_owned()
 }
 
 fn start_turn(password: &str, bind: SocketAddr) -> Result<turn_server::io::Running, RunError> {
@@ -759,16 +743,5 @@ mod tests {
         assert_eq!(&order[..6], &[0, 1, 0, 1, 0, 1]);
         let order = interleave(&site_counts(&[0.75, 0.25], 8));
         assert_eq!(order, vec![0, 0, 1, 0, 0, 0, 1, 0]);
-    }
-
-    #[test]
-    fn hosts() {
-        assert_eq!(
-            host_of("wss://signalling.sim.local:8443/rtc"),
-            "signalling.sim.local"
-        );
-        assert_eq!(host_of("wss://x.example/"), "x.example");
-        assert_eq!(port_of("wss://signalling.sim.local:8443/rtc"), 8443);
-        assert_eq!(port_of("wss://x.example/"), 443);
     }
 }

@@ -17,7 +17,7 @@ use tokio::sync::{mpsc, oneshot};
 use tokio_rustls::TlsAcceptor;
 use tokio_tungstenite::tungstenite::Message;
 
-use crate::service::Service;
+use crate::service::{Service, tls_acceptor};
 
 /// The methods the endpoint knows.
 pub const METHODS: [&str; 7] = [
@@ -72,16 +72,7 @@ impl SignallingServer {
         key: PrivateKeyDer<'static>,
         app: mpsc::UnboundedSender<Incoming>,
     ) -> io::Result<Self> {
-        let invalid =
-            |e: &dyn std::fmt::Display| io::Error::new(io::ErrorKind::InvalidInput, e.to_string());
-        let provider = Arc::new(rustls::crypto::ring::default_provider());
-        let config = rustls::ServerConfig::builder_with_provider(provider)
-            .with_safe_default_protocol_versions()
-            .map_err(|e| invalid(&e))?
-            .with_no_client_auth()
-            .with_single_cert(certs, key)
-            .map_err(|e| invalid(&e))?;
-        let acceptor = TlsAcceptor::from(Arc::new(config));
+        let acceptor = tls_acceptor(certs, key)?;
         let stats = Arc::new(SignallingStats::default());
         let s = stats.clone();
         let service = Service::start("signalling", listen, move |listener| {

@@ -21,7 +21,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::task::AbortHandle;
 use tokio_rustls::{TlsAcceptor, TlsConnector};
 
-use crate::service::Service;
+use crate::service::{Service, tls_acceptor};
 
 /// Largest HTTP request head the proxy reads before deciding.
 const MAX_HEAD: usize = 16 * 1024;
@@ -123,14 +123,7 @@ fn invalid(e: impl std::fmt::Display) -> io::Error {
 
 fn acceptor(ca: &InspectionCa, host: &str) -> io::Result<TlsAcceptor> {
     let (certs, key) = ca.leaf(host).map_err(invalid)?;
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let config = rustls::ServerConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .map_err(invalid)?
-        .with_no_client_auth()
-        .with_single_cert(certs, key)
-        .map_err(invalid)?;
-    Ok(TlsAcceptor::from(Arc::new(config)))
+    tls_acceptor(certs, key)
 }
 
 impl InspectingProxy {

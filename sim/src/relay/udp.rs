@@ -96,7 +96,7 @@ pub struct UdpRelay {
     local_addr: SocketAddr,
     stats: Arc<RelayStats>,
     stop: Arc<AtomicBool>,
-    threads: Vec<JoinHandle<()>>,
+    thread: Option<JoinHandle<()>>,
 }
 
 impl UdpRelay {
@@ -127,12 +127,14 @@ impl UdpRelay {
             stop: stop.clone(),
             buf: vec![0u8; MAX_DATAGRAM],
         };
-        let thread = spawn("udp-relay", move || engine.run())?;
+        let thread = std::thread::Builder::new()
+            .name("udp-relay".into())
+            .spawn(move || engine.run())?;
         Ok(Self {
             local_addr,
             stats,
             stop,
-            threads: vec![thread],
+            thread: Some(thread),
         })
     }
 
@@ -153,7 +155,7 @@ impl UdpRelay {
 
     fn stop_and_join(&mut self) {
         self.stop.store(true, Ordering::Relaxed);
-        for t in self.threads.drain(..) {
+        if let Some(t) = self.thread.take() {
             let _ = t.join();
         }
     }
@@ -163,10 +165,6 @@ impl Drop for UdpRelay {
     fn drop(&mut self) {
         self.stop_and_join();
     }
-}
-
-fn spawn(name: &str, f: impl FnOnce() + Send + 'static) -> io::Result<JoinHandle<()>> {
-    std::thread::Builder::new().name(name.to_owned()).spawn(f)
 }
 
 struct FlowSockets {

@@ -15,6 +15,11 @@ use reports::CallKind;
 use toml::de::{DeTable, DeValue};
 
 pub use reader::ScenarioError;
+
+/// Parses a duration as scenario files write it (`"500ms"`, `"1.5s"`, `"10m"`).
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    units::duration(s)
+}
 use reader::{Source, Table, Value, closest, integer_value};
 
 use crate::netem::{
@@ -411,7 +416,7 @@ fn read_scenario(
 
     let segments = match top.get("segment") {
         Some(v) => Table::from_value(src, v, "segment")
-            .map(|t| read_segments(src, t))
+            .map(|t| read_segments(src, &t))
             .unwrap_or_default(),
         None => BTreeMap::new(),
     };
@@ -584,7 +589,7 @@ fn read_turn(src: &mut Source<'_>, mut t: Table<'_, '_>) -> Option<Turn> {
     Some(Turn { urls: urls? })
 }
 
-fn read_segments(src: &mut Source<'_>, t: Table<'_, '_>) -> BTreeMap<String, Segment> {
+fn read_segments(src: &mut Source<'_>, t: &Table<'_, '_>) -> BTreeMap<String, Segment> {
     let mut out = BTreeMap::new();
     for (name, v) in t.entries() {
         let path = t.path(&name);
@@ -637,7 +642,6 @@ fn read_segments(src: &mut Source<'_>, t: Table<'_, '_>) -> BTreeMap<String, Seg
         );
     }
     // Every key was a segment name: nothing unknown at this level.
-    t.finish_all_read();
     out
 }
 

@@ -150,9 +150,6 @@ impl<'t, 'i> Table<'t, 'i> {
             .collect()
     }
 
-    /// Ends a table whose keys were all taken as names.
-    pub(crate) fn finish_all_read(self) {}
-
     /// Reports every key not read, listing the known ones.
     pub(crate) fn finish(self, src: &mut Source<'_>) {
         for (key, value) in self.table.iter() {
