@@ -21,8 +21,11 @@
 #![deny(missing_docs)]
 #![forbid(unsafe_code)]
 
+pub mod charts;
 pub mod distribution;
 pub mod emodel;
+pub mod guidance;
+pub mod html;
 pub mod jitter;
 pub mod loss;
 pub mod output;

@@ -5,6 +5,8 @@ use std::fmt::Write as _;
 use std::fs;
 use std::path::{Path, PathBuf};
 
+use reports::charts::charts;
+use reports::html::report_html;
 use reports::output::{SummaryFile, calls_csv, junit_xml, summary_md};
 use reports::record::{DamagedLine, RecordsError, read_records};
 use reports::{CallRecord, ProportionTest, RunSummary};
@@ -64,7 +66,9 @@ pub fn load(dir: &Path) -> Result<RunFolder, ReportError> {
 }
 
 /// Writes a run folder's derived files (`summary.json`, `calls.csv`, `junit.xml`,
-/// `summary.md`) for `records` into `out`.
+/// `summary.md`, `report.html` and `charts/*.svg`) for `records` into `out`.
+///
+/// `records` must be in `calls.jsonl` order: the report names each call's line.
 pub fn write(out: &Path, records: &[CallRecord], file: &SummaryFile) -> Result<(), ReportError> {
     fs::create_dir_all(out).map_err(|e| file_err(out, e))?;
     let put = |name: &str, contents: &str| {
@@ -76,7 +80,28 @@ pub fn write(out: &Path, records: &[CallRecord], file: &SummaryFile) -> Result<(
     )?;
     put("calls.csv", &calls_csv(records))?;
     put("junit.xml", &junit_xml(&file.scenario, records))?;
-    put("summary.md", &summary_md(file))
+    put("summary.md", &summary_md(file))?;
+    let charts = charts(file, records).map_err(|e| file_err(&out.join("charts"), e))?;
+    write_charts(&out.join("charts"), &charts)?;
+    put("report.html", &report_html(file, records, &charts))
+}
+
+/// Writes each chart as `<dir>/<id>.svg`, and removes the SVG files of charts this report no
+/// longer has (a re-render after a change must not leave a stale chart beside the new ones).
+fn write_charts(dir: &Path, charts: &[reports::charts::Chart]) -> Result<(), ReportError> {
+    fs::create_dir_all(dir).map_err(|e| file_err(dir, e))?;
+    let keep: Vec<String> = charts.iter().map(|c| format!("{}.svg", c.id)).collect();
+    for entry in fs::read_dir(dir).map_err(|e| file_err(dir, e))?.flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if name.ends_with(".svg") && !keep.contains(&name) {
+            fs::remove_file(entry.path()).map_err(|e| file_err(&entry.path(), e))?;
+        }
+    }
+    for c in charts {
+        let path = dir.join(format!("{}.svg", c.id));
+        fs::write(&path, &c.svg).map_err(|e| file_err(&path, e))?;
+    }
+    Ok(())
 }
 
 /// Re-renders a run folder from its `calls.jsonl` (e.g. after a killed run, or with a newer
