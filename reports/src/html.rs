@@ -17,7 +17,7 @@ use std::fmt::Write as _;
 use crate::charts::{self, Chart, DIRECTIONS, SiteRow, phase_label};
 use crate::distribution::Distribution;
 use crate::guidance::{Diagnosis, diagnose};
-use crate::output::SummaryFile;
+use crate::output::{SummaryFile, utc_datetime};
 use crate::record::{CallRecord, FailureClass, SetupPhase};
 use crate::verdict::Verdict;
 
@@ -157,27 +157,6 @@ fn mos(centi: Option<u64>) -> String {
     centi.map_or("–".to_owned(), |v| format!("{:.2}", v as f64 / 100.0))
 }
 
-/// `YYYY-MM-DD HH:MM:SS` UTC of a Unix time in ms (civil-from-days, H. Hinnant's algorithm).
-fn utc(ms: u64) -> String {
-    let secs = ms / 1000;
-    let (days, rem) = ((secs / 86_400) as i64, secs % 86_400);
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    format!(
-        "{year:04}-{month:02}-{day:02} {:02}:{:02}:{:02}",
-        rem / 3600,
-        rem / 60 % 60,
-        rem % 60
-    )
-}
-
 fn duration(secs: f64) -> String {
     if secs < 120.0 {
         format!("{secs:.1} s")
@@ -209,8 +188,8 @@ fn header(page: &mut Page, file: &SummaryFile, records: &[CallRecord]) {
     if let (Some(a), Some(b)) = (s.first_start_unix_ms, s.last_end_unix_ms) {
         facts.push(format!(
             "{} – {} UTC ({})",
-            utc(a),
-            &utc(b)[11..],
+            utc_datetime(a, ' '),
+            &utc_datetime(b, ' ')[11..],
             duration(b.saturating_sub(a) as f64 / 1000.0)
         ));
     }

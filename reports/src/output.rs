@@ -167,36 +167,52 @@ fn xml(s: &str) -> String {
         .replace('\'', "&apos;")
 }
 
-/// `junit.xml`: one testsuite per site, one testcase per call; failed and dropped calls carry a
-/// `<failure>` with the class as its type and the CCP's message (or the detail).
+/// `junit.xml`: one testsuite per site, one testcase per call, in the dialect of the Jenkins xUnit
+/// plugin's `junit-10.xsd` (which GitLab and GitHub's JUnit reporters also read).
+///
+/// A testcase's `classname` is `scenario.site.kind` (CI systems group by it), its `name` the
+/// call id, its `time` the call's duration in seconds. Failed and dropped calls carry a
+/// `<failure>` whose `type` is the failure class and whose `message` is the CCP's message (or
+/// the detail). Each testsuite names its site's network profile in a `profile` property and its
+/// first call's start as `timestamp` (UTC).
 pub fn junit_xml(scenario: &str, records: &[CallRecord]) -> String {
     let mut sites: Vec<&str> = records.iter().map(|r| r.identity.site.as_str()).collect();
     sites.sort_unstable();
     sites.dedup();
     let failures = records.iter().filter(|r| r.failure.is_some()).count();
+    // A fold from +0.0: `sum()` of no f64 is -0.0, which the schema's time pattern refuses.
+    let total = records.iter().map(duration_s).fold(0.0, |a, b| a + b);
     let mut out = String::from("<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n");
     let _ = writeln!(
         out,
-        "<testsuites name=\"{}\" tests=\"{}\" failures=\"{failures}\">",
+        "<testsuites name=\"{}\" tests=\"{}\" failures=\"{failures}\" errors=\"0\" time=\"{total:.3}\">",
         xml(scenario),
         records.len()
     );
     for site in sites {
         let calls: Vec<&CallRecord> = records.iter().filter(|r| r.identity.site == site).collect();
         let failed = calls.iter().filter(|r| r.failure.is_some()).count();
-        let time: f64 = calls.iter().map(|r| duration_s(r)).sum();
+        let time = calls.iter().map(|r| duration_s(r)).fold(0.0, |a, b| a + b);
+        let start = calls.iter().map(|r| r.started_unix_ms).min().unwrap_or(0);
+        let mut profiles: Vec<&str> = calls.iter().map(|r| r.identity.profile.as_str()).collect();
+        profiles.sort_unstable();
+        profiles.dedup();
         let _ = writeln!(
             out,
-            "  <testsuite name=\"{}\" tests=\"{}\" failures=\"{failed}\" errors=\"0\" time=\"{time:.3}\">",
+            "  <testsuite name=\"{}\" tests=\"{}\" failures=\"{failed}\" errors=\"0\" time=\"{time:.3}\" timestamp=\"{}\">\n    <properties>\n      <property name=\"scenario\" value=\"{}\"/>\n      <property name=\"profile\" value=\"{}\"/>\n    </properties>",
             xml(site),
-            calls.len()
+            calls.len(),
+            utc_datetime(start, 'T'),
+            xml(scenario),
+            xml(&profiles.join(", "))
         );
         for r in calls {
             let _ = write!(
                 out,
-                "    <testcase classname=\"{}.{}\" name=\"{}\" time=\"{:.3}\"",
+                "    <testcase classname=\"{}.{}.{}\" name=\"{}\" time=\"{:.3}\"",
                 xml(scenario),
                 xml(site),
+                r.identity.kind.as_str(),
                 xml(&r.identity.call),
                 duration_s(r)
             );
@@ -220,6 +236,28 @@ pub fn junit_xml(scenario: &str, records: &[CallRecord]) -> String {
     }
     out.push_str("</testsuites>\n");
     out
+}
+
+/// A Unix time in ms as `YYYY-MM-DD<sep>HH:MM:SS` in UTC (H. Hinnant's civil-from-days
+/// algorithm): `sep` is `'T'` for ISO 8601, `' '` for people.
+pub fn utc_datetime(unix_ms: u64, sep: char) -> String {
+    let secs = unix_ms / 1000;
+    let (days, rem) = ((secs / 86_400) as i64, secs % 86_400);
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02}{sep}{:02}:{:02}:{:02}",
+        rem / 3600,
+        rem / 60 % 60,
+        rem % 60
+    )
 }
 
 fn duration_s(r: &CallRecord) -> f64 {
@@ -396,6 +434,14 @@ mod tests {
         assert!(md.contains("| south | 200 | 20 | 0 | 10.00 % |"), "{md}");
         // One site: no site table.
         assert!(!summary_md(&file(&[("hq", 10, 0)])).contains("| site |"));
+    }
+
+    #[test]
+    fn utc_datetime_is_civil_time() {
+        assert_eq!(utc_datetime(0, 'T'), "1970-01-01T00:00:00");
+        // 2000-02-29 12:34:56 UTC, a leap day in a century leap year.
+        assert_eq!(utc_datetime(951_827_696_000, ' '), "2000-02-29 12:34:56");
+        assert_eq!(utc_datetime(1_795_779_865_812, 'T'), "2026-11-27T11:44:25");
     }
 
     #[test]
