@@ -737,7 +737,9 @@ fn timeline(records: &[CallRecord]) -> Result<Chart, ChartError> {
         .iter()
         .flat_map(|s| [(s.start, 1), (s.end, -1)])
         .collect();
-    events.sort_by(|a, b| a.0.total_cmp(&b.0).then(a.1.cmp(&b.1)));
+    // At one instant, starts before ends: a call that failed at once shows, and the count never
+    // dips below zero.
+    events.sort_by(|a, b| a.0.total_cmp(&b.0).then(b.1.cmp(&a.1)));
     let mut level = 0i64;
     let mut steps = vec![(0.0, 0.0)];
     let mut peak = 0i64;

@@ -41,6 +41,7 @@ pub fn report_html(file: &SummaryFile, records: &[CallRecord], charts: &[Chart])
         page.out,
         "<!doctype html>\n<html lang=\"en\">\n<head>\n<meta charset=\"utf-8\">\n\
          <meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">\n\
+         <link rel=\"icon\" href=\"data:,\">\n\
          <meta http-equiv=\"Content-Security-Policy\" content=\"default-src 'none'; \
          style-src 'unsafe-inline'; img-src data:\">\n\
          <title>{} — softphone network test</title>\n<style>{CSS}</style>\n</head>\n<body>\n<main>\n",
