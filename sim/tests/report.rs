@@ -1,11 +1,12 @@
 //! `sim report`: two runs' folders merged equal one summary over the union of their records
-//! (counts and histogram percentiles exactly); a re-render reproduces a folder; a comparison
+//! (counts and histogram percentiles exactly) and the merged report says which runs and shards it
+//! holds; a re-render reproduces a folder, report.html and its charts included; a comparison
 //! says whether the error rates differ significantly.
 #![allow(clippy::disallowed_methods)] // real sockets, real clock
 
 use std::path::PathBuf;
 
-use reports::RunSummary;
+use reports::{RunSummary, Shard};
 use sim::report::{compare, load, merge, render};
 use sim::run::{RunOptions, run};
 use sim::scenario::Scenario;
@@ -81,6 +82,32 @@ fn merge_render_and_compare() {
     // Re-rendering a folder reproduces its summary.
     let again = render(&a, &a).unwrap();
     assert_eq!(again.summary, load(&a).unwrap().summary.summary);
+
+    // Every folder gets report.html with its charts beside it, one SVG file per chart.
+    for dir in [&a, &out] {
+        let html = std::fs::read_to_string(dir.join("report.html")).unwrap();
+        let svgs = std::fs::read_dir(dir.join("charts")).unwrap().count();
+        assert!(svgs >= 4, "{svgs} charts in {}", dir.display());
+        assert_eq!(html.matches("<figure id=\"chart-").count(), svgs);
+    }
+
+    // The same two folders as shards 0/2 and 1/2 of one load: the merged report names them.
+    for (dir, index) in [(&a, 0), (&b, 1)] {
+        let mut run = load(dir).unwrap();
+        let mut jsonl = std::fs::File::create(dir.join("calls.jsonl")).unwrap();
+        for r in &mut run.records {
+            r.identity.shard = Shard { index, count: 2 };
+            reports::record::append_record(&mut jsonl, r).unwrap();
+        }
+        render(dir, dir).unwrap();
+    }
+    let sharded = merge(&[a.clone(), b.clone()], &out).unwrap();
+    assert_eq!(sharded.summary.shards.len(), 2);
+    let html = std::fs::read_to_string(out.join("report.html")).unwrap();
+    assert!(
+        html.contains("Merged report: 2 runs") && html.contains("2 shards (0/2, 1/2)"),
+        "the merged report does not say what it merged"
+    );
 
     // 0 of 3 against 3 of 3: significant by the z-test (z = 2.45, p = 0.014).
     let text = compare(&a, &b).unwrap();
