@@ -34,16 +34,18 @@ impl DrivenPeer {
     }
 
     /// Drives the peer until `done` holds, a leg error occurs, or `deadline` passes; `true` when
-    /// `done` held. Also wakes at `also` (a media frame due), returning `false` then.
+    /// `done` held. Also returns `false` at `also` (a media frame due) without driving the leg:
+    /// the caller sends the frame and the next call's first drive flushes it, so each wake-up
+    /// drives the leg once.
     pub async fn drive_until(
         &mut self,
         deadline: Instant,
         also: Option<Instant>,
         mut done: impl FnMut(&Peer) -> bool,
     ) -> bool {
+        let mut now = Instant::now();
+        self.peer.drive(now);
         loop {
-            let now = Instant::now();
-            self.peer.drive(now);
             if done(&self.peer) {
                 return true;
             }
@@ -51,24 +53,31 @@ impl DrivenPeer {
                 return false;
             }
             // Protocol timers and the deadline tolerate tokio's 1 ms timer; only a media frame
-            // needs the precise one, so only it costs a wake-up of the timer thread.
-            let mut coarse = (now + MAX_SLEEP).min(deadline);
+            // needs the precise one, so only it costs a wake-up of the timer thread. While media
+            // flows, the frames drive the leg every 20 ms: no coarse tick on top.
+            let mut coarse = also.unwrap_or(now + MAX_SLEEP).min(deadline);
             if let Some(t) = self.peer.poll_timeout() {
                 coarse = coarse.min(t.max(now));
             }
             let frame = also.filter(|&a| a <= coarse);
             tokio::select! {
                 ready = self.readiness.readable() => {
+                    now = Instant::now();
                     if ready.is_ok() {
                         // Read everything, then tell tokio the socket is drained. It clears the
                         // readiness only if no new datagram was signalled since (readiness
                         // ticks), so none is missed.
-                        self.peer.drive(Instant::now());
+                        self.peer.drive(now);
                         let _ = self.readiness.try_io(Interest::READABLE, || Err::<(), _>(io::ErrorKind::WouldBlock.into()));
                     }
                 }
-                () = tokio::time::sleep_until(tokio::time::Instant::from_std(coarse)), if frame.is_none() => {}
-                () = crate::clock::sleep_until(frame.unwrap_or(now)), if frame.is_some() => {}
+                () = tokio::time::sleep_until(tokio::time::Instant::from_std(coarse)), if frame.is_none() => {
+                    now = Instant::now();
+                    self.peer.drive(now);
+                }
+                () = crate::clock::sleep_until(frame.unwrap_or(now)), if frame.is_some() => {
+                    now = Instant::now();
+                }
             }
         }
     }

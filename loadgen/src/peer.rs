@@ -1,5 +1,7 @@
-//! One softphone media leg: a WebRTC peer connection that reaches its remote only through a TURN
-//! relay (relay-only ICE), sends an Opus-like RTP stream and measures what it receives.
+//! One softphone media leg: a WebRTC peer connection that sends an Opus-like RTP stream and
+//! measures what it receives. The agent's leg reaches its remote only through a TURN relay
+//! (relay-only ICE, as the softphone is configured); the anchor's leg is a host on loopback, as
+//! the vendor's media servers are public hosts the agent's relay sends to.
 //!
 //! `rtc` is sans-I/O and gathers no candidates itself, so this is the glue a browser has built
 //! in: allocate on the TURN server, offer the relayed address as the only candidate, create a
@@ -41,17 +43,24 @@ pub const FRAME_TICKS: u32 = 960;
 /// Payload bytes of one frame: Opus at 32 kbit/s, 20 ms.
 pub const PAYLOAD_BYTES: usize = 80;
 
-/// What a peer leg needs to know.
+/// The TURN server a relay-only leg allocates on, and its credentials.
 #[derive(Debug, Clone)]
-pub struct PeerConfig {
+pub struct TurnCredentials {
     /// The TURN server, already resolved.
-    pub turn: SocketAddr,
+    pub server: SocketAddr,
     /// TURN username.
     pub username: String,
     /// TURN password.
     pub password: String,
     /// TURN realm.
     pub realm: String,
+}
+
+/// What a peer leg needs to know.
+#[derive(Debug, Clone)]
+pub struct PeerConfig {
+    /// The TURN server of a relay-only leg; `None` for a host leg on loopback (the anchor).
+    pub turn: Option<TurnCredentials>,
     /// Whether this side answers (the anchor) rather than offers (the agent).
     pub answering: bool,
     /// The instant all send stamps are measured from (shared by both legs of a call).
@@ -90,10 +99,11 @@ pub enum LegError {
     Io(String),
 }
 
-/// A relay-only WebRTC peer with one Opus-like audio track.
+/// A WebRTC peer with one Opus-like audio track.
 pub struct Peer {
     pc: RTCPeerConnection,
-    turn: Client,
+    /// The TURN client of a relay-only leg.
+    turn: Option<Client>,
     socket: UdpSocket,
     local: SocketAddr,
     config: PeerConfig,
@@ -135,10 +145,11 @@ fn err(e: impl std::fmt::Display) -> LegError {
 }
 
 impl Peer {
-    /// Binds a UDP socket on loopback and starts the TURN allocation.
+    /// Binds a UDP socket on loopback and starts the TURN allocation (a relay-only leg) or
+    /// offers the socket as a host candidate (a host leg).
     pub fn new(config: PeerConfig, ssrc: u32, now: Instant) -> Result<Self, LegError> {
         let io = |e: io::Error| LegError::Io(e.to_string());
-        let bind: SocketAddr = if config.turn.is_ipv4() {
+        let bind: SocketAddr = if config.turn.as_ref().is_none_or(|t| t.server.is_ipv4()) {
             "127.0.0.1:0"
         } else {
             "[::1]:0"
@@ -161,11 +172,17 @@ impl Peer {
             .with_answering_dtls_role(RTCDtlsRole::Client)
             .build();
         let rtc_config = RTCConfigurationBuilder::new()
-            .with_ice_servers(vec![RTCIceServer {
-                urls: vec![format!("turn:{}?transport=udp", config.turn)],
-                username: config.username.clone(),
-                credential: config.password.clone(),
-            }])
+            .with_ice_servers(
+                config
+                    .turn
+                    .iter()
+                    .map(|t| RTCIceServer {
+                        urls: vec![format!("turn:{}?transport=udp", t.server)],
+                        username: t.username.clone(),
+                        credential: t.password.clone(),
+                    })
+                    .collect(),
+            )
             .build();
         // RTCP sender and receiver reports both ways (RFC 3550 §6.4), as a browser sends them.
         let interceptors =
@@ -201,25 +218,14 @@ impl Peer {
         );
         let sender = pc.add_track(track).map_err(err)?;
 
-        let provider = rtc::crypto::default_provider().map_err(err)?;
-        let mut turn = Client::new(
-            ClientConfig {
-                stun_serv_addr: String::new(),
-                turn_serv_addr: config.turn.to_string(),
-                local_addr: local,
-                transport_protocol: TransportProtocol::UDP,
-                username: config.username.clone(),
-                password: config.password.clone(),
-                realm: config.realm.clone(),
-                software: "softphone-sim".to_owned(),
-                rto_in_ms: 0,
-                allocation_refresh_interval_cap: None,
-            },
-            provider,
-        )
-        .map_err(|e| LegError::TurnAllocation(e.to_string()))?;
-        turn.allocate(now)
-            .map_err(|e| LegError::TurnAllocation(e.to_string()))?;
+        let (turn, local_candidate) = match &config.turn {
+            Some(credentials) => (Some(allocate(credentials, local, now)?), None),
+            None => {
+                let host = host_candidate(local).map_err(LegError::Io)?;
+                pc.add_local_candidate(host.clone()).map_err(err)?;
+                (None, Some(host))
+            }
+        };
         Ok(Self {
             pc,
             turn,
@@ -228,7 +234,7 @@ impl Peer {
             meter: MediaMeter::new(config.epoch),
             config,
             relay: None,
-            local_candidate: None,
+            local_candidate,
             remotes: HashSet::new(),
             permitted: HashSet::new(),
             waiting: VecDeque::new(),
@@ -250,7 +256,7 @@ impl Peer {
         &self.socket
     }
 
-    /// The relay candidate, once the allocation succeeded.
+    /// The leg's candidate: a relay leg's once its allocation succeeded, a host leg's at once.
     pub fn local_candidate(&self) -> Option<&RTCIceCandidateInit> {
         self.local_candidate.as_ref()
     }
@@ -367,8 +373,13 @@ impl Peer {
                         },
                         message: BytesMut::from(&self.buf[..n]),
                     };
-                    // A malformed datagram is the server's problem, not a reason to stop.
-                    let _ = self.turn.handle_read(msg);
+                    // A malformed datagram is the sender's problem, not a reason to stop.
+                    match &mut self.turn {
+                        Some(turn) => {
+                            let _ = turn.handle_read(msg);
+                        }
+                        None => self.deliver(msg),
+                    }
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
                 Err(e) if e.kind() == io::ErrorKind::ConnectionRefused => {}
@@ -378,8 +389,10 @@ impl Peer {
                 }
             }
         }
-        if self.turn.poll_timeout().is_some_and(|t| t <= now) {
-            let _ = self.turn.handle_timeout(now);
+        if let Some(turn) = &mut self.turn
+            && turn.poll_timeout().is_some_and(|t| t <= now)
+        {
+            let _ = turn.handle_timeout(now);
         }
         if self.pc.poll_timeout().is_some_and(|t| t <= now) {
             let _ = self.pc.handle_timeout(now);
@@ -391,21 +404,26 @@ impl Peer {
 
     /// When [`Self::drive`] must run next at the latest.
     pub fn poll_timeout(&mut self) -> Option<Instant> {
-        [self.turn.poll_timeout(), self.pc.poll_timeout()]
-            .into_iter()
-            .flatten()
-            .min()
+        [
+            self.turn.as_mut().and_then(Client::poll_timeout),
+            self.pc.poll_timeout(),
+        ]
+        .into_iter()
+        .flatten()
+        .min()
     }
 
     fn permit(&mut self, now: Instant, addr: SocketAddr) {
-        let Some(relay) = self.relay else { return };
-        if let Ok(mut r) = self.turn.relay(relay) {
+        let (Some(relay), Some(turn)) = (self.relay, &mut self.turn) else {
+            return;
+        };
+        if let Ok(mut r) = turn.relay(relay) {
             let _ = r.create_permission(now, addr);
         }
     }
 
     fn turn_events(&mut self, now: Instant) {
-        while let Some(event) = self.turn.poll_event() {
+        while let Some(event) = self.turn.as_mut().and_then(Client::poll_event) {
             match event {
                 TurnEvent::AllocateResponse(_, relay) => {
                     self.relay = Some(relay);
@@ -447,11 +465,7 @@ impl Peer {
                         self.remotes.insert(from);
                         self.permit(now, from);
                     }
-                    if is_rtcp(&data) {
-                        // Counted here: `rtc`'s report interceptors consume SR/RR themselves.
-                        self.meter.rtcp_reports += 1;
-                    }
-                    let _ = self.pc.handle_read(TaggedBytesMut {
+                    self.deliver(TaggedBytesMut {
                         now,
                         transport: TransportContext {
                             local_addr: relay,
@@ -465,6 +479,15 @@ impl Peer {
                 _ => {}
             }
         }
+    }
+
+    /// Hands a datagram from the remote to the peer connection.
+    fn deliver(&mut self, msg: TaggedBytesMut) {
+        if is_rtcp(&msg.message) {
+            // Counted here: `rtc`'s report interceptors consume SR/RR themselves.
+            self.meter.rtcp_reports += 1;
+        }
+        let _ = self.pc.handle_read(msg);
     }
 
     fn pc_events(&mut self, now: Instant) {
@@ -516,12 +539,25 @@ impl Peer {
             self.waiting
                 .push_back((t.transport.peer_addr, t.message, t.now));
         }
-        if let Some(relay) = self.relay {
+        if self.turn.is_none() {
+            while let Some((peer, data, _)) = self.waiting.pop_front() {
+                // IPv4 + UDP headers on the wire.
+                self.wire_bytes_sent += data.len() as u64 + 28;
+                if is_rtcp(&data) {
+                    self.rtcp_sent += 1;
+                }
+                let _ = self.socket.send_to(&data, peer);
+            }
+            return;
+        }
+        if let (Some(relay), Some(turn)) = (self.relay, &mut self.turn) {
             let mut still = VecDeque::new();
             while let Some((peer, data, at)) = self.waiting.pop_front() {
                 if !self.permitted.contains(&peer) {
                     self.remotes.insert(peer);
-                    self.permit(now, peer);
+                    if let Ok(mut r) = turn.relay(relay) {
+                        let _ = r.create_permission(now, peer);
+                    }
                     // Datagrams older than a second are stale (ICE retransmits its checks).
                     if now.saturating_duration_since(at) < Duration::from_secs(1) {
                         still.push_back((peer, data, at));
@@ -533,13 +569,13 @@ impl Peer {
                 if is_rtcp(&data) {
                     self.rtcp_sent += 1;
                 }
-                if let Ok(mut r) = self.turn.relay(relay) {
+                if let Ok(mut r) = turn.relay(relay) {
                     let _ = r.send_to(now, &data, peer);
                 }
             }
             self.waiting = still;
         }
-        while let Some(t) = self.turn.poll_write() {
+        while let Some(t) = self.turn.as_mut().and_then(Client::poll_write) {
             let _ = self.socket.send_to(&t.message, t.transport.peer_addr);
         }
     }
@@ -547,13 +583,55 @@ impl Peer {
     /// Closes the peer connection and releases the allocation.
     pub fn close(&mut self, now: Instant) {
         let _ = self.pc.close();
-        if let Some(relay) = self.relay
-            && let Ok(mut r) = self.turn.relay(relay)
+        if let (Some(relay), Some(turn)) = (self.relay, &mut self.turn)
+            && let Ok(mut r) = turn.relay(relay)
         {
             let _ = r.close(now);
         }
         self.flush(now);
     }
+}
+
+/// Starts the allocation of a relay-only leg.
+fn allocate(t: &TurnCredentials, local: SocketAddr, now: Instant) -> Result<Client, LegError> {
+    let fail = |e: rtc::shared::error::Error| LegError::TurnAllocation(e.to_string());
+    let provider = rtc::crypto::default_provider().map_err(err)?;
+    let mut turn = Client::new(
+        ClientConfig {
+            stun_serv_addr: String::new(),
+            turn_serv_addr: t.server.to_string(),
+            local_addr: local,
+            transport_protocol: TransportProtocol::UDP,
+            username: t.username.clone(),
+            password: t.password.clone(),
+            realm: t.realm.clone(),
+            software: "softphone-sim".to_owned(),
+            rto_in_ms: 0,
+            allocation_refresh_interval_cap: None,
+        },
+        provider,
+    )
+    .map_err(fail)?;
+    turn.allocate(now).map_err(fail)?;
+    Ok(turn)
+}
+
+fn host_candidate(local: SocketAddr) -> Result<RTCIceCandidateInit, String> {
+    let candidate = rtc::ice::candidate::candidate_host::CandidateHostConfig {
+        base_config: CandidateConfig {
+            network: "udp".to_owned(),
+            address: local.ip().to_string(),
+            port: local.port(),
+            component: 1,
+            ..Default::default()
+        },
+        ..Default::default()
+    }
+    .new_candidate_host()
+    .map_err(|e| e.to_string())?;
+    RTCIceCandidate::from(&candidate)
+        .to_json()
+        .map_err(|e| e.to_string())
 }
 
 fn relay_candidate(relay: SocketAddr, base: SocketAddr) -> Result<RTCIceCandidateInit, String> {

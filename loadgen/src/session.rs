@@ -18,7 +18,7 @@ use rtc::peer_connection::transport::RTCIceCandidateInit;
 use serde_json::Value;
 
 use crate::driver::DrivenPeer;
-use crate::peer::{LegError, Peer, PeerConfig};
+use crate::peer::{LegError, Peer, PeerConfig, TurnCredentials};
 use crate::signalling::{Candidate, Endpoint, Invite, SignallingClient, SignallingError};
 
 /// Session timeouts (the CCP's defaults: 10 s, 8 s, 5 s, 2 s).
@@ -135,10 +135,12 @@ impl Call {
             Err(_) => None,
         };
         let config = PeerConfig {
-            turn: turn.unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 9))),
-            username: spec.turn_username.clone(),
-            password: spec.turn_password.clone(),
-            realm: spec.turn_realm.clone(),
+            turn: Some(TurnCredentials {
+                server: turn.unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 9))),
+                username: spec.turn_username.clone(),
+                password: spec.turn_password.clone(),
+                realm: spec.turn_realm.clone(),
+            }),
             answering: false,
             epoch: spec.epoch,
         };
@@ -305,7 +307,7 @@ impl Call {
 
         // Talking: 20 ms frames for the talk time; dead air drops the call.
         self.state = SessionState::Talking;
-        let talk_start = Instant::now();
+        let talk_start = crate::clock::next_slot(spec.epoch, Instant::now());
         let mut frame = 0u32;
         let mut dropped = None;
         let hung_up = || spec.hangup.as_ref().is_some_and(|h| *h.borrow());

@@ -1,10 +1,9 @@
 //! The media anchor: the far end of every call, standing for the vendor's region. It answers
-//! invites arriving through the signalling endpoint with its own relay-only leg through the TURN
-//! server, plays a 20 ms stream back to the agent, measures the agent's stream, and hands its
+//! invites arriving through the signalling endpoint with a host leg on loopback (the vendor's
+//! media servers are hosts the agent's TURN relay sends to), plays a 20 ms stream back to the agent, measures the agent's stream, and hands its
 //! measurement back in the `bye` result so that the agent's record holds both directions.
 
 use std::collections::HashMap;
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -38,14 +37,6 @@ pub enum AnchorBehaviour {
 /// The anchor's configuration.
 #[derive(Debug, Clone)]
 pub struct AnchorConfig {
-    /// The TURN server, as the anchor reaches it (directly: the vendor side is healthy).
-    pub turn: SocketAddr,
-    /// TURN username.
-    pub username: String,
-    /// TURN password.
-    pub password: String,
-    /// TURN realm.
-    pub realm: String,
     /// The instant media stamps count from (shared with the agents).
     pub epoch: Instant,
     /// The codec, for the E-model.
@@ -63,7 +54,7 @@ pub struct AnchorStats {
     pub answered: AtomicU64,
     /// Calls ended with `bye`.
     pub ended: AtomicU64,
-    /// Invites that could not be answered (allocation failed, bad SDP).
+    /// Invites that could not be answered (no socket, bad SDP).
     pub failed: AtomicU64,
 }
 
@@ -165,10 +156,7 @@ async fn run_leg(
 ) {
     let now = Instant::now();
     let leg = PeerConfig {
-        turn: config.turn,
-        username: config.username.clone(),
-        password: config.password.clone(),
-        realm: config.realm.clone(),
+        turn: None,
         answering: true,
         epoch: config.epoch,
     };
@@ -202,20 +190,8 @@ async fn run_leg(
     for c in invite.candidates {
         let _ = driven.peer.add_remote_candidate(now, from_wire(c));
     }
-    let allocated = driven
-        .drive_until(Instant::now() + Duration::from_secs(5), None, |p| {
-            p.local_candidate().is_some()
-        })
-        .await;
-    let Some(candidate) = driven.peer.local_candidate().cloned().filter(|_| allocated) else {
-        return fail(
-            &stats,
-            reply,
-            format!(
-                "the anchor's TURN allocation failed: {:?}",
-                driven.peer.error
-            ),
-        );
+    let Some(candidate) = driven.peer.local_candidate().cloned() else {
+        return fail(&stats, reply, "the anchor has no host candidate".into());
     };
     stats.answered.fetch_add(1, Ordering::Relaxed);
     let answer = InviteAnswer {
@@ -237,7 +213,8 @@ async fn run_leg(
         let now = Instant::now();
         if driven.peer.times.connected.is_some() {
             let connected = *silent_at.get_or_insert(now);
-            let first = *next_frame.get_or_insert(now);
+            let first =
+                *next_frame.get_or_insert_with(|| loadgen::clock::next_slot(config.epoch, now));
             if now >= first {
                 let silent = matches!(config.behaviour, AnchorBehaviour::GoSilentAfter(d) if now >= connected + d);
                 if !silent {

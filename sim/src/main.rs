@@ -230,6 +230,7 @@ fn serve(listen: std::net::IpAddr, host: &str, ca_out: &std::path::Path) -> Exit
         std::net::SocketAddr::new(listen, 0),
         std::time::Instant::now(),
         reports::emodel::Codec::OPUS,
+        sim::anchor::AnchorBehaviour::Answer,
     ) {
         Ok(v) => v,
         Err(e) => {

@@ -137,7 +137,14 @@ pub fn run(scenario: &Scenario, options: &RunOptions) -> Result<RunOutcome, RunE
     // The scenario parser checked the URL; only its host and port are used here.
     let (signalling_host, signalling_port) =
         loadgen::signalling::host_port(&scenario.signalling_url).map_err(RunError::Unsupported)?;
-    let vendor = VendorSide::start(seed, &signalling_host, loopback(), epoch, codec)?;
+    let vendor = VendorSide::start(
+        seed,
+        &signalling_host,
+        loopback(),
+        epoch,
+        codec,
+        AnchorBehaviour::Answer,
+    )?;
     let (turn_addr, cert, password) = (
         vendor.turn_addr(),
         vendor.certificate.clone(),
@@ -331,13 +338,15 @@ impl std::fmt::Debug for VendorSide {
 }
 
 impl VendorSide {
-    /// Starts the three on `bind` (port 0 each), the signalling certificate for `host`.
+    /// Starts the three on `bind` (port 0 each), the signalling certificate for `host`, the
+    /// anchor behaving as `behaviour` (tests inject the vendor side's faults through it).
     pub fn start(
         seed: u64,
         host: &str,
         bind: SocketAddr,
         epoch: Instant,
         codec: EModelCodec,
+        behaviour: AnchorBehaviour,
     ) -> Result<Self, RunError> {
         let password = format!(
             "{:016x}",
@@ -358,13 +367,9 @@ impl VendorSide {
         .map_err(io_err("starting the signalling endpoint"))?;
         let anchor_stats = Arc::new(AnchorStats::default());
         let config = AnchorConfig {
-            turn: turn.bound.udp[0],
-            username: "agent".into(),
-            password: password.clone(),
-            realm: "sim.local".into(),
             epoch,
             codec,
-            behaviour: AnchorBehaviour::Answer,
+            behaviour,
         };
         let stats = anchor_stats.clone();
         let anchor = std::thread::Builder::new()
@@ -449,7 +454,7 @@ fn loopback() -> SocketAddr {
 fn start_turn(password: &str, bind: SocketAddr) -> Result<turn_server::io::Running, RunError> {
     let mut settings = turn_server::io::Settings::loopback("agent", password, "sim.local");
     settings.listen = vec![bind];
-    // The anchor's relayed addresses are on the served address too (loopback by default).
+    // The anchor's host addresses are on the served address too (loopback by default).
     if let Ok(own) = format!("{}/32", bind.ip()).parse() {
         settings.core.peer_policy.allow.push(own);
     }

@@ -10,17 +10,14 @@
 use std::io::Read;
 use std::path::Path as FsPath;
 use std::process::{Command, Stdio};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use reports::emodel::Codec;
-use rustls::pki_types::PrivateKeyDer;
-use sim::anchor::{AnchorBehaviour, AnchorConfig, AnchorStats};
+use sim::anchor::AnchorBehaviour;
 use sim::netem::{JitterDistribution, Loss, Path, SegmentModel};
 use sim::relay::{UdpRelay, UdpRelayConfig};
+use sim::run::VendorSide;
 use sim::scenario::Policy;
-use sim::signalling::SignallingServer;
-use turn_server::io::{self, Settings};
 
 const CHROMIUM: &str = "/usr/bin/chromium";
 
@@ -48,7 +45,7 @@ const log = (o) => console.log('RESULT ' + JSON.stringify(o));
 (async () => {
   try {
     const pc = new RTCPeerConnection({
-      iceServers: [{ urls: 'turn:TURN_ADDR?transport=udp', username: 'agent', credential: 'agent-pw' }],
+      iceServers: [{ urls: 'turn:TURN_ADDR?transport=udp', username: 'agent', credential: 'TURN_PASSWORD' }],
       iceTransportPolicy: 'relay', rtcpMuxPolicy: 'require' });
     const candidates = [];
     pc.onicecandidate = (e) => { if (e.candidate && e.candidate.candidate) candidates.push(e.candidate.toJSON()); };
@@ -103,38 +100,17 @@ fn chromium_calls_our_anchor_through_our_turn_server() {
         );
         return;
     }
-    // TURN, signalling, anchor.
-    let server = io::start(Settings::loopback("agent", "agent-pw", "sim.local")).unwrap();
-    let turn = server.bound.udp[0];
-    let ck = rcgen::generate_simple_self_signed(vec!["127.0.0.1".to_owned()]).unwrap();
-    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
-    let signalling = SignallingServer::start(
+    // TURN, signalling, anchor: the vendor's side as `sim run` starts it.
+    let vendor = VendorSide::start(
+        3,
+        "127.0.0.1",
         "127.0.0.1:0".parse().unwrap(),
-        vec![ck.cert.der().clone()],
-        PrivateKeyDer::Pkcs8(ck.signing_key.serialize_der().into()),
-        tx,
+        Instant::now(),
+        Codec::OPUS,
+        AnchorBehaviour::Answer,
     )
     .unwrap();
-    let anchor = AnchorConfig {
-        turn,
-        username: "agent".into(),
-        password: "agent-pw".into(),
-        realm: "sim.local".into(),
-        epoch: Instant::now(),
-        codec: Codec::OPUS,
-        behaviour: AnchorBehaviour::Answer,
-    };
-    std::thread::spawn(move || {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
-        rt.block_on(sim::anchor::serve(
-            anchor,
-            rx,
-            Arc::new(AnchorStats::default()),
-        ));
-    });
+    let turn = vendor.turn_addr();
 
     // The browser's path to TURN: σ = 10 ms normal jitter and 2 % loss each way.
     let sigma = 10.0;
@@ -157,7 +133,8 @@ fn chromium_calls_our_anchor_through_our_turn_server() {
     let talk_ms = 10_000;
     let page = PAGE
         .replace("TURN_ADDR", &relay.local_addr().to_string())
-        .replace("SIG_PORT", &signalling.local_addr().port().to_string())
+        .replace("TURN_PASSWORD", &vendor.password)
+        .replace("SIG_PORT", &vendor.signalling_addr().port().to_string())
         .replace("TALK_MS", &talk_ms.to_string());
     let page_path = dir.join("call.html");
     std::fs::write(&page_path, page).unwrap();
@@ -199,8 +176,7 @@ fn chromium_calls_our_anchor_through_our_turn_server() {
     let _ = child.wait();
     let log = reader.join().unwrap();
     relay.shutdown();
-    signalling.shutdown();
-    drop(server);
+    vendor.stop();
     let line = log.lines().find_map(|l| {
         l.split_once("RESULT ")
             .map(|(_, r)| r.trim_end_matches(['"', ')', ' ']).to_owned())
@@ -221,8 +197,8 @@ fn chromium_calls_our_anchor_through_our_turn_server() {
         "the browser's side is relay-only"
     );
     assert_eq!(
-        stats["remoteType"], "relay",
-        "our anchor's side is relay-only"
+        stats["remoteType"], "host",
+        "our anchor is a host the browser's relay sends to"
     );
     assert_eq!(stats["dtlsState"], "connected");
 

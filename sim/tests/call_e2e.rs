@@ -4,71 +4,44 @@
 #![allow(clippy::disallowed_methods)] // real sockets, real clock
 
 use std::net::SocketAddr;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use loadgen::session::{CallSpec, Timeouts, run_call};
 use loadgen::signalling::Endpoint;
 use reports::emodel::Codec;
 use reports::{CallIdentity, CallKind, FailureClass, Outcome, Shard};
-use rustls::pki_types::PrivateKeyDer;
-use sim::anchor::{AnchorBehaviour, AnchorConfig, AnchorStats};
+use sim::anchor::AnchorBehaviour;
 use sim::netem::{Path, SegmentModel};
 use sim::relay::{UdpRelay, UdpRelayConfig};
+use sim::run::VendorSide;
 use sim::scenario::{Policy, PortRule, Transport};
-use sim::signalling::SignallingServer;
-use turn_server::io::{self, Settings};
 
 const NAME: &str = "signalling.sim.local";
 
 struct Stack {
-    _turn: io::Running,
+    vendor: VendorSide,
     turn: SocketAddr,
-    _signalling: SignallingServer,
     endpoint: Endpoint,
     epoch: Instant,
     relay: Option<UdpRelay>,
 }
 
 fn stack(behaviour: AnchorBehaviour, policy: Option<Policy>) -> Stack {
-    let turn_server = io::start(Settings::loopback("agent", "agent-pw", "sim.local")).unwrap();
-    let turn = turn_server.bound.udp[0];
     let epoch = Instant::now();
-
-    let ck = rcgen::generate_simple_self_signed(vec![NAME.to_owned()]).unwrap();
-    let cert = ck.cert.der().clone();
-    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
-    let signalling = SignallingServer::start(
+    let vendor = VendorSide::start(
+        1,
+        NAME,
         "127.0.0.1:0".parse().unwrap(),
-        vec![cert.clone()],
-        PrivateKeyDer::Pkcs8(ck.signing_key.serialize_der().into()),
-        tx,
+        epoch,
+        Codec::OPUS,
+        behaviour,
     )
     .unwrap();
-    let anchor = AnchorConfig {
-        turn,
-        username: "agent".into(),
-        password: "agent-pw".into(),
-        realm: "sim.local".into(),
-        epoch,
-        codec: Codec::OPUS,
-        behaviour,
-    };
-    std::thread::spawn(move || {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
-        rt.block_on(sim::anchor::serve(
-            anchor,
-            rx,
-            Arc::new(AnchorStats::default()),
-        ));
-    });
+    let turn = vendor.turn_addr();
     let endpoint = Endpoint {
-        url: format!("wss://{NAME}:{}/rtc", signalling.local_addr().port()),
-        addr: signalling.local_addr(),
-        roots: vec![cert],
+        url: format!("wss://{NAME}:{}/rtc", vendor.signalling_addr().port()),
+        addr: vendor.signalling_addr(),
+        roots: vec![vendor.certificate.clone()],
     };
     let relay = policy.map(|policy| {
         UdpRelay::start(UdpRelayConfig {
@@ -82,9 +55,8 @@ fn stack(behaviour: AnchorBehaviour, policy: Option<Policy>) -> Stack {
         .unwrap()
     });
     Stack {
-        _turn: turn_server,
+        vendor,
         turn,
-        _signalling: signalling,
         endpoint,
         epoch,
         relay,
@@ -107,7 +79,7 @@ fn spec(s: &Stack, talk: Duration) -> CallSpec {
         turn: Ok(s.relay.as_ref().map_or(s.turn, UdpRelay::local_addr)),
         turn_url: "turn:turn.sim.local:3478?transport=udp".into(),
         turn_username: "agent".into(),
-        turn_password: "agent-pw".into(),
+        turn_password: s.vendor.password.clone(),
         turn_realm: "sim.local".into(),
         timeouts: Timeouts {
             websocket_connect: Duration::from_secs(2),

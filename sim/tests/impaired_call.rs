@@ -5,7 +5,7 @@
 use std::time::{Duration, Instant};
 
 use loadgen::pair::PairedCall;
-use loadgen::peer::PeerConfig;
+use loadgen::peer::{PeerConfig, TurnCredentials};
 use reports::emodel::Codec;
 use sim::netem::{Loss, Path, SegmentModel};
 use sim::relay::{UdpRelay, UdpRelayConfig};
@@ -33,16 +33,24 @@ fn delay_and_loss_of_the_path_are_measured() {
     .unwrap();
 
     let epoch = Instant::now();
-    let config = |turn, answering| PeerConfig {
-        turn,
-        username: "agent".into(),
-        password: "agent-pw".into(),
-        realm: "sim.local".into(),
-        answering,
+    // The agent reaches TURN through the impaired path; the anchor (the vendor's side) is a host
+    // the agent's relay sends to.
+    let agent = PeerConfig {
+        turn: Some(TurnCredentials {
+            server: relay.local_addr(),
+            username: "agent".into(),
+            password: "agent-pw".into(),
+            realm: "sim.local".into(),
+        }),
+        answering: false,
         epoch,
     };
-    // The agent reaches TURN through the impaired path; the anchor (the vendor's side) directly.
-    let mut call = PairedCall::new(config(relay.local_addr(), false), config(turn, true)).unwrap();
+    let anchor = PeerConfig {
+        turn: None,
+        answering: true,
+        epoch,
+    };
+    let mut call = PairedCall::new(agent, anchor).unwrap();
     call.connect(Duration::from_secs(15)).unwrap();
     let talk = Duration::from_secs(10);
     call.talk(talk);
