@@ -229,22 +229,45 @@ enum Mark {
     Band(RGBColor),
     Bar(RGBColor),
     Dot(RGBColor),
+    Ring(RGBColor),
     Triangle(RGBColor),
     Cross(RGBColor),
 }
 
 const LEGEND_ROW: u32 = 26;
 
-/// The height of a legend strip of `n` entries in `columns`.
-fn legend_height(n: usize, columns: usize) -> u32 {
-    n.div_ceil(columns.max(1)) as u32 * LEGEND_ROW + 12
+/// Left edge of the plot in single-panel charts (margin + y label area), where legends start.
+const PLOT_LEFT: i32 = 78;
+
+/// The columns a legend gets: `wanted`, or one when its longest label would not fit.
+fn legend_columns(entries: &[(Mark, String)], wanted: usize) -> usize {
+    let wanted = wanted.max(1);
+    let col_w = (f64::from(WIDTH) - f64::from(PLOT_LEFT) - 14.0) / wanted as f64;
+    // Text is LEGEND_SIZE / 1.24 px; a sans-serif character is about 0.56 em wide on average.
+    let char_w = LEGEND_SIZE / 1.24 * 0.56;
+    let longest = entries
+        .iter()
+        .map(|(_, l)| l.chars().count())
+        .max()
+        .unwrap_or(0);
+    if longest as f64 * char_w + 40.0 > col_w {
+        1
+    } else {
+        wanted
+    }
 }
 
-/// Draws a legend strip under a chart, so that no legend box hides data. Columns start at the
-/// plot's left edge (`left` px).
-fn legend(area: &Area<'_>, entries: &[(Mark, String)], columns: usize, left: i32) -> DrawResult {
+/// The height of the legend strip of `entries` laid out by [`legend`].
+fn legend_height(entries: &[(Mark, String)], wanted: usize) -> u32 {
+    entries.len().div_ceil(legend_columns(entries, wanted)) as u32 * LEGEND_ROW + 12
+}
+
+/// Draws a legend strip under a chart, so that no legend box hides data: in `wanted` columns
+/// when the labels fit, starting at the plot's left edge.
+fn legend(area: &Area<'_>, entries: &[(Mark, String)], wanted: usize) -> DrawResult {
     let (w, _) = area.dim_in_pixel();
-    let columns = columns.max(1);
+    let left = PLOT_LEFT;
+    let columns = legend_columns(entries, wanted);
     let col_w = (w as i32 - left - 14) / columns as i32;
     for (i, (mark, label)) in entries.iter().enumerate() {
         let x = left + (i % columns) as i32 * col_w;
@@ -275,6 +298,7 @@ fn legend(area: &Area<'_>, entries: &[(Mark, String)], columns: usize, left: i32
                 ))?;
             }
             Mark::Dot(c) => area.draw(&Circle::new((x + 11, y), 5, c.filled()))?,
+            Mark::Ring(c) => area.draw(&Circle::new((x + 11, y), 5, c.stroke_width(2)))?,
             Mark::Triangle(c) => area.draw(&TriangleMarker::new((x + 11, y), 7, c.filled()))?,
             Mark::Cross(c) => area.draw(&Cross::new((x + 11, y), 6, c.stroke_width(3)))?,
         }
@@ -390,7 +414,7 @@ fn setup_cdf(file: &SummaryFile) -> Result<Chart, ChartError> {
             )
         })
         .collect();
-    let legend_h = legend_height(entries.len(), 2);
+    let legend_h = legend_height(&entries, 2);
     let svg = draw("setup-cdf", 400 + legend_h, |root| {
         let (plot, key) = root.split_vertically(400);
         let mut chart = framed(&plot, title).build_cartesian_2d(
@@ -416,7 +440,7 @@ fn setup_cdf(file: &SummaryFile) -> Result<Chart, ChartError> {
             }
             chart.draw_series(LineSeries::new(points, color.stroke_width(2)))?;
         }
-        legend(&key, &entries, 2, 78)
+        legend(&key, &entries, 2)
     })?;
     let first = file.summary.setup.get(&SetupPhase::FirstRtp);
     Ok(Chart {
@@ -527,7 +551,7 @@ fn distribution_chart(
         .iter()
         .map(|(dir, d)| (Mark::Bar(dir.color), label(dir, d)))
         .collect();
-    let legend_h = legend_height(entries.len(), 1);
+    let legend_h = legend_height(&entries, 1);
     let n = present.len().max(1) as f64;
     let svg = draw(spec.id, 380 + legend_h, |root| {
         let (plot, key) = root.split_vertically(380);
@@ -567,7 +591,7 @@ fn distribution_chart(
         } else {
             bars!(lo..hi);
         }
-        legend(&key, &entries, 1, 78)
+        legend(&key, &entries, 1)
     })?;
     let mut caption = format!(
         "The distribution of {}, from the run's histograms",
@@ -670,7 +694,7 @@ fn error_rate_over_time(file: &SummaryFile, records: &[CallRecord]) -> Result<Ch
             format!("threshold {}", plain_pct(threshold)),
         ),
     ];
-    let legend_h = legend_height(entries.len(), 2);
+    let legend_h = legend_height(&entries, 2);
     let svg = draw("error-rate", 380 + legend_h, |root| {
         let (plot, key) = root.split_vertically(380);
         let mut chart = framed(&plot, title).build_cartesian_2d(0.0..t_end, 0.0..top)?;
@@ -700,7 +724,7 @@ fn error_rate_over_time(file: &SummaryFile, records: &[CallRecord]) -> Result<Ch
             5,
             VERMILION.stroke_width(2),
         ))?;
-        legend(&key, &entries, 2, 78)
+        legend(&key, &entries, 2)
     })?;
     Ok(Chart {
         id: "error-rate",
@@ -795,13 +819,28 @@ fn timeline(records: &[CallRecord]) -> Result<Chart, ChartError> {
             format!("dropped call, when it dropped ({})", dropped.len()),
         ));
     }
-    for d in DIRECTIONS {
+    // agent → anchor filled, anchor → agent a ring: where both directions have the same value
+    // (the usual case on a clean path), both stay visible.
+    for (k, d) in DIRECTIONS.iter().enumerate() {
         entries.push((
-            Mark::Dot(d.color),
+            if k == 0 {
+                Mark::Dot(d.color)
+            } else {
+                Mark::Ring(d.color)
+            },
             format!("{}: loss and MOS of a call", d.name),
         ));
     }
-    let legend_h = legend_height(entries.len(), 2);
+    let legend_h = legend_height(&entries, 2);
+    let dot = |at: (f64, f64), k: usize| {
+        let color = DIRECTIONS[k].color;
+        let style = if k == 0 {
+            color.filled()
+        } else {
+            color.stroke_width(2)
+        };
+        Circle::new(at, if k == 0 { 3 } else { 5 }, style)
+    };
     let title = "Calls, loss and MOS over the run";
     let svg = draw("timeline", 700 + legend_h, |root| {
         let (panels, key) = root.split_vertically(700);
@@ -847,8 +886,7 @@ fn timeline(records: &[CallRecord]) -> Result<Chart, ChartError> {
             .y_label_formatter(&|v| format!("{} %", tick(*v, 1)))
             .draw()?;
         for (k, points) in loss.iter().enumerate() {
-            let color = DIRECTIONS[k].color;
-            c.draw_series(points.iter().map(|p| Circle::new(*p, 3, color.filled())))?;
+            c.draw_series(points.iter().map(|p| dot(*p, k)))?;
         }
 
         let mut c = ChartBuilder::on(&bottom)
@@ -870,14 +908,9 @@ fn timeline(records: &[CallRecord]) -> Result<Chart, ChartError> {
             .y_label_formatter(&|v| tick(*v, 1))
             .draw()?;
         for (k, points) in mos.iter().enumerate() {
-            let color = DIRECTIONS[k].color;
-            c.draw_series(
-                points
-                    .iter()
-                    .map(|p| Circle::new((p.0, p.1.clamp(1.0, 4.6)), 3, color.filled())),
-            )?;
+            c.draw_series(points.iter().map(|p| dot((p.0, p.1.clamp(1.0, 4.6)), k)))?;
         }
-        legend(&key, &entries, 2, 78)
+        legend(&key, &entries, 2)
     })?;
     Ok(Chart {
         id: "timeline",
