@@ -303,6 +303,13 @@ pub fn summary_md(file: &SummaryFile) -> String {
         }
         _ => {}
     }
+    if !s.failures.is_empty() {
+        let _ = writeln!(
+            out,
+            "\nThe likely cause of each failure and the vendor's remedy, with charts: \
+             `report.html` in the run folder."
+        );
+    }
     if file.interrupted {
         let _ = writeln!(
             out,
