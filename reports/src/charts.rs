@@ -806,6 +806,8 @@ fn timeline(records: &[CallRecord]) -> Result<Chart, ChartError> {
             .collect()
     };
     let (failed, dropped) = (ended(Outcome::Failed), ended(Outcome::Dropped));
+    // Without media (every call failed before audio) only the calls panel is drawn.
+    let media = loss.iter().any(|l| !l.is_empty());
     let mut entries = vec![(Mark::Line(GREY), format!("calls up at once (peak {peak})"))];
     if !failed.is_empty() {
         entries.push((
@@ -822,6 +824,9 @@ fn timeline(records: &[CallRecord]) -> Result<Chart, ChartError> {
     // agent → anchor filled, anchor → agent a ring: where both directions have the same value
     // (the usual case on a clean path), both stay visible.
     for (k, d) in DIRECTIONS.iter().enumerate() {
+        if loss[k].is_empty() {
+            continue;
+        }
         entries.push((
             if k == 0 {
                 Mark::Dot(d.color)
@@ -841,23 +846,34 @@ fn timeline(records: &[CallRecord]) -> Result<Chart, ChartError> {
         };
         Circle::new(at, if k == 0 { 3 } else { 5 }, style)
     };
-    let title = "Calls, loss and MOS over the run";
-    let svg = draw("timeline", 700 + legend_h, |root| {
-        let (panels, key) = root.split_vertically(700);
-        let (top, rest) = panels.split_vertically(250);
-        let (middle, bottom) = rest.split_vertically(200);
+    let title = if media {
+        "Calls, loss and MOS over the run"
+    } else {
+        "Calls over the run"
+    };
+    let (calls_h, panels_h) = if media { (250, 700) } else { (300, 300) };
+    let time_desc = if media {
+        "time since the first call started (s); a call's dots sit at the middle of its talk time"
+    } else {
+        "time since the first call started (s)"
+    };
+    let svg = draw("timeline", panels_h + legend_h, |root| {
+        let (panels, key) = root.split_vertically(panels_h);
+        let (top, rest) = panels.split_vertically(calls_h);
         let y_area = 64;
         let mut c = ChartBuilder::on(&top)
             .caption(title, title_style())
             .margin_left(14)
             .margin_right(14)
             .margin_top(14)
-            .x_label_area_size(0)
+            .x_label_area_size(if media { 0 } else { 48 })
             .y_label_area_size(y_area)
             .build_cartesian_2d(0.0..t_end, 0.0..(peak as f64 * 1.15).max(1.0))?;
         mesh!(c)
+            .x_desc(time_desc)
             .y_desc("calls up")
             .y_labels(5)
+            .x_label_formatter(&|v| tick(*v, 1))
             .y_label_formatter(&|v| tick(*v, 0))
             .draw()?;
         c.draw_series(AreaSeries::new(steps.clone(), 0.0, GREY.mix(0.12)))?;
@@ -872,7 +888,11 @@ fn timeline(records: &[CallRecord]) -> Result<Chart, ChartError> {
                 .iter()
                 .map(|t| Cross::new((*t, 0.0), 6, PURPLE.stroke_width(3))),
         )?;
+        if !media {
+            return legend(&key, &entries, 2);
+        }
 
+        let (middle, bottom) = rest.split_vertically(200);
         let mut c = ChartBuilder::on(&middle)
             .margin_left(14)
             .margin_right(14)
@@ -898,10 +918,7 @@ fn timeline(records: &[CallRecord]) -> Result<Chart, ChartError> {
             .y_label_area_size(y_area)
             .build_cartesian_2d(0.0..t_end, 1.0..4.6)?;
         mesh!(c)
-            .x_desc(
-                "time since the first call started (s); a call's dots sit at the middle of its \
-                 talk time",
-            )
+            .x_desc(time_desc)
             .y_desc("MOS of the call")
             .y_labels(5)
             .x_label_formatter(&|v| tick(*v, 1))
@@ -912,14 +929,18 @@ fn timeline(records: &[CallRecord]) -> Result<Chart, ChartError> {
         }
         legend(&key, &entries, 2)
     })?;
+    let caption = if media {
+        "The run on one time axis, so that an outage, a VPN rekey or a burst of failures shows \
+         where it happened: how many calls were up at each moment, with failed and dropped calls \
+         marked when they ended; then each call's network loss and MOS, one dot per direction."
+    } else {
+        "How many calls were up at each moment of the run, with failed calls marked when they \
+         gave up. No call carried audio, so there is no loss or MOS to place on the timeline."
+    };
     Ok(Chart {
         id: "timeline",
         title: title.to_owned(),
-        caption: "The run on one time axis, so that an outage, a VPN rekey or a burst of \
-                  failures shows where it happened: how many calls were up at each moment, with \
-                  failed and dropped calls marked when they ended; then each call's network \
-                  loss and MOS, one dot per direction."
-            .to_owned(),
+        caption: caption.to_owned(),
         svg,
     })
 }

@@ -2,11 +2,12 @@
 //! words of the vendor's network guide.
 //!
 //! Amazon Connect's administrator guide ("Set up your network", and "Troubleshooting issues with
-//! the Contact Control Panel") names the usual culprits of softphone failures: UDP 3478 not allowed outbound to the TURN
-//! endpoints (`TurnNlb-*.elb.{region}.amazonaws.com`), DNS that does not resolve those names, a
-//! stateless firewall without the browser's ephemeral range (49152–65535/UDP inbound from the
-//! `AMAZON_CONNECT` ranges), proxies whose WebSocket handling breaks the signalling connection,
-//! and TLS-inspecting proxies whose certificate cache expires mid-shift. [`diagnose`] maps a
+//! the Contact Control Panel") names the usual culprits of softphone failures: UDP 3478 not
+//! allowed outbound to the TURN endpoints (`TurnNlb-*.elb.{region}.amazonaws.com`), DNS that does
+//! not resolve those names, a stateless firewall without the browser's ephemeral range
+//! (49152–65535/UDP inbound from the `AMAZON_CONNECT` ranges), proxies whose WebSocket handling
+//! breaks the signalling connection, and TLS-inspecting proxies whose certificate cache expires
+//! mid-shift. [`diagnose`] maps a
 //! failed call's class and detail to one of those causes, or to a plain statement of what the
 //! class means when the guide has nothing network-specific to say.
 
@@ -31,6 +32,7 @@ pub struct Diagnosis {
     /// One or two sentences on what happened, for a person who was not there.
     pub explanation: &'static str,
     /// What to change on the agents' network (or who to ask), as the vendor's guide puts it.
+    /// Host names and commands are in `backticks`.
     pub remedy: &'static str,
     /// The sections of the vendor's guide the remedy comes from; empty when the guide says
     /// nothing about it (the remedy is then ours).
@@ -103,10 +105,10 @@ const UDP_3478_BLOCKED: Diagnosis = Diagnosis {
         went unanswered, so the softphone timed out collecting ICE candidates and the call was \
         missed. Either a firewall drops UDP to 3478 on the way out, or a stateless firewall drops \
         the answers on the way back to the browser's ephemeral port.",
-    remedy: "Allow outbound 3478/UDP (send/receive) to TurnNlb-*.elb.{region}.amazonaws.com \
-        (or the Region's listed NLB endpoints), or to the AMAZON_CONNECT IP ranges of \
-        ip-ranges.json for GLOBAL and your Region. On a stateless firewall, also allow inbound \
-        49152–65535/UDP from the AMAZON_CONNECT ranges.",
+    remedy: "Allow outbound 3478/UDP (send/receive) to `TurnNlb-*.elb.{region}.amazonaws.com` \
+        (or the Region's listed NLB endpoints), or to the `AMAZON_CONNECT` IP ranges of \
+        `ip-ranges.json` for GLOBAL and your Region. On a stateless firewall, also allow inbound \
+        49152–65535/UDP from the `AMAZON_CONNECT` ranges.",
     references: &[OPTION_1, OPTION_2, STATELESS],
 };
 
@@ -114,9 +116,9 @@ const DNS_RESTRICTED: Diagnosis = Diagnosis {
     cause: "DNS does not resolve the TURN names",
     explanation: "The site's DNS would not resolve the TURN server's name, so the browser had no \
         address to allocate a relay from.",
-    remedy: "Allow DNS resolution of TurnNlb-*.elb.{region}.amazonaws.com (or add the Region's \
+    remedy: "Allow DNS resolution of `TurnNlb-*.elb.{region}.amazonaws.com` (or add the Region's \
         NLB endpoints to the allow list). Check from the agent network with nslookup, e.g. \
-        nslookup TurnNlb-d76454ac48d20c1e.elb.us-east-1.amazonaws.com.",
+        `nslookup TurnNlb-d76454ac48d20c1e.elb.us-east-1.amazonaws.com`.",
     references: &[Reference {
         title: "Set up your network › Allow DNS resolution for softphones",
         url: network_guide!("#allow-dns-resolution"),
@@ -129,7 +131,7 @@ const STATELESS_FIREWALL: Diagnosis = Diagnosis {
         server to the browser's ephemeral port were dropped on the way in, as a stateless \
         firewall does when only 3478 is open.",
     remedy: "On a stateless firewall, also allow inbound 49152–65535/UDP (the browser's \
-        ephemeral ports) from the AMAZON_CONNECT IP ranges, in addition to the outbound rules.",
+        ephemeral ports) from the `AMAZON_CONNECT` IP ranges, in addition to the outbound rules.",
     references: &[STATELESS],
 };
 
@@ -137,9 +139,9 @@ const PROXY_WEBSOCKET: Diagnosis = Diagnosis {
     cause: "Proxy breaks the signalling WebSocket",
     explanation: "A web proxy between the CCP and the signalling endpoint refused or mangled the \
         WebSocket upgrade, so the softphone could not open its signalling channel.",
-    remedy: "Bypass the proxy for the signalling domain (rtc*.connect-telecom.{region}.\
-        amazonaws.com and *.transport.connect.{region}.amazonaws.com, 443/TCP outbound) or let it \
-        pass WebSocket upgrades. The vendor warns that proxy WebSocket handling may impact \
+    remedy: "Bypass the proxy for the signalling domain (`rtc*.connect-telecom.{region}.\
+        amazonaws.com` and `*.transport.connect.{region}.amazonaws.com`, 443/TCP outbound) or let \
+        it pass WebSocket upgrades. The vendor warns that proxy WebSocket handling may impact \
         functionality: test before production.",
     references: &[OPTION_1],
 };
@@ -161,8 +163,8 @@ const SIGNALLING_UNREACHABLE: Diagnosis = Diagnosis {
     cause: "Signalling endpoint unreachable",
     explanation: "The softphone could not open its signalling WebSocket (443/TCP) within 10 s and \
         3 tries: a firewall, proxy or DNS rule stands between the browser and the endpoint.",
-    remedy: "Allow outbound 443/TCP to rtc*.connect-telecom.{region}.amazonaws.com and \
-        *.transport.connect.{region}.amazonaws.com, and check the path with the vendor's \
+    remedy: "Allow outbound 443/TCP to `rtc*.connect-telecom.{region}.amazonaws.com` and \
+        `*.transport.connect.{region}.amazonaws.com`, and check the path with the vendor's \
         Endpoint Connectivity Tool.",
     references: &[Reference {
         title: "Troubleshooting issues with the Contact Control Panel (CCP)",

@@ -44,7 +44,8 @@ pub fn report_html(file: &SummaryFile, records: &[CallRecord], charts: &[Chart])
          <link rel=\"icon\" href=\"data:,\">\n\
          <meta http-equiv=\"Content-Security-Policy\" content=\"default-src 'none'; \
          style-src 'unsafe-inline'; img-src data:\">\n\
-         <title>{} — softphone network test</title>\n<style>{CSS}</style>\n</head>\n<body>\n<main>\n",
+         <title>{} — softphone network test</title>\n<style>{CSS}</style>\n</head>\n\
+         <body>\n<main>\n",
         esc(&title)
     );
     header(&mut page, file, records);
@@ -105,6 +106,19 @@ fn esc(s: &str) -> String {
             '"' => out.push_str("&quot;"),
             '\'' => out.push_str("&#39;"),
             c => out.push(c),
+        }
+    }
+    out
+}
+
+/// Escapes `text` and sets its `backticked` spans as code (host names, commands).
+fn with_code(text: &str) -> String {
+    let mut out = String::new();
+    for (i, part) in text.split('`').enumerate() {
+        if i % 2 == 1 {
+            let _ = write!(out, "<code>{}</code>", esc(part));
+        } else {
+            out.push_str(&esc(part));
         }
     }
     out
@@ -337,7 +351,7 @@ fn verdict_section(page: &mut Page, file: &SummaryFile) {
 /// The error rate, its interval and the threshold on one axis: a picture of the verdict.
 fn gauge(file: &SummaryFile) -> String {
     let e = &file.error_rate;
-    let (w, h, left, right) = (640.0, 64.0, 16.0, 624.0);
+    let (w, h, left, right) = (640.0, 64.0, 24.0, 604.0);
     let top = (file.threshold * 2.5).max(e.upper * 1.15).clamp(0.01, 1.0);
     let x = |v: f64| left + (right - left) * (v / top).clamp(0.0, 1.0);
     let color = match file.verdict {
@@ -355,7 +369,8 @@ fn gauge(file: &SummaryFile) -> String {
     );
     let _ = write!(
         svg,
-        "<line x1=\"{left}\" x2=\"{right}\" y1=\"30\" y2=\"30\" stroke=\"#bbb\" stroke-width=\"2\"/>"
+        "<line x1=\"{left}\" x2=\"{right}\" y1=\"30\" y2=\"30\" stroke=\"#bbb\" \
+         stroke-width=\"2\"/>"
     );
     // Ticks at round percentages.
     let step = [0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.25]
@@ -388,7 +403,14 @@ fn gauge(file: &SummaryFile) -> String {
         "<line x1=\"{tx:.1}\" x2=\"{tx:.1}\" y1=\"10\" y2=\"42\" stroke=\"#d55e00\" \
          stroke-width=\"2.5\" stroke-dasharray=\"5 3\"/>\
          <text x=\"{tx:.1}\" y=\"8\" text-anchor=\"{}\" class=\"tick thr\">threshold {}</text>",
-        if tx > right - 80.0 { "end" } else { "middle" },
+        // Keep the label inside the picture when the threshold sits near an end.
+        if tx > right - 50.0 {
+            "end"
+        } else if tx < left + 50.0 {
+            "start"
+        } else {
+            "middle"
+        },
         threshold_pct(file.threshold)
     );
     svg.push_str("</svg>\n");
@@ -435,12 +457,18 @@ fn key_figures(page: &mut Page, file: &SummaryFile, records: &[CallRecord]) {
         (
             "time to first audio".into(),
             ms(first.and_then(|d| d.quantile(0.5))),
-            format!("median · p95 {}", ms(first.and_then(|d| d.quantile(0.95)))),
+            match first.and_then(|d| d.quantile(0.95)) {
+                Some(p95) => format!("median · p95 {}", ms(Some(p95))),
+                None => "no call got audio".into(),
+            },
         ),
         (
             "MOS".into(),
             mos(both_mos.quantile(0.5)),
-            format!("median · p5 {}", mos(both_mos.quantile(0.05))),
+            match both_mos.quantile(0.05) {
+                Some(p5) => format!("median · p5 {}", mos(Some(p5))),
+                None => "no audio".into(),
+            },
         ),
         (
             "network loss".into(),
@@ -461,12 +489,20 @@ fn key_figures(page: &mut Page, file: &SummaryFile, records: &[CallRecord]) {
         (
             "jitter".into(),
             ms(worst(&|d| d.jitter.quantile(0.95))),
-            "p95, worse direction".into(),
+            if up.jitter.is_empty() && down.jitter.is_empty() {
+                "no audio".into()
+            } else {
+                "p95, worse direction".into()
+            },
         ),
         (
             "one-way delay".into(),
             ms(worst(&|d| d.one_way_delay.quantile(0.95))),
-            "p95, worse direction".into(),
+            if up.one_way_delay.is_empty() && down.one_way_delay.is_empty() {
+                "no audio".into()
+            } else {
+                "p95, worse direction".into()
+            },
         ),
     ];
     let sites: BTreeSet<&str> = records.iter().map(|r| r.identity.site.as_str()).collect();
@@ -597,8 +633,8 @@ fn problems(page: &mut Page, file: &SummaryFile, records: &[CallRecord]) {
         let _ = writeln!(
             out,
             "<p><strong>Likely cause.</strong> {}</p>\n<p><strong>What to change.</strong> {}</p>",
-            esc(d.explanation),
-            esc(d.remedy)
+            with_code(d.explanation),
+            with_code(d.remedy)
         );
         if !d.references.is_empty() {
             let refs: Vec<String> = d
@@ -986,7 +1022,8 @@ a { color: var(--link); }
 code, pre { font-family: ui-monospace, "SFMono-Regular", Menlo, Consolas, "Liberation Mono",
   "DejaVu Sans Mono", monospace; font-size: 0.9em; }
 h1 { font-size: 30px; line-height: 1.2; margin: 2px 0 6px; }
-h2 { font-size: 21px; margin: 36px 0 10px; padding-bottom: 4px; border-bottom: 1px solid var(--line); }
+h2 { font-size: 21px; margin: 36px 0 10px; padding-bottom: 4px;
+  border-bottom: 1px solid var(--line); }
 h3 { font-size: 16px; margin: 22px 0 8px; }
 .kicker { margin: 0; text-transform: uppercase; letter-spacing: .09em; font-size: 12px;
   color: var(--muted); font-weight: 600; }
@@ -996,7 +1033,8 @@ h3 { font-size: 16px; margin: 22px 0 8px; }
   border-left: 10px solid var(--unsure); background: #fdf8ec; }
 .verdict.pass { border-color: var(--pass); background: #eef8f4; }
 .verdict.fail { border-color: var(--fail); background: #fcf1ea; }
-.verdict .word { margin: 0; font-size: 32px; font-weight: 800; letter-spacing: .05em; line-height: 1.1; }
+.verdict .word { margin: 0; font-size: 32px; font-weight: 800; letter-spacing: .05em;
+  line-height: 1.1; }
 .verdict.pass .word { color: #00785a; } .verdict.fail .word { color: #b54d00; }
 .verdict.unsure .word { color: #8a5e00; }
 .verdict .headline { margin: 4px 0 2px; font-size: 19px; font-weight: 600; }
@@ -1029,7 +1067,8 @@ figcaption { font-size: 14px; color: #3c4043; margin-top: 6px; }
 figcaption .file { color: var(--muted); font-size: 12px; margin-left: 4px; }
 table { width: 100%; border-collapse: collapse; font-size: 14px; font-variant-numeric: tabular-nums;
   margin: 6px 0 12px; }
-th, td { padding: 5px 8px; border-bottom: 1px solid var(--line); text-align: left; vertical-align: top; }
+th, td { padding: 5px 8px; border-bottom: 1px solid var(--line); text-align: left;
+  vertical-align: top; }
 th { font-size: 12px; text-transform: uppercase; letter-spacing: .04em; color: var(--muted);
   font-weight: 600; border-bottom: 2px solid var(--line); }
 .num { text-align: right; white-space: nowrap; }
@@ -1046,7 +1085,9 @@ details:target { background: #eef5fb; outline: 2px solid var(--link); }
 details.fold summary { cursor: pointer; color: var(--link); }
 footer { margin-top: 40px; color: #3c4043; font-size: 14px; }
 footer .files { color: var(--muted); }
-@media (max-width: 760px) { .tiles { grid-template-columns: repeat(2, 1fr); } main { padding: 18px; } }
+@media (max-width: 760px) {
+  .tiles { grid-template-columns: repeat(2, 1fr); } main { padding: 18px; }
+}
 @page { size: A4; margin: 14mm; }
 @media print {
   body { font-size: 10.5pt; } main { max-width: none; padding: 0; }

@@ -157,7 +157,8 @@ addEventListener('load', () => {
   console.log('RESULT ' + JSON.stringify({
     charts: [...document.querySelectorAll('figure.chart')].map((f) => f.id),
     svgs: document.querySelectorAll('figure.chart svg').length,
-    chartHeights: [...document.querySelectorAll('figure.chart svg')].map((e) => Math.round(e.getBoundingClientRect().height)),
+    chartHeights: [...document.querySelectorAll('figure.chart svg')]
+      .map((e) => Math.round(e.getBoundingClientRect().height)),
     verdictWord: word.innerText,
     verdictText: v.innerText,
     verdictTop: r.top, verdictHeight: r.height, viewport: innerHeight,
