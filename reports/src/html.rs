@@ -62,6 +62,158 @@ pub fn report_html(file: &SummaryFile, records: &[CallRecord], charts: &[Chart])
     page.out
 }
 
+/// A before/after comparison of two runs (e.g. across a network change) as one self-contained
+/// page: both verdicts with their intervals on the same kind of axis, the figures side by side,
+/// and whether the error rates differ significantly (pooled two-proportion z-test at 5 %).
+/// `before` and `after` name each run (its folder) and give its summary.
+pub fn comparison_html(before: (&str, &SummaryFile), after: (&str, &SummaryFile)) -> String {
+    let (a, b) = (before.1, after.1);
+    let (ea, eb) = (&a.error_rate, &b.error_rate);
+    let mut out = String::new();
+    let _ = write!(
+        out,
+        "<!doctype html>\n<html lang=\"en\">\n<head>\n<meta charset=\"utf-8\">\n\
+         <meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">\n\
+         <link rel=\"icon\" href=\"data:,\">\n\
+         <meta http-equiv=\"Content-Security-Policy\" content=\"default-src 'none'; \
+         style-src 'unsafe-inline'; img-src data:\">\n\
+         <title>{} → {} — softphone network test comparison</title>\n<style>{CSS}</style>\n\
+         </head>\n<body>\n<main>\n<header>\n<p class=\"kicker\">Softphone network test · \
+         comparison</p>\n<h1>{} → {}</h1>\n</header>\n",
+        esc(before.0),
+        esc(after.0),
+        esc(before.0),
+        esc(after.0)
+    );
+    let sentence = match crate::verdict::ProportionTest::new(
+        eb.errors,
+        eb.attempts,
+        ea.errors,
+        ea.attempts,
+    ) {
+        Some(t) if t.significant(0.05) => format!(
+            "The error rate went from {} to {}, a change of {:+.2} points: <strong>a significant \
+             difference</strong> at 5 % (two-proportion z-test, z = {:.2}, p = {:.3}).",
+            pct(ea.rate),
+            pct(eb.rate),
+            t.difference * 100.0,
+            t.z,
+            t.p_value
+        ),
+        Some(t) => format!(
+            "The error rate went from {} to {}, a change of {:+.2} points: <strong>not \
+             significant</strong> at 5 %, it may be chance (two-proportion z-test, z = {:.2}, \
+             p = {:.3}). More calls in each run would tell.",
+            pct(ea.rate),
+            pct(eb.rate),
+            t.difference * 100.0,
+            t.z,
+            t.p_value
+        ),
+        None => "Both runs have the same all-or-nothing error rate (or no calls): no test \
+                 applies."
+            .to_owned(),
+    };
+    let _ = writeln!(
+        out,
+        "<section class=\"compare-summary\"><p>{sentence}</p></section>"
+    );
+    out.push_str("<section class=\"compare\">\n");
+    for (name, f) in [before, after] {
+        let class = match f.verdict {
+            _ if f.error_rate.attempts == 0 => "unsure",
+            Verdict::Pass => "pass",
+            Verdict::Fail => "fail",
+            Verdict::Inconclusive => "unsure",
+        };
+        let _ = writeln!(
+            out,
+            "<div class=\"verdict {class}\"><p class=\"kicker\">{}</p><p class=\"word\">{}</p>\
+             <p>{} of {} calls failed or dropped ({}), {:.0} % interval {} – {}, threshold {}.</p>\
+             {}</div>",
+            esc(name),
+            verdict_word(f.verdict, f.error_rate.attempts),
+            f.error_rate.errors,
+            f.error_rate.attempts,
+            pct(f.error_rate.rate),
+            f.error_rate.confidence * 100.0,
+            pct(f.error_rate.lower),
+            pct(f.error_rate.upper),
+            threshold_pct(f.threshold),
+            if f.error_rate.attempts > 0 {
+                gauge(f)
+            } else {
+                String::new()
+            }
+        );
+    }
+    out.push_str(
+        "</section>\n<table>\n<thead><tr><th></th><th class=\"num\">before</th>\
+         <th class=\"num\">after</th></tr></thead>\n<tbody>\n",
+    );
+    let q = |d: &Distribution, q: f64| d.quantile(q);
+    let first = |f: &SummaryFile| f.summary.setup.get(&SetupPhase::FirstRtp).cloned();
+    let mut row = |label: &str, x: String, y: String| {
+        let _ = writeln!(
+            out,
+            "<tr><td>{label}</td><td class=\"num\">{x}</td><td class=\"num\">{y}</td></tr>"
+        );
+    };
+    row("calls", ea.attempts.to_string(), eb.attempts.to_string());
+    row(
+        "failed + dropped",
+        ea.errors.to_string(),
+        eb.errors.to_string(),
+    );
+    row("error rate", pct(ea.rate), pct(eb.rate));
+    row(
+        "time to first audio p95",
+        ms(first(a).and_then(|d| q(&d, 0.95))),
+        ms(first(b).and_then(|d| q(&d, 0.95))),
+    );
+    for (k, dir) in DIRECTIONS.iter().enumerate() {
+        let side = |f: &SummaryFile| {
+            if k == 0 {
+                f.summary.agent_to_anchor.clone()
+            } else {
+                f.summary.anchor_to_agent.clone()
+            }
+        };
+        let (da, db) = (side(a), side(b));
+        let loss = |d: &crate::summary::DirectionSummary| {
+            if d.packets_expected == 0 {
+                "–".to_owned()
+            } else {
+                pct(d.loss_percent() / 100.0)
+            }
+        };
+        row(&format!("{} loss", dir.name), loss(&da), loss(&db));
+        row(
+            &format!("{} jitter p95", dir.name),
+            ms(q(&da.jitter, 0.95)),
+            ms(q(&db.jitter, 0.95)),
+        );
+        row(
+            &format!("{} one-way delay p95", dir.name),
+            ms(q(&da.one_way_delay, 0.95)),
+            ms(q(&db.one_way_delay, 0.95)),
+        );
+        row(
+            &format!("{} MOS p50", dir.name),
+            mos(q(&da.mos, 0.5)),
+            mos(q(&db.mos, 0.5)),
+        );
+    }
+    let mut classes: BTreeSet<FailureClass> = a.summary.failures.keys().copied().collect();
+    classes.extend(b.summary.failures.keys().copied());
+    for c in classes {
+        let n = |f: &SummaryFile| f.summary.failures.get(&c).copied().unwrap_or(0).to_string();
+        row(&format!("<code>{c}</code>"), n(a), n(b));
+    }
+    out.push_str("</tbody>\n</table>\n</main>\n</body>\n</html>\n");
+    out
+}
+
 #[derive(Default)]
 struct Page {
     out: String,
@@ -351,7 +503,7 @@ fn verdict_section(page: &mut Page, file: &SummaryFile) {
 /// The error rate, its interval and the threshold on one axis: a picture of the verdict.
 fn gauge(file: &SummaryFile) -> String {
     let e = &file.error_rate;
-    let (w, h, left, right) = (640.0, 64.0, 24.0, 604.0);
+    let (w, h, left, right) = (640.0, 66.0, 24.0, 604.0);
     let top = (file.threshold * 2.5).max(e.upper * 1.15).clamp(0.01, 1.0);
     let x = |v: f64| left + (right - left) * (v / top).clamp(0.0, 1.0);
     let color = match file.verdict {
@@ -402,7 +554,7 @@ fn gauge(file: &SummaryFile) -> String {
         svg,
         "<line x1=\"{tx:.1}\" x2=\"{tx:.1}\" y1=\"10\" y2=\"42\" stroke=\"#d55e00\" \
          stroke-width=\"2.5\" stroke-dasharray=\"5 3\"/>\
-         <text x=\"{tx:.1}\" y=\"8\" text-anchor=\"{}\" class=\"tick thr\">threshold {}</text>",
+         <text x=\"{tx:.1}\" y=\"11\" text-anchor=\"{}\" class=\"tick thr\">threshold {}</text>",
         // Keep the label inside the picture when the threshold sits near an end.
         if tx > right - 50.0 {
             "end"
@@ -1085,11 +1237,15 @@ details:target { background: #eef5fb; outline: 2px solid var(--link); }
 details.fold summary { cursor: pointer; color: var(--link); }
 footer { margin-top: 40px; color: #3c4043; font-size: 14px; }
 footer .files { color: var(--muted); }
+.compare { display: grid; grid-template-columns: 1fr 1fr; gap: 14px; }
+.compare .verdict { margin: 0; }
+.compare-summary { font-size: 17px; margin: 14px 0; }
 @media (max-width: 760px) {
   .tiles { grid-template-columns: repeat(2, 1fr); } main { padding: 18px; }
 }
 @page { size: A4; margin: 14mm; }
 @media print {
+  * { print-color-adjust: exact; -webkit-print-color-adjust: exact; }
   body { font-size: 10.5pt; } main { max-width: none; padding: 0; }
   .verdict, .tile, .problem, figure.chart, tr { break-inside: avoid; }
   h2, h3 { break-after: avoid; }

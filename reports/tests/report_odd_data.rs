@@ -138,3 +138,38 @@ fn every_failure_class_has_a_diagnosis() {
         .contains("certificate cache timeout")
     );
 }
+
+#[test]
+fn comparison_page() {
+    use reports::html::comparison_html;
+    let records = fixture();
+    let before = SummaryFile::new(
+        "before",
+        RunSummary::from_records(&records).unwrap(),
+        0.02,
+        0.95,
+        false,
+    );
+    let clean: Vec<CallRecord> = records
+        .into_iter()
+        .filter(|r| r.failure.is_none())
+        .collect();
+    let after = SummaryFile::new(
+        "after",
+        RunSummary::from_records(&clean).unwrap(),
+        0.02,
+        0.95,
+        false,
+    );
+    let html = comparison_html(("runs/before", &before), ("runs/after", &after));
+    std::fs::write(
+        support::output_dir("comparison").join("compare.html"),
+        &html,
+    )
+    .unwrap();
+    // 0 of 48 after 12 of 60: z = −3.29, p = 0.001, significant.
+    assert!(html.contains("a significant difference"), "{html}");
+    assert!(html.contains(">FAIL<") && html.contains("<code>ice_collection_timeout</code>"));
+    let empty = SummaryFile::new("none", RunSummary::new(), 0.02, 0.95, false);
+    assert!(comparison_html(("a", &empty), ("b", &empty)).contains("no test applies"));
+}

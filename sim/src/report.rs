@@ -6,7 +6,7 @@ use std::fs;
 use std::path::{Path, PathBuf};
 
 use reports::charts::charts;
-use reports::html::report_html;
+use reports::html::{comparison_html, report_html};
 use reports::output::{SummaryFile, calls_csv, junit_xml, summary_md};
 use reports::record::{DamagedLine, RecordsError, read_records};
 use reports::{CallRecord, ProportionTest, RunSummary};
@@ -263,4 +263,14 @@ pub fn compare(a: &Path, b: &Path) -> Result<String, ReportError> {
         }
     }
     Ok(out)
+}
+
+/// [`compare`] as a self-contained HTML page (both verdicts with their intervals, the figures
+/// side by side, the two-proportion test), for the meeting that decides on a network change.
+pub fn compare_html(a: &Path, b: &Path) -> Result<String, ReportError> {
+    let (ra, rb) = (load(a)?, load(b)?);
+    Ok(comparison_html(
+        (&a.display().to_string(), &ra.summary),
+        (&b.display().to_string(), &rb.summary),
+    ))
 }

@@ -7,7 +7,7 @@
 use std::path::PathBuf;
 
 use reports::{RunSummary, Shard};
-use sim::report::{compare, load, merge, render};
+use sim::report::{compare, compare_html, load, merge, render};
 use sim::run::{RunOptions, run};
 use sim::scenario::Scenario;
 
@@ -113,6 +113,8 @@ fn merge_render_and_compare() {
     let text = compare(&a, &b).unwrap();
     assert!(text.contains("a significant difference at 5 %"), "{text}");
     assert!(text.contains("p = 0.014"), "{text}");
+    let html = compare_html(&a, &b).unwrap();
+    assert!(html.contains("a significant difference"), "{html}");
     for d in [a, b, out] {
         let _ = std::fs::remove_dir_all(d);
     }
