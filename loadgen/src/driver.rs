@@ -1,10 +1,13 @@
 //! Driving a [`Peer`] from async code: readiness of its socket and its own timers wake it.
 
+use std::future::poll_fn;
 use std::io;
+use std::os::fd::OwnedFd;
+use std::task::Poll;
 use std::time::{Duration, Instant};
 
 use tokio::io::Interest;
-use tokio::net::UdpSocket;
+use tokio::io::unix::AsyncFd;
 
 use crate::peer::Peer;
 
@@ -13,24 +16,59 @@ use crate::peer::Peer;
 /// `poll_timeout`), so a coarse tick guarantees progress.
 const MAX_SLEEP: Duration = Duration::from_millis(10);
 
-/// A peer with its socket registered for readiness.
+/// A peer with its sockets registered for readiness.
 #[derive(Debug)]
 pub struct DrivenPeer {
     /// The leg.
     pub peer: Peer,
-    /// A clone of the peer's socket registered with tokio, for readiness only: the peer reads
-    /// through its own handle.
-    readiness: UdpSocket,
+    /// Duplicates of the peer's sockets registered with tokio, for readiness only: the peer
+    /// reads and writes through its own handles.
+    readiness: Vec<AsyncFd<OwnedFd>>,
 }
 
 impl DrivenPeer {
-    /// Registers the peer's socket with the current tokio runtime.
+    /// Registers the peer's sockets with the current tokio runtime.
     pub fn new(peer: Peer) -> io::Result<Self> {
-        let socket = peer.socket().try_clone()?;
-        Ok(Self {
-            peer,
-            readiness: UdpSocket::from_std(socket)?,
+        let readiness = peer
+            .fds()
+            .into_iter()
+            .map(|fd| {
+                // Deprecated because an arbitrary `AsRawFd` may be closed under the registration;
+                // an `OwnedFd` it owns cannot be (tokio#8587), and `register_with_interest`, the
+                // replacement, is `unsafe`, which this crate forbids.
+                #[allow(deprecated)]
+                AsyncFd::with_interest(
+                    fd.try_clone_to_owned()?,
+                    Interest::READABLE | Interest::WRITABLE,
+                )
+            })
+            .collect::<io::Result<_>>()?;
+        Ok(Self { peer, readiness })
+    }
+
+    /// Waits until a socket is readable (or writable, while the peer has bytes to write).
+    /// Readiness is cleared before the peer drains the sockets, so a datagram arriving during
+    /// the drain raises it again and none is missed.
+    async fn ready(readiness: &[AsyncFd<OwnedFd>], write: bool) {
+        poll_fn(|cx| {
+            let mut ready = false;
+            for fd in readiness {
+                if let Poll::Ready(Ok(mut guard)) = fd.poll_read_ready(cx) {
+                    guard.clear_ready();
+                    ready = true;
+                }
+                if write && let Poll::Ready(Ok(mut guard)) = fd.poll_write_ready(cx) {
+                    guard.clear_ready();
+                    ready = true;
+                }
+            }
+            if ready {
+                Poll::Ready(())
+            } else {
+                Poll::Pending
+            }
         })
+        .await;
     }
 
     /// Drives the peer until `done` holds, a leg error occurs, or `deadline` passes; `true` when
@@ -61,15 +99,9 @@ impl DrivenPeer {
             }
             let frame = also.filter(|&a| a <= coarse);
             tokio::select! {
-                ready = self.readiness.readable() => {
+                () = Self::ready(&self.readiness, self.peer.wants_write()) => {
                     now = Instant::now();
-                    if ready.is_ok() {
-                        // Read everything, then tell tokio the socket is drained. It clears the
-                        // readiness only if no new datagram was signalled since (readiness
-                        // ticks), so none is missed.
-                        self.peer.drive(now);
-                        let _ = self.readiness.try_io(Interest::READABLE, || Err::<(), _>(io::ErrorKind::WouldBlock.into()));
-                    }
+                    self.peer.drive(now);
                 }
                 () = tokio::time::sleep_until(tokio::time::Instant::from_std(coarse)), if frame.is_none() => {
                     now = Instant::now();

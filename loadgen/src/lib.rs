@@ -8,7 +8,9 @@
 //! - [`pair`]: both legs of a call on one thread, signalling in process (tests, calibration);
 //! - [`runner`]: many calls at a concurrency and ramp;
 //! - [`session`]: one call's session state machine, ending in its call record;
-//! - [`signalling`]: the JSON-RPC 2.0 over WebSocket/TLS client and its wire types.
+//! - [`signalling`]: the JSON-RPC 2.0 over WebSocket/TLS client and its wire types;
+//! - [`turn_stream`]: TURN over TCP and TLS, framed on the stream;
+//! - [`turn_url`]: `turn:` and `turns:` URLs.
 #![deny(missing_docs)]
 #![forbid(unsafe_code)]
 
@@ -20,3 +22,5 @@ pub mod peer;
 pub mod runner;
 pub mod session;
 pub mod signalling;
+pub mod turn_stream;
+pub mod turn_url;

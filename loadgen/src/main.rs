@@ -11,9 +11,11 @@ use anyhow::{Context, Result, anyhow, bail};
 use base64::Engine as _;
 use clap::Parser;
 use hmac::{Hmac, Mac};
+use loadgen::peer::TurnTransport;
 use loadgen::runner::{Load, LoadEvents, run_calls};
-use loadgen::session::{CallSpec, Timeouts};
-use loadgen::signalling::Endpoint;
+use loadgen::session::{CallSpec, Timeouts, TurnServer};
+use loadgen::signalling::{Endpoint, tls_client_config};
+use loadgen::turn_url::{Transport, TurnUrl};
 use reports::emodel::Codec;
 use reports::record::append_record;
 use reports::{CallIdentity, CallKind, CallRecord, Outcome, RunSummary, Shard};
@@ -32,12 +34,15 @@ struct Cli {
     /// Connect to this address instead of resolving the URL's host.
     #[arg(long)]
     signalling_addr: Option<SocketAddr>,
-    /// PEM file of the roots that sign the signalling endpoint's certificate.
+    /// PEM file of the roots that sign the signalling endpoint's certificate (and a turns:
+    /// server's).
     #[arg(long)]
     ca: PathBuf,
-    /// The TURN server, e.g. turn:turn.example.com:3478?transport=udp
-    #[arg(long)]
-    turn: String,
+    /// A TURN server, e.g. turn:turn.example.com:3478?transport=udp, turn:…?transport=tcp or
+    /// turns:turn.example.com:443 (checked against the --ca roots). Repeat it to give several:
+    /// each agent allocates on all of them, as a browser gathers from every ICE server.
+    #[arg(long, required = true)]
+    turn: Vec<String>,
     /// TURN username (long-term credentials).
     #[arg(long, default_value = "agent")]
     turn_user: String,
@@ -117,25 +122,27 @@ fn run(cli: &Cli) -> Result<u64> {
             .next()
             .ok_or_else(|| anyhow!("{host} does not resolve"))?,
     };
-    let turn_rest = cli
-        .turn
-        .strip_prefix("turn:")
-        .ok_or_else(|| anyhow!("--turn must be a turn: URL (TURN over UDP)"))?;
-    let (turn_hostport, query) = turn_rest
-        .split_once('?')
-        .unwrap_or((turn_rest, "transport=udp"));
-    if query != "transport=udp" {
-        bail!("this version reaches TURN over UDP only (transport=udp)");
+    let mut turn = Vec::new();
+    for given in &cli.turn {
+        let url = TurnUrl::parse(given).map_err(|e| anyhow!("--turn: {e}"))?;
+        let transport = match (url.transport, url.secure) {
+            (Transport::Udp, _) => TurnTransport::Udp,
+            (Transport::Tcp, false) => TurnTransport::Tcp,
+            (Transport::Tcp, true) => TurnTransport::Tls {
+                server_name: url.host.clone(),
+                config: tls_client_config(&roots).map_err(|e| anyhow!("--ca: {e}"))?,
+            },
+        };
+        let addr = (url.host.as_str(), url.port)
+            .to_socket_addrs()
+            .map_err(|e| format!("{}: {e}", url.host))
+            .and_then(|mut a| a.next().ok_or_else(|| format!("{}: no address", url.host)));
+        turn.push(TurnServer {
+            url: url.to_string(),
+            addr,
+            transport,
+        });
     }
-    let turn_hostport = if turn_hostport.contains(':') {
-        turn_hostport.to_owned()
-    } else {
-        format!("{turn_hostport}:3478")
-    };
-    let turn_addr: std::result::Result<SocketAddr, String> = turn_hostport
-        .to_socket_addrs()
-        .map_err(|e| e.to_string())
-        .and_then(|mut a| a.next().ok_or_else(|| "no address".into()));
     let (username, password) = match (&cli.turn_password, &cli.turn_secret) {
         (Some(p), None) => (cli.turn_user.clone(), p.clone()),
         (None, Some(secret)) => time_limited(secret, &cli.turn_user, Duration::from_secs(86_400))?,
@@ -182,8 +189,7 @@ fn run(cli: &Cli) -> Result<u64> {
                 shard,
             },
             signalling: Ok(endpoint.clone()),
-            turn: turn_addr.clone(),
-            turn_url: cli.turn.clone(),
+            turn: turn.clone(),
             turn_username: username.clone(),
             turn_password: password.clone(),
             turn_realm: cli.realm.clone(),

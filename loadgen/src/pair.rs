@@ -104,26 +104,36 @@ impl PairedCall {
     /// Waits for both allocations, exchanges the relay candidates, and waits for both legs to
     /// connect (ICE and DTLS).
     pub fn connect(&mut self, limit: Duration) -> Result<(), PairError> {
-        if !self.drive_until(limit, |a, b| {
-            a.local_candidate().is_some() && b.local_candidate().is_some()
-        }) {
+        let gathered = self.drive_until(limit, |a, b| a.gathering_done() && b.gathering_done());
+        for (side, leg) in [("agent", &self.agent), ("anchor", &self.anchor)] {
+            if leg.local_candidates().is_empty() {
+                return Err(PairError {
+                    side,
+                    error: leg.allocation_error().or_else(|| leg.error.clone()),
+                    step: "allocate",
+                });
+            }
+        }
+        if !gathered && (self.agent.error.is_some() || self.anchor.error.is_some()) {
             return Err(self.failed("allocate"));
         }
         let now = Instant::now();
         let (a, b) = (
-            self.agent.local_candidate().cloned(),
-            self.anchor.local_candidate().cloned(),
+            self.agent.local_candidates().to_vec(),
+            self.anchor.local_candidates().to_vec(),
         );
-        if let (Some(a), Some(b)) = (a, b) {
+        for c in b {
             self.agent
-                .add_remote_candidate(now, b)
+                .add_remote_candidate(now, c)
                 .map_err(|e| PairError {
                     side: "agent",
                     error: Some(e),
                     step: "candidates",
                 })?;
+        }
+        for c in a {
             self.anchor
-                .add_remote_candidate(now, a)
+                .add_remote_candidate(now, c)
                 .map_err(|e| PairError {
                     side: "anchor",
                     error: Some(e),

@@ -11,6 +11,8 @@
 use std::collections::{HashSet, VecDeque};
 use std::io;
 use std::net::{SocketAddr, UdpSocket};
+use std::os::fd::{AsFd, BorrowedFd};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
@@ -35,6 +37,7 @@ use rtc::shared::{TaggedBytesMut, TransportContext, TransportProtocol};
 use rtc::turn::client::{Client, ClientConfig, Event as TurnEvent};
 
 use crate::measure::{MediaMeter, Stamp};
+use crate::turn_stream::{StreamTransport, TlsSession};
 
 /// Opus: 48 kHz RTP clock, 20 ms frames.
 pub const CLOCK_RATE: u32 = 48_000;
@@ -43,7 +46,42 @@ pub const FRAME_TICKS: u32 = 960;
 /// Payload bytes of one frame: Opus at 32 kbit/s, 20 ms.
 pub const PAYLOAD_BYTES: usize = 80;
 
-/// The TURN server a relay-only leg allocates on, and its credentials.
+/// How a relay-only leg reaches its TURN server (the URL's scheme and `transport`).
+#[derive(Debug, Clone)]
+pub enum TurnTransport {
+    /// `turn:…?transport=udp`.
+    Udp,
+    /// `turn:…?transport=tcp`: STUN and ChannelData framed on a TCP stream.
+    Tcp,
+    /// `turns:…`: the same inside TLS, the server's certificate checked for `server_name`.
+    Tls {
+        /// The name in the URL, which the certificate must carry.
+        server_name: String,
+        /// Roots and settings.
+        config: Arc<rustls::ClientConfig>,
+    },
+}
+
+impl TurnTransport {
+    /// How browsers rank relay candidates by their way to the server (UDP first, TLS last), as
+    /// an RFC 8445 §5.1.2.1 local preference.
+    fn local_preference(&self) -> u32 {
+        match self {
+            Self::Udp => 65_535,
+            Self::Tcp => 32_767,
+            Self::Tls { .. } => 16_383,
+        }
+    }
+
+    fn protocol(&self) -> TransportProtocol {
+        match self {
+            Self::Udp => TransportProtocol::UDP,
+            Self::Tcp | Self::Tls { .. } => TransportProtocol::TCP,
+        }
+    }
+}
+
+/// One TURN server a relay-only leg allocates on, and its credentials.
 #[derive(Debug, Clone)]
 pub struct TurnCredentials {
     /// The TURN server, already resolved.
@@ -54,13 +92,16 @@ pub struct TurnCredentials {
     pub password: String,
     /// TURN realm.
     pub realm: String,
+    /// UDP, TCP or TLS.
+    pub transport: TurnTransport,
 }
 
 /// What a peer leg needs to know.
 #[derive(Debug, Clone)]
 pub struct PeerConfig {
-    /// The TURN server of a relay-only leg; `None` for a host leg on loopback (the anchor).
-    pub turn: Option<TurnCredentials>,
+    /// The TURN servers of a relay-only leg, all allocated on at once as a browser gathers
+    /// from every `iceServers` URL; empty for a host leg on loopback (the anchor).
+    pub turn: Vec<TurnCredentials>,
     /// Whether this side answers (the anchor) rather than offers (the agent).
     pub answering: bool,
     /// The instant all send stamps are measured from (shared by both legs of a call).
@@ -70,7 +111,7 @@ pub struct PeerConfig {
 /// Milestones of a leg, as instants.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct LegTimes {
-    /// The TURN allocation succeeded (the relay candidate is known).
+    /// The first TURN allocation succeeded (a relay candidate is known).
     pub allocated: Option<Instant>,
     /// ICE connected.
     pub ice_connected: Option<Instant>,
@@ -99,19 +140,191 @@ pub enum LegError {
     Io(String),
 }
 
+/// How an allocation's TURN client reaches its server.
+#[derive(Debug)]
+enum Wire {
+    Udp(UdpSocket),
+    Stream(Box<StreamTransport>),
+}
+
+/// One TURN allocation of a relay-only leg.
+struct Allocation {
+    client: Client,
+    wire: Wire,
+    transport: TurnTransport,
+    server: SocketAddr,
+    /// The local end of the way to the server: the relay candidate's base.
+    local: SocketAddr,
+    relay: Option<SocketAddr>,
+    permitted: HashSet<SocketAddr>,
+    /// Why the allocation failed.
+    error: Option<LegError>,
+}
+
+impl Allocation {
+    /// Starts allocating on `t`'s server.
+    fn start(t: &TurnCredentials, now: Instant) -> Result<Self, LegError> {
+        let io = |e: io::Error| LegError::Io(e.to_string());
+        let (wire, local) = match &t.transport {
+            TurnTransport::Udp => {
+                let socket = UdpSocket::bind(loopback_for(t.server)).map_err(io)?;
+                socket.set_nonblocking(true).map_err(io)?;
+                let local = socket.local_addr().map_err(io)?;
+                (Wire::Udp(socket), local)
+            }
+            TurnTransport::Tcp | TurnTransport::Tls { .. } => {
+                let tls = match &t.transport {
+                    TurnTransport::Tls {
+                        server_name,
+                        config,
+                    } => Some(TlsSession::new(config.clone(), server_name).map_err(LegError::Io)?),
+                    _ => None,
+                };
+                let stream = StreamTransport::connect(t.server, tls).map_err(io)?;
+                let local = stream.local_addr().map_err(io)?;
+                (Wire::Stream(Box::new(stream)), local)
+            }
+        };
+        let fail = |e: rtc::shared::error::Error| LegError::TurnAllocation(e.to_string());
+        let provider = rtc::crypto::default_provider().map_err(err)?;
+        let mut client = Client::new(
+            ClientConfig {
+                stun_serv_addr: String::new(),
+                turn_serv_addr: t.server.to_string(),
+                local_addr: local,
+                transport_protocol: t.transport.protocol(),
+                username: t.username.clone(),
+                password: t.password.clone(),
+                realm: t.realm.clone(),
+                software: "softphone-sim".to_owned(),
+                rto_in_ms: 0,
+                allocation_refresh_interval_cap: None,
+            },
+            provider,
+        )
+        .map_err(fail)?;
+        client.allocate(now).map_err(fail)?;
+        Ok(Self {
+            client,
+            wire,
+            transport: t.transport.clone(),
+            server: t.server,
+            local,
+            relay: None,
+            permitted: HashSet::new(),
+            error: None,
+        })
+    }
+
+    /// Reads what the server sent into the TURN client.
+    fn read(&mut self, now: Instant, buf: &mut [u8]) {
+        let context = |peer_addr| TransportContext {
+            local_addr: self.local,
+            peer_addr,
+            ecn: None,
+            transport_protocol: self.transport.protocol(),
+        };
+        let mut messages = Vec::new();
+        match &mut self.wire {
+            Wire::Udp(socket) => loop {
+                match socket.recv_from(buf) {
+                    Ok((n, from)) => messages.push((from, BytesMut::from(&buf[..n]))),
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                    Err(e) if e.kind() == io::ErrorKind::ConnectionRefused => {}
+                    Err(e) => {
+                        self.error.get_or_insert(LegError::Io(e.to_string()));
+                        break;
+                    }
+                }
+            },
+            Wire::Stream(stream) => {
+                let mut frames = Vec::new();
+                let failed = match stream.recv(&mut frames) {
+                    Err(e) => Some(e.to_string()),
+                    Ok(()) if stream.closed => Some("the TURN server closed the connection".into()),
+                    Ok(()) => None,
+                };
+                if let Some(why) = failed {
+                    let failure = self.stream_failure(&why);
+                    self.error.get_or_insert(failure);
+                }
+                messages.extend(frames.into_iter().map(|f| (self.server, f)));
+            }
+        }
+        for (from, message) in messages {
+            // A malformed message is the server's problem, not a reason to stop.
+            let _ = self.client.handle_read(TaggedBytesMut {
+                now,
+                transport: context(from),
+                message,
+            });
+        }
+    }
+
+    /// A broken stream: before the allocation, the server is unreachable on that transport.
+    fn stream_failure(&self, why: &str) -> LegError {
+        if self.relay.is_none() {
+            LegError::TurnUnreachable
+        } else {
+            LegError::Io(why.to_owned())
+        }
+    }
+
+    /// Sends what the TURN client has to say.
+    fn write(&mut self) {
+        while let Some(t) = self.client.poll_write() {
+            match &mut self.wire {
+                Wire::Udp(socket) => {
+                    let _ = socket.send_to(&t.message, t.transport.peer_addr);
+                }
+                Wire::Stream(stream) => {
+                    if let Err(e) = stream.send(&t.message) {
+                        let failure = self.stream_failure(&e.to_string());
+                        self.error.get_or_insert(failure);
+                    }
+                }
+            }
+        }
+        if let Wire::Stream(stream) = &mut self.wire
+            && let Err(e) = stream.flush()
+        {
+            let failure = self.stream_failure(&e.to_string());
+            self.error.get_or_insert(failure);
+        }
+    }
+
+    fn permit(&mut self, now: Instant, addr: SocketAddr) {
+        if let Some(relay) = self.relay
+            && let Ok(mut r) = self.client.relay(relay)
+        {
+            let _ = r.create_permission(now, addr);
+        }
+    }
+
+    /// IP, transport and TURN framing bytes around a relayed datagram of `len` bytes.
+    fn wire_overhead(&self, len: usize) -> u64 {
+        match self.transport {
+            // IPv4 + UDP + ChannelData.
+            TurnTransport::Udp => 28 + 4,
+            // IPv4 + TCP + ChannelData padded to four (+ a TLS record's 22 bytes).
+            TurnTransport::Tcp => 40 + 4 + (len.next_multiple_of(4) - len) as u64,
+            TurnTransport::Tls { .. } => 40 + 4 + (len.next_multiple_of(4) - len) as u64 + 22,
+        }
+    }
+}
+
 /// A WebRTC peer with one Opus-like audio track.
 pub struct Peer {
     pc: RTCPeerConnection,
-    /// The TURN client of a relay-only leg.
-    turn: Option<Client>,
-    socket: UdpSocket,
-    local: SocketAddr,
+    /// The host socket of a host leg.
+    host: Option<(UdpSocket, SocketAddr)>,
+    /// The allocations of a relay-only leg, one per TURN server.
+    allocations: Vec<Allocation>,
     config: PeerConfig,
-    relay: Option<SocketAddr>,
-    local_candidate: Option<RTCIceCandidateInit>,
+    local_candidates: Vec<RTCIceCandidateInit>,
     remotes: HashSet<SocketAddr>,
-    permitted: HashSet<SocketAddr>,
-    waiting: VecDeque<(SocketAddr, BytesMut, Instant)>,
+    /// Datagrams from the peer connection not yet sent: local address, remote, data, when.
+    waiting: VecDeque<(SocketAddr, SocketAddr, BytesMut, Instant)>,
     sender: RTCRtpSenderId,
     ssrc: u32,
     seq: u16,
@@ -134,9 +347,20 @@ pub struct Peer {
 impl std::fmt::Debug for Peer {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Peer")
-            .field("local", &self.local)
-            .field("relay", &self.relay)
+            .field("host", &self.host.as_ref().map(|h| h.1))
+            .field(
+                "relays",
+                &self.allocations.iter().map(|a| a.relay).collect::<Vec<_>>(),
+            )
             .finish_non_exhaustive()
+    }
+}
+
+fn loopback_for(server: SocketAddr) -> SocketAddr {
+    if server.is_ipv4() {
+        SocketAddr::from(([127, 0, 0, 1], 0))
+    } else {
+        SocketAddr::from((std::net::Ipv6Addr::LOCALHOST, 0))
     }
 }
 
@@ -145,21 +369,9 @@ fn err(e: impl std::fmt::Display) -> LegError {
 }
 
 impl Peer {
-    /// Binds a UDP socket on loopback and starts the TURN allocation (a relay-only leg) or
-    /// offers the socket as a host candidate (a host leg).
+    /// Starts a TURN allocation on every configured server (a relay-only leg), or binds a UDP
+    /// socket on loopback and offers it as a host candidate (a host leg).
     pub fn new(config: PeerConfig, ssrc: u32, now: Instant) -> Result<Self, LegError> {
-        let io = |e: io::Error| LegError::Io(e.to_string());
-        let bind: SocketAddr = if config.turn.as_ref().is_none_or(|t| t.server.is_ipv4()) {
-            "127.0.0.1:0"
-        } else {
-            "[::1]:0"
-        }
-        .parse()
-        .map_err(|_| LegError::Io("bind".into()))?;
-        let socket = UdpSocket::bind(bind).map_err(io)?;
-        socket.set_nonblocking(true).map_err(io)?;
-        let local = socket.local_addr().map_err(io)?;
-
         let mut media = MediaEngine::default();
         media.register_default_codecs().map_err(err)?;
         let setting = SettingEngineBuilder::default()
@@ -177,7 +389,7 @@ impl Peer {
                     .turn
                     .iter()
                     .map(|t| RTCIceServer {
-                        urls: vec![format!("turn:{}?transport=udp", t.server)],
+                        urls: vec![format!("turn:{}", t.server)],
                         username: t.username.clone(),
                         credential: t.password.clone(),
                     })
@@ -218,25 +430,30 @@ impl Peer {
         );
         let sender = pc.add_track(track).map_err(err)?;
 
-        let (turn, local_candidate) = match &config.turn {
-            Some(credentials) => (Some(allocate(credentials, local, now)?), None),
-            None => {
-                let host = host_candidate(local).map_err(LegError::Io)?;
-                pc.add_local_candidate(host.clone()).map_err(err)?;
-                (None, Some(host))
-            }
-        };
+        let (mut host, mut local_candidates) = (None, Vec::new());
+        if config.turn.is_empty() {
+            let io = |e: io::Error| LegError::Io(e.to_string());
+            let socket = UdpSocket::bind(SocketAddr::from(([127, 0, 0, 1], 0))).map_err(io)?;
+            socket.set_nonblocking(true).map_err(io)?;
+            let local = socket.local_addr().map_err(io)?;
+            let candidate = host_candidate(local).map_err(LegError::Io)?;
+            pc.add_local_candidate(candidate.clone()).map_err(err)?;
+            local_candidates.push(candidate);
+            host = Some((socket, local));
+        }
+        let allocations = config
+            .turn
+            .iter()
+            .map(|t| Allocation::start(t, now))
+            .collect::<Result<Vec<_>, _>>()?;
         Ok(Self {
             pc,
-            turn,
-            socket,
-            local,
+            host,
+            allocations,
             meter: MediaMeter::new(config.epoch),
             config,
-            relay: None,
-            local_candidate,
+            local_candidates,
             remotes: HashSet::new(),
-            permitted: HashSet::new(),
             waiting: VecDeque::new(),
             sender,
             ssrc,
@@ -251,14 +468,50 @@ impl Peer {
         })
     }
 
-    /// The leg's socket (for readiness: [`Self::drive`] whenever it is readable).
-    pub fn socket(&self) -> &UdpSocket {
-        &self.socket
+    /// The leg's sockets, for readiness: [`Self::drive`] whenever one is readable, or writable
+    /// while [`Self::wants_write`].
+    pub fn fds(&self) -> Vec<BorrowedFd<'_>> {
+        let host = self.host.iter().map(|(s, _)| s.as_fd());
+        let relays = self.allocations.iter().map(|a| match &a.wire {
+            Wire::Udp(s) => s.as_fd(),
+            Wire::Stream(s) => s.fd(),
+        });
+        host.chain(relays).collect()
     }
 
-    /// The leg's candidate: a relay leg's once its allocation succeeded, a host leg's at once.
-    pub fn local_candidate(&self) -> Option<&RTCIceCandidateInit> {
-        self.local_candidate.as_ref()
+    /// Whether a stream to a TURN server waits to be writable.
+    pub fn wants_write(&self) -> bool {
+        self.allocations.iter().any(|a| match &a.wire {
+            Wire::Stream(s) => a.error.is_none() && s.wants_write(),
+            Wire::Udp(_) => false,
+        })
+    }
+
+    /// The leg's candidates so far: a relay leg's, one per allocation that succeeded; a host
+    /// leg's, at once.
+    pub fn local_candidates(&self) -> &[RTCIceCandidateInit] {
+        &self.local_candidates
+    }
+
+    /// Whether candidate gathering is over: every allocation succeeded or failed.
+    pub fn gathering_done(&self) -> bool {
+        self.allocations
+            .iter()
+            .all(|a| a.relay.is_some() || a.error.is_some())
+    }
+
+    /// Why no relay candidate came: the most telling failure of the allocations (credentials
+    /// refused, then allocation refused, then no answer), `None` while any is pending.
+    pub fn allocation_error(&self) -> Option<LegError> {
+        let rank = |e: &LegError| match e {
+            LegError::TurnAuth(_) => 0,
+            LegError::TurnAllocation(_) => 1,
+            _ => 2,
+        };
+        self.allocations
+            .iter()
+            .filter_map(|a| a.error.clone())
+            .min_by_key(rank)
     }
 
     /// Creates and applies the offer (the agent's side).
@@ -297,7 +550,9 @@ impl Peer {
     ) -> Result<(), LegError> {
         if let Some(addr) = candidate_address(&candidate.candidate) {
             self.remotes.insert(addr);
-            self.permit(now, addr);
+            for a in &mut self.allocations {
+                a.permit(now, addr);
+            }
         }
         self.pc.add_remote_candidate(candidate).map_err(err)
     }
@@ -357,42 +612,42 @@ impl Peer {
         self.frames_sent
     }
 
-    /// Reads what the socket has, runs due timers, and sends what is ready. Call it whenever the
-    /// socket may be readable and at [`Self::poll_timeout`].
+    /// Reads what the sockets have, runs due timers, and sends what is ready. Call it whenever
+    /// a socket may be readable (or writable, see [`Self::wants_write`]) and at
+    /// [`Self::poll_timeout`].
     pub fn drive(&mut self, now: Instant) {
-        loop {
-            match self.socket.recv_from(&mut self.buf) {
-                Ok((n, from)) => {
-                    let msg = TaggedBytesMut {
-                        now,
-                        transport: TransportContext {
-                            local_addr: self.local,
-                            peer_addr: from,
-                            ecn: None,
-                            transport_protocol: TransportProtocol::UDP,
-                        },
-                        message: BytesMut::from(&self.buf[..n]),
-                    };
-                    // A malformed datagram is the sender's problem, not a reason to stop.
-                    match &mut self.turn {
-                        Some(turn) => {
-                            let _ = turn.handle_read(msg);
-                        }
-                        None => self.deliver(msg),
+        if let Some((socket, local)) = &self.host {
+            let local = *local;
+            let mut received = Vec::new();
+            loop {
+                match socket.recv_from(&mut self.buf) {
+                    Ok((n, from)) => received.push((from, BytesMut::from(&self.buf[..n]))),
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                    Err(e) if e.kind() == io::ErrorKind::ConnectionRefused => {}
+                    Err(e) => {
+                        self.error.get_or_insert(LegError::Io(e.to_string()));
+                        break;
                     }
                 }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
-                Err(e) if e.kind() == io::ErrorKind::ConnectionRefused => {}
-                Err(e) => {
-                    self.error.get_or_insert(LegError::Io(e.to_string()));
-                    break;
-                }
+            }
+            for (from, message) in received {
+                self.deliver(TaggedBytesMut {
+                    now,
+                    transport: TransportContext {
+                        local_addr: local,
+                        peer_addr: from,
+                        ecn: None,
+                        transport_protocol: TransportProtocol::UDP,
+                    },
+                    message,
+                });
             }
         }
-        if let Some(turn) = &mut self.turn
-            && turn.poll_timeout().is_some_and(|t| t <= now)
-        {
-            let _ = turn.handle_timeout(now);
+        for a in &mut self.allocations {
+            a.read(now, &mut self.buf);
+            if a.client.poll_timeout().is_some_and(|t| t <= now) {
+                let _ = a.client.handle_timeout(now);
+            }
         }
         if self.pc.poll_timeout().is_some_and(|t| t <= now) {
             let _ = self.pc.handle_timeout(now);
@@ -404,80 +659,78 @@ impl Peer {
 
     /// When [`Self::drive`] must run next at the latest.
     pub fn poll_timeout(&mut self) -> Option<Instant> {
-        [
-            self.turn.as_mut().and_then(Client::poll_timeout),
-            self.pc.poll_timeout(),
-        ]
-        .into_iter()
-        .flatten()
-        .min()
-    }
-
-    fn permit(&mut self, now: Instant, addr: SocketAddr) {
-        let (Some(relay), Some(turn)) = (self.relay, &mut self.turn) else {
-            return;
-        };
-        if let Ok(mut r) = turn.relay(relay) {
-            let _ = r.create_permission(now, addr);
-        }
+        self.allocations
+            .iter_mut()
+            .filter_map(|a| a.client.poll_timeout())
+            .chain(self.pc.poll_timeout())
+            .min()
     }
 
     fn turn_events(&mut self, now: Instant) {
-        while let Some(event) = self.turn.as_mut().and_then(Client::poll_event) {
-            match event {
-                TurnEvent::AllocateResponse(_, relay) => {
-                    self.relay = Some(relay);
-                    self.times.allocated = Some(now);
-                    match relay_candidate(relay, self.local) {
-                        Ok(init) => {
-                            let _ = self.pc.add_local_candidate(init.clone());
-                            self.local_candidate = Some(init);
-                        }
-                        Err(e) => self.error = Some(LegError::TurnAllocation(e)),
-                    }
-                    for addr in self.remotes.clone() {
-                        self.permit(now, addr);
-                    }
-                }
-                TurnEvent::AllocateError(_, e) => {
-                    let text = e.to_string();
-                    self.error = Some(
-                        if text.contains("401")
-                            || text.to_ascii_lowercase().contains("unauthor")
-                            || text.contains("441")
-                        {
-                            LegError::TurnAuth(text)
-                        } else {
-                            LegError::TurnAllocation(text)
-                        },
-                    );
-                }
-                TurnEvent::TransactionTimeout(_) if self.relay.is_none() => {
-                    self.error = Some(LegError::TurnUnreachable);
-                }
-                TurnEvent::CreatePermissionResponse(_, peer) => {
-                    self.permitted.insert(peer);
-                }
-                TurnEvent::DataIndicationOrChannelData(_, from, data) => {
-                    let Some(relay) = self.relay else { continue };
-                    if !self.remotes.contains(&from) {
-                        // A peer-reflexive remote: let it in too.
-                        self.remotes.insert(from);
-                        self.permit(now, from);
-                    }
-                    self.deliver(TaggedBytesMut {
-                        now,
-                        transport: TransportContext {
-                            local_addr: relay,
-                            peer_addr: from,
-                            ecn: None,
-                            transport_protocol: TransportProtocol::UDP,
-                        },
-                        message: data,
-                    });
-                }
-                _ => {}
+        for i in 0..self.allocations.len() {
+            while let Some(event) = self.allocations[i].client.poll_event() {
+                self.turn_event(i, now, event);
             }
+        }
+    }
+
+    fn turn_event(&mut self, i: usize, now: Instant, event: TurnEvent) {
+        let remotes: Vec<SocketAddr> = self.remotes.iter().copied().collect();
+        let a = &mut self.allocations[i];
+        match event {
+            TurnEvent::AllocateResponse(_, relay) => {
+                a.relay = Some(relay);
+                self.times.allocated.get_or_insert(now);
+                match relay_candidate(relay, a.local, &a.transport) {
+                    Ok(init) => {
+                        let _ = self.pc.add_local_candidate(init.clone());
+                        self.local_candidates.push(init);
+                    }
+                    Err(e) => a.error = Some(LegError::TurnAllocation(e)),
+                }
+                for addr in remotes {
+                    a.permit(now, addr);
+                }
+            }
+            TurnEvent::AllocateError(_, e) => {
+                let text = e.to_string();
+                a.error = Some(
+                    if text.contains("401")
+                        || text.to_ascii_lowercase().contains("unauthor")
+                        || text.contains("441")
+                    {
+                        LegError::TurnAuth(text)
+                    } else {
+                        LegError::TurnAllocation(text)
+                    },
+                );
+            }
+            TurnEvent::TransactionTimeout(_) if a.relay.is_none() => {
+                a.error.get_or_insert(LegError::TurnUnreachable);
+            }
+            TurnEvent::CreatePermissionResponse(_, peer) => {
+                a.permitted.insert(peer);
+            }
+            TurnEvent::DataIndicationOrChannelData(_, from, data) => {
+                let Some(relay) = a.relay else { return };
+                if self.remotes.insert(from) {
+                    // A peer-reflexive remote: let it in everywhere too.
+                    for a in &mut self.allocations {
+                        a.permit(now, from);
+                    }
+                }
+                self.deliver(TaggedBytesMut {
+                    now,
+                    transport: TransportContext {
+                        local_addr: relay,
+                        peer_addr: from,
+                        ecn: None,
+                        transport_protocol: TransportProtocol::UDP,
+                    },
+                    message: data,
+                });
+            }
+            _ => {}
         }
     }
 
@@ -536,84 +789,66 @@ impl Peer {
 
     fn flush(&mut self, now: Instant) {
         while let Some(t) = self.pc.poll_write() {
-            self.waiting
-                .push_back((t.transport.peer_addr, t.message, t.now));
+            self.waiting.push_back((
+                t.transport.local_addr,
+                t.transport.peer_addr,
+                t.message,
+                t.now,
+            ));
         }
-        if self.turn.is_none() {
-            while let Some((peer, data, _)) = self.waiting.pop_front() {
-                // IPv4 + UDP headers on the wire.
-                self.wire_bytes_sent += data.len() as u64 + 28;
-                if is_rtcp(&data) {
-                    self.rtcp_sent += 1;
-                }
-                let _ = self.socket.send_to(&data, peer);
+        let mut still = VecDeque::new();
+        while let Some((local, peer, data, at)) = self.waiting.pop_front() {
+            let rtcp = is_rtcp(&data);
+            if let Some((socket, _)) = &self.host {
+                self.wire_bytes_sent += data.len() as u64 + 28; // IPv4 + UDP
+                self.rtcp_sent += u64::from(rtcp);
+                let _ = socket.send_to(&data, peer);
+                continue;
             }
-            return;
-        }
-        if let (Some(relay), Some(turn)) = (self.relay, &mut self.turn) {
-            let mut still = VecDeque::new();
-            while let Some((peer, data, at)) = self.waiting.pop_front() {
-                if !self.permitted.contains(&peer) {
-                    self.remotes.insert(peer);
-                    if let Ok(mut r) = turn.relay(relay) {
-                        let _ = r.create_permission(now, peer);
-                    }
-                    // Datagrams older than a second are stale (ICE retransmits its checks).
-                    if now.saturating_duration_since(at) < Duration::from_secs(1) {
-                        still.push_back((peer, data, at));
-                    }
-                    continue;
+            // The allocation whose relay (or its base) the peer connection sends from.
+            let Some(i) = self
+                .allocations
+                .iter()
+                .position(|a| a.relay == Some(local) || a.local == local)
+                .or_else(|| self.allocations.iter().position(|a| a.relay.is_some()))
+            else {
+                continue;
+            };
+            let a = &mut self.allocations[i];
+            let Some(relay) = a.relay else { continue };
+            if !a.permitted.contains(&peer) {
+                self.remotes.insert(peer);
+                a.permit(now, peer);
+                // Datagrams older than a second are stale (ICE retransmits its checks).
+                if now.saturating_duration_since(at) < Duration::from_secs(1) {
+                    still.push_back((local, peer, data, at));
                 }
-                // IPv4 + UDP + ChannelData headers on the wire.
-                self.wire_bytes_sent += data.len() as u64 + 28 + 4;
-                if is_rtcp(&data) {
-                    self.rtcp_sent += 1;
-                }
-                if let Ok(mut r) = turn.relay(relay) {
-                    let _ = r.send_to(now, &data, peer);
-                }
+                continue;
             }
-            self.waiting = still;
+            self.wire_bytes_sent += data.len() as u64 + a.wire_overhead(data.len());
+            self.rtcp_sent += u64::from(rtcp);
+            if let Ok(mut r) = a.client.relay(relay) {
+                let _ = r.send_to(now, &data, peer);
+            }
         }
-        while let Some(t) = self.turn.as_mut().and_then(Client::poll_write) {
-            let _ = self.socket.send_to(&t.message, t.transport.peer_addr);
+        self.waiting = still;
+        for a in &mut self.allocations {
+            a.write();
         }
     }
 
-    /// Closes the peer connection and releases the allocation.
+    /// Closes the peer connection and releases the allocations.
     pub fn close(&mut self, now: Instant) {
         let _ = self.pc.close();
-        if let (Some(relay), Some(turn)) = (self.relay, &mut self.turn)
-            && let Ok(mut r) = turn.relay(relay)
-        {
-            let _ = r.close(now);
+        for a in &mut self.allocations {
+            if let Some(relay) = a.relay
+                && let Ok(mut r) = a.client.relay(relay)
+            {
+                let _ = r.close(now);
+            }
         }
         self.flush(now);
     }
-}
-
-/// Starts the allocation of a relay-only leg.
-fn allocate(t: &TurnCredentials, local: SocketAddr, now: Instant) -> Result<Client, LegError> {
-    let fail = |e: rtc::shared::error::Error| LegError::TurnAllocation(e.to_string());
-    let provider = rtc::crypto::default_provider().map_err(err)?;
-    let mut turn = Client::new(
-        ClientConfig {
-            stun_serv_addr: String::new(),
-            turn_serv_addr: t.server.to_string(),
-            local_addr: local,
-            transport_protocol: TransportProtocol::UDP,
-            username: t.username.clone(),
-            password: t.password.clone(),
-            realm: t.realm.clone(),
-            software: "softphone-sim".to_owned(),
-            rto_in_ms: 0,
-            allocation_refresh_interval_cap: None,
-        },
-        provider,
-    )
-    .map_err(fail)?;
-    turn.allocate(now).map_err(fail)?;
-    Ok(turn)
 }
 
 fn host_candidate(local: SocketAddr) -> Result<RTCIceCandidateInit, String> {
@@ -634,13 +869,20 @@ fn host_candidate(local: SocketAddr) -> Result<RTCIceCandidateInit, String> {
         .map_err(|e| e.to_string())
 }
 
-fn relay_candidate(relay: SocketAddr, base: SocketAddr) -> Result<RTCIceCandidateInit, String> {
+fn relay_candidate(
+    relay: SocketAddr,
+    base: SocketAddr,
+    transport: &TurnTransport,
+) -> Result<RTCIceCandidateInit, String> {
+    // RFC 8445 §5.1.2.1 with the relay type preference 0 and component 1.
+    let priority = (transport.local_preference() << 8) + 255;
     let candidate = rtc::ice::candidate::candidate_relay::CandidateRelayConfig {
         base_config: CandidateConfig {
             network: "udp".to_owned(),
             address: relay.ip().to_string(),
             port: relay.port(),
             component: 1,
+            priority,
             ..Default::default()
         },
         rel_addr: base.ip().to_string(),

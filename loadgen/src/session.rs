@@ -18,7 +18,7 @@ use rtc::peer_connection::transport::RTCIceCandidateInit;
 use serde_json::Value;
 
 use crate::driver::DrivenPeer;
-use crate::peer::{LegError, Peer, PeerConfig, TurnCredentials};
+use crate::peer::{LegError, Peer, PeerConfig, TurnCredentials, TurnTransport};
 use crate::signalling::{Candidate, Endpoint, Invite, SignallingClient, SignallingError};
 
 /// Session timeouts (the CCP's defaults: 10 s, 8 s, 5 s, 2 s).
@@ -55,10 +55,8 @@ pub struct CallSpec {
     pub identity: CallIdentity,
     /// The signalling endpoint, or why its name did not resolve.
     pub signalling: Result<Endpoint, String>,
-    /// The TURN server's address, or why its name did not resolve.
-    pub turn: Result<SocketAddr, String>,
-    /// The TURN URL as the agent is given it (for the CCP's messages).
-    pub turn_url: String,
+    /// The TURN servers, as the agent is given them (a browser's `iceServers`).
+    pub turn: Vec<TurnServer>,
     /// TURN username.
     pub turn_username: String,
     /// TURN password.
@@ -79,6 +77,17 @@ pub struct CallSpec {
     pub ssrc: u32,
     /// Becomes `true` when the run is stopping: a talking call hangs up at once.
     pub hangup: Option<tokio::sync::watch::Receiver<bool>>,
+}
+
+/// One TURN server as the agent is given it.
+#[derive(Debug, Clone)]
+pub struct TurnServer {
+    /// The URL (for the CCP's messages), e.g. `turn:turn.example.com:3478?transport=udp`.
+    pub url: String,
+    /// Its address, or why its name did not resolve.
+    pub addr: Result<SocketAddr, String>,
+    /// UDP, TCP or TLS.
+    pub transport: TurnTransport,
 }
 
 /// Runs one call to its end and returns its record. Never panics on network input: every
@@ -129,21 +138,26 @@ impl Call {
         // GrabLocalMedia: a synthetic source, available at once.
         self.milestones.local_media_us = self.at();
         self.state = SessionState::CreateOffer;
-        let turn = match &spec.turn {
-            Ok(addr) => Some(*addr),
-            // An unresolvable TURN name: nothing to allocate from; ICE collection will time out.
-            Err(_) => None,
-        };
+        // A TURN name that does not resolve gives nothing to allocate from: its candidates
+        // never come.
         let config = PeerConfig {
-            turn: Some(TurnCredentials {
-                server: turn.unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 9))),
-                username: spec.turn_username.clone(),
-                password: spec.turn_password.clone(),
-                realm: spec.turn_realm.clone(),
-            }),
+            turn: spec
+                .turn
+                .iter()
+                .filter_map(|t| {
+                    Some(TurnCredentials {
+                        server: *t.addr.as_ref().ok()?,
+                        username: spec.turn_username.clone(),
+                        password: spec.turn_password.clone(),
+                        realm: spec.turn_realm.clone(),
+                        transport: t.transport.clone(),
+                    })
+                })
+                .collect(),
             answering: false,
             epoch: spec.epoch,
         };
+        let resolved = !config.turn.is_empty();
         let now = Instant::now();
         let mut peer = Peer::new(config, spec.ssrc, now).map_err(|e| leg_failure(&e))?;
         let offer = peer.offer(now).map_err(|e| leg_failure(&e))?;
@@ -164,19 +178,26 @@ impl Call {
                 SignallingClient::connect(endpoint, spec.timeouts.websocket_connect, 3).await?;
             Ok::<_, SignallingError>((client, Instant::now()))
         };
+        // Gathering ends when every allocation succeeded or failed; at the timeout the CCP goes
+        // on with the candidates it has (a blocked UDP port with a working TCP fallback costs
+        // the whole timeout).
         let collection = async {
-            if turn.is_none() {
+            if !resolved {
                 tokio::time::sleep_until(tokio::time::Instant::from_std(ice_deadline)).await;
                 return false;
             }
             driven
-                .drive_until(ice_deadline, None, |p| p.local_candidate().is_some())
-                .await
+                .drive_until(ice_deadline, None, Peer::gathering_done)
+                .await;
+            !driven.peer.local_candidates().is_empty()
         };
-        let (client, collected) = tokio::join!(signalling, collection);
+        let collection = async {
+            let collected = collection.await;
+            (collected, Instant::now())
+        };
+        let (client, (collected, collected_at)) = tokio::join!(signalling, collection);
         if collected {
-            self.milestones.ice_collected_us =
-                driven.peer.times.allocated.map(|t| micros(t - self.start));
+            self.milestones.ice_collected_us = Some(micros(collected_at - self.start));
         }
         let mut client = match client {
             Ok((c, at)) => {
@@ -190,30 +211,40 @@ impl Call {
             }
         };
         if !collected {
-            let error = driven.peer.error.clone();
+            let error = driven.peer.allocation_error();
             self.peer = Some(driven);
             client.close().await;
             return Err(match error {
                 Some(e) => leg_failure(&e),
                 None => (
                     FailureClass::IceCollectionTimeout,
-                    match &spec.turn {
-                        Err(e) => format!("no relay candidate: {e}"),
-                        Ok(a) => format!(
-                            "no relay candidate from {a} within {:?}",
-                            spec.timeouts.ice_collection
-                        ),
-                    },
+                    format!(
+                        "no relay candidate within {:?} from {}",
+                        spec.timeouts.ice_collection,
+                        spec.turn
+                            .iter()
+                            .map(|t| match &t.addr {
+                                Ok(a) => format!("{} ({a})", t.url),
+                                Err(e) => format!("{} ({e})", t.url),
+                            })
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    ),
                 ),
             });
         }
 
         // InviteAnswer.
         self.state = SessionState::InviteAnswer;
-        let candidate = driven.peer.local_candidate().cloned().map(to_wire);
         let invite = Invite {
             sdp: offer.sdp.clone(),
-            candidates: candidate.into_iter().collect(),
+            candidates: driven
+                .peer
+                .local_candidates()
+                .iter()
+                .cloned()
+                .map(to_wire)
+                .collect(),
             call_context_token: spec.identity.call.clone(),
         };
         self.milestones.invite_sent_us = self.at();
@@ -410,7 +441,7 @@ impl Call {
                         .signalling
                         .as_ref()
                         .map_or("wss://signalling", |e| e.url.as_str()),
-                    turn: &spec.turn_url,
+                    turn: spec.turn.first().map_or("turn:", |t| t.url.as_str()),
                 };
                 let outcome = if self.connected {
                     Outcome::Dropped

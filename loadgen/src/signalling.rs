@@ -164,6 +164,25 @@ impl SignallingError {
     }
 }
 
+/// A TLS client configuration trusting only `roots` (the signalling endpoint's, a `turns:`
+/// server's).
+pub fn tls_client_config(
+    roots: &[CertificateDer<'static>],
+) -> Result<Arc<rustls::ClientConfig>, String> {
+    let mut store = rustls::RootCertStore::empty();
+    for r in roots {
+        store.add(r.clone()).map_err(|e| e.to_string())?;
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    Ok(Arc::new(
+        rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .map_err(|e| e.to_string())?
+            .with_root_certificates(store)
+            .with_no_client_auth(),
+    ))
+}
+
 /// The host and port of a `wss://` (or `ws://`) URL; the port defaults to 443 (80 for `ws://`).
 pub fn host_port(url: &str) -> Result<(String, u16), String> {
     let bad = || format!("expected a WebSocket URL like wss://host:port/path, found {url}");
@@ -232,22 +251,13 @@ impl SignallingClient {
 
     async fn connect_once(endpoint: &Endpoint) -> Result<Self, String> {
         let (host, _) = host_port(&endpoint.url)?;
-        let mut roots = rustls::RootCertStore::empty();
-        for r in &endpoint.roots {
-            roots.add(r.clone()).map_err(|e| e.to_string())?;
-        }
-        let provider = Arc::new(rustls::crypto::ring::default_provider());
-        let config = rustls::ClientConfig::builder_with_provider(provider)
-            .with_safe_default_protocol_versions()
-            .map_err(|e| e.to_string())?
-            .with_root_certificates(roots)
-            .with_no_client_auth();
+        let config = tls_client_config(&endpoint.roots)?;
         let tcp = TcpStream::connect(endpoint.addr)
             .await
             .map_err(|e| e.to_string())?;
         let _ = tcp.set_nodelay(true);
         let name = ServerName::try_from(host).map_err(|e| e.to_string())?;
-        let tls = TlsConnector::from(Arc::new(config))
+        let tls = TlsConnector::from(config)
             .connect(name, tcp)
             .await
             .map_err(|e| format!("TLS: {e}"))?;

@@ -1,52 +1,90 @@
-//! One real call through our TURN server with no impairment: the agent relay-only, the anchor a
-//! host on loopback, ICE and DTLS connected, SRTP media both ways, no loss, near-zero jitter, MOS at the codec's maximum.
+//! One real call through our TURN server with no impairment — the agent relay-only over UDP, TCP
+//! or TLS to the server, the anchor a host on loopback: ICE and DTLS connected, SRTP media both
+//! ways, no loss, near-zero jitter, MOS at the codec's maximum.
 #![allow(clippy::disallowed_methods)] // real sockets, real clock
 
+use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use loadgen::pair::PairedCall;
-use loadgen::peer::{LegError, PeerConfig, TurnCredentials};
+use loadgen::peer::{LegError, PeerConfig, TurnCredentials, TurnTransport};
 use reports::emodel::Codec;
 use turn_server::io::{self, Settings};
 
-fn turn_server() -> io::Running {
-    io::start(Settings::loopback("agent", "agent-pw", "sim.local")).unwrap()
+/// The name in the TURN server's certificate.
+const TURN_NAME: &str = "turn.test";
+
+/// A TURN server on loopback with UDP, TCP and TLS listeners, and the roots that trust its TLS
+/// certificate.
+fn turn_server() -> (io::Running, Arc<rustls::ClientConfig>) {
+    let ck = rcgen::generate_simple_self_signed(vec![TURN_NAME.to_owned()]).unwrap();
+    let mut settings = Settings::loopback("agent", "agent-pw", "sim.local");
+    settings.tls_listen = vec!["127.0.0.1:0".parse().unwrap()];
+    settings.tls_pem = Some((ck.cert.pem(), ck.signing_key.serialize_pem()));
+    let roots = loadgen::signalling::tls_client_config(&[ck.cert.der().clone()]).unwrap();
+    (io::start(settings).unwrap(), roots)
 }
 
-fn credentials(server: std::net::SocketAddr, password: &str) -> TurnCredentials {
+fn credentials(server: SocketAddr, password: &str) -> TurnCredentials {
     TurnCredentials {
         server,
         username: "agent".into(),
         password: password.into(),
         realm: "sim.local".into(),
+        transport: TurnTransport::Udp,
     }
 }
 
 #[test]
-fn one_call_through_turn_without_impairment() {
-    let server = turn_server();
-    let turn = server.bound.udp[0];
+fn one_call_through_turn_over_udp() {
+    one_call_through_turn("udp");
+}
+
+#[test]
+fn one_call_through_turn_over_tcp() {
+    one_call_through_turn("tcp");
+}
+
+#[test]
+fn one_call_through_turn_over_tls() {
+    one_call_through_turn("tls");
+}
+
+fn one_call_through_turn(way: &str) {
+    let (server, roots) = turn_server();
+    let b = &server.bound;
+    let (addr, transport) = match way {
+        "udp" => (b.udp[0], TurnTransport::Udp),
+        "tcp" => (b.tcp[0], TurnTransport::Tcp),
+        _ => (
+            b.tls[0],
+            TurnTransport::Tls {
+                server_name: TURN_NAME.into(),
+                config: roots,
+            },
+        ),
+    };
     let epoch = Instant::now();
     // The agent relay-only through TURN, the anchor a host on loopback, as in `sim run`.
     let agent = PeerConfig {
-        turn: Some(credentials(turn, "agent-pw")),
+        turn: vec![TurnCredentials {
+            transport,
+            ..credentials(addr, "agent-pw")
+        }],
         answering: false,
         epoch,
     };
     let anchor = PeerConfig {
-        turn: None,
+        turn: Vec::new(),
         answering: true,
         epoch,
     };
     let mut call = PairedCall::new(agent, anchor).unwrap();
     call.connect(Duration::from_secs(10)).unwrap();
-    assert!(
-        call.agent
-            .local_candidate()
-            .unwrap()
-            .candidate
-            .contains("typ relay")
-    );
+    let candidates = call.agent.local_candidates();
+    assert_eq!(candidates.len(), 1, "{way}: {candidates:?}");
+    assert!(candidates[0].candidate.contains("typ relay"), "{way}");
     let t = call.agent.times;
     assert!(t.allocated.is_some() && t.ice_connected.is_some() && t.connected.is_some());
 
@@ -92,11 +130,11 @@ fn one_call_through_turn_without_impairment() {
 
 #[test]
 fn wrong_turn_password_is_an_auth_failure() {
-    let server = turn_server();
+    let (server, _) = turn_server();
     let turn = server.bound.udp[0];
     let epoch = Instant::now();
     let config = |password: &str| PeerConfig {
-        turn: Some(credentials(turn, password)),
+        turn: vec![credentials(turn, password)],
         answering: false,
         epoch,
     };
@@ -113,7 +151,7 @@ fn unreachable_turn_server_fails_allocation() {
     let turn = silent.local_addr().unwrap();
     let epoch = Instant::now();
     let config = PeerConfig {
-        turn: Some(credentials(turn, "agent-pw")),
+        turn: vec![credentials(turn, "agent-pw")],
         answering: false,
         epoch,
     };

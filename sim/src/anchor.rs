@@ -156,7 +156,7 @@ async fn run_leg(
 ) {
     let now = Instant::now();
     let leg = PeerConfig {
-        turn: None,
+        turn: Vec::new(),
         answering: true,
         epoch: config.epoch,
     };
@@ -190,14 +190,21 @@ async fn run_leg(
     for c in invite.candidates {
         let _ = driven.peer.add_remote_candidate(now, from_wire(c));
     }
-    let Some(candidate) = driven.peer.local_candidate().cloned() else {
+    let candidates: Vec<_> = driven
+        .peer
+        .local_candidates()
+        .iter()
+        .cloned()
+        .map(to_wire)
+        .collect();
+    if candidates.is_empty() {
         return fail(&stats, reply, "the anchor has no host candidate".into());
-    };
+    }
     stats.answered.fetch_add(1, Ordering::Relaxed);
     let answer = InviteAnswer {
         call_id,
         sdp: answer.sdp,
-        candidates: vec![to_wire(candidate)],
+        candidates,
     };
     let _ = reply.send(serde_json::to_value(answer).map_err(|e| RpcError::new(500, e.to_string())));
 

@@ -226,7 +226,7 @@ fn report(dirs: &[PathBuf], out: Option<&std::path::Path>, compare: bool) -> Exi
 fn serve(listen: std::net::IpAddr, host: &str, ca_out: &std::path::Path) -> ExitCode {
     let vendor = match sim::run::VendorSide::start(
         1,
-        host,
+        &[host.to_owned()],
         std::net::SocketAddr::new(listen, 0),
         std::time::Instant::now(),
         reports::emodel::Codec::OPUS,
@@ -243,9 +243,23 @@ fn serve(listen: std::net::IpAddr, host: &str, ca_out: &std::path::Path) -> Exit
         return ExitCode::from(3);
     }
     let (turn, sig) = (vendor.turn_addr(), vendor.signalling_addr());
+    let tls = |secure| {
+        vendor.turn_listener(&sim::scenario::TurnUrl {
+            secure,
+            host: host.to_owned(),
+            port: 0,
+            transport: sim::scenario::Transport::Tcp,
+        })
+    };
     println!(
         "TURN        turn:{turn}?transport=udp   user agent, password {}, realm sim.local",
         vendor.password
+    );
+    println!("            turn:{}?transport=tcp", tls(false));
+    println!(
+        "            turns:{host}:{}   (at {}; certificate as below)",
+        tls(true).port(),
+        tls(true)
     );
     println!(
         "signalling  wss://{host}:{}/rtc at {sig}   certificate in {}",

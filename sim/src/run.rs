@@ -12,8 +12,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use indicatif::{ProgressBar, ProgressStyle};
+use loadgen::peer::TurnTransport;
 use loadgen::runner::{Load, LoadEvents, run_calls};
-use loadgen::session::{CallSpec, Timeouts};
+use loadgen::session::{CallSpec, Timeouts, TurnServer};
 use loadgen::signalling::Endpoint;
 use reports::emodel::Codec as EModelCodec;
 use reports::output::{SummaryFile, calls_csv, junit_xml, summary_md};
@@ -28,7 +29,7 @@ use crate::relay::{
     InspectingProxy, InspectingProxyConfig, InspectionCa, TcpRelay, TcpRelayConfig, UdpRelay,
     UdpRelayConfig,
 };
-use crate::scenario::{Codec, Scenario, Transport};
+use crate::scenario::{Codec, Scenario, Transport, TurnUrl};
 use crate::signalling::SignallingServer;
 
 /// Overrides of the scenario from the command line (DESIGN §7).
@@ -100,16 +101,6 @@ pub fn run(scenario: &Scenario, options: &RunOptions) -> Result<RunOutcome, RunE
             unsupported.join(", ")
         )));
     }
-    let Some(turn_url) = scenario
-        .turn
-        .urls
-        .iter()
-        .find(|u| u.transport == Transport::Udp && !u.secure)
-    else {
-        return Err(RunError::Unsupported(
-            "this version reaches TURN over UDP only: give a turn:…?transport=udp URL".into(),
-        ));
-    };
     let seed = options.seed.unwrap_or(scenario.seed);
     let calls = options.calls.unwrap_or(scenario.agents.calls);
     let talk = options
@@ -137,35 +128,60 @@ pub fn run(scenario: &Scenario, options: &RunOptions) -> Result<RunOutcome, RunE
     // The scenario parser checked the URL; only its host and port are used here.
     let (signalling_host, signalling_port) =
         loadgen::signalling::host_port(&scenario.signalling_url).map_err(RunError::Unsupported)?;
+    // One certificate for the signalling host and every TURN host (the `turns:` servers').
+    let mut names = vec![signalling_host.clone()];
+    names.extend(scenario.turn.urls.iter().map(|u| u.host.clone()));
     let vendor = VendorSide::start(
         seed,
-        &signalling_host,
+        &names,
         loopback(),
         epoch,
         codec,
         AnchorBehaviour::Answer,
     )?;
-    let (turn_addr, cert, password) = (
-        vendor.turn_addr(),
-        vendor.certificate.clone(),
-        vendor.password.clone(),
-    );
+    let (cert, password) = (vendor.certificate.clone(), vendor.password.clone());
+    let turn_tls = loadgen::signalling::tls_client_config(std::slice::from_ref(&cert))
+        .map_err(|e| io_err("TURN TLS client")(io::Error::other(e)))?;
 
     // The agents' side: each site's path in front of TURN and signalling.
     let mut sites = Vec::new();
     for (i, site) in scenario.sites.iter().enumerate() {
         let site_seed = Rng::for_stream(seed, &[SITE_STREAM, i as u64]).next_u64();
-        let media = UdpRelay::start(UdpRelayConfig {
-            listen: loopback(),
-            upstream: turn_addr,
-            path: site.path.clone(),
-            seed: site_seed,
-            policy: site.policy.clone(),
-            // The firewall sees the port in the agents' TURN URL (3478), not the port our
-            // server happens to have.
-            server_port: Some(turn_url.port),
-        })
-        .map_err(io_err(format!("starting site {}'s media path", site.name)))?;
+        // The site's path for a byte stream (TURN over TCP/TLS, signalling) to `upstream`.
+        let stream_path = |upstream, server_port| {
+            TcpRelay::start(TcpRelayConfig {
+                listen: loopback(),
+                upstream,
+                path: site.path.clone(),
+                seed: site_seed,
+                policy: site.policy.clone(),
+                reset_after: None,
+                server_port: Some(server_port),
+            })
+        };
+        // One path per TURN URL, to the server's listener of that transport. The firewall sees
+        // the port in the agents' URL (3478, 443), not the port our server happens to have.
+        let mut media = Vec::new();
+        for url in &scenario.turn.urls {
+            let why = format!("starting site {}'s path to {url}", site.name);
+            let upstream = vendor.turn_listener(url);
+            media.push(match url.transport {
+                Transport::Udp => TurnPath::Udp(
+                    UdpRelay::start(UdpRelayConfig {
+                        listen: loopback(),
+                        upstream,
+                        path: site.path.clone(),
+                        seed: site_seed,
+                        policy: site.policy.clone(),
+                        server_port: Some(url.port),
+                    })
+                    .map_err(io_err(why))?,
+                ),
+                Transport::Tcp => {
+                    TurnPath::Stream(stream_path(upstream, url.port).map_err(io_err(why))?)
+                }
+            });
+        }
         let (mut upstream, mut roots) = (vendor.signalling_addr(), vec![cert.clone()]);
         let proxy = if site.policy.breaks_websocket_upgrade
             || site.policy.tls_cache_expiry.is_some()
@@ -189,16 +205,7 @@ pub fn run(scenario: &Scenario, options: &RunOptions) -> Result<RunOutcome, RunE
         } else {
             None
         };
-        let control = TcpRelay::start(TcpRelayConfig {
-            listen: loopback(),
-            upstream,
-            path: site.path.clone(),
-            seed: site_seed,
-            policy: site.policy.clone(),
-            reset_after: None,
-            server_port: Some(signalling_port),
-        })
-        .map_err(io_err(format!(
+        let control = stream_path(upstream, signalling_port).map_err(io_err(format!(
             "starting site {}'s signalling path",
             site.name
         )))?;
@@ -267,15 +274,31 @@ pub fn run(scenario: &Scenario, options: &RunOptions) -> Result<RunOutcome, RunE
                         "{signalling_host}: the site's DNS does not resolve this name"
                     ))
                 },
-                turn: if site.policy.resolves(&turn_url.host) {
-                    Ok(plumbing.media.local_addr())
-                } else {
-                    Err(format!(
-                        "{}: the site's DNS does not resolve this name",
-                        turn_url.host
-                    ))
-                },
-                turn_url: turn_url.to_string(),
+                turn: scenario
+                    .turn
+                    .urls
+                    .iter()
+                    .zip(&plumbing.media)
+                    .map(|(url, path)| TurnServer {
+                        url: url.to_string(),
+                        addr: if site.policy.resolves(&url.host) {
+                            Ok(path.local_addr())
+                        } else {
+                            Err(format!(
+                                "{}: the site's DNS does not resolve this name",
+                                url.host
+                            ))
+                        },
+                        transport: match (url.transport, url.secure) {
+                            (Transport::Udp, _) => TurnTransport::Udp,
+                            (Transport::Tcp, false) => TurnTransport::Tcp,
+                            (Transport::Tcp, true) => TurnTransport::Tls {
+                                server_name: url.host.clone(),
+                                config: turn_tls.clone(),
+                            },
+                        },
+                    })
+                    .collect(),
                 turn_username: "agent".into(),
                 turn_password: password.clone(),
                 turn_realm: "sim.local".into(),
@@ -338,11 +361,12 @@ impl std::fmt::Debug for VendorSide {
 }
 
 impl VendorSide {
-    /// Starts the three on `bind` (port 0 each), the signalling certificate for `host`, the
-    /// anchor behaving as `behaviour` (tests inject the vendor side's faults through it).
+    /// Starts the three on `bind` (port 0 each), one certificate for the signalling endpoint
+    /// and the TURN server's TLS listener carrying `names`, the anchor behaving as `behaviour`
+    /// (tests inject the vendor side's faults through it).
     pub fn start(
         seed: u64,
-        host: &str,
+        names: &[String],
         bind: SocketAddr,
         epoch: Instant,
         codec: EModelCodec,
@@ -352,9 +376,13 @@ impl VendorSide {
             "{:016x}",
             Rng::for_stream(seed, &[PASSWORD_STREAM]).next_u64()
         );
-        let turn = start_turn(&password, bind)?;
-        let ck = rcgen::generate_simple_self_signed(vec![host.to_owned()])
+        let ck = rcgen::generate_simple_self_signed(names.to_vec())
             .map_err(|e| io_err("certificate")(io::Error::other(e)))?;
+        let turn = start_turn(
+            &password,
+            bind,
+            (ck.cert.pem(), ck.signing_key.serialize_pem()),
+        )?;
         let certificate: CertificateDer<'static> = ck.cert.der().clone();
         let certificate_pem = ck.cert.pem();
         let (to_anchor, requests) = mpsc::unbounded_channel();
@@ -399,6 +427,16 @@ impl VendorSide {
         self.turn.bound.udp[0]
     }
 
+    /// The TURN server's listener for `url`'s transport (UDP, TCP or TLS).
+    pub fn turn_listener(&self, url: &TurnUrl) -> SocketAddr {
+        let b = &self.turn.bound;
+        match (url.transport, url.secure) {
+            (Transport::Udp, _) => b.udp[0],
+            (Transport::Tcp, false) => b.tcp[0],
+            (Transport::Tcp, true) => b.tls[0],
+        }
+    }
+
     /// The signalling endpoint's address.
     pub fn signalling_addr(&self) -> SocketAddr {
         self.signalling.local_addr()
@@ -440,8 +478,23 @@ impl LoadEvents for RecordSink<'_> {
     }
 }
 
+/// A site's path to one TURN listener.
+enum TurnPath {
+    Udp(UdpRelay),
+    Stream(TcpRelay),
+}
+
+impl TurnPath {
+    fn local_addr(&self) -> SocketAddr {
+        match self {
+            Self::Udp(r) => r.local_addr(),
+            Self::Stream(r) => r.local_addr(),
+        }
+    }
+}
+
 struct SitePlumbing {
-    media: UdpRelay,
+    media: Vec<TurnPath>,
     control: TcpRelay,
     _proxy: Option<InspectingProxy>,
     roots: Vec<CertificateDer<'static>>,
@@ -451,9 +504,15 @@ fn loopback() -> SocketAddr {
     SocketAddr::from(([127, 0, 0, 1], 0))
 }
 
-fn start_turn(password: &str, bind: SocketAddr) -> Result<turn_server::io::Running, RunError> {
+fn start_turn(
+    password: &str,
+    bind: SocketAddr,
+    tls_pem: (String, String),
+) -> Result<turn_server::io::Running, RunError> {
     let mut settings = turn_server::io::Settings::loopback("agent", password, "sim.local");
     settings.listen = vec![bind];
+    settings.tls_listen = vec![bind];
+    settings.tls_pem = Some(tls_pem);
     // The anchor's host addresses are on the served address too (loopback by default).
     if let Ok(own) = format!("{}/32", bind.ip()).parse() {
         settings.core.peer_policy.allow.push(own);

@@ -103,7 +103,7 @@ fn chromium_calls_our_anchor_through_our_turn_server() {
     // TURN, signalling, anchor: the vendor's side as `sim run` starts it.
     let vendor = VendorSide::start(
         3,
-        "127.0.0.1",
+        &["127.0.0.1".to_owned()],
         "127.0.0.1:0".parse().unwrap(),
         Instant::now(),
         Codec::OPUS,

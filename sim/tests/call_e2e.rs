@@ -6,7 +6,8 @@
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use loadgen::session::{CallSpec, Timeouts, run_call};
+use loadgen::peer::TurnTransport;
+use loadgen::session::{CallSpec, Timeouts, TurnServer, run_call};
 use loadgen::signalling::Endpoint;
 use reports::emodel::Codec;
 use reports::{CallIdentity, CallKind, FailureClass, Outcome, Shard};
@@ -30,7 +31,7 @@ fn stack(behaviour: AnchorBehaviour, policy: Option<Policy>) -> Stack {
     let epoch = Instant::now();
     let vendor = VendorSide::start(
         1,
-        NAME,
+        &[NAME.to_owned()],
         "127.0.0.1:0".parse().unwrap(),
         epoch,
         Codec::OPUS,
@@ -76,8 +77,11 @@ fn spec(s: &Stack, talk: Duration) -> CallSpec {
             shard: Shard::WHOLE,
         },
         signalling: Ok(s.endpoint.clone()),
-        turn: Ok(s.relay.as_ref().map_or(s.turn, UdpRelay::local_addr)),
-        turn_url: "turn:turn.sim.local:3478?transport=udp".into(),
+        turn: vec![TurnServer {
+            url: "turn:turn.sim.local:3478?transport=udp".into(),
+            addr: Ok(s.relay.as_ref().map_or(s.turn, UdpRelay::local_addr)),
+            transport: TurnTransport::Udp,
+        }],
         turn_username: "agent".into(),
         turn_password: s.vendor.password.clone(),
         turn_realm: "sim.local".into(),
@@ -195,7 +199,7 @@ fn blocked_udp_3478_is_an_ice_collection_timeout_with_the_ccp_message() {
 fn an_unresolvable_turn_name_is_an_ice_collection_timeout() {
     let s = stack(AnchorBehaviour::Answer, None);
     let mut sp = spec(&s, Duration::from_secs(1));
-    sp.turn = Err("turn.sim.local: the site's DNS does not resolve this name".into());
+    sp.turn[0].addr = Err("turn.sim.local: the site's DNS does not resolve this name".into());
     let r = run(sp);
     // Signalling connected in its own time, not when ICE collection gave up beside it.
     assert!(

@@ -5,7 +5,7 @@
 use std::time::{Duration, Instant};
 
 use loadgen::pair::PairedCall;
-use loadgen::peer::{PeerConfig, TurnCredentials};
+use loadgen::peer::{PeerConfig, TurnCredentials, TurnTransport};
 use reports::emodel::Codec;
 use sim::netem::{Loss, Path, SegmentModel};
 use sim::relay::{UdpRelay, UdpRelayConfig};
@@ -36,17 +36,18 @@ fn delay_and_loss_of_the_path_are_measured() {
     // The agent reaches TURN through the impaired path; the anchor (the vendor's side) is a host
     // the agent's relay sends to.
     let agent = PeerConfig {
-        turn: Some(TurnCredentials {
+        turn: vec![TurnCredentials {
             server: relay.local_addr(),
             username: "agent".into(),
             password: "agent-pw".into(),
             realm: "sim.local".into(),
-        }),
+            transport: TurnTransport::Udp,
+        }],
         answering: false,
         epoch,
     };
     let anchor = PeerConfig {
-        turn: None,
+        turn: Vec::new(),
         answering: true,
         epoch,
     };

@@ -8,6 +8,10 @@ use sim::run::{RunOptions, run};
 use sim::scenario::Scenario;
 
 fn scenario(site_extra: &str) -> Scenario {
+    scenario_with_turn(r#"["turn:turn.sim.local:3478?transport=udp"]"#, site_extra)
+}
+
+fn scenario_with_turn(urls: &str, site_extra: &str) -> Scenario {
     let text = format!(
         r#"
 [run]
@@ -22,7 +26,7 @@ call_duration = "2s"
 timeouts = {{ ice_collection = "1500ms", websocket_connect = "2s" }}
 
 [turn]
-urls = ["turn:turn.sim.local:3478?transport=udp"]
+urls = {urls}
 
 [[site]]
 name = "hq"
@@ -106,6 +110,36 @@ fn udp_3478_blocked_fails_every_call_with_the_ccp_message() {
         "Browser unable to establish media channel with turn:turn.sim.local:3478?transport=udp"
     ));
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn with_udp_3478_blocked_agents_fall_back_to_turn_over_tcp_and_tls() {
+    // A browser allocates on every TURN URL at once; with UDP blocked only the stream ones
+    // answer, and the call goes on with them once ICE collection times out.
+    let urls = r#"["turn:turn.sim.local:3478?transport=udp", "turn:turn.sim.local:3478?transport=tcp", "turns:turn.sim.local:443"]"#;
+    let blocked = "policy = { block = [\"udp/3478\"] }";
+    for (name, urls) in [
+        ("tcp-tls", urls.to_owned()),
+        (
+            "tls",
+            r#"["turn:turn.sim.local:3478?transport=udp", "turns:turn.sim.local:443"]"#.to_owned(),
+        ),
+    ] {
+        let dir = temp(name);
+        run_in(&dir, &scenario_with_turn(&urls, blocked));
+        let records = read_records(&dir.join("calls.jsonl")).unwrap().records;
+        assert_eq!(records.len(), 3);
+        for r in &records {
+            assert_eq!(r.outcome, Outcome::Completed, "{name}: {:?}", r.failure);
+            // The UDP allocation never answers: collection lasts the whole 1.5 s timeout.
+            let collected = r.milestones.ice_collected_us.unwrap();
+            let started = r.milestones.local_description_us.unwrap();
+            assert!(collected - started >= 1_400_000, "{name}: {collected} µs");
+            let m = r.anchor_to_agent.as_ref().unwrap();
+            assert!(m.packets_received > 50, "{name}: {m:?}");
+        }
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 }
 
 #[test]

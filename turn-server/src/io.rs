@@ -56,6 +56,9 @@ pub struct Settings {
     pub tls_listen: Vec<SocketAddr>,
     /// PEM certificate chain and private key; a self-signed certificate when `None`.
     pub tls_files: Option<(PathBuf, PathBuf)>,
+    /// The same in memory (PEM chain, PEM key), for a server embedded in another program;
+    /// takes precedence over `tls_files`.
+    pub tls_pem: Option<(String, String)>,
     /// HTTP address of `/metrics` and `/faults`.
     pub metrics: Option<SocketAddr>,
     /// Whether `POST /faults` may change faults (an unauthenticated control: off by default,
@@ -452,8 +455,16 @@ fn tls_acceptor(settings: &Settings) -> std::io::Result<TlsAcceptor> {
     use rustls::pki_types::pem::PemObject as _;
     use rustls::pki_types::{CertificateDer, PrivateKeyDer};
     let invalid = |e: &dyn std::fmt::Display| std::io::Error::other(format!("TLS: {e}"));
-    let (certs, key) = match &settings.tls_files {
-        Some((cert, key)) => {
+    let (certs, key) = match (&settings.tls_pem, &settings.tls_files) {
+        (Some((cert, key)), _) => {
+            let certs = CertificateDer::pem_slice_iter(cert.as_bytes())
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(|e| invalid(&format!("certificate: {e}")))?;
+            let key = PrivateKeyDer::from_pem_slice(key.as_bytes())
+                .map_err(|e| invalid(&format!("private key: {e}")))?;
+            (certs, key)
+        }
+        (None, Some((cert, key))) => {
             let certs = CertificateDer::pem_file_iter(cert)
                 .and_then(Iterator::collect::<Result<Vec<_>, _>>)
                 .map_err(|e| invalid(&format!("{}: {e}", cert.display())))?;
@@ -461,7 +472,7 @@ fn tls_acceptor(settings: &Settings) -> std::io::Result<TlsAcceptor> {
                 .map_err(|e| invalid(&format!("{}: {e}", key.display())))?;
             (certs, key)
         }
-        None => {
+        (None, None) => {
             let mut names = vec!["localhost".to_owned()];
             names.extend(settings.tls_listen.iter().map(|a| a.ip().to_string()));
             let ck = rcgen::generate_simple_self_signed(names).map_err(|e| invalid(&e))?;

@@ -359,6 +359,7 @@ fn settings(cli: &Cli, file: FileConfig) -> Result<Settings, String> {
         listen,
         tls_listen,
         tls_files,
+        tls_pem: None,
         metrics: cli.metrics.or(file.metrics),
         http_faults: cli.http_faults || file.http_faults == Some(true),
         faults,

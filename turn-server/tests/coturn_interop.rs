@@ -69,6 +69,7 @@ fn start_server() -> Running {
         listen: vec!["127.0.0.1:0".parse().unwrap()],
         tls_listen: vec!["127.0.0.1:0".parse().unwrap()],
         tls_files: None,
+        tls_pem: None,
         metrics: None,
         http_faults: false,
         faults: Faults::default(),
