@@ -74,7 +74,8 @@ enum Command {
         /// Run folders.
         #[arg(required = true)]
         dirs: Vec<PathBuf>,
-        /// Where to write a merged or re-rendered folder (default: re-render in place).
+        /// Where to write a merged or re-rendered folder (default: re-render in place); with
+        /// --compare, the comparison page (an .html file, or compare.html in a folder).
         #[arg(long)]
         out: Option<PathBuf>,
         /// Compare the two folders given: before, then after.
@@ -193,7 +194,25 @@ fn main() -> ExitCode {
 
 fn report(dirs: &[PathBuf], out: Option<&std::path::Path>, compare: bool) -> ExitCode {
     let result = match (compare, dirs, out) {
-        (true, [a, b], _) => sim::report::compare(a, b).map(|md| print!("{md}")),
+        (true, [a, b], out) => sim::report::compare(a, b).and_then(|md| {
+            print!("{md}");
+            let Some(out) = out else { return Ok(()) };
+            let page = if out.extension().is_some_and(|e| e == "html") {
+                out.to_owned()
+            } else {
+                out.join("compare.html")
+            };
+            let html = sim::report::compare_html(a, b)?;
+            if let Some(parent) = page.parent() {
+                let _ = std::fs::create_dir_all(parent);
+            }
+            std::fs::write(&page, html).map_err(|e| sim::report::ReportError::File {
+                path: page.clone(),
+                message: e.to_string(),
+            })?;
+            println!("comparison page: {}", page.display());
+            Ok(())
+        }),
         (true, _, _) => {
             eprintln!("sim report --compare takes exactly two run folders");
             return ExitCode::from(3);

@@ -17,7 +17,7 @@ use loadgen::runner::{Load, LoadEvents, run_calls};
 use loadgen::session::{CallSpec, Timeouts, TurnServer};
 use loadgen::signalling::Endpoint;
 use reports::emodel::Codec as EModelCodec;
-use reports::output::{SummaryFile, calls_csv, junit_xml, summary_md};
+use reports::output::SummaryFile;
 use reports::record::append_record;
 use reports::{CallIdentity, CallKind, CallRecord, FailureClass, RunSummary, Shard, Verdict};
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
@@ -328,7 +328,7 @@ pub fn run(scenario: &Scenario, options: &RunOptions) -> Result<RunOutcome, RunE
         scenario.confidence,
         interrupted,
     );
-    write_outputs(&dir, &scenario.name, &records, &file)?;
+    write_outputs(&dir, &records, &file)?;
 
     drop(sites);
     vendor.stop();
@@ -598,44 +598,23 @@ fn interleave(counts: &[u32]) -> Vec<usize> {
         .collect()
 }
 
-fn write_outputs(
-    dir: &FsPath,
-    scenario: &str,
-    records: &[CallRecord],
-    file: &SummaryFile,
-) -> Result<(), RunError> {
-    let write = |name: &str, contents: &str| {
-        fs::write(dir.join(name), contents).map_err(io_err(format!("writing {name}")))
-    };
-    let json = serde_json::to_string_pretty(file)
-        .map_err(|e| io_err("summary.json")(io::Error::other(e)))?;
-    write("summary.json", &json)?;
-    write("calls.csv", &calls_csv(records))?;
-    write("junit.xml", &junit_xml(scenario, records))?;
-    write("summary.md", &summary_md(file))
+/// The run folder's derived files, `report.html` and its charts included.
+fn write_outputs(dir: &FsPath, records: &[CallRecord], file: &SummaryFile) -> Result<(), RunError> {
+    crate::report::write(dir, records, file)
+        .map_err(|e| io_err("writing the run folder")(io::Error::other(e)))
 }
 
-/// `YYYYMMDDTHHMMSSZ` in UTC (civil-from-days, H. Hinnant's algorithm).
+/// `YYYYMMDDTHHMMSSZ` in UTC.
 fn utc_stamp(t: SystemTime) -> String {
-    let secs = t
+    let ms = t
         .duration_since(SystemTime::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs());
-    let (days, rem) = (secs / 86_400, secs % 86_400);
-    let z = days as i64 + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = yoe + era * 400 + i64::from(m <= 2);
-    format!(
-        "{y:04}{m:02}{d:02}T{:02}{:02}{:02}Z",
-        rem / 3600,
-        rem % 3600 / 60,
-        rem % 60
-    )
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
+    let mut stamp: String = reports::output::utc_datetime(ms, 'T')
+        .chars()
+        .filter(|c| !matches!(c, '-' | ':'))
+        .collect();
+    stamp.push('Z');
+    stamp
 }
 
 /// Live counts: a bar on a terminal, plain lines otherwise.

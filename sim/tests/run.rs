@@ -65,6 +65,8 @@ fn a_clean_run_writes_its_folder_and_passes() {
         "calls.csv",
         "junit.xml",
         "summary.md",
+        "report.html",
+        "charts/setup-cdf.svg",
     ] {
         assert!(dir.join(f).metadata().unwrap().len() > 0, "{f}");
     }
