@@ -491,6 +491,13 @@ fn verdict_section(page: &mut Page, file: &SummaryFile) {
              record file was cut short): the figures cover the calls that ended.</p>\n",
         );
     }
+    if let Some(p99) = file.summary.generator_lateness_us() {
+        let _ = writeln!(
+            out,
+            "<p class=\"note warning\">{}</p>",
+            esc(&crate::summary::generator_lateness_warning(p99))
+        );
+    }
     let _ = writeln!(
         out,
         "<p class=\"method\">Error rate = (failed + dropped) ÷ calls, with its {conf} Wilson \
@@ -1192,6 +1199,7 @@ h3 { font-size: 16px; margin: 22px 0 8px; }
 .verdict .headline { margin: 4px 0 2px; font-size: 19px; font-weight: 600; }
 .verdict p { margin: 6px 0; }
 .verdict .method, .verdict .note { font-size: 13px; color: var(--muted); }
+.verdict .note.warning { color: #8a4b00; font-weight: 600; }
 .gauge { display: block; width: 100%; max-width: 640px; height: auto; margin: 8px 0 2px; }
 .gauge .tick { font-size: 12px; fill: #555; } .gauge .thr { fill: #b54d00; font-weight: 600; }
 .tiles { display: grid; grid-template-columns: repeat(4, 1fr); gap: 10px; margin: 0 0 8px; }

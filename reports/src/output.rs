@@ -406,6 +406,13 @@ pub fn summary_md(file: &SummaryFile) -> String {
             q(&d.send_pacing_error, 0.99, 1000.0)
         );
     }
+    if let Some(p99) = s.generator_lateness_us() {
+        let _ = writeln!(
+            out,
+            "\n> **Warning:** {}",
+            crate::summary::generator_lateness_warning(p99)
+        );
+    }
     out
 }
 

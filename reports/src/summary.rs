@@ -306,11 +306,65 @@ impl RunSummary {
     pub fn error_rate(&self, confidence: f64) -> ErrorRate {
         self.outcomes.error_rate(confidence)
     }
+
+    /// The senders' pacing error at p99 in µs when it exceeds [`PACING_LIMIT_US`] in either
+    /// direction: the load generator was too busy to send on time, and the jitter and delay
+    /// figures carry up to that much of its own lateness. `None` when it kept time.
+    pub fn generator_lateness_us(&self) -> Option<u64> {
+        [&self.agent_to_anchor, &self.anchor_to_agent]
+            .iter()
+            .filter_map(|d| d.send_pacing_error.quantile(0.99))
+            .max()
+            .filter(|&p99| p99 > PACING_LIMIT_US)
+    }
+}
+
+/// The pacing error (p99, µs) above which a run's jitter figures are flagged as partly the
+/// load generator's own: twice the generator's own 1 ms target, where its lateness starts to
+/// move the jitter figures a person reads (reported to 0.1 ms) by whole milliseconds.
+pub const PACING_LIMIT_US: u64 = 2_000;
+
+/// What to tell a person when the generator was late by `p99_us` at p99.
+pub fn generator_lateness_warning(p99_us: u64) -> String {
+    format!(
+        "The load generator itself was late: its send pacing error reached {:.1} ms at p99 \
+         (limit {:.0} ms), so the jitter and delay figures include up to that much of its own \
+         lateness. Place fewer calls at once, or split the load over machines (loadgen --shard).",
+        p99_us as f64 / 1000.0,
+        PACING_LIMIT_US as f64 / 1000.0
+    )
 }
 
 fn min_opt(a: Option<u64>, b: Option<u64>) -> Option<u64> {
     match (a, b) {
         (Some(a), Some(b)) => Some(a.min(b)),
         (a, b) => a.or(b),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_late_generator_is_flagged_in_either_direction() {
+        let mut s = RunSummary::new();
+        assert_eq!(s.generator_lateness_us(), None, "no media, nothing to flag");
+        for _ in 0..1000 {
+            s.agent_to_anchor.send_pacing_error.record(200);
+            s.anchor_to_agent.send_pacing_error.record(200);
+        }
+        assert_eq!(s.generator_lateness_us(), None, "0.2 ms keeps time");
+        for _ in 0..5 {
+            s.agent_to_anchor.send_pacing_error.record(1_500);
+        }
+        assert_eq!(s.generator_lateness_us(), None, "1.5 ms at p99 is tolerated");
+        // 2 % of one direction's frames 5 ms late: its p99 is 5 ms.
+        for _ in 0..25 {
+            s.anchor_to_agent.send_pacing_error.record(5_000);
+        }
+        let p99 = s.generator_lateness_us().expect("flagged");
+        assert!((4_900..=5_100).contains(&p99), "{p99}");
+        assert!(generator_lateness_warning(p99).contains("5.0 ms at p99"));
     }
 }

@@ -180,6 +180,12 @@ fn main() -> ExitCode {
                     if let (reports::Verdict::Inconclusive, Some(n)) = (s.verdict, s.calls_needed) {
                         println!("about {n} calls in all would settle it at this error rate");
                     }
+                    if let Some(p99) = s.summary.generator_lateness_us() {
+                        println!(
+                            "warning: {}",
+                            reports::summary::generator_lateness_warning(p99)
+                        );
+                    }
                     println!("run folder: {}", outcome.dir.display());
                     ExitCode::from(sim::run::exit_code(s.verdict))
                 }
