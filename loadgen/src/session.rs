@@ -15,7 +15,7 @@ use reports::{
 };
 use rtc::peer_connection::sdp::RTCSessionDescription;
 use rtc::peer_connection::transport::RTCIceCandidateInit;
-use serde_json::Value;
+use serde_json::{Value, json};
 
 use crate::driver::DrivenPeer;
 use crate::peer::{LegError, Peer, PeerConfig, TurnCredentials, TurnTransport};
@@ -106,6 +106,7 @@ struct Call {
     peer: Option<DrivenPeer>,
     anchor_half: Option<MediaStats>,
     anchor_sent: Option<u64>,
+    anchor_wire_bytes: Option<u64>,
     anchor_pacing: Option<reports::Distribution>,
     connected: bool,
 }
@@ -125,6 +126,7 @@ impl Call {
             peer: None,
             anchor_half: None,
             anchor_sent: None,
+            anchor_wire_bytes: None,
             anchor_pacing: None,
             connected: false,
         }
@@ -339,16 +341,70 @@ impl Call {
         // Talking: 20 ms frames for the talk time; dead air drops the call.
         self.state = SessionState::Talking;
         let talk_start = crate::clock::next_slot(spec.epoch, Instant::now());
+        let kind = spec.identity.kind;
+        // A transferring agent leaves at two thirds; the customer and the third party go on.
+        let talk_end = talk_start
+            + if kind == reports::CallKind::Transfer {
+                spec.talk * 2 / 3
+            } else {
+                spec.talk
+            };
+        let mut steps = mid_call_steps(kind).iter().peekable();
         let mut frame = 0u32;
         let mut dropped = None;
         let hung_up = || spec.hangup.as_ref().is_some_and(|h| *h.borrow());
-        let (mut held, mut resumed) = (false, false);
-        let mut signalling_failure = None;
-        while talk_start.elapsed() < spec.talk && !hung_up() {
+        let mut signalling_failure: Option<Fail> = None;
+        // The signalling client is idle, or held by a mid-call request in flight: media keeps
+        // its pace while signalling answers.
+        type InFlight = std::pin::Pin<
+            Box<dyn Future<Output = (SignallingClient, Result<Value, SignallingError>)> + Send>,
+        >;
+        enum Signalling {
+            Idle(Box<SignallingClient>),
+            Busy(&'static MidCallStep, InFlight),
+        }
+        let mut signalling = Signalling::Idle(Box::new(client));
+        while Instant::now() < talk_end && !hung_up() {
             let due = talk_start + Duration::from_millis(20) * frame;
-            driven
-                .drive_until(talk_start + spec.talk, Some(due), |_| false)
-                .await;
+            signalling = match signalling {
+                Signalling::Idle(mut c) => {
+                    match steps.next_if(|st| talk_start.elapsed() >= spec.talk * st.thirds / 3) {
+                        Some(step) => {
+                            let mut params = json!({ "callId": answer.call_id });
+                            if step.method == "transfer" || step.method == "conference" {
+                                params["target"] = json!("third-party");
+                            }
+                            let timeout = spec.timeouts.ack;
+                            Signalling::Busy(
+                                step,
+                                Box::pin(async move {
+                                    let result = c.call(step.method, params, timeout).await;
+                                    (*c, result)
+                                }),
+                            )
+                        }
+                        None => Signalling::Idle(c),
+                    }
+                }
+                busy @ Signalling::Busy(..) => busy,
+            };
+            let drive = driven.drive_until(talk_end, Some(due), |_| false);
+            if let Signalling::Busy(step, request) = &mut signalling {
+                tokio::select! {
+                    _ = drive => {}
+                    (c, result) = request => {
+                        let step = *step;
+                        signalling = Signalling::Idle(Box::new(c));
+                        if let Err(e) = result {
+                            let class = step.class.unwrap_or_else(|| e.class());
+                            signalling_failure = Some((class, format!("{}: {e}", step.method)));
+                            break;
+                        }
+                    }
+                }
+            } else {
+                drive.await;
+            }
             let now = Instant::now();
             if now >= due {
                 driven.peer.send_frame_due(now, due);
@@ -371,31 +427,20 @@ impl Call {
                 dropped = Some(format!("{:?}", driven.peer.error));
                 break;
             }
-            // Hold at a third of the call, resume at two thirds; media keeps flowing (the
-            // customer hears hold music), the signalling must acknowledge both.
-            if spec.identity.kind == reports::CallKind::HoldResume {
-                let elapsed = talk_start.elapsed();
-                let method = match held {
-                    false if elapsed >= spec.talk / 3 => Some("hold"),
-                    true if elapsed >= spec.talk * 2 / 3 && !resumed => Some("resume"),
-                    _ => None,
-                };
-                if let Some(method) = method {
-                    if let Err(e) = client
-                        .call_ref(method, &answer.call_id, spec.timeouts.ack)
-                        .await
-                    {
-                        signalling_failure = Some((e.class(), format!("{method}: {e}")));
-                        break;
-                    }
-                    if method == "hold" {
-                        held = true;
-                    } else {
-                        resumed = true;
-                    }
-                }
-            }
         }
+        // A step still in flight when the talk time ends has its own timeout; the client it
+        // holds is needed for `bye`.
+        let mut client = match signalling {
+            Signalling::Idle(c) => *c,
+            Signalling::Busy(step, request) => {
+                let (c, result) = request.await;
+                if let Err(e) = result {
+                    let class = step.class.unwrap_or_else(|| e.class());
+                    signalling_failure.get_or_insert((class, format!("{}: {e}", step.method)));
+                }
+                c
+            }
+        };
 
         // CleanUp: `bye`, which our anchor answers with its measurement of the agent's stream.
         self.state = SessionState::CleanUp;
@@ -416,6 +461,7 @@ impl Call {
                     m
                 });
             self.anchor_sent = v.get("anchorSent").and_then(Value::as_u64);
+            self.anchor_wire_bytes = v.get("anchorWireBytes").and_then(Value::as_u64);
             self.anchor_pacing = v
                 .get("anchorPacing")
                 .and_then(|p| serde_json::from_value(p.clone()).ok());
@@ -473,7 +519,11 @@ impl Call {
             );
             let pacing = self.anchor_pacing.take();
             (self.connected).then(|| {
-                let mut m = meter.finish(sent_by_anchor, 0, spec.codec);
+                let mut m = meter.finish(
+                    sent_by_anchor,
+                    self.anchor_wire_bytes.unwrap_or(0),
+                    spec.codec,
+                );
                 if let Some(p) = pacing {
                     m.send_pacing_error = p;
                 }
@@ -497,6 +547,48 @@ impl Call {
 
 fn micros(d: Duration) -> u64 {
     u64::try_from(d.as_micros()).unwrap_or(u64::MAX)
+}
+
+/// A signalling request a call kind makes while talking: sent at `thirds`/3 of the talk time;
+/// refused or unanswered, it fails the call with `class` (or the signalling error's own class).
+#[derive(Debug)]
+struct MidCallStep {
+    thirds: u32,
+    method: &'static str,
+    class: Option<FailureClass>,
+}
+
+/// The mid-call steps of each kind. Hold at a third and resume at two thirds (media keeps
+/// flowing: the customer hears hold music); a transfer or a conference brings in a third party
+/// at a third — the anchor bridges or mixes it into the same media session, so the agent's leg
+/// must carry on unbroken.
+fn mid_call_steps(kind: reports::CallKind) -> &'static [MidCallStep] {
+    use reports::CallKind;
+    match kind {
+        CallKind::HoldResume => &[
+            MidCallStep {
+                thirds: 1,
+                method: "hold",
+                class: None,
+            },
+            MidCallStep {
+                thirds: 2,
+                method: "resume",
+                class: None,
+            },
+        ],
+        CallKind::Transfer => &[MidCallStep {
+            thirds: 1,
+            method: "transfer",
+            class: Some(FailureClass::TransferFailure),
+        }],
+        CallKind::Conference => &[MidCallStep {
+            thirds: 1,
+            method: "conference",
+            class: Some(FailureClass::ConferenceFailure),
+        }],
+        _ => &[],
+    }
 }
 
 fn leg_failure(e: &LegError) -> Fail {

@@ -32,6 +32,9 @@ pub enum AnchorBehaviour {
     Refuse(i64),
     /// Answers, then stops sending media after this long (media stops mid-call).
     GoSilentAfter(Duration),
+    /// Answers, then refuses every mid-call request (hold, resume, transfer, conference) with
+    /// this JSON-RPC error code (a contact-control service in trouble).
+    RefuseMidCall(i64),
 }
 
 /// The anchor's configuration.
@@ -58,9 +61,9 @@ pub struct AnchorStats {
     pub failed: AtomicU64,
 }
 
-/// What a leg hands back when its call ends: its measurement of the agent's stream and the
-/// frames it sent.
-type Ended = (MediaStats, u64, reports::Distribution);
+/// What a leg hands back when its call ends: its measurement of the agent's stream, the frames
+/// and wire bytes it sent, and its pacing error.
+type Ended = (MediaStats, u64, u64, reports::Distribution);
 
 struct LiveCall {
     stop: oneshot::Sender<oneshot::Sender<Ended>>,
@@ -109,8 +112,32 @@ pub async fn serve(
                     run_leg(config, invite, call_id, ssrc, req.reply, stop_rx, stats).await;
                 });
             }
-            "accept" | "hold" | "resume" | "connectContact" | "disconnectContact" => {
+            "accept" | "connectContact" | "disconnectContact" => {
                 let _ = req.reply.send(Ok(Value::Null));
+            }
+            // Mid-call contact control. The third party of a transfer or a conference is
+            // bridged or mixed into the agent's media session at the anchor, so the agent's
+            // leg carries on as it is; the reply says what the contact became.
+            "hold" | "resume" | "transfer" | "conference" => {
+                let known = req
+                    .params
+                    .get("callId")
+                    .and_then(Value::as_str)
+                    .is_some_and(|id| calls.contains_key(id));
+                let reply = match config.behaviour {
+                    AnchorBehaviour::RefuseMidCall(code) => Err(RpcError::new(
+                        code,
+                        format!("{} refused by the anchor", req.method),
+                    )),
+                    _ if !known => Err(RpcError::new(404, "call not found")),
+                    _ => Ok(json!({ "state": match req.method.as_str() {
+                        "hold" => "held",
+                        "resume" => "connected",
+                        "transfer" => "transferred",
+                        _ => "conferenced",
+                    }})),
+                };
+                let _ = req.reply.send(reply);
             }
             "bye" => {
                 let Ok(CallRef { call_id }) = serde_json::from_value(req.params) else {
@@ -129,9 +156,12 @@ pub async fn serve(
                 let reply = req.reply;
                 tokio::spawn(async move {
                     let result = match tokio::time::timeout(Duration::from_secs(1), rx).await {
-                        Ok(Ok((m, sent, pacing))) => {
-                            json!({ "agentToAnchor": m, "anchorSent": sent, "anchorPacing": pacing })
-                        }
+                        Ok(Ok((m, sent, wire_bytes, pacing))) => json!({
+                            "agentToAnchor": m,
+                            "anchorSent": sent,
+                            "anchorWireBytes": wire_bytes,
+                            "anchorPacing": pacing,
+                        }),
                         _ => Value::Null,
                     };
                     let _ = reply.send(Ok(result));
@@ -244,6 +274,7 @@ async fn run_leg(
         let _ = tx.send((
             meter.finish(received, 0, config.codec),
             sent,
+            driven.peer.wire_bytes_sent,
             driven.peer.pacing.clone(),
         ));
     }

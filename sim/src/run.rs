@@ -79,9 +79,11 @@ fn io_err(what: impl Into<String>) -> impl FnOnce(io::Error) -> RunError {
 }
 
 /// Call kinds this version places; the others are refused before the run starts.
-const SUPPORTED_KINDS: [CallKind; 4] = [
+const SUPPORTED_KINDS: [CallKind; 6] = [
     CallKind::Inbound,
     CallKind::Outbound,
+    CallKind::Transfer,
+    CallKind::Conference,
     CallKind::Missed,
     CallKind::HoldResume,
 ];
@@ -97,7 +99,7 @@ pub fn run(scenario: &Scenario, options: &RunOptions) -> Result<RunOutcome, RunE
         .collect();
     if !unsupported.is_empty() {
         return Err(RunError::Unsupported(format!(
-            "call kinds {} are not implemented yet; this version places inbound, outbound, missed and hold_resume calls (set agents.mix accordingly)",
+            "call kinds {} are not implemented yet; this version places inbound, outbound, transfer, conference, missed and hold_resume calls (set agents.mix accordingly)",
             unsupported.join(", ")
         )));
     }

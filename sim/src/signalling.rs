@@ -20,7 +20,7 @@ use tokio_tungstenite::tungstenite::Message;
 use crate::service::{Service, tls_acceptor};
 
 /// The methods the endpoint knows.
-pub const METHODS: [&str; 7] = [
+pub const METHODS: [&str; 9] = [
     "invite",
     "accept",
     "bye",
@@ -28,6 +28,8 @@ pub const METHODS: [&str; 7] = [
     "disconnectContact",
     "hold",
     "resume",
+    "transfer",
+    "conference",
 ];
 
 /// A well-formed request for the application, with the slot for its answer. Dropping `reply`

@@ -13,7 +13,7 @@ use reports::emodel::Codec;
 use reports::{CallIdentity, CallKind, FailureClass, Outcome, Shard};
 use sim::anchor::AnchorBehaviour;
 use sim::netem::{Path, SegmentModel};
-use sim::relay::{UdpRelay, UdpRelayConfig};
+use sim::relay::{TcpRelay, TcpRelayConfig, UdpRelay, UdpRelayConfig};
 use sim::run::VendorSide;
 use sim::scenario::{Policy, PortRule, Transport};
 
@@ -276,4 +276,60 @@ fn hold_and_resume_keep_the_call_up() {
     // Media flowed through the hold (hold music): no gap longer than the dead-air limit.
     let down = r.anchor_to_agent.unwrap();
     assert!(down.packets_received >= 140, "{}", down.packets_received);
+}
+
+#[test]
+fn transfer_and_conference_keep_the_agents_media_unbroken() {
+    // Signalling 100 ms away each way: a session that waited for the mid-call answer before
+    // sending its next frame would send one 200 ms late; frames must keep their pace instead.
+    let s = stack(AnchorBehaviour::Answer, Some(Policy::default()));
+    let slow = TcpRelay::start(TcpRelayConfig {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        upstream: s.endpoint.addr,
+        path: Path::symmetric(vec![SegmentModel::new().delay(Duration::from_millis(100))]),
+        seed: 1,
+        policy: Policy::default(),
+        reset_after: None,
+        server_port: None,
+    })
+    .unwrap();
+    for kind in [CallKind::Transfer, CallKind::Conference] {
+        let mut sp = spec(&s, Duration::from_secs(3));
+        sp.identity.kind = kind;
+        if let Ok(e) = &mut sp.signalling {
+            e.addr = slow.local_addr();
+        }
+        sp.timeouts.ack = Duration::from_secs(2);
+        let r = run(sp);
+        assert_eq!(r.outcome, Outcome::Completed, "{kind:?}: {:?}", r.failure);
+        let up = r.agent_to_anchor.unwrap();
+        // A transferring agent leaves at two thirds of the 3 s: 100 frames; a conference runs
+        // the whole call: 150.
+        let frames = if kind == CallKind::Transfer { 100 } else { 150 };
+        assert!(
+            up.packets_sent.abs_diff(frames) <= 1,
+            "{kind:?}: {} frames",
+            up.packets_sent
+        );
+        assert_eq!(up.packets_lost, 0, "{kind:?}");
+        // No frame waited for the 200 ms round trip (half of it leaves room for a busy machine).
+        let late = up.send_pacing_error.quantile(1.0).unwrap();
+        assert!(late < 100_000, "{kind:?}: a frame was {late} µs late");
+    }
+}
+
+#[test]
+fn a_refused_transfer_or_conference_fails_with_its_class() {
+    let s = stack(AnchorBehaviour::RefuseMidCall(500), Some(Policy::default()));
+    for (kind, class) in [
+        (CallKind::Transfer, FailureClass::TransferFailure),
+        (CallKind::Conference, FailureClass::ConferenceFailure),
+    ] {
+        let mut sp = spec(&s, Duration::from_secs(2));
+        sp.identity.kind = kind;
+        let r = run(sp);
+        assert_eq!(r.failure.as_ref().map(|f| f.class), Some(class), "{kind:?}");
+        // Connected before the refusal: the call was dropped, not failed at setup.
+        assert_eq!(r.outcome, Outcome::Dropped, "{kind:?}");
+    }
 }
