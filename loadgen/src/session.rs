@@ -107,6 +107,8 @@ struct Call {
     anchor_half: Option<MediaStats>,
     anchor_sent: Option<u64>,
     anchor_wire_bytes: Option<u64>,
+    /// The leg was abandoned (a panic logout): it is never closed.
+    abandoned: bool,
     anchor_pacing: Option<reports::Distribution>,
     connected: bool,
 }
@@ -127,6 +129,7 @@ impl Call {
             anchor_half: None,
             anchor_sent: None,
             anchor_wire_bytes: None,
+            abandoned: false,
             anchor_pacing: None,
             connected: false,
         }
@@ -342,12 +345,13 @@ impl Call {
         self.state = SessionState::Talking;
         let talk_start = crate::clock::next_slot(spec.epoch, Instant::now());
         let kind = spec.identity.kind;
-        // A transferring agent leaves at two thirds; the customer and the third party go on.
+        // A transferring agent leaves at two thirds, the customer and the third party going on;
+        // a panicking agent's page closes halfway.
         let talk_end = talk_start
-            + if kind == reports::CallKind::Transfer {
-                spec.talk * 2 / 3
-            } else {
-                spec.talk
+            + match kind {
+                reports::CallKind::Transfer => spec.talk * 2 / 3,
+                reports::CallKind::PanicLogout => spec.talk / 2,
+                _ => spec.talk,
             };
         let mut steps = mid_call_steps(kind).iter().peekable();
         let mut frame = 0u32;
@@ -445,26 +449,50 @@ impl Call {
         // CleanUp: `bye`, which our anchor answers with its measurement of the agent's stream.
         self.state = SessionState::CleanUp;
         self.milestones.hangup_us = self.at();
-        let bye = serde_json::to_value(crate::signalling::CallRef {
-            call_id: answer.call_id.clone(),
-        })
-        .unwrap_or_default();
-        if let Ok(v) = client.call("bye", bye, spec.timeouts.ack).await {
-            self.anchor_half = v
-                .get("agentToAnchor")
-                .and_then(|m| serde_json::from_value::<MediaStats>(m.clone()).ok())
-                .map(|mut m| {
-                    // The anchor measured what it received; what was sent is the agent's to say.
-                    m.packets_sent = driven.peer.frames_sent();
-                    m.wire_bytes_sent = driven.peer.wire_bytes_sent;
-                    m.send_pacing_error = driven.peer.pacing.clone();
-                    m
-                });
-            self.anchor_sent = v.get("anchorSent").and_then(Value::as_u64);
-            self.anchor_wire_bytes = v.get("anchorWireBytes").and_then(Value::as_u64);
-            self.anchor_pacing = v
-                .get("anchorPacing")
-                .and_then(|p| serde_json::from_value(p.clone()).ok());
+        let call_ref = json!({ "callId": answer.call_id });
+        if kind == reports::CallKind::PanicLogout
+            && signalling_failure.is_none()
+            && dropped.is_none()
+        {
+            // The page closes: no `bye`, no close frame, the peer connection just stops. The
+            // agent logs in again on a new connection: the contact must still be up, and media
+            // does not come back — the agent ends the contact from the new page.
+            drop(client);
+            self.abandoned = true;
+            let relogin = async {
+                let endpoint = spec
+                    .signalling
+                    .as_ref()
+                    .map_err(|e| (FailureClass::SignallingConnectionFailure, e.clone()))?;
+                let mut client =
+                    SignallingClient::connect(endpoint, spec.timeouts.websocket_connect, 3)
+                        .await
+                        .map_err(|e| (e.class(), format!("logging in again: {e}")))?;
+                let ended = async {
+                    client
+                        .call("connectContact", call_ref.clone(), spec.timeouts.ack)
+                        .await
+                        .map_err(|e| {
+                            (e.class(), format!("connectContact after logging in: {e}"))
+                        })?;
+                    client
+                        .call("disconnectContact", call_ref.clone(), spec.timeouts.ack)
+                        .await
+                        .map_err(|e| (e.class(), format!("disconnectContact: {e}")))
+                }
+                .await;
+                client.close().await;
+                ended
+            };
+            let ended: Result<Value, Fail> = relogin.await;
+            if let Ok(v) = &ended {
+                self.take_anchor_half(v, &driven.peer);
+            }
+            self.peer = Some(driven);
+            return ended.map(|_| ());
+        }
+        if let Ok(v) = client.call("bye", call_ref, spec.timeouts.ack).await {
+            self.take_anchor_half(&v, &driven.peer);
         }
         client.close().await;
         self.peer = Some(driven);
@@ -475,6 +503,26 @@ impl Call {
             Some(detail) => Err((FailureClass::MediaTimeout, detail)),
             None => Ok(()),
         }
+    }
+
+    /// Keeps what our anchor says when the call ends (`bye` or `disconnectContact`): its
+    /// measurement of the agent's stream and what it sent.
+    fn take_anchor_half(&mut self, v: &Value, peer: &Peer) {
+        self.anchor_half = v
+            .get("agentToAnchor")
+            .and_then(|m| serde_json::from_value::<MediaStats>(m.clone()).ok())
+            .map(|mut m| {
+                // The anchor measured what it received; what was sent is the agent's to say.
+                m.packets_sent = peer.frames_sent();
+                m.wire_bytes_sent = peer.wire_bytes_sent;
+                m.send_pacing_error = peer.pacing.clone();
+                m
+            });
+        self.anchor_sent = v.get("anchorSent").and_then(Value::as_u64);
+        self.anchor_wire_bytes = v.get("anchorWireBytes").and_then(Value::as_u64);
+        self.anchor_pacing = v
+            .get("anchorPacing")
+            .and_then(|p| serde_json::from_value(p.clone()).ok());
     }
 
     fn record(mut self, spec: &CallSpec, result: Result<(), Fail>) -> CallRecord {
@@ -510,8 +558,11 @@ impl Call {
         } else {
             SessionState::Disconnected
         };
+        let abandoned = self.abandoned;
         let anchor_to_agent = self.peer.take().and_then(|mut d| {
-            d.peer.close(Instant::now());
+            if !abandoned {
+                d.peer.close(Instant::now());
+            }
             let sent_by_anchor = self.anchor_sent.unwrap_or_else(|| d.peer.meter.received());
             let meter = std::mem::replace(
                 &mut d.peer.meter,

@@ -112,8 +112,26 @@ pub async fn serve(
                     run_leg(config, invite, call_id, ssrc, req.reply, stop_rx, stats).await;
                 });
             }
-            "accept" | "connectContact" | "disconnectContact" => {
+            "accept" => {
                 let _ = req.reply.send(Ok(Value::Null));
+            }
+            // Without a call: the agent's persistent connection, nothing to do. With one (an
+            // agent back after its page closed): the contact is still up — media does not come
+            // back, and `disconnectContact` ends it as `bye` would.
+            "connectContact" | "disconnectContact" if req.params.get("callId").is_none() => {
+                let _ = req.reply.send(Ok(Value::Null));
+            }
+            "connectContact" => {
+                let known = req
+                    .params
+                    .get("callId")
+                    .and_then(Value::as_str)
+                    .is_some_and(|id| calls.contains_key(id));
+                let _ = req.reply.send(if known {
+                    Ok(json!({ "state": "connected" }))
+                } else {
+                    Err(RpcError::new(404, "call not found"))
+                });
             }
             // Mid-call contact control. The third party of a transfer or a conference is
             // bridged or mixed into the agent's media session at the anchor, so the agent's
@@ -139,11 +157,12 @@ pub async fn serve(
                 };
                 let _ = req.reply.send(reply);
             }
-            "bye" => {
+            "bye" | "disconnectContact" => {
                 let Ok(CallRef { call_id }) = serde_json::from_value(req.params) else {
-                    let _ = req
-                        .reply
-                        .send(Err(RpcError::new(-32602, "invalid bye parameters")));
+                    let _ = req.reply.send(Err(RpcError::new(
+                        -32602,
+                        format!("invalid {} parameters", req.method),
+                    )));
                     continue;
                 };
                 let Some(call) = calls.remove(&call_id) else {

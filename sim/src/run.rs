@@ -78,31 +78,8 @@ fn io_err(what: impl Into<String>) -> impl FnOnce(io::Error) -> RunError {
     move |source| RunError::Io { what, source }
 }
 
-/// Call kinds this version places; the others are refused before the run starts.
-const SUPPORTED_KINDS: [CallKind; 6] = [
-    CallKind::Inbound,
-    CallKind::Outbound,
-    CallKind::Transfer,
-    CallKind::Conference,
-    CallKind::Missed,
-    CallKind::HoldResume,
-];
-
 /// Runs `scenario` and writes its run folder.
 pub fn run(scenario: &Scenario, options: &RunOptions) -> Result<RunOutcome, RunError> {
-    let unsupported: Vec<&str> = scenario
-        .agents
-        .mix
-        .iter()
-        .filter(|(k, share)| **share > 0.0 && !SUPPORTED_KINDS.contains(k))
-        .map(|(k, _)| k.as_str())
-        .collect();
-    if !unsupported.is_empty() {
-        return Err(RunError::Unsupported(format!(
-            "call kinds {} are not implemented yet; this version places inbound, outbound, transfer, conference, missed and hold_resume calls (set agents.mix accordingly)",
-            unsupported.join(", ")
-        )));
-    }
     let seed = options.seed.unwrap_or(scenario.seed);
     let calls = options.calls.unwrap_or(scenario.agents.calls);
     let talk = options

@@ -333,3 +333,24 @@ fn a_refused_transfer_or_conference_fails_with_its_class() {
         assert_eq!(r.outcome, Outcome::Dropped, "{kind:?}");
     }
 }
+
+#[test]
+fn after_a_panic_logout_the_contact_stays_up_until_the_agent_ends_it() {
+    let s = stack(AnchorBehaviour::Answer, Some(Policy::default()));
+    let mut sp = spec(&s, Duration::from_secs(2));
+    sp.identity.kind = CallKind::PanicLogout;
+    let r = run(sp);
+    // The page closed halfway, the agent logged in again, found the contact up and ended it.
+    assert_eq!(r.outcome, Outcome::Completed, "{:?}", r.failure);
+    let up = r
+        .agent_to_anchor
+        .expect("disconnectContact returned the anchor's measurement");
+    assert!(
+        up.packets_sent.abs_diff(50) <= 1,
+        "the page closed after 1 s: {} frames",
+        up.packets_sent
+    );
+    assert_eq!(up.packets_lost, 0);
+    let down = r.anchor_to_agent.unwrap();
+    assert!(down.packets_received >= 45, "{}", down.packets_received);
+}
