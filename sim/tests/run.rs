@@ -145,6 +145,44 @@ fn with_udp_3478_blocked_agents_fall_back_to_turn_over_tcp_and_tls() {
 }
 
 #[test]
+fn no_setup_waits_for_a_dtls_retransmission() {
+    // ICE → DTLS is two round trips on the office LAN (~50 ms); a lost first DTLS flight costs
+    // a retransmission timeout (~200 ms more). Twenty calls, none may show one.
+    let text = r#"
+[run]
+seed = 9
+threshold = "50%"
+
+[agents]
+calls = 20
+concurrency = 10
+ramp = "50/s"
+call_duration = "1s"
+
+[turn]
+urls = ["turn:turn.sim.local:3478?transport=udp"]
+
+[[site]]
+name = "hq"
+path = ["office-lan"]
+"#;
+    let dir = temp("dtls");
+    run_in(&dir, &Scenario::parse("test.toml", "test", text).unwrap());
+    let records = read_records(&dir.join("calls.jsonl")).unwrap().records;
+    assert_eq!(records.len(), 20);
+    for r in &records {
+        let m = &r.milestones;
+        let dtls = m.dtls_connected_us.unwrap() - m.ice_connected_us.unwrap();
+        assert!(
+            dtls < 150_000,
+            "{}: ICE → DTLS took {dtls} µs",
+            r.identity.call
+        );
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
 fn restricted_dns_and_stateless_firewall_fail_their_way() {
     let dir = temp("dns");
     run_in(&dir, &scenario("policy = { unresolvable = [\"turn.*\"] }"));

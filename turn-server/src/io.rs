@@ -419,13 +419,23 @@ async fn bind_all(settings: &Settings) -> std::io::Result<Listeners> {
         move |e: std::io::Error| std::io::Error::new(e.kind(), format!("{what} {addr}: {e}"))
     };
     for &addr in &settings.listen {
-        let udp = udp_socket(addr, Some(LISTENER_BUFFER)).map_err(context("UDP listen", addr))?;
-        let udp_addr = udp.get_ref().local_addr()?;
-        // TCP on the same port as UDP (port 0 takes UDP's choice).
-        let tcp_addr = SocketAddr::new(addr.ip(), udp_addr.port());
-        let tcp = TcpListener::bind(tcp_addr)
-            .await
-            .map_err(context("TCP listen", tcp_addr))?;
+        // TCP on the same port as UDP. Port 0 takes UDP's choice, which a TCP socket may
+        // already hold (outgoing connections draw from the same ephemeral range): then another
+        // choice, a few times.
+        let attempts = if addr.port() == 0 { 16 } else { 1 };
+        let mut attempt = 0;
+        let (udp, udp_addr, tcp) = loop {
+            attempt += 1;
+            let udp =
+                udp_socket(addr, Some(LISTENER_BUFFER)).map_err(context("UDP listen", addr))?;
+            let udp_addr = udp.get_ref().local_addr()?;
+            let tcp_addr = SocketAddr::new(addr.ip(), udp_addr.port());
+            match TcpListener::bind(tcp_addr).await {
+                Ok(tcp) => break (udp, udp_addr, tcp),
+                Err(e) if e.kind() == std::io::ErrorKind::AddrInUse && attempt < attempts => {}
+                Err(e) => return Err(context("TCP listen", tcp_addr)(e)),
+            }
+        };
         l.bound.udp.push(udp_addr);
         l.bound.tcp.push(tcp.local_addr()?);
         l.udp.push((udp_addr, Rc::new(udp)));
