@@ -358,7 +358,11 @@ mod tests {
         for _ in 0..5 {
             s.agent_to_anchor.send_pacing_error.record(1_500);
         }
-        assert_eq!(s.generator_lateness_us(), None, "1.5 ms at p99 is tolerated");
+        assert_eq!(
+            s.generator_lateness_us(),
+            None,
+            "1.5 ms at p99 is tolerated"
+        );
         // 2 % of one direction's frames 5 ms late: its p99 is 5 ms.
         for _ in 0..25 {
             s.anchor_to_agent.send_pacing_error.record(5_000);
