@@ -143,6 +143,28 @@ pub enum NonceCheck {
     Stale,
 }
 
+/// The start of every nonce this server mints (RFC 8489 §9.2): the nonce cookie `obMatJos2`
+/// and the security feature set with bit 0, "password algorithms", set (`gAAA`, 24 bits in
+/// base64). A client that understands it knows the 401 lists PASSWORD-ALGORITHMS, and an
+/// attacker who strips that attribute to force MD5 is caught (bid-down protection).
+pub const NONCE_PREFIX: &str = "obMatJos2gAAA";
+
+/// PASSWORD-ALGORITHMS as this server sends it in every challenge: SHA-256 first (the client
+/// takes the first it supports), then MD5; each a 16-bit number and an empty parameter list.
+pub const PASSWORD_ALGORITHMS: [u8; 8] = [0, 2, 0, 0, 0, 1, 0, 0];
+
+/// How a request chose its password algorithm (RFC 8489 §9.2.4): `Ok(algorithm)`, or `Err`
+/// for a request that must be answered 400 — one attribute without the other, a list that
+/// is not the one this server sent (a bid-down attempt), or an algorithm it did not offer.
+pub fn password_algorithm(chosen: Option<u16>, echoed: Option<&[u8]>) -> Result<u16, ()> {
+    match (chosen, echoed) {
+        // A client that does not know password algorithms: MD5, as RFC 5389.
+        (None, None) => Ok(1),
+        (Some(alg @ (1 | 2)), Some(list)) if list == PASSWORD_ALGORITHMS => Ok(alg),
+        _ => Err(()),
+    }
+}
+
 impl Nonces {
     /// Nonces keyed by `key` that live for `lifetime`.
     #[must_use]
@@ -154,7 +176,7 @@ impl Nonces {
     #[must_use]
     pub fn mint(&self, now: Duration, ip: IpAddr) -> String {
         let expiry = (now + self.lifetime).as_secs();
-        let mut s = format!("{expiry:016x}");
+        let mut s = format!("{NONCE_PREFIX}{expiry:016x}");
         for b in self.tag(expiry, ip) {
             s.push_str(&format!("{b:02x}"));
         }
@@ -164,6 +186,9 @@ impl Nonces {
     /// Checks a nonce presented by `ip` at `now`.
     #[must_use]
     pub fn check(&self, nonce: &str, now: Duration, ip: IpAddr) -> NonceCheck {
+        let Some(nonce) = nonce.strip_prefix(NONCE_PREFIX) else {
+            return NonceCheck::Stale;
+        };
         let Some((expiry, tag)) = nonce.split_at_checked(16) else {
             return NonceCheck::Stale;
         };

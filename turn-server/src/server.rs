@@ -720,7 +720,8 @@ impl Server {
         let realm = self.config.realm.clone();
         self.reply_error(to, method, txid, code, None, |b| {
             b.attribute(attr::REALM, realm.as_bytes())
-                .attribute(attr::NONCE, nonce.as_bytes());
+                .attribute(attr::NONCE, nonce.as_bytes())
+                .attribute(attr::PASSWORD_ALGORITHMS, &crate::auth::PASSWORD_ALGORITHMS);
         });
     }
 
@@ -849,10 +850,15 @@ impl Server {
                 return None;
             }
         };
-        let key = match repr.password_algorithm {
-            Some(2) => {
-                crate::auth::long_term_key_sha256(username, realm, &resolved.password.0).to_vec()
-            }
+        let Ok(algorithm) =
+            crate::auth::password_algorithm(repr.password_algorithm, repr.password_algorithms)
+        else {
+            self.drop_packet(DropReason::AuthFailed);
+            self.reply_error(ft, method, txid, 400, None, |_| {});
+            return None;
+        };
+        let key = match algorithm {
+            2 => crate::auth::long_term_key_sha256(username, realm, &resolved.password.0).to_vec(),
             _ => crate::auth::long_term_key(username, realm, &resolved.password.0).to_vec(),
         };
         if !repr.verify_integrity(packet.message(), &key) {

@@ -387,6 +387,8 @@ pub struct StunRepr<'a> {
     pub nonce: Option<&'a str>,
     /// PASSWORD-ALGORITHM number (1 = MD5, 2 = SHA-256).
     pub password_algorithm: Option<u16>,
+    /// PASSWORD-ALGORITHMS as the client echoed it (RFC 8489 §9.2.4 bid-down protection).
+    pub password_algorithms: Option<&'a [u8]>,
     /// The first integrity attribute.
     pub integrity: Option<Integrity<'a>>,
     /// FINGERPRINT was present (and correct: a wrong one fails parsing).
@@ -470,6 +472,7 @@ impl<'a> StunRepr<'a> {
                     }
                     repr.password_algorithm = Some(u16::from_be_bytes([a.value[0], a.value[1]]));
                 }
+                attr::PASSWORD_ALGORITHMS => repr.password_algorithms = Some(a.value),
                 attr::MESSAGE_INTEGRITY => {
                     if a.value.len() != 20 {
                         return Err(bad());

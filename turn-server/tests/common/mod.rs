@@ -6,7 +6,7 @@ use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use turn_server::auth::{Credentials, Secret, long_term_key};
+use turn_server::auth::{Credentials, Secret, long_term_key, long_term_key_sha256};
 use turn_server::policy::loopback;
 use turn_server::wire::{
     Class, IntegrityKind, MessageBuilder, Method, StunPacket, StunRepr, TransactionId, attr,
@@ -198,6 +198,9 @@ pub struct Client {
     pub password: String,
     pub nonce: Option<String>,
     pub integrity: IntegrityKind,
+    /// The PASSWORD-ALGORITHM to choose (RFC 8489 §9.2.4) and the PASSWORD-ALGORITHMS list to
+    /// echo with it; `None` for a client that knows no password algorithms (MD5).
+    pub password_algorithm: Option<(u16, Vec<u8>)>,
     next_txid: u8,
 }
 
@@ -209,6 +212,7 @@ impl Client {
             password: password.into(),
             nonce: None,
             integrity: IntegrityKind::Sha1,
+            password_algorithm: None,
             next_txid: 0,
         }
     }
@@ -234,7 +238,18 @@ impl Client {
             b.attribute(attr::USERNAME, self.username.as_bytes())
                 .attribute(attr::REALM, REALM.as_bytes())
                 .attribute(attr::NONCE, nonce.as_bytes());
-            let key = long_term_key(&self.username, REALM, &self.password);
+            let key = match &self.password_algorithm {
+                Some((algorithm, list)) => {
+                    b.attribute(attr::PASSWORD_ALGORITHM, &[0, *algorithm as u8, 0, 0])
+                        .attribute(attr::PASSWORD_ALGORITHMS, list);
+                    if *algorithm == 2 {
+                        long_term_key_sha256(&self.username, REALM, &self.password).to_vec()
+                    } else {
+                        long_term_key(&self.username, REALM, &self.password).to_vec()
+                    }
+                }
+                None => long_term_key(&self.username, REALM, &self.password).to_vec(),
+            };
             b.integrity(self.integrity, &key);
         }
         b.finish_with_fingerprint()
