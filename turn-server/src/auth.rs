@@ -153,15 +153,16 @@ pub const NONCE_PREFIX: &str = "obMatJos2gAAA";
 /// takes the first it supports), then MD5; each a 16-bit number and an empty parameter list.
 pub const PASSWORD_ALGORITHMS: [u8; 8] = [0, 2, 0, 0, 0, 1, 0, 0];
 
-/// How a request chose its password algorithm (RFC 8489 §9.2.4): `Ok(algorithm)`, or `Err`
-/// for a request that must be answered 400 — one attribute without the other, a list that
-/// is not the one this server sent (a bid-down attempt), or an algorithm it did not offer.
-pub fn password_algorithm(chosen: Option<u16>, echoed: Option<&[u8]>) -> Result<u16, ()> {
+/// How a request chose its password algorithm (RFC 8489 §9.2.4): the algorithm, or `None` for
+/// a request that must be answered 400 — one attribute without the other, a list that is not
+/// the one this server sent (a bid-down attempt), or an algorithm it did not offer.
+#[must_use]
+pub fn password_algorithm(chosen: Option<u16>, echoed: Option<&[u8]>) -> Option<u16> {
     match (chosen, echoed) {
         // A client that does not know password algorithms: MD5, as RFC 5389.
-        (None, None) => Ok(1),
-        (Some(alg @ (1 | 2)), Some(list)) if list == PASSWORD_ALGORITHMS => Ok(alg),
-        _ => Err(()),
+        (None, None) => Some(1),
+        (Some(alg @ (1 | 2)), Some(list)) if list == PASSWORD_ALGORITHMS => Some(alg),
+        _ => None,
     }
 }
 

@@ -850,7 +850,7 @@ impl Server {
                 return None;
             }
         };
-        let Ok(algorithm) =
+        let Some(algorithm) =
             crate::auth::password_algorithm(repr.password_algorithm, repr.password_algorithms)
         else {
             self.drop_packet(DropReason::AuthFailed);
