@@ -159,6 +159,8 @@ struct Allocation {
     permitted: HashSet<SocketAddr>,
     /// Why the allocation failed.
     error: Option<LegError>,
+    /// Datagrams the peer connection sent through this relay.
+    sent: u64,
 }
 
 impl Allocation {
@@ -213,6 +215,7 @@ impl Allocation {
             relay: None,
             permitted: HashSet::new(),
             error: None,
+            sent: 0,
         })
     }
 
@@ -496,6 +499,20 @@ impl Peer {
     /// leg's, at once.
     pub fn local_candidates(&self) -> &[RTCIceCandidateInit] {
         &self.local_candidates
+    }
+
+    /// How the leg reached the relay that carried its traffic (the allocation ICE chose, seen
+    /// as the one most datagrams went through); `None` for a host leg or before any was sent.
+    pub fn relay_transport(&self) -> Option<reports::RelayTransport> {
+        self.allocations
+            .iter()
+            .filter(|a| a.sent > 0)
+            .max_by_key(|a| a.sent)
+            .map(|a| match a.transport {
+                TurnTransport::Udp => reports::RelayTransport::Udp,
+                TurnTransport::Tcp => reports::RelayTransport::Tcp,
+                TurnTransport::Tls { .. } => reports::RelayTransport::Tls,
+            })
     }
 
     /// Whether candidate gathering is over: every allocation succeeded or failed.
@@ -831,6 +848,7 @@ impl Peer {
                 continue;
             }
             self.wire_bytes_sent += data.len() as u64 + a.wire_overhead(data.len());
+            a.sent += 1;
             self.rtcp_sent += u64::from(rtcp);
             if let Ok(mut r) = a.client.relay(relay) {
                 let _ = r.send_to(now, &data, peer);

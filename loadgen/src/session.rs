@@ -559,6 +559,11 @@ impl Call {
             SessionState::Disconnected
         };
         let abandoned = self.abandoned;
+        let relay_transport = self
+            .peer
+            .as_ref()
+            .filter(|_| self.connected)
+            .and_then(|d| d.peer.relay_transport());
         let anchor_to_agent = self.peer.take().and_then(|mut d| {
             if !abandoned {
                 d.peer.close(Instant::now());
@@ -590,6 +595,7 @@ impl Call {
             outcome,
             failure,
             ice: IceCounters::default(),
+            relay_transport,
             agent_to_anchor: self.anchor_half,
             anchor_to_agent,
         }

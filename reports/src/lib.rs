@@ -36,7 +36,7 @@ pub mod verdict;
 pub use distribution::{Distribution, Unit};
 pub use record::{
     CallIdentity, CallKind, CallRecord, Failure, FailureClass, MediaStats, Milestones, Outcome,
-    SCHEMA_VERSION, SessionState, SetupPhase, Shard,
+    RelayTransport, SCHEMA_VERSION, SessionState, SetupPhase, Shard,
 };
 pub use summary::{DirectionSummary, OutcomeCounts, RunSummary};
 pub use verdict::{ErrorRate, ProportionTest, Verdict};

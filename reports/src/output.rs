@@ -13,7 +13,7 @@ use crate::verdict::{ErrorRate, Verdict};
 /// Version of the `summary.json` layout.
 pub const SUMMARY_FILE_VERSION: u32 = 1;
 /// Version of the `calls.csv` columns.
-pub const CSV_VERSION: u32 = 1;
+pub const CSV_VERSION: u32 = 2;
 
 /// `summary.json`: the verdict and the figures behind it, with the mergeable summary.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -78,6 +78,7 @@ const CSV_COLUMNS: &[&str] = &[
     "setup_ice_connected_ms",
     "setup_dtls_ms",
     "first_rtp_ms",
+    "relay_transport",
     "up_sent",
     "up_lost",
     "up_loss_pct",
@@ -123,6 +124,10 @@ pub fn calls_csv(records: &[CallRecord]) -> String {
                     .map_or(String::new(), |us| format!("{:.1}", us as f64 / 1000.0)),
             );
         }
+        row.push(
+            r.relay_transport
+                .map_or(String::new(), |t| t.as_str().to_owned()),
+        );
         for m in [&r.agent_to_anchor, &r.anchor_to_agent] {
             match m {
                 Some(m) => {

@@ -10,8 +10,12 @@ use serde::{Deserialize, Serialize};
 use crate::distribution::Distribution;
 
 /// The version of the [`CallRecord`] JSON layout. Bumped on any change a reader would notice;
-/// readers refuse versions they do not know rather than guess.
-pub const SCHEMA_VERSION: u32 = 1;
+/// readers refuse versions they do not know rather than guess. Version 2 added
+/// [`CallRecord::relay_transport`]; version 1 records still read (without it).
+pub const SCHEMA_VERSION: u32 = 2;
+
+/// The oldest record version this build reads.
+pub const OLDEST_SCHEMA_VERSION: u32 = 1;
 
 /// One call, as the agent and the anchor saw it: one line of `calls.jsonl`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -35,6 +39,10 @@ pub struct CallRecord {
     pub failure: Option<Failure>,
     /// ICE connection losses and restarts during the call.
     pub ice: IceCounters,
+    /// How the agent reached the TURN relay that carried its media (`udp`, `tcp` or `tls`);
+    /// `None` when no media flowed, or in a version 1 record.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub relay_transport: Option<RelayTransport>,
     /// Media received by the anchor, sent by the agent.
     pub agent_to_anchor: Option<MediaStats>,
     /// Media received by the agent, sent by the anchor.
@@ -424,6 +432,29 @@ impl Milestones {
     }
 }
 
+/// How an agent reached its TURN server: the `turn:`/`turns:` URL's transport.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RelayTransport {
+    /// `turn:…?transport=udp`.
+    Udp,
+    /// `turn:…?transport=tcp`.
+    Tcp,
+    /// `turns:…` (TLS over TCP).
+    Tls,
+}
+
+impl RelayTransport {
+    /// `udp`, `tcp` or `tls`.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Self::Udp => "udp",
+            Self::Tcp => "tcp",
+            Self::Tls => "tls",
+        }
+    }
+}
+
 /// ICE connection health during the call (the CCP's session report fields).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -578,7 +609,7 @@ pub enum RecordsError {
     },
     /// A record was written by a version of this tool whose format we do not know.
     #[error(
-        "{path}:{line}: schema_version {found} is not supported (this build reads version {SCHEMA_VERSION}); \
+        "{path}:{line}: schema_version {found} is not supported (this build reads versions {OLDEST_SCHEMA_VERSION} to {SCHEMA_VERSION}); \
          use the version of the tool that wrote the file"
     )]
     UnsupportedSchema {
@@ -664,7 +695,10 @@ fn parse_line(bytes: &[u8], line: usize) -> Result<CallRecord, LineError> {
     // than as whichever field it added.
     let version: Version = serde_json::from_slice(bytes).map_err(damaged)?;
     match version.schema_version {
-        Some(serde_json::Value::Number(n)) if n.as_u64() == Some(u64::from(SCHEMA_VERSION)) => {}
+        Some(serde_json::Value::Number(n))
+            if n.as_u64().is_some_and(|v| {
+                (u64::from(OLDEST_SCHEMA_VERSION)..=u64::from(SCHEMA_VERSION)).contains(&v)
+            }) => {}
         Some(serde_json::Value::Number(n)) => {
             return Err(LineError::Schema(n.as_u64().unwrap_or(u64::MAX)));
         }

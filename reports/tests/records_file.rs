@@ -60,9 +60,10 @@ fn corruption_before_the_last_line_is_an_error_naming_it() {
 #[test]
 fn unknown_schema_version_is_a_clear_error() {
     let mut bytes = jsonl(1);
-    let line = String::from_utf8(jsonl(1))
-        .unwrap()
-        .replace("\"schema_version\":1", "\"schema_version\":7");
+    let line = String::from_utf8(jsonl(1)).unwrap().replace(
+        &format!("\"schema_version\":{}", reports::SCHEMA_VERSION),
+        "\"schema_version\":7",
+    );
     bytes.extend_from_slice(line.as_bytes());
     let err = parse_records(bytes.as_slice(), Path::new("calls.jsonl")).unwrap_err();
     let msg = err.to_string();
@@ -116,4 +117,19 @@ fn blank_lines_and_missing_files() {
         err.to_string().starts_with("/nonexistent/calls.jsonl: "),
         "{err}"
     );
+}
+
+#[test]
+fn version_1_records_still_read_without_a_relay_transport() {
+    let line = String::from_utf8(jsonl(1))
+        .unwrap()
+        .replace(
+            &format!("\"schema_version\":{}", reports::SCHEMA_VERSION),
+            "\"schema_version\":1",
+        )
+        .replace(",\"relay_transport\":\"udp\"", "");
+    assert!(line.contains("\"schema_version\":1") && !line.contains("relay_transport"));
+    let file = parse_records(line.as_bytes(), Path::new("calls.jsonl")).unwrap();
+    assert_eq!(file.records.len(), 1);
+    assert_eq!(file.records[0].relay_transport, None);
 }

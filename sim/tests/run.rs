@@ -3,7 +3,7 @@
 #![allow(clippy::disallowed_methods)] // real sockets, real clock
 
 use reports::record::read_records;
-use reports::{FailureClass, Outcome, Verdict};
+use reports::{FailureClass, Outcome, RelayTransport, Verdict};
 use sim::run::{RunOptions, run};
 use sim::scenario::Scenario;
 
@@ -76,6 +76,12 @@ fn a_clean_run_writes_its_folder_and_passes() {
         records
             .records
             .iter()
+            .all(|r| r.relay_transport == Some(RelayTransport::Udp))
+    );
+    assert!(
+        records
+            .records
+            .iter()
             .all(|r| r.outcome == Outcome::Completed),
         "{:?}",
         records
@@ -120,11 +126,13 @@ fn with_udp_3478_blocked_agents_fall_back_to_turn_over_tcp_and_tls() {
     // answer, and the call goes on with them once ICE collection times out.
     let urls = r#"["turn:turn.sim.local:3478?transport=udp", "turn:turn.sim.local:3478?transport=tcp", "turns:turn.sim.local:443"]"#;
     let blocked = "policy = { block = [\"udp/3478\"] }";
-    for (name, urls) in [
-        ("tcp-tls", urls.to_owned()),
+    // With TCP and TLS both open, ICE prefers the relay reached over TCP.
+    for (name, urls, carried) in [
+        ("tcp-tls", urls.to_owned(), RelayTransport::Tcp),
         (
             "tls",
             r#"["turn:turn.sim.local:3478?transport=udp", "turns:turn.sim.local:443"]"#.to_owned(),
+            RelayTransport::Tls,
         ),
     ] {
         let dir = temp(name);
@@ -133,6 +141,7 @@ fn with_udp_3478_blocked_agents_fall_back_to_turn_over_tcp_and_tls() {
         assert_eq!(records.len(), 3);
         for r in &records {
             assert_eq!(r.outcome, Outcome::Completed, "{name}: {:?}", r.failure);
+            assert_eq!(r.relay_transport, Some(carried), "{name}");
             // The UDP allocation never answers: collection lasts the whole 1.5 s timeout.
             let collected = r.milestones.ice_collected_us.unwrap();
             let started = r.milestones.local_description_us.unwrap();
