@@ -665,13 +665,27 @@ fn key_figures(page: &mut Page, file: &SummaryFile, records: &[CallRecord]) {
         ),
     ];
     let sites: BTreeSet<&str> = records.iter().map(|r| r.identity.site.as_str()).collect();
+    // How the agents reached the relay: a fallback to TCP or TLS is worth seeing at once.
+    let mut relays: BTreeMap<&str, u64> = BTreeMap::new();
+    for t in records.iter().filter_map(|r| r.relay_transport) {
+        *relays.entry(t.as_str()).or_default() += 1;
+    }
+    let relays: Vec<String> = relays
+        .iter()
+        .map(|(t, n)| format!("{n} over {t}"))
+        .collect();
     tiles.push((
         "sites".into(),
         sites.len().to_string(),
         format!(
-            "{} call kind{}",
+            "{} call kind{}{}",
             s.by_kind.len(),
-            if s.by_kind.len() == 1 { "" } else { "s" }
+            if s.by_kind.len() == 1 { "" } else { "s" },
+            if relays.is_empty() {
+                String::new()
+            } else {
+                format!(" · TURN {}", relays.join(", "))
+            }
         ),
     ));
     let out = &mut page.out;
