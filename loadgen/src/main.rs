@@ -34,6 +34,11 @@ struct Cli {
     /// Connect to this address instead of resolving the URL's host.
     #[arg(long)]
     signalling_addr: Option<SocketAddr>,
+    /// Resolve HOST to IP instead of asking DNS, for TURN URLs (repeatable; as curl's
+    /// --resolve), e.g. --resolve turn.example.com=127.0.0.1. The URL's host still names the
+    /// server for TLS.
+    #[arg(long, value_name = "HOST=IP")]
+    resolve: Vec<String>,
     /// PEM file of the roots that sign the signalling endpoint's certificate (and a turns:
     /// server's).
     #[arg(long)]
@@ -122,6 +127,16 @@ fn run(cli: &Cli) -> Result<u64> {
             .next()
             .ok_or_else(|| anyhow!("{host} does not resolve"))?,
     };
+    let mut overrides = std::collections::HashMap::new();
+    for r in &cli.resolve {
+        let (host, ip) = r
+            .split_once('=')
+            .and_then(|(h, ip)| Some((h, ip.parse::<std::net::IpAddr>().ok()?)))
+            .ok_or_else(|| {
+                anyhow!("--resolve {r}: expected HOST=IP, e.g. turn.example.com=127.0.0.1")
+            })?;
+        overrides.insert(host.to_owned(), ip);
+    }
     let mut turn = Vec::new();
     for given in &cli.turn {
         let url = TurnUrl::parse(given).map_err(|e| anyhow!("--turn: {e}"))?;
@@ -133,10 +148,13 @@ fn run(cli: &Cli) -> Result<u64> {
                 config: tls_client_config(&roots).map_err(|e| anyhow!("--ca: {e}"))?,
             },
         };
-        let addr = (url.host.as_str(), url.port)
-            .to_socket_addrs()
-            .map_err(|e| format!("{}: {e}", url.host))
-            .and_then(|mut a| a.next().ok_or_else(|| format!("{}: no address", url.host)));
+        let addr = match overrides.get(url.host.as_str()) {
+            Some(ip) => Ok(SocketAddr::new(*ip, url.port)),
+            None => (url.host.as_str(), url.port)
+                .to_socket_addrs()
+                .map_err(|e| format!("{}: {e}", url.host))
+                .and_then(|mut a| a.next().ok_or_else(|| format!("{}: no address", url.host))),
+        };
         turn.push(TurnServer {
             url: url.to_string(),
             addr,

@@ -298,6 +298,12 @@ fn serve(listen: std::net::IpAddr, host: &str, ca_out: &std::path::Path) -> Exit
         ca_out.display(),
         vendor.password
     );
+    println!(
+        "(add --turn 'turn:{}?transport=tcp' --turn 'turns:{host}:{}' --resolve {host}={} to allocate over TCP and TLS too)",
+        tls(false),
+        tls(true).port(),
+        tls(true).ip()
+    );
     println!("\nserving; Ctrl-C stops");
     let stopped = tokio::runtime::Builder::new_current_thread()
         .enable_all()
