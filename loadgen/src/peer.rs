@@ -827,12 +827,13 @@ impl Peer {
                 let _ = socket.send_to(&data, peer);
                 continue;
             }
-            // The allocation whose relay (or its base) the peer connection sends from.
-            let Some(i) = self
-                .allocations
-                .iter()
-                .position(|a| a.relay == Some(local) || a.local == local)
-                .or_else(|| self.allocations.iter().position(|a| a.relay.is_some()))
+            // The allocation whose relay the peer connection sends from (a relay candidate is
+            // its own base, RFC 8445 §5.1.1); a local socket address only if no relay matches,
+            // since a TCP and a UDP socket may share a port number.
+            let by = |f: &dyn Fn(&Allocation) -> bool| self.allocations.iter().position(f);
+            let Some(i) = by(&|a| a.relay == Some(local))
+                .or_else(|| by(&|a| a.local == local))
+                .or_else(|| by(&|a| a.relay.is_some()))
             else {
                 continue;
             };
