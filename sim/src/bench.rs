@@ -1,6 +1,8 @@
-//! Benchmarks whose output states the figures: the engine's throughput on a virtual clock and
-//! the UDP relay's added latency on loopback (`sim bench engine`, `sim bench relay`).
+//! Benchmarks whose output states the figures: the engine's throughput on a virtual clock, the
+//! UDP relay's added latency on loopback, and what real calls cost the simulator
+//! (`sim bench engine`, `sim bench relay`, `sim bench calls`).
 
+use std::collections::BTreeMap;
 use std::net::{SocketAddr, UdpSocket};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -230,4 +232,217 @@ fn measure(
         .join()
         .map_err(|_| std::io::Error::other("sender panicked"))?;
     Ok((latency, total - received, pacing))
+}
+
+/// The result of [`calls`]: what `concurrency` simultaneous real calls cost the simulator on
+/// a path with no impairment, so that every figure is its own.
+#[derive(Debug)]
+pub struct CallsCost {
+    /// Calls up at once.
+    pub concurrency: u32,
+    /// Talk time of each call.
+    pub duration: Duration,
+    /// Cores used per component while every call was up (the plateau), by thread name mapped
+    /// to its component: `agents`, `anchor`, `turn-server`, `udp-relay`, `precise-timer`,
+    /// `other`.
+    pub cores: BTreeMap<String, f64>,
+    /// The plateau the cores were measured over.
+    pub window: Duration,
+    /// The run's summary file (pacing error and jitter per direction).
+    pub summary: reports::output::SummaryFile,
+    /// Peak resident memory of the process, and its resident memory before the run, bytes.
+    pub memory: (u64, u64),
+    /// Bytes on the agent's link per call-second, agent → TURN.
+    pub bytes_per_call_second: f64,
+    /// The run folder.
+    pub dir: std::path::PathBuf,
+}
+
+/// The CPU time each thread of this process used so far, summed by thread name
+/// (`/proc/self/task/*/stat`: user + system time).
+pub fn thread_cpu() -> std::io::Result<BTreeMap<String, Duration>> {
+    let tick = rustix::param::clock_ticks_per_second().max(1);
+    let mut by_name = BTreeMap::new();
+    for task in std::fs::read_dir("/proc/self/task")? {
+        let Ok(stat) = std::fs::read_to_string(task?.path().join("stat")) else {
+            continue; // the thread ended meanwhile
+        };
+        // `pid (comm) state …`: comm may hold spaces and parentheses, so cut at the last ')'.
+        let (Some(open), Some(close)) = (stat.find('('), stat.rfind(')')) else {
+            continue;
+        };
+        let name = stat[open + 1..close].to_owned();
+        let fields: Vec<&str> = stat[close + 1..].split_whitespace().collect();
+        // After the comm: state is field 3, utime field 14 and stime field 15 (proc(5)).
+        let ticks = |i: usize| fields.get(i - 3).and_then(|f| f.parse::<u64>().ok());
+        if let (Some(user), Some(system)) = (ticks(14), ticks(15)) {
+            *by_name.entry(name).or_insert(Duration::ZERO) +=
+                Duration::from_secs_f64((user + system) as f64 / tick as f64);
+        }
+    }
+    Ok(by_name)
+}
+
+/// `VmHWM` and `VmRSS` of this process, bytes.
+fn memory() -> (u64, u64) {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    let field = |name: &str| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(name))
+            .and_then(|v| v.trim().trim_end_matches(" kB").trim().parse::<u64>().ok())
+            .map_or(0, |kb| kb * 1024)
+    };
+    (field("VmHWM:"), field("VmRSS:"))
+}
+
+/// The component a thread belongs to, by its name.
+fn component(thread: &str) -> &'static str {
+    match thread {
+        // The agents' runtime runs on the thread that called `run` (the program's main one).
+        "sim" => "agents",
+        "anchor" => "anchor",
+        "turn-server" => "turn-server",
+        "udp-relay" => "udp-relay",
+        "precise-timer" => "precise-timer",
+        _ => "other",
+    }
+}
+
+/// Places `concurrency` calls at once for `duration` each over a path with no impairment (the
+/// shipped `capacity-200` scenario's shape), measures each component's cores while every
+/// call is up, and writes the run folder into `out`.
+pub fn calls(
+    concurrency: u32,
+    duration: Duration,
+    out: &std::path::Path,
+) -> Result<CallsCost, crate::run::RunError> {
+    let ramp_per_second = 20;
+    let text = format!(
+        r#"
+[run]
+seed = 200
+threshold = "2%"
+
+[agents]
+calls = {concurrency}
+concurrency = {concurrency}
+ramp = "{ramp_per_second}/s"
+call_duration = "{}ms"
+mix = {{ inbound = 1.0 }}
+
+[turn]
+urls = ["turn:turn.sim.local:3478?transport=udp"]
+
+[segment.loopback]
+delay = "0ms"
+
+[[site]]
+name = "lab"
+path = ["loopback"]
+"#,
+        duration.as_millis()
+    );
+    let scenario = crate::scenario::Scenario::parse("calls-bench.toml", "calls-bench", &text)
+        .map_err(|e| crate::run::RunError::Unsupported(e.to_string()))?;
+    // The plateau: from 5 s after the last call started to 5 s before the first one ends.
+    let ramp = Duration::from_secs_f64(f64::from(concurrency) / f64::from(ramp_per_second));
+    let start_at = ramp + Duration::from_secs(5);
+    let window = duration
+        .saturating_sub(Duration::from_secs(10))
+        .max(Duration::from_secs(1));
+    let (_, rss_before) = memory();
+    let sampler = thread::Builder::new()
+        .name("bench-sampler".into())
+        .spawn(move || {
+            thread::sleep(start_at);
+            let (t0, a) = (Instant::now(), thread_cpu().unwrap_or_default());
+            thread::sleep(window);
+            let (t1, b) = (Instant::now(), thread_cpu().unwrap_or_default());
+            let wall = (t1 - t0).as_secs_f64();
+            let mut cores: BTreeMap<String, f64> = BTreeMap::new();
+            for (name, used) in &b {
+                if name == "bench-sampler" {
+                    continue;
+                }
+                let before = a.get(name).copied().unwrap_or(Duration::ZERO);
+                *cores.entry(component(name).to_owned()).or_default() +=
+                    used.saturating_sub(before).as_secs_f64() / wall;
+            }
+            cores
+        })
+        .map_err(|e| crate::run::RunError::Io {
+            what: "starting the CPU sampler".into(),
+            source: e,
+        })?;
+    let outcome = crate::run::run(
+        &scenario,
+        &crate::run::RunOptions {
+            out: Some(out.to_owned()),
+            plain_progress: true,
+            ..crate::run::RunOptions::default()
+        },
+    )?;
+    let cores = sampler.join().unwrap_or_default();
+    let (peak, _) = memory();
+    let records = reports::record::read_records(&outcome.dir.join("calls.jsonl"))
+        .map(|f| f.records)
+        .unwrap_or_default();
+    let sent: u64 = records
+        .iter()
+        .filter_map(|r| r.agent_to_anchor.as_ref())
+        .map(|m| m.wire_bytes_sent)
+        .sum();
+    let call_seconds = records.len() as f64 * duration.as_secs_f64();
+    Ok(CallsCost {
+        concurrency,
+        duration,
+        cores,
+        window,
+        summary: outcome.summary,
+        memory: (peak, rss_before),
+        bytes_per_call_second: if call_seconds > 0.0 {
+            sent as f64 / call_seconds
+        } else {
+            0.0
+        },
+        dir: outcome.dir,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn this_threads_cpu_time_is_read_and_grows_with_work() {
+        let name = "cpu-probe";
+        // Spin until the kernel has counted 50 ms of this thread (it counts in clock ticks),
+        // or give up after 10 s of wall time: reading works if the count moves at all.
+        let spent = thread::Builder::new()
+            .name(name.into())
+            .spawn(move || {
+                let before = thread_cpu().unwrap()[name];
+                let start = Instant::now();
+                let mut x = 0u64;
+                loop {
+                    for _ in 0..100_000 {
+                        x = std::hint::black_box(x.wrapping_mul(31).wrapping_add(7));
+                    }
+                    let spent = thread_cpu().unwrap()[name].saturating_sub(before);
+                    if spent >= Duration::from_millis(50)
+                        || start.elapsed() > Duration::from_secs(10)
+                    {
+                        return spent;
+                    }
+                }
+            })
+            .unwrap()
+            .join()
+            .unwrap();
+        assert!(spent >= Duration::from_millis(50), "{spent:?}");
+        assert_eq!(component("sim"), "agents");
+        assert_eq!(component("udp-relay"), "udp-relay");
+        assert_eq!(component("tokio-runtime-worker"), "other");
+    }
 }

@@ -121,6 +121,21 @@ enum BenchCommand {
         #[arg(long, default_value_t = 20)]
         delay_ms: u64,
     },
+    /// What real calls cost the simulator: this many calls up at once over a path with no
+    /// impairment, each component's cores while all are up, the senders' pacing error, the
+    /// simulator's own jitter, memory and bytes per call (targets: under one core for 200
+    /// calls, pacing and own jitter p99 under 1 ms).
+    Calls {
+        /// Calls up at once.
+        #[arg(long, default_value_t = 200)]
+        concurrency: u32,
+        /// Talk time of each call, seconds.
+        #[arg(long, default_value_t = 60)]
+        seconds: u64,
+        /// The run folder (default: a temporary one, removed after).
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
 }
 
 fn main() -> ExitCode {
@@ -318,6 +333,11 @@ fn serve(listen: std::net::IpAddr, host: &str, ca_out: &std::path::Path) -> Exit
 
 fn bench(what: &BenchCommand) -> ExitCode {
     match *what {
+        BenchCommand::Calls {
+            concurrency,
+            seconds,
+            ref out,
+        } => return bench_calls(concurrency, seconds, out.as_deref()),
         BenchCommand::Engine { packets, flows } => {
             let r = sim::bench::engine_throughput(flows, packets);
             println!(
@@ -596,6 +616,91 @@ fn path(file: &std::path::Path, site: Option<&str>) -> ExitCode {
         || p.tls_cache_expiry.is_some()
     {
         println!("policy: {p:?}");
+    }
+    ExitCode::SUCCESS
+}
+
+fn bench_calls(concurrency: u32, seconds: u64, out: Option<&std::path::Path>) -> ExitCode {
+    let temp = std::env::temp_dir().join(format!("sim-bench-calls-{}", std::process::id()));
+    let dir = out.unwrap_or(&temp);
+    let r = match sim::bench::calls(concurrency, Duration::from_secs(seconds), dir) {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("calls bench failed: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let total: f64 = r.cores.values().sum();
+    println!(
+        "\ncalls: {concurrency} real calls at once for {seconds} s over a path with no impairment; \
+         cores over the {:.0} s when all were up",
+        r.window.as_secs_f64()
+    );
+    println!("{:<16} {:>6}", "component", "cores");
+    for (name, cores) in &r.cores {
+        println!("{name:<16} {cores:>6.2}");
+    }
+    let met = |ok: bool| if ok { "met" } else { "NOT met" };
+    println!(
+        "{:<16} {total:>6.2}   {:.2} % of a core per call; target: 200 calls under 1 core ({})",
+        "total",
+        100.0 * total / f64::from(concurrency.max(1)),
+        if concurrency >= 200 {
+            met(total < 1.0)
+        } else {
+            "measure with --concurrency 200"
+        }
+    );
+    let s = &r.summary.summary;
+    let ms = |d: &reports::Distribution, q: f64| {
+        d.quantile(q).map_or(String::from("–"), |v| {
+            format!("{:.2} ms", v as f64 / 1000.0)
+        })
+    };
+    let worst = |d: &dyn Fn(&reports::DirectionSummary) -> &reports::Distribution, q: f64| {
+        [&s.agent_to_anchor, &s.anchor_to_agent]
+            .iter()
+            .filter_map(|x| d(x).quantile(q))
+            .max()
+    };
+    let pacing = worst(&|d| &d.send_pacing_error, 0.99);
+    let jitter = worst(&|d| &d.jitter, 0.99);
+    println!(
+        "pacing error p99: agents {}, anchor {}   target under 1 ms ({})",
+        ms(&s.agent_to_anchor.send_pacing_error, 0.99),
+        ms(&s.anchor_to_agent.send_pacing_error, 0.99),
+        met(pacing.is_some_and(|p| p < 1_000))
+    );
+    println!(
+        "own jitter (RFC 3550) p95 / p99: up {} / {}, down {} / {}   target p99 under 1 ms ({})",
+        ms(&s.agent_to_anchor.jitter, 0.95),
+        ms(&s.agent_to_anchor.jitter, 0.99),
+        ms(&s.anchor_to_agent.jitter, 0.95),
+        ms(&s.anchor_to_agent.jitter, 0.99),
+        met(jitter.is_some_and(|j| j < 1_000))
+    );
+    let (peak, before) = r.memory;
+    println!(
+        "memory: {:.0} MB peak, {:.2} MB per call above the {:.0} MB before the run",
+        peak as f64 / 1e6,
+        peak.saturating_sub(before) as f64 / 1e6 / f64::from(concurrency.max(1)),
+        before as f64 / 1e6
+    );
+    println!(
+        "bytes per call-second, agent → TURN: {:.0} B/s ({:.1} kbit/s), every header counted",
+        r.bytes_per_call_second,
+        r.bytes_per_call_second * 8.0 / 1000.0
+    );
+    println!(
+        "calls: {} completed of {}",
+        s.outcomes.completed,
+        s.outcomes.attempts()
+    );
+    match out {
+        Some(d) => println!("run folder: {}", d.display()),
+        None => {
+            let _ = std::fs::remove_dir_all(&temp);
+        }
     }
     ExitCode::SUCCESS
 }
