@@ -70,13 +70,20 @@ impl JitterBuffer {
     const MIN: u64 = 20_000;
     const MAX: u64 = 500_000;
 
-    fn depth_us(self, recent: &std::collections::VecDeque<u64>) -> u64 {
+    /// The depth in force after `recent`; `scratch` is reused so that no packet allocates.
+    fn depth_us(self, recent: &std::collections::VecDeque<u64>, scratch: &mut Vec<u64>) -> u64 {
         match self {
             Self::Fixed(d) => u64::try_from(d.as_micros()).unwrap_or(u64::MAX),
             Self::Adaptive => {
-                let mut sorted: Vec<u64> = recent.iter().copied().collect();
-                sorted.sort_unstable();
-                let p95 = sorted.get(sorted.len() * 95 / 100).copied().unwrap_or(0);
+                scratch.clear();
+                scratch.extend(recent.iter().copied());
+                let rank = scratch.len() * 95 / 100;
+                // The 95th-percentile element: where it would sit sorted, without sorting.
+                let p95 = if rank < scratch.len() {
+                    *scratch.select_nth_unstable(rank).1
+                } else {
+                    0
+                };
                 p95.clamp(Self::MIN, Self::MAX)
             }
         }
@@ -98,6 +105,8 @@ pub struct MediaMeter {
     late: u64,
     buffer: JitterBuffer,
     recent: std::collections::VecDeque<u64>,
+    /// Room to rank `recent` in, kept between packets.
+    scratch: Vec<u64>,
     depth_sum_us: u64,
     depth_count: u64,
     last_arrival: Option<Instant>,
@@ -119,6 +128,7 @@ impl MediaMeter {
             late: 0,
             buffer: JitterBuffer::Adaptive,
             recent: std::collections::VecDeque::with_capacity(JitterBuffer::WINDOW),
+            scratch: Vec::with_capacity(JitterBuffer::WINDOW),
             depth_sum_us: 0,
             depth_count: 0,
             last_arrival: None,
@@ -144,7 +154,7 @@ impl MediaMeter {
             self.min_delay = Some(min);
             let relative = u64::try_from((delay - min).as_micros()).unwrap_or(u64::MAX);
             // The depth in force when the packet arrives, from the packets before it.
-            let depth = self.buffer.depth_us(&self.recent);
+            let depth = self.buffer.depth_us(&self.recent, &mut self.scratch);
             if relative > depth {
                 self.late += 1;
             }

@@ -330,7 +330,8 @@ pub struct Peer {
     waiting: VecDeque<(SocketAddr, SocketAddr, BytesMut, Instant)>,
     sender: RTCRtpSenderId,
     ssrc: u32,
-    seq: u16,
+    /// The negotiated Opus payload type, once known.
+    payload_type: Option<u8>,
     frames_sent: u64,
     /// Bytes sent on the wire for media, with IP, UDP and TURN framing.
     pub wire_bytes_sent: u64,
@@ -465,7 +466,7 @@ impl Peer {
             waiting: VecDeque::new(),
             sender,
             ssrc,
-            seq: 0,
+            payload_type: None,
             frames_sent: 0,
             wire_bytes_sent: 0,
             rtcp_sent: 0,
@@ -595,15 +596,23 @@ impl Peer {
         let Some(mut sender) = self.pc.rtp_sender(self.sender) else {
             return;
         };
-        let Some(pt) = sender
-            .get_parameters()
-            .rtp_parameters
-            .codecs
-            .iter()
-            .find(|c| c.rtp_codec.mime_type.eq_ignore_ascii_case(MIME_TYPE_OPUS))
-            .map(|c| c.payload_type)
-        else {
-            return;
+        // Negotiated once: looked up on the first frame, not copied out of the sender's
+        // parameters for every one.
+        let pt = match self.payload_type {
+            Some(pt) => pt,
+            None => {
+                let Some(pt) = sender
+                    .get_parameters()
+                    .rtp_parameters
+                    .codecs
+                    .iter()
+                    .find(|c| c.rtp_codec.mime_type.eq_ignore_ascii_case(MIME_TYPE_OPUS))
+                    .map(|c| c.payload_type)
+                else {
+                    return;
+                };
+                *self.payload_type.insert(pt)
+            }
         };
         let mut payload = vec![0u8; PAYLOAD_BYTES];
         Stamp {
@@ -615,7 +624,8 @@ impl Peer {
             header: rtc::rtp::header::Header {
                 version: 2,
                 payload_type: pt,
-                sequence_number: self.seq,
+                // The frame count, wrapping at 16 bits.
+                sequence_number: self.frames_sent as u16,
                 timestamp: (self.frames_sent as u32).wrapping_mul(FRAME_TICKS),
                 ssrc: self.ssrc,
                 marker: self.frames_sent == 0,
@@ -624,7 +634,6 @@ impl Peer {
             payload: Bytes::from(payload),
         };
         if sender.write_rtp(now, packet).is_ok() {
-            self.seq = self.seq.wrapping_add(1);
             self.frames_sent += 1;
         }
     }
@@ -697,7 +706,6 @@ impl Peer {
     }
 
     fn turn_event(&mut self, i: usize, now: Instant, event: TurnEvent) {
-        let remotes: Vec<SocketAddr> = self.remotes.iter().copied().collect();
         let a = &mut self.allocations[i];
         match event {
             TurnEvent::AllocateResponse(_, relay) => {
@@ -710,7 +718,7 @@ impl Peer {
                     }
                     Err(e) => a.error = Some(LegError::TurnAllocation(e)),
                 }
-                for addr in remotes {
+                for &addr in &self.remotes {
                     a.permit(now, addr);
                 }
             }

@@ -170,7 +170,20 @@ impl Call {
         self.milestones.local_description_us = self.at();
         let mut driven = DrivenPeer::new(peer)
             .map_err(|e| (FailureClass::IceCollectionTimeout, e.to_string()))?;
+        let result = self.converse(spec, &mut driven, &offer, resolved).await;
+        // However the call ended, the leg's own figures go into the record.
+        self.peer = Some(driven);
+        result
+    }
 
+    /// The call from signalling connect and ICE collection to its end, on the leg `driven`.
+    async fn converse(
+        &mut self,
+        spec: &CallSpec,
+        driven: &mut DrivenPeer,
+        offer: &RTCSessionDescription,
+        resolved: bool,
+    ) -> Result<(), Fail> {
         // Signalling connect and ICE collection run side by side.
         self.state = SessionState::ConnectSignalingAndIceCollection;
         let ice_deadline = Instant::now() + spec.timeouts.ice_collection;
@@ -188,17 +201,14 @@ impl Call {
         // the whole timeout).
         let collection = async {
             if !resolved {
+                // No TURN server to allocate on (the leg would be a bare host): nothing comes.
                 tokio::time::sleep_until(tokio::time::Instant::from_std(ice_deadline)).await;
-                return false;
+                return (false, Instant::now());
             }
             driven
                 .drive_until(ice_deadline, None, Peer::gathering_done)
                 .await;
-            !driven.peer.local_candidates().is_empty()
-        };
-        let collection = async {
-            let collected = collection.await;
-            (collected, Instant::now())
+            (!driven.peer.local_candidates().is_empty(), Instant::now())
         };
         let (client, (collected, collected_at)) = tokio::join!(signalling, collection);
         if collected {
@@ -211,13 +221,11 @@ impl Call {
                 c
             }
             Err(e) => {
-                self.peer = Some(driven);
                 return Err((e.class(), e.to_string()));
             }
         };
         if !collected {
             let error = driven.peer.allocation_error();
-            self.peer = Some(driven);
             client.close().await;
             return Err(match error {
                 Some(e) => leg_failure(&e),
@@ -257,7 +265,6 @@ impl Call {
         let answer = match answer {
             Ok(a) => a,
             Err(e) => {
-                self.peer = Some(driven);
                 client.close().await;
                 return Err((e.class(), e.to_string()));
             }
@@ -270,7 +277,6 @@ impl Call {
                 .call_ref("bye", &answer.call_id, spec.timeouts.ack)
                 .await;
             client.close().await;
-            self.peer = Some(driven);
             return Ok(());
         }
 
@@ -280,18 +286,15 @@ impl Call {
         let sdp = match RTCSessionDescription::answer(answer.sdp.clone()) {
             Ok(s) => s,
             Err(e) => {
-                self.peer = Some(driven);
                 client.close().await;
                 return Err((FailureClass::InvalidRemoteSdp, e.to_string()));
             }
         };
         if let Err(e) = driven.peer.accept(now, sdp) {
-            self.peer = Some(driven);
             client.close().await;
             return Err((FailureClass::SetRemoteDescriptionFailure, format!("{e:?}")));
         }
         if answer.candidates.is_empty() {
-            self.peer = Some(driven);
             client.close().await;
             return Err((
                 FailureClass::NoRemoteIceCandidate,
@@ -305,7 +308,6 @@ impl Call {
             .call_ref("accept", &answer.call_id, spec.timeouts.ack)
             .await
         {
-            self.peer = Some(driven);
             client.close().await;
             return Err((e.class(), e.to_string()));
         }
@@ -321,7 +323,6 @@ impl Call {
         self.milestones.ice_connected_us = t.ice_connected.map(|i| micros(i - self.start));
         if !connected {
             let detail = driven.peer.error.clone();
-            self.peer = Some(driven);
             let _ = client
                 .call_ref("bye", &answer.call_id, spec.timeouts.ack)
                 .await;
@@ -488,14 +489,12 @@ impl Call {
             if let Ok(v) = &ended {
                 self.take_anchor_half(v, &driven.peer);
             }
-            self.peer = Some(driven);
             return ended.map(|_| ());
         }
         if let Ok(v) = client.call("bye", call_ref, spec.timeouts.ack).await {
             self.take_anchor_half(&v, &driven.peer);
         }
         client.close().await;
-        self.peer = Some(driven);
         if let Some(failure) = signalling_failure {
             return Err(failure);
         }
