@@ -87,8 +87,13 @@ impl<V: Copy> RadixHeap<V> {
         let i = self.occupied.trailing_zeros() as usize + 1;
         self.occupied &= !(1 << (i - 1));
         let mut moving = std::mem::take(&mut self.buckets[i]);
-        // Invariant: bucket i is not empty (its bit was set).
-        self.last = moving.iter().map(|&(k, _)| k).min().unwrap_or(self.last);
+        // The minimum `peek_key` cached (kept by `push`, bucket 0 being empty) is bucket i's;
+        // scan only without it. Invariant: bucket i is not empty (its bit was set).
+        self.last = self
+            .min
+            .get()
+            .or_else(|| moving.iter().map(|&(k, _)| k).min())
+            .unwrap_or(self.last);
         for (k, v) in moving.drain(..) {
             self.put(k, v);
         }

@@ -118,7 +118,10 @@ impl UdpRelay {
             epoll: poller,
             netem: Netem::new(config.path, config.seed, Instant::now()),
             upstream: config.upstream,
-            server_port: config.server_port.unwrap_or(config.upstream.port()),
+            blocked: config.policy.blocks(
+                Transport::Udp,
+                config.server_port.unwrap_or(config.upstream.port()),
+            ),
             policy: config.policy,
             listen,
             flows: HashMap::new(),
@@ -126,6 +129,7 @@ impl UdpRelay {
             stats: stats.clone(),
             stop: stop.clone(),
             buf: vec![0u8; MAX_DATAGRAM],
+            pool: Vec::new(),
         };
         let thread = std::thread::Builder::new()
             .name("udp-relay".into())
@@ -170,7 +174,12 @@ impl Drop for UdpRelay {
 struct FlowSockets {
     agent: SocketAddr,
     upstream: UdpSocket,
+    /// Whether the site's firewall lets the server's replies in to this agent's port.
+    inbound_admitted: bool,
 }
+
+/// Released datagram buffers kept for reuse, at most (more than any burst the relay holds).
+const POOL: usize = 4096;
 
 /// The epoll key of the agents' socket; flows use their index.
 const LISTEN_KEY: u64 = u64::MAX;
@@ -179,7 +188,6 @@ struct Engine {
     epoll: OwnedFd,
     netem: Netem<Vec<u8>>,
     upstream: SocketAddr,
-    server_port: u16,
     policy: Policy,
     listen: UdpSocket,
     flows: HashMap<SocketAddr, FlowId>,
@@ -187,6 +195,10 @@ struct Engine {
     stats: Arc<RelayStats>,
     stop: Arc<AtomicBool>,
     buf: Vec<u8>,
+    /// Whether the site's firewall drops UDP to the server's port (fixed for the relay).
+    blocked: bool,
+    /// Buffers of released datagrams, reused for the next ones read.
+    pool: Vec<Vec<u8>>,
 }
 
 impl Engine {
@@ -231,10 +243,7 @@ impl Engine {
             if key == LISTEN_KEY {
                 loop {
                     match self.listen.recv_from(&mut self.buf) {
-                        Ok((n, from)) => {
-                            let data = self.buf[..n].to_vec();
-                            self.on_agent_datagram(from, Instant::now(), data);
-                        }
+                        Ok((n, from)) => self.on_agent_datagram(from, Instant::now(), n),
                         Err(e) if e.kind() == io::ErrorKind::ConnectionRefused => {}
                         Err(_) => break,
                     }
@@ -249,10 +258,7 @@ impl Engine {
             };
             loop {
                 match self.by_flow[i].upstream.recv(&mut self.buf) {
-                    Ok(n) => {
-                        let data = self.buf[..n].to_vec();
-                        self.on_server_datagram(FlowId(i as u64), Instant::now(), data);
-                    }
+                    Ok(n) => self.on_server_datagram(FlowId(i as u64), Instant::now(), n),
                     // The server's port was unreachable for an earlier send: not fatal.
                     Err(e) if e.kind() == io::ErrorKind::ConnectionRefused => {}
                     Err(_) => break,
@@ -261,28 +267,40 @@ impl Engine {
         }
     }
 
-    fn on_agent_datagram(&mut self, from: SocketAddr, at: Instant, data: Vec<u8>) {
+    /// The `n` bytes just read into `buf`, in a pooled buffer.
+    fn take(&mut self, n: usize) -> Vec<u8> {
+        let mut data = self.pool.pop().unwrap_or_default();
+        data.clear();
+        data.extend_from_slice(&self.buf[..n]);
+        data
+    }
+
+    /// The agent's datagram of `n` bytes in `buf`: policy, then the path.
+    fn on_agent_datagram(&mut self, from: SocketAddr, at: Instant, n: usize) {
         self.stats.from_agents.fetch_add(1, Ordering::Relaxed);
-        if self.policy.blocks(Transport::Udp, self.server_port) {
+        if self.blocked {
             self.stats.dropped_policy.fetch_add(1, Ordering::Relaxed);
             return;
         }
         let Some(flow) = self.flow(from) else { return };
-        let len = wire_len(from, data.len());
-        self.netem.handle_input(at, flow, Direction::Up, len, data);
+        let data = self.take(n);
+        self.netem
+            .handle_input(at, flow, Direction::Up, wire_len(from, n), data);
         self.release();
     }
 
-    fn on_server_datagram(&mut self, flow: FlowId, at: Instant, data: Vec<u8>) {
+    /// The server's datagram of `n` bytes in `buf` for `flow`: policy, then the path.
+    fn on_server_datagram(&mut self, flow: FlowId, at: Instant, n: usize) {
         self.stats.from_server.fetch_add(1, Ordering::Relaxed);
-        let agent = self.by_flow[flow.0 as usize].agent;
-        if !self.policy.admits_inbound_udp(agent.port()) {
+        let sockets = &self.by_flow[flow.0 as usize];
+        let (agent, admitted) = (sockets.agent, sockets.inbound_admitted);
+        if !admitted {
             self.stats.dropped_policy.fetch_add(1, Ordering::Relaxed);
             return;
         }
-        let len = wire_len(agent, data.len());
+        let data = self.take(n);
         self.netem
-            .handle_input(at, flow, Direction::Down, len, data);
+            .handle_input(at, flow, Direction::Down, wire_len(agent, n), data);
         self.release();
     }
 
@@ -323,6 +341,7 @@ impl Engine {
         self.by_flow.push(FlowSockets {
             agent,
             upstream: socket,
+            inbound_admitted: self.policy.admits_inbound_udp(agent.port()),
         });
         self.flows.insert(agent, flow);
         self.stats.flows.fetch_add(1, Ordering::Relaxed);
@@ -350,6 +369,9 @@ impl Engine {
                         Ok(_) => counter.fetch_add(1, Ordering::Relaxed),
                         Err(_) => self.stats.send_errors.fetch_add(1, Ordering::Relaxed),
                     };
+                    if self.pool.len() < POOL {
+                        self.pool.push(packet);
+                    }
                 }
                 Output::Drop { reason, .. } => self.stats.count_drop(reason),
             }
