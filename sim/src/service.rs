@@ -1,35 +1,13 @@
 //! A TCP service on its own thread and tokio runtime, stopped by dropping its handle — the shape
-//! the TCP relay, the inspecting proxy and the signalling endpoint share — and their TLS acceptor.
+//! the TCP relay, the inspecting proxy and the signalling endpoint share.
 
 use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
 use std::thread::JoinHandle;
 
-use std::sync::Arc;
-
-use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
-use tokio_rustls::TlsAcceptor;
-
-/// A TLS acceptor for a certificate chain and key (rustls with the `ring` provider, TLS 1.2 and
-/// 1.3), as every TLS endpoint of the simulator serves.
-pub(crate) fn tls_acceptor(
-    certs: Vec<CertificateDer<'static>>,
-    key: PrivateKeyDer<'static>,
-) -> io::Result<TlsAcceptor> {
-    let invalid =
-        |e: &dyn std::fmt::Display| io::Error::new(io::ErrorKind::InvalidInput, e.to_string());
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let config = rustls::ServerConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .map_err(|e| invalid(&e))?
-        .with_no_client_auth()
-        .with_single_cert(certs, key)
-        .map_err(|e| invalid(&e))?;
-    Ok(TlsAcceptor::from(Arc::new(config)))
-}
 
 /// A running service; dropping it stops the service and waits for its thread.
 #[derive(Debug)]

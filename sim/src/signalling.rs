@@ -17,7 +17,8 @@ use tokio::sync::{mpsc, oneshot};
 use tokio_rustls::TlsAcceptor;
 use tokio_tungstenite::tungstenite::Message;
 
-use crate::service::{Service, tls_acceptor};
+use crate::service::Service;
+use turn_server::io::tls_acceptor_for;
 
 /// The methods the endpoint knows.
 pub const METHODS: [&str; 9] = [
@@ -74,7 +75,7 @@ impl SignallingServer {
         key: PrivateKeyDer<'static>,
         app: mpsc::UnboundedSender<Incoming>,
     ) -> io::Result<Self> {
-        let acceptor = tls_acceptor(certs, key)?;
+        let acceptor = tls_acceptor_for(certs, key)?;
         let stats = Arc::new(SignallingStats::default());
         let s = stats.clone();
         let service = Service::start("signalling", listen, move |listener| {

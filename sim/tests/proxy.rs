@@ -87,15 +87,8 @@ fn agent(
     to: SocketAddr,
     ca: &InspectionCa,
 ) -> rustls::StreamOwned<rustls::ClientConnection, TcpStream> {
-    let mut roots = rustls::RootCertStore::empty();
-    roots.add(ca.certificate()).unwrap();
-    let config = rustls::ClientConfig::builder_with_provider(provider())
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-    let conn = rustls::ClientConnection::new(Arc::new(config), ServerName::try_from(NAME).unwrap())
-        .unwrap();
+    let config = loadgen::signalling::tls_client_config(&[ca.certificate()]).unwrap();
+    let conn = rustls::ClientConnection::new(config, ServerName::try_from(NAME).unwrap()).unwrap();
     let tcp = TcpStream::connect(to).unwrap();
     tcp.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
     rustls::StreamOwned::new(conn, tcp)

@@ -189,17 +189,9 @@ async fn a_proxy_breaking_upgrades_is_a_connection_failure() {
 async fn malformed_requests_get_json_rpc_errors() {
     let (server, ep) = endpoint(|_| Some(Ok(serde_json::Value::Null)));
     // A raw WebSocket client, to send what a correct client never would.
-    let mut roots = rustls::RootCertStore::empty();
-    roots.add(ep.roots[0].clone()).unwrap();
-    let config = rustls::ClientConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .unwrap()
-    .with_root_certificates(roots)
-    .with_no_client_auth();
+    let config = loadgen::signalling::tls_client_config(&ep.roots).unwrap();
     let tcp = tokio::net::TcpStream::connect(ep.addr).await.unwrap();
-    let tls = tokio_rustls::TlsConnector::from(Arc::new(config))
+    let tls = tokio_rustls::TlsConnector::from(config)
         .connect(NAME.try_into().unwrap(), tcp)
         .await
         .unwrap();

@@ -491,6 +491,16 @@ fn tls_acceptor(settings: &Settings) -> std::io::Result<TlsAcceptor> {
             (vec![ck.cert.der().clone()], key)
         }
     };
+    tls_acceptor_for(certs, key)
+}
+
+/// A TLS acceptor for a certificate chain and key: rustls with the `ring` provider, TLS 1.2 and
+/// 1.3, no client certificates — every TLS endpoint of the server and of the simulator.
+pub fn tls_acceptor_for(
+    certs: Vec<rustls::pki_types::CertificateDer<'static>>,
+    key: rustls::pki_types::PrivateKeyDer<'static>,
+) -> std::io::Result<TlsAcceptor> {
+    let invalid = |e: &dyn std::fmt::Display| std::io::Error::other(format!("TLS: {e}"));
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let config = rustls::ServerConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()

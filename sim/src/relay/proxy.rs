@@ -21,7 +21,8 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::task::AbortHandle;
 use tokio_rustls::{TlsAcceptor, TlsConnector};
 
-use crate::service::{Service, tls_acceptor};
+use crate::service::Service;
+use turn_server::io::tls_acceptor_for;
 
 /// Largest HTTP request head the proxy reads before deciding.
 const MAX_HEAD: usize = 16 * 1024;
@@ -123,23 +124,15 @@ fn invalid(e: impl std::fmt::Display) -> io::Error {
 
 fn acceptor(ca: &InspectionCa, host: &str) -> io::Result<TlsAcceptor> {
     let (certs, key) = ca.leaf(host).map_err(invalid)?;
-    tls_acceptor(certs, key)
+    tls_acceptor_for(certs, key)
 }
 
 impl InspectingProxy {
     /// Binds and starts the proxy.
     pub fn start(config: InspectingProxyConfig) -> io::Result<Self> {
-        let mut roots = rustls::RootCertStore::empty();
-        for r in &config.upstream_roots {
-            roots.add(r.clone()).map_err(invalid)?;
-        }
-        let provider = Arc::new(rustls::crypto::ring::default_provider());
-        let client = rustls::ClientConfig::builder_with_provider(provider)
-            .with_safe_default_protocol_versions()
-            .map_err(invalid)?
-            .with_root_certificates(roots)
-            .with_no_client_auth();
-        let connector = TlsConnector::from(Arc::new(client));
+        let client =
+            loadgen::signalling::tls_client_config(&config.upstream_roots).map_err(invalid)?;
+        let connector = TlsConnector::from(client);
         let upstream_name = ServerName::try_from(config.server_name.clone()).map_err(invalid)?;
         let acceptor = acceptor(&config.ca, &config.server_name)?;
         let stats = Arc::new(ProxyStats::default());
