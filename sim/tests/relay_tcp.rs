@@ -206,3 +206,23 @@ fn closed(read: std::io::Result<usize>) -> bool {
         ),
     }
 }
+
+#[test]
+fn a_stream_path_never_drops_at_a_rate_queue() {
+    // A 50 ms queue at 2 Mbit/s would tail-drop a 16 KiB read (65 ms to serialise): on a byte
+    // stream that would cut bytes out of the middle, so the stream form queues without limit.
+    let path = Path::symmetric(vec![SegmentModel::new().rate(
+        2_000_000,
+        sim::netem::QueueLimit::Time(Duration::from_millis(50)),
+    )]);
+    let stream = sim::relay::tcp::stream_path(&path);
+    for m in [&stream.segments[0].up, &stream.segments[0].down] {
+        let rate = m.rate.expect("the rate stays");
+        assert_eq!(rate.bits_per_second, 2_000_000);
+        assert_eq!(
+            rate.queue,
+            sim::netem::QueueLimit::Time(Duration::MAX),
+            "a stream's queue must not drop"
+        );
+    }
+}

@@ -22,7 +22,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
 
-use crate::netem::{Direction, FlowId, Loss, Netem, Output, Path};
+use crate::netem::{Direction, FlowId, Loss, Netem, Output, Path, QueueLimit};
 use crate::scenario::{Policy, Transport};
 use crate::service::Service;
 
@@ -71,7 +71,8 @@ pub struct TcpRelay {
 }
 
 /// The form of a path that applies to a byte stream: no loss, duplication, corruption, MTU or
-/// reordering; outages hold the stream until they end.
+/// reordering; outages hold the stream until they end; a rate's queue never drops (a stream
+/// backs up behind a slow link, and a dropped chunk would cut bytes out of the middle of it).
 pub fn stream_path(path: &Path) -> Path {
     let mut p = path.clone();
     for s in &mut p.segments {
@@ -81,6 +82,9 @@ pub fn stream_path(path: &Path) -> Path {
             m.corrupt = 0.0;
             m.mtu = None;
             m.reorder = false;
+            if let Some(rate) = &mut m.rate {
+                rate.queue = QueueLimit::Time(Duration::MAX);
+            }
             let outages = std::mem::take(&mut m.outages);
             m.stalls.extend(outages);
         }

@@ -176,8 +176,9 @@ fn glob(pattern: &str, s: &str) -> bool {
     match pattern.split_once('*') {
         None => pattern.eq_ignore_ascii_case(s),
         Some((head, tail)) => {
-            s.len() >= head.len()
-                && s[..head.len()].eq_ignore_ascii_case(head)
+            // `get`: the head's length may fall inside a multi-byte character of `s`.
+            s.get(..head.len())
+                .is_some_and(|h| h.eq_ignore_ascii_case(head))
                 && (0..=s.len() - head.len())
                     .any(|i| s.is_char_boundary(head.len() + i) && glob(tail, &s[head.len() + i..]))
         }
@@ -858,7 +859,12 @@ fn read_schedules(
         match (every, at) {
             (Some(every), None) => {
                 if duration >= every {
-                    src.error(span, &p, "an outage must be shorter than its period");
+                    let what = if path.contains("stalls") {
+                        "a stall"
+                    } else {
+                        "an outage"
+                    };
+                    src.error(span, &p, format!("{what} must be shorter than its period"));
                     continue;
                 }
                 out.push(Schedule::Periodic {
@@ -1108,6 +1114,14 @@ fn read_sites(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn host_patterns_never_cut_a_character() {
+        // The pattern's head ends inside the host's first (two-byte) character.
+        assert!(!glob("a*", "é.example"));
+        assert!(glob("é*", "é.example"));
+        assert!(glob("turn.*", "TURN.sim.local"));
+    }
 
     #[test]
     fn policy_rules() {
