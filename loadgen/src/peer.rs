@@ -221,11 +221,12 @@ impl Allocation {
 
     /// Reads what the server sent into the TURN client.
     fn read(&mut self, now: Instant, buf: &mut [u8]) {
+        let (local_addr, transport_protocol) = (self.local, self.transport.protocol());
         let context = |peer_addr| TransportContext {
-            local_addr: self.local,
+            local_addr,
             peer_addr,
             ecn: None,
-            transport_protocol: self.transport.protocol(),
+            transport_protocol,
         };
         let mut messages = Vec::new();
         match &mut self.wire {
@@ -248,8 +249,7 @@ impl Allocation {
                     Ok(()) => None,
                 };
                 if let Some(why) = failed {
-                    let failure = self.stream_failure(&why);
-                    self.error.get_or_insert(failure);
+                    self.fail_stream(&why);
                 }
                 messages.extend(frames.into_iter().map(|f| (self.server, f)));
             }
@@ -264,13 +264,15 @@ impl Allocation {
         }
     }
 
-    /// A broken stream: before the allocation, the server is unreachable on that transport.
-    fn stream_failure(&self, why: &str) -> LegError {
-        if self.relay.is_none() {
+    /// Records a broken stream (the first failure stays): before the allocation, the server
+    /// is unreachable on that transport.
+    fn fail_stream(&mut self, why: &str) {
+        let failure = if self.relay.is_none() {
             LegError::TurnUnreachable
         } else {
             LegError::Io(why.to_owned())
-        }
+        };
+        self.error.get_or_insert(failure);
     }
 
     /// Sends what the TURN client has to say.
@@ -282,8 +284,7 @@ impl Allocation {
                 }
                 Wire::Stream(stream) => {
                     if let Err(e) = stream.send(&t.message) {
-                        let failure = self.stream_failure(&e.to_string());
-                        self.error.get_or_insert(failure);
+                        self.fail_stream(&e.to_string());
                     }
                 }
             }
@@ -291,8 +292,7 @@ impl Allocation {
         if let Wire::Stream(stream) = &mut self.wire
             && let Err(e) = stream.flush()
         {
-            let failure = self.stream_failure(&e.to_string());
-            self.error.get_or_insert(failure);
+            self.fail_stream(&e.to_string());
         }
     }
 

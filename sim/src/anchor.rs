@@ -122,11 +122,7 @@ pub async fn serve(
                 let _ = req.reply.send(Ok(Value::Null));
             }
             "connectContact" => {
-                let known = req
-                    .params
-                    .get("callId")
-                    .and_then(Value::as_str)
-                    .is_some_and(|id| calls.contains_key(id));
+                let known = known_call(&req.params, &calls);
                 let _ = req.reply.send(if known {
                     Ok(json!({ "state": "connected" }))
                 } else {
@@ -137,11 +133,7 @@ pub async fn serve(
             // bridged or mixed into the agent's media session at the anchor, so the agent's
             // leg carries on as it is; the reply says what the contact became.
             "hold" | "resume" | "transfer" | "conference" => {
-                let known = req
-                    .params
-                    .get("callId")
-                    .and_then(Value::as_str)
-                    .is_some_and(|id| calls.contains_key(id));
+                let known = known_call(&req.params, &calls);
                 let reply = match config.behaviour {
                     AnchorBehaviour::RefuseMidCall(code) => Err(RpcError::new(
                         code,
@@ -192,6 +184,14 @@ pub async fn serve(
         }
     }
     drop(held);
+}
+
+/// Whether `params` name a call the anchor has up.
+fn known_call(params: &Value, calls: &HashMap<String, LiveCall>) -> bool {
+    params
+        .get("callId")
+        .and_then(Value::as_str)
+        .is_some_and(|id| calls.contains_key(id))
 }
 
 async fn run_leg(

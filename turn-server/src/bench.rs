@@ -289,12 +289,7 @@ impl Drop for ServerProc {
 }
 
 fn clock_ticks_per_second() -> f64 {
-    Command::new("getconf")
-        .arg("CLK_TCK")
-        .output()
-        .ok()
-        .and_then(|o| String::from_utf8_lossy(&o.stdout).trim().parse().ok())
-        .unwrap_or(100.0)
+    rustix::param::clock_ticks_per_second() as f64
 }
 
 fn spawn_ours() -> Result<ServerProc, String> {

@@ -79,9 +79,7 @@ impl Settings {
         core.credentials
             .users
             .insert(user.to_owned(), crate::auth::Secret(password.to_owned()));
-        if let Ok(lo) = "127.0.0.0/8".parse() {
-            core.peer_policy.allow.push(lo);
-        }
+        core.peer_policy.allow.extend(crate::policy::loopback());
         Self {
             core,
             listen: vec![SocketAddr::from(([127, 0, 0, 1], 0))],
@@ -523,7 +521,7 @@ impl Edge {
             let event = {
                 let mut server = self.server.borrow_mut();
                 while let Some(t) = server.poll_transmit() {
-                    self.send(&t);
+                    self.send(t);
                 }
                 server.poll_event()
             };
@@ -548,7 +546,7 @@ impl Edge {
         }
     }
 
-    fn send(&self, t: &Transmit) {
+    fn send(&self, t: Transmit) {
         let sent = match t.transport {
             Transport::Udp => {
                 let relays = self.relays.borrow();
@@ -562,7 +560,7 @@ impl Edge {
                 .streams
                 .borrow()
                 .get(&(t.source, t.destination))
-                .is_some_and(|s| s.tx.try_send(t.contents.clone()).is_ok()),
+                .is_some_and(|s| s.tx.try_send(t.contents).is_ok()),
         };
         if !sent {
             self.stats.borrow_mut().send_failed += 1;

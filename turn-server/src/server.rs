@@ -24,7 +24,7 @@ use std::time::{Duration, Instant};
 
 use tracing::{debug, trace};
 
-use crate::auth::{Credentials, NonceCheck, Nonces, Rejection};
+use crate::auth::{Credentials, NonceCheck, Nonces};
 use crate::policy::PeerPolicy;
 use crate::wire::{
     ChannelData, Class, IntegrityKind, MessageBuilder, Method, StunPacket, StunRepr, TransactionId,
@@ -842,9 +842,6 @@ impl Server {
             Ok(r) => r,
             Err(why) => {
                 debug!(?why, "credential rejected");
-                if why == Rejection::Expired {
-                    trace!("time-limited credential expired");
-                }
                 self.drop_packet(DropReason::AuthFailed);
                 self.challenge(ft, method, txid, 401);
                 return None;
@@ -988,7 +985,10 @@ impl Server {
         let asked = asked.map_or(self.config.default_lifetime, |s| {
             Duration::from_secs(u64::from(s))
         });
-        asked.clamp(self.config.default_lifetime, self.config.max_lifetime)
+        // Not `clamp`: it panics when a configuration puts the maximum below the default.
+        asked
+            .max(self.config.default_lifetime)
+            .min(self.config.max_lifetime)
     }
 
     fn port_free(&self, a: SocketAddr) -> bool {
