@@ -301,7 +301,8 @@ fn component(thread: &str) -> &'static str {
     match thread {
         // The agents' runtime runs on the thread that called `run` (the program's main one).
         "sim" => "agents",
-        "anchor" => "anchor",
+        // Its media server, and the control task that answers the signalling.
+        "anchor" | "anchor-media" => "anchor",
         "turn-server" => "turn-server",
         "udp-relay" => "udp-relay",
         "precise-timer" => "precise-timer",

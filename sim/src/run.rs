@@ -379,6 +379,8 @@ impl VendorSide {
             behaviour,
         };
         let stats = anchor_stats.clone();
+        let media = crate::anchor::media::MediaServer::start(bind.ip(), epoch, codec)
+            .map_err(io_err("starting the anchor's media server"))?;
         let anchor = std::thread::Builder::new()
             .name("anchor".into())
             .spawn(move || {
@@ -386,7 +388,7 @@ impl VendorSide {
                     .enable_all()
                     .build()
                 {
-                    rt.block_on(crate::anchor::serve(config, requests, stats));
+                    rt.block_on(crate::anchor::serve(config, media, requests, stats));
                 }
             })
             .map_err(io_err("starting the anchor"))?;

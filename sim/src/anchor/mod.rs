@@ -1,22 +1,25 @@
 //! The media anchor: the far end of every call, standing for the vendor's region. It answers
-//! invites arriving through the signalling endpoint with a host leg on loopback (the vendor's
-//! media servers are hosts the agent's TURN relay sends to), plays a 20 ms stream back to the agent, measures the agent's stream, and hands its
-//! measurement back in the `bye` result so that the agent's record holds both directions.
+//! invites arriving through the signalling endpoint with a leg on its media server (a host on
+//! loopback the agent's TURN relay sends to, as a vendor's media servers are), plays a 20 ms
+//! stream back to the agent, measures the agent's stream, and hands its measurement back in the
+//! `bye` result so that the agent's record holds both directions.
 
-use std::collections::HashMap;
+pub mod media;
+pub mod sdp;
+
+use std::collections::HashSet;
+use std::hash::{BuildHasher, RandomState};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use loadgen::driver::DrivenPeer;
-use loadgen::peer::{Peer, PeerConfig};
-use loadgen::session::{from_wire, to_wire};
-use loadgen::signalling::{CallRef, Invite, InviteAnswer, RpcError};
+use loadgen::signalling::{CallRef, Candidate, Invite, InviteAnswer, RpcError};
 use reports::emodel::Codec;
-use reports::record::MediaStats;
-use rtc::peer_connection::sdp::RTCSessionDescription;
 use serde_json::{Value, json};
 use tokio::sync::{mpsc, oneshot};
+
+use self::media::{LegSpec, MediaServer};
+use self::sdp::{Local, Offer};
 
 use crate::signalling::Incoming;
 
@@ -61,22 +64,16 @@ pub struct AnchorStats {
     pub failed: AtomicU64,
 }
 
-/// What a leg hands back when its call ends: its measurement of the agent's stream, the frames
-/// and wire bytes it sent, and its pacing error.
-type Ended = (MediaStats, u64, u64, reports::Distribution);
-
-struct LiveCall {
-    stop: oneshot::Sender<oneshot::Sender<Ended>>,
-}
-
-/// Serves the signalling endpoint's requests until its channel closes. Run it on a tokio
-/// runtime; each call's leg is its own task.
+/// Serves the signalling endpoint's requests until its channel closes, with every call's media
+/// on `media`. Run it on a tokio runtime.
 pub async fn serve(
     config: AnchorConfig,
+    media: MediaServer,
     mut requests: mpsc::UnboundedReceiver<Incoming>,
     stats: Arc<AnchorStats>,
 ) {
-    let mut calls: HashMap<String, LiveCall> = HashMap::new();
+    let mut calls: HashSet<String> = HashSet::new();
+    let credentials = RandomState::new();
     let mut next = 0u64;
     let mut held = Vec::new();
     while let Some(req) = requests.recv().await {
@@ -102,15 +99,67 @@ pub async fn serve(
                         .send(Err(RpcError::new(-32602, "invalid invite parameters")));
                     continue;
                 };
+                let offer = match Offer::parse(&invite.sdp) {
+                    Ok(offer) => offer,
+                    Err(e) => {
+                        stats.failed.fetch_add(1, Ordering::Relaxed);
+                        let _ = req
+                            .reply
+                            .send(Err(RpcError::new(400, format!("cannot answer: {e}"))));
+                        continue;
+                    }
+                };
                 next += 1;
                 let call_id = format!("call-{next}");
-                let (stop_tx, stop_rx) = oneshot::channel();
-                calls.insert(call_id.clone(), LiveCall { stop: stop_tx });
-                let (config, stats) = (config.clone(), stats.clone());
-                tokio::spawn(async move {
-                    let ssrc = 0x4000_0000 | (next as u32 & 0x3fff_ffff);
-                    run_leg(config, invite, call_id, ssrc, req.reply, stop_rx, stats).await;
+                // ICE credentials (RFC 8445 §5.3): 8 and 32 hex digits, unguessable enough for
+                // a loopback test, unique per leg.
+                let ice_ufrag = format!("{:08x}", credentials.hash_one((next, 0u8)) as u32);
+                let ice_pwd = format!(
+                    "{:016x}{:016x}",
+                    credentials.hash_one((next, 1u8)),
+                    credentials.hash_one((next, 2u8))
+                );
+                let ssrc = 0x4000_0000 | (next as u32 & 0x3fff_ffff);
+                let audio = &offer.sections[offer.audio];
+                let answer = sdp::answer(
+                    &offer,
+                    &Local {
+                        ice_ufrag: &ice_ufrag,
+                        ice_pwd: &ice_pwd,
+                        fingerprint: media.fingerprint(),
+                        ssrc,
+                        address: media.address(),
+                    },
+                    next,
+                );
+                let candidates = vec![Candidate {
+                    candidate: sdp::host_candidate(media.address()),
+                    sdp_mid: audio.mid.clone(),
+                    sdp_m_line_index: u16::try_from(offer.audio).ok(),
+                }];
+                // The leg is open before the agent can have the answer, so no check of its
+                // arrives at an unknown leg.
+                media.open(LegSpec {
+                    call_id: call_id.clone(),
+                    offer,
+                    ice_ufrag,
+                    ice_pwd,
+                    ssrc,
+                    silent_after: match config.behaviour {
+                        AnchorBehaviour::GoSilentAfter(d) => Some(d),
+                        _ => None,
+                    },
                 });
+                calls.insert(call_id.clone());
+                stats.answered.fetch_add(1, Ordering::Relaxed);
+                let answer = InviteAnswer {
+                    call_id,
+                    sdp: answer,
+                    candidates,
+                };
+                let _ = req.reply.send(
+                    serde_json::to_value(answer).map_err(|e| RpcError::new(500, e.to_string())),
+                );
             }
             "accept" => {
                 let _ = req.reply.send(Ok(Value::Null));
@@ -157,13 +206,13 @@ pub async fn serve(
                     )));
                     continue;
                 };
-                let Some(call) = calls.remove(&call_id) else {
+                if !calls.remove(&call_id) {
                     let _ = req.reply.send(Err(RpcError::new(404, "call not found")));
                     continue;
-                };
+                }
                 stats.ended.fetch_add(1, Ordering::Relaxed);
                 let (tx, rx) = oneshot::channel();
-                let _ = call.stop.send(tx);
+                media.close(call_id, tx);
                 let reply = req.reply;
                 tokio::spawn(async move {
                     let result = match tokio::time::timeout(Duration::from_secs(1), rx).await {
@@ -187,114 +236,9 @@ pub async fn serve(
 }
 
 /// Whether `params` name a call the anchor has up.
-fn known_call(params: &Value, calls: &HashMap<String, LiveCall>) -> bool {
+fn known_call(params: &Value, calls: &HashSet<String>) -> bool {
     params
         .get("callId")
         .and_then(Value::as_str)
-        .is_some_and(|id| calls.contains_key(id))
-}
-
-async fn run_leg(
-    config: AnchorConfig,
-    invite: Invite,
-    call_id: String,
-    ssrc: u32,
-    reply: oneshot::Sender<Result<Value, RpcError>>,
-    mut stop: oneshot::Receiver<oneshot::Sender<Ended>>,
-    stats: Arc<AnchorStats>,
-) {
-    let now = Instant::now();
-    let leg = PeerConfig {
-        turn: Vec::new(),
-        answering: true,
-        epoch: config.epoch,
-    };
-    let fail =
-        |stats: &AnchorStats, reply: oneshot::Sender<Result<Value, RpcError>>, why: String| {
-            stats.failed.fetch_add(1, Ordering::Relaxed);
-            let _ = reply.send(Err(RpcError::new(500, why)));
-        };
-    let Ok(peer) = Peer::new(leg, ssrc, now) else {
-        return fail(&stats, reply, "anchor leg".into());
-    };
-    let Ok(offer) = RTCSessionDescription::offer(invite.sdp) else {
-        stats.failed.fetch_add(1, Ordering::Relaxed);
-        let _ = reply.send(Err(RpcError::new(400, "the offer is not SDP")));
-        return;
-    };
-    let Ok(mut driven) = DrivenPeer::new(peer) else {
-        return fail(&stats, reply, "anchor socket".into());
-    };
-    let answer = match driven.peer.answer(now, offer) {
-        Ok(a) => a,
-        Err(e) => {
-            stats.failed.fetch_add(1, Ordering::Relaxed);
-            let _ = reply.send(Err(RpcError::new(
-                400,
-                format!("cannot answer the offer: {e:?}"),
-            )));
-            return;
-        }
-    };
-    for c in invite.candidates {
-        let _ = driven.peer.add_remote_candidate(now, from_wire(c));
-    }
-    let candidates: Vec<_> = driven
-        .peer
-        .local_candidates()
-        .iter()
-        .cloned()
-        .map(to_wire)
-        .collect();
-    if candidates.is_empty() {
-        return fail(&stats, reply, "the anchor has no host candidate".into());
-    }
-    stats.answered.fetch_add(1, Ordering::Relaxed);
-    let answer = InviteAnswer {
-        call_id,
-        sdp: answer.sdp,
-        candidates,
-    };
-    let _ = reply.send(serde_json::to_value(answer).map_err(|e| RpcError::new(500, e.to_string())));
-
-    // Play 20 ms frames once connected, until `bye`.
-    let mut next_frame: Option<Instant> = None;
-    let mut silent_at = None;
-    let done = loop {
-        let due = next_frame.unwrap_or_else(|| Instant::now() + Duration::from_millis(20));
-        tokio::select! {
-            ask = &mut stop => break ask.ok(),
-            _ = driven.drive_until(Instant::now() + Duration::from_secs(3600), Some(due), |_| false) => {}
-        }
-        let now = Instant::now();
-        if driven.peer.times.connected.is_some() {
-            let connected = *silent_at.get_or_insert(now);
-            let first =
-                *next_frame.get_or_insert_with(|| loadgen::clock::next_slot(config.epoch, now));
-            if now >= first {
-                let silent = matches!(config.behaviour, AnchorBehaviour::GoSilentAfter(d) if now >= connected + d);
-                if !silent {
-                    driven.peer.send_frame_due(now, first);
-                }
-                next_frame = Some(first + Duration::from_millis(20));
-            }
-        }
-    };
-    let now = Instant::now();
-    driven.peer.close(now);
-    let sent = driven.peer.frames_sent();
-    let meter = std::mem::replace(
-        &mut driven.peer.meter,
-        loadgen::measure::MediaMeter::new(config.epoch),
-    );
-    if let Some(tx) = done {
-        // What the agent sent is the agent's to report; it fills `packets_sent` in.
-        let received = meter.received();
-        let _ = tx.send((
-            meter.finish(received, 0, config.codec),
-            sent,
-            driven.peer.wire_bytes_sent,
-            driven.peer.pacing.clone(),
-        ));
-    }
+        .is_some_and(|id| calls.contains(id))
 }

@@ -1,0 +1,206 @@
+//! The anchor's media server against `rtc`'s full peer connection (a different WebRTC stack)
+//! on loopback: ICE-lite checks answered only with the leg's credentials, the DTLS client's
+//! certificate held to the offer's fingerprint, media measured both ways.
+#![allow(clippy::disallowed_methods)] // real sockets, real clock
+
+use std::net::{SocketAddr, UdpSocket};
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use loadgen::peer::{Peer, PeerConfig};
+use reports::emodel::Codec;
+use rtc::peer_connection::sdp::RTCSessionDescription;
+use rtc::peer_connection::transport::RTCIceCandidateInit;
+use sim::anchor::media::{Ended, LegSpec, MediaServer};
+use sim::anchor::sdp::{self, Local, Offer};
+use turn_server::wire::{self, Class, IntegrityKind, MessageBuilder, Method, TransactionId};
+
+const UFRAG: &str = "anch0001";
+const PWD: &str = "0123456789abcdef0123456789abcdef";
+
+/// Opens a leg for a host-leg agent's offer (after `tamper`), hands the agent the answer and the
+/// server's candidate, and drives the agent, sending frames once connected, for `talk`.
+fn call(tamper: impl FnOnce(&mut Offer), talk: Duration) -> (MediaServer, Peer) {
+    let epoch = Instant::now();
+    let media = MediaServer::start([127, 0, 0, 1].into(), epoch, Codec::OPUS).unwrap();
+    let now = Instant::now();
+    let config = PeerConfig {
+        turn: Vec::new(),
+        answering: false,
+        epoch,
+    };
+    let mut agent = Peer::new(config, 0x1234, now).unwrap();
+    let offer = agent.offer(now).unwrap();
+    let mut parsed = Offer::parse(&offer.sdp).unwrap();
+    tamper(&mut parsed);
+    let mid = parsed.sections[parsed.audio].mid.clone();
+    let answer = sdp::answer(
+        &parsed,
+        &Local {
+            ice_ufrag: UFRAG,
+            ice_pwd: PWD,
+            fingerprint: media.fingerprint(),
+            ssrc: 0x4000_0001,
+            address: media.address(),
+        },
+        1,
+    );
+    media.open(LegSpec {
+        call_id: "call-1".into(),
+        offer: parsed,
+        ice_ufrag: UFRAG.into(),
+        ice_pwd: PWD.into(),
+        ssrc: 0x4000_0001,
+        silent_after: None,
+    });
+    agent
+        .accept(now, RTCSessionDescription::answer(answer).unwrap())
+        .unwrap();
+    agent
+        .add_remote_candidate(
+            now,
+            RTCIceCandidateInit {
+                candidate: sdp::host_candidate(media.address()),
+                sdp_mid: mid,
+                sdp_mline_index: Some(0),
+                ..Default::default()
+            },
+        )
+        .unwrap();
+    let start = Instant::now();
+    let mut next_frame = None;
+    while start.elapsed() < talk {
+        let now = Instant::now();
+        agent.drive(now);
+        if agent.times.connected.is_some() {
+            let due = *next_frame.get_or_insert(now);
+            if now >= due {
+                agent.send_frame(now);
+                next_frame = Some(due + Duration::from_millis(20));
+            }
+        }
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    (media, agent)
+}
+
+fn close(media: &MediaServer) -> Ended {
+    let (tx, mut rx) = tokio::sync::oneshot::channel();
+    media.close("call-1".into(), tx);
+    let start = Instant::now();
+    loop {
+        match rx.try_recv() {
+            Ok(ended) => return ended,
+            Err(_) if start.elapsed() < Duration::from_secs(2) => {
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            Err(e) => panic!("the leg's figures never came: {e}"),
+        }
+    }
+}
+
+#[test]
+fn a_full_ice_agent_connects_and_media_flows_both_ways() {
+    let (media, agent) = call(|_| {}, Duration::from_secs(3));
+    assert!(agent.times.ice_connected.is_some(), "ICE never connected");
+    assert!(agent.times.connected.is_some(), "DTLS never connected");
+    // ~2.9 s of 20 ms frames each way after a setup well under 100 ms on loopback.
+    let to_agent = agent.meter.received();
+    assert!(to_agent >= 100, "the agent received {to_agent} frames");
+    assert!(
+        agent.meter.rtcp_reports >= 1,
+        "no sender report reached the agent"
+    );
+    let (to_anchor, anchor_sent, wire_bytes, pacing) = close(&media);
+    assert!(to_anchor.packets_received >= 100, "{to_anchor:?}");
+    assert_eq!(to_anchor.packets_lost, 0);
+    assert!(anchor_sent >= to_agent, "{anchor_sent} < {to_agent}");
+    // Every frame counted with its SRTP, UDP and IP bytes: at least 12 + 80 + 16 + 28.
+    assert!(
+        wire_bytes >= anchor_sent * 136,
+        "{wire_bytes} for {anchor_sent}"
+    );
+    assert!(!pacing.is_empty());
+    assert_eq!(media.counters.dtls_failures.load(Ordering::Relaxed), 0);
+}
+
+#[test]
+fn a_certificate_that_does_not_match_the_offered_fingerprint_is_refused() {
+    let (media, agent) = call(
+        |offer| offer.fingerprint = vec!["00"; 32].join(":"),
+        Duration::from_secs(2),
+    );
+    assert!(agent.times.ice_connected.is_some(), "ICE never connected");
+    assert!(agent.times.connected.is_none(), "DTLS connected anyway");
+    assert_eq!(agent.meter.received(), 0);
+    assert_eq!(media.counters.dtls_failures.load(Ordering::Relaxed), 1);
+}
+
+fn binding_request(username: &str, key: &str, use_candidate: bool) -> Vec<u8> {
+    let mut m = MessageBuilder::new(Method::BINDING, Class::Request, TransactionId([7; 12]));
+    m.attribute(wire::attr::USERNAME, username.as_bytes());
+    if use_candidate {
+        m.attribute(0x0025, &[]);
+    }
+    m.integrity(IntegrityKind::Sha1, key.as_bytes());
+    m.finish_with_fingerprint()
+}
+
+#[test]
+fn checks_are_answered_only_with_the_legs_credentials() {
+    let epoch = Instant::now();
+    let media = MediaServer::start([127, 0, 0, 1].into(), epoch, Codec::OPUS).unwrap();
+    let agent_offer = "v=0\r\no=- 1 2 IN IP4 127.0.0.1\r\ns=-\r\nt=0 0\r\n\
+        m=audio 9 UDP/TLS/RTP/SAVPF 111\r\nc=IN IP4 0.0.0.0\r\na=ice-ufrag:agnt\r\n\
+        a=ice-pwd:abcdefghijklmnopqrstuvwx\r\na=fingerprint:sha-256 AA:BB\r\n\
+        a=setup:actpass\r\na=mid:0\r\na=rtpmap:111 opus/48000/2\r\n";
+    media.open(LegSpec {
+        call_id: "call-1".into(),
+        offer: Offer::parse(agent_offer).unwrap(),
+        ice_ufrag: UFRAG.into(),
+        ice_pwd: PWD.into(),
+        ssrc: 1,
+        silent_after: None,
+    });
+    let socket = UdpSocket::bind("127.0.0.1:0").unwrap();
+    socket
+        .set_read_timeout(Some(Duration::from_millis(300)))
+        .unwrap();
+    let me: SocketAddr = socket.local_addr().unwrap();
+    let mut buf = [0u8; 1500];
+    let answered = |request: &[u8], buf: &mut [u8]| {
+        socket.send_to(request, media.address()).unwrap();
+        socket.recv_from(buf).ok().map(|(n, _)| n)
+    };
+    let user = format!("{UFRAG}:agnt");
+    for (what, request) in [
+        (
+            "a wrong password",
+            binding_request(&user, "not-the-password", true),
+        ),
+        (
+            "another agent's ufrag",
+            binding_request(&format!("{UFRAG}:evil"), PWD, true),
+        ),
+        ("an unknown leg", binding_request("nobody:agnt", PWD, true)),
+        (
+            "a truncated message",
+            binding_request(&user, PWD, true)[..30].to_vec(),
+        ),
+    ] {
+        assert_eq!(answered(&request, &mut buf), None, "{what} was answered");
+    }
+    assert_eq!(media.counters.dropped.load(Ordering::Relaxed), 4);
+
+    let n = answered(&binding_request(&user, PWD, true), &mut buf).expect("no answer");
+    let packet = wire::StunPacket::new_checked(&buf[..n]).unwrap();
+    assert_eq!(packet.class(), Class::Success);
+    let repr = wire::StunRepr::parse(&packet).unwrap();
+    assert!(repr.fingerprint);
+    assert!(repr.verify_integrity(packet.message(), PWD.as_bytes()));
+    let mapped = packet
+        .attributes()
+        .find(|a| a.kind == wire::attr::XOR_MAPPED_ADDRESS)
+        .and_then(|a| wire::decode_xor_address(a.value, &packet.transaction_id()));
+    assert_eq!(mapped, Some(me));
+}
