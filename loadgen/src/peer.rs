@@ -680,7 +680,11 @@ impl Peer {
                 let _ = a.client.handle_timeout(now);
             }
         }
-        if self.pc.poll_timeout().is_some_and(|t| t <= now) {
+        // Until DTLS is up, every drive runs the timers: `rtc` acts on some of its own events
+        // (the selected pair that starts the DTLS handshake) only in `handle_timeout`, and its
+        // `poll_timeout` does not say so — with an ICE-lite remote that sends nothing to wake
+        // the agent, the handshake waited a whole 50 ms check interval.
+        if self.times.connected.is_none() || self.pc.poll_timeout().is_some_and(|t| t <= now) {
             let _ = self.pc.handle_timeout(now);
         }
         self.turn_events(now);
