@@ -17,9 +17,11 @@
 pub mod clock;
 pub mod driver;
 pub mod measure;
+pub mod media;
 pub mod pair;
 pub mod peer;
 pub mod runner;
+pub mod sdp;
 pub mod session;
 pub mod signalling;
 pub mod turn_stream;

@@ -49,9 +49,9 @@ impl PairedCall {
         };
         let mut agent = Peer::new(agent, 0x1000_0001, now).map_err(|e| fail("agent", e))?;
         let mut anchor = Peer::new(anchor, 0x2000_0002, now).map_err(|e| fail("anchor", e))?;
-        let offer = agent.offer(now).map_err(|e| fail("agent", e))?;
-        let answer = anchor.answer(now, offer).map_err(|e| fail("anchor", e))?;
-        agent.accept(now, answer).map_err(|e| fail("agent", e))?;
+        let offer = agent.offer();
+        let answer = anchor.answer(now, &offer).map_err(|e| fail("anchor", e))?;
+        agent.accept(now, &answer).map_err(|e| fail("agent", e))?;
         Ok(Self {
             agent,
             anchor,
@@ -124,7 +124,7 @@ impl PairedCall {
         );
         for c in b {
             self.agent
-                .add_remote_candidate(now, c)
+                .add_remote_candidate(now, &c)
                 .map_err(|e| PairError {
                     side: "agent",
                     error: Some(e),
@@ -133,7 +133,7 @@ impl PairedCall {
         }
         for c in a {
             self.anchor
-                .add_remote_candidate(now, c)
+                .add_remote_candidate(now, &c)
                 .map_err(|e| PairError {
                     side: "anchor",
                     error: Some(e),

@@ -1,12 +1,12 @@
-//! One softphone media leg: a WebRTC peer connection that sends an Opus-like RTP stream and
-//! measures what it receives. The agent's leg reaches its remote only through a TURN relay
-//! (relay-only ICE, as the softphone is configured); the anchor's leg is a host on loopback, as
-//! the vendor's media servers are public hosts the agent's relay sends to.
+//! One softphone media leg: a WebRTC endpoint (ICE, DTLS-SRTP, [`crate::media`]) that sends an
+//! Opus-like RTP stream and measures what it receives. The agent's leg reaches its remote only
+//! through a TURN relay (relay-only ICE, as the softphone is configured); a host leg on loopback
+//! stands for a public host in tests.
 //!
-//! `rtc` is sans-I/O and gathers no candidates itself, so this is the glue a browser has built
-//! in: allocate on the TURN server, offer the relayed address as the only candidate, create a
-//! permission for every remote address, route the peer connection's datagrams through the
-//! relay, and feed what the relay delivers back in with the relayed address as the local one.
+//! This is the glue a browser has built in: allocate on the TURN server, offer the relayed
+//! address as the only candidate, create a permission for every remote address, route the
+//! media plane's datagrams through the relay, and feed what the relay delivers back in with the
+//! relayed address as the local one.
 
 use std::collections::{HashSet, VecDeque};
 use std::io;
@@ -15,28 +15,15 @@ use std::os::fd::{AsFd, BorrowedFd};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use bytes::{Bytes, BytesMut};
-use rtc::media_stream::MediaStreamTrack;
-use rtc::peer_connection::configuration::RTCConfigurationBuilder;
-use rtc::peer_connection::configuration::media_engine::{MIME_TYPE_OPUS, MediaEngine};
-use rtc::peer_connection::configuration::setting_engine::SettingEngineBuilder;
-use rtc::peer_connection::event::RTCPeerConnectionEvent;
-use rtc::peer_connection::message::{RTCMessage, TaggedRTCMessage};
-use rtc::peer_connection::sdp::RTCSessionDescription;
-use rtc::peer_connection::state::{RTCIceConnectionState, RTCPeerConnectionState};
-use rtc::peer_connection::transport::{
-    CandidateConfig, RTCDtlsRole, RTCIceCandidate, RTCIceCandidateInit, RTCIceServer,
-};
-use rtc::peer_connection::{RTCPeerConnection, RTCPeerConnectionBuilder};
-use rtc::rtp_transceiver::RTCRtpSenderId;
-use rtc::rtp_transceiver::rtp_sender::{
-    RTCRtpCodec, RTCRtpCodingParameters, RTCRtpEncodingParameters, RtpCodecKind,
-};
+use bytes::BytesMut;
+use rtc::ice::candidate::Candidate;
+use rtc::peer_connection::transport::{CandidateConfig, RTCIceCandidate, RTCIceCandidateInit};
 use rtc::sansio::Protocol;
 use rtc::shared::{TaggedBytesMut, TransportContext, TransportProtocol};
 use rtc::turn::client::{Client, ClientConfig, Event as TurnEvent};
 
-use crate::measure::{MediaMeter, Stamp};
+use crate::measure::MediaMeter;
+use crate::media::{MediaEvent, MediaSession, Received, is_rtcp};
 use crate::turn_stream::{StreamTransport, TlsSession};
 
 /// Opus: 48 kHz RTP clock, 20 ms frames.
@@ -318,7 +305,7 @@ impl Allocation {
 
 /// A WebRTC peer with one Opus-like audio track.
 pub struct Peer {
-    pc: RTCPeerConnection,
+    media: MediaSession,
     /// The host socket of a host leg.
     host: Option<(UdpSocket, SocketAddr)>,
     /// The allocations of a relay-only leg, one per TURN server.
@@ -328,11 +315,6 @@ pub struct Peer {
     remotes: HashSet<SocketAddr>,
     /// Datagrams from the peer connection not yet sent: local address, remote, data, when.
     waiting: VecDeque<(SocketAddr, SocketAddr, BytesMut, Instant)>,
-    sender: RTCRtpSenderId,
-    ssrc: u32,
-    /// The negotiated Opus payload type, once known.
-    payload_type: Option<u8>,
-    frames_sent: u64,
     /// Bytes sent on the wire for media, with IP, UDP and TURN framing.
     pub wire_bytes_sent: u64,
     /// RTCP packets sent (SRTCP, told apart by their packet type byte, RFC 5761 §4).
@@ -376,78 +358,21 @@ impl Peer {
     /// Starts a TURN allocation on every configured server (a relay-only leg), or binds a UDP
     /// socket on loopback and offers it as a host candidate (a host leg).
     pub fn new(config: PeerConfig, ssrc: u32, now: Instant) -> Result<Self, LegError> {
-        let mut media = MediaEngine::default();
-        media.register_default_codecs().map_err(err)?;
-        let setting = SettingEngineBuilder::default()
-            // pion's 2 s wait before nominating relay pairs would show up as setup time.
-            .with_relay_acceptance_min_wait(Some(Duration::ZERO))
-            // RFC 8445 §14.2's pacing, Ta = 50 ms, as browsers pace checks; pion's 200 ms would
-            // add up to 200 ms of setup while the controlling side waits to nominate. 20 checks
-            // keep the 1 s window a lossy path needs.
-            .with_ice_connection_attempts(Some(Duration::from_millis(50)), Some(20))
-            // The answering side (the anchor) takes the DTLS server role (`a=setup:passive`,
-            // RFC 5763 §5): the agent sends its ClientHello once its own ICE is connected, by
-            // which time the anchor has the nomination. With the anchor as client, 15 % of
-            // setups took ~200 ms longer from ICE to DTLS (a lost first flight and its
-            // retransmission: the anchor's ClientHello raced the agent's own ICE completion).
-            .with_answering_dtls_role(RTCDtlsRole::Server)
-            .build();
-        let rtc_config = RTCConfigurationBuilder::new()
-            .with_ice_servers(
-                config
-                    .turn
-                    .iter()
-                    .map(|t| RTCIceServer {
-                        urls: vec![format!("turn:{}", t.server)],
-                        username: t.username.clone(),
-                        credential: t.password.clone(),
-                    })
-                    .collect(),
-            )
-            .build();
-        // RTCP sender and receiver reports both ways (RFC 3550 §6.4), as a browser sends them.
-        let interceptors =
-            rtc::peer_connection::configuration::interceptor_registry::configure_rtcp_reports(
-                rtc::interceptor::Registry::new(),
-            );
-        let mut pc = RTCPeerConnectionBuilder::new()
-            .with_configuration(rtc_config)
-            .with_setting_engine(setting)
-            .with_media_engine(media)
-            .with_interceptor_registry(interceptors)
-            .build(now)
-            .map_err(err)?;
-        let track = MediaStreamTrack::new(
-            format!("stream-{ssrc}"),
-            format!("audio-{ssrc}"),
-            "softphone audio".to_owned(),
-            RtpCodecKind::Audio,
-            vec![RTCRtpEncodingParameters {
-                rtp_coding_parameters: RTCRtpCodingParameters {
-                    ssrc: Some(ssrc),
-                    ..Default::default()
-                },
-                codec: RTCRtpCodec {
-                    mime_type: MIME_TYPE_OPUS.to_owned(),
-                    clock_rate: CLOCK_RATE,
-                    channels: 2,
-                    sdp_fmtp_line: "minptime=10;useinbandfec=1".to_owned(),
-                    rtcp_feedback: vec![],
-                },
-                ..Default::default()
-            }],
-        );
-        let sender = pc.add_track(track).map_err(err)?;
-
+        // The answering side takes the DTLS server role (`a=setup:passive`, RFC 5763 §5): the
+        // offerer sends its ClientHello once its own ICE has selected a pair. With the answerer
+        // as client, 15 % of setups took ~200 ms longer from ICE to DTLS (the answerer's
+        // ClientHello raced the offerer's ICE completion and was lost).
+        let mut media = MediaSession::new(now, !config.answering, ssrc)
+            .map_err(|e| LegError::Sdp(e.to_string()))?;
         let (mut host, mut local_candidates) = (None, Vec::new());
         if config.turn.is_empty() {
             let io = |e: io::Error| LegError::Io(e.to_string());
             let socket = UdpSocket::bind(SocketAddr::from(([127, 0, 0, 1], 0))).map_err(io)?;
             socket.set_nonblocking(true).map_err(io)?;
             let local = socket.local_addr().map_err(io)?;
-            let candidate = host_candidate(local).map_err(LegError::Io)?;
-            pc.add_local_candidate(candidate.clone()).map_err(err)?;
-            local_candidates.push(candidate);
+            let (candidate, init) = host_candidate(local).map_err(LegError::Io)?;
+            media.add_local_candidate(candidate).map_err(err)?;
+            local_candidates.push(init);
             host = Some((socket, local));
         }
         let allocations = config
@@ -456,7 +381,7 @@ impl Peer {
             .map(|t| Allocation::start(t, now))
             .collect::<Result<Vec<_>, _>>()?;
         Ok(Self {
-            pc,
+            media,
             host,
             allocations,
             meter: MediaMeter::new(config.epoch),
@@ -464,10 +389,6 @@ impl Peer {
             local_candidates,
             remotes: HashSet::new(),
             waiting: VecDeque::new(),
-            sender,
-            ssrc,
-            payload_type: None,
-            frames_sent: 0,
             wire_bytes_sent: 0,
             rtcp_sent: 0,
             pacing: reports::Distribution::new(reports::Unit::Micros),
@@ -538,38 +459,25 @@ impl Peer {
     }
 
     /// Creates and applies the offer (the agent's side).
-    pub fn offer(&mut self, now: Instant) -> Result<RTCSessionDescription, LegError> {
-        let offer = self.pc.create_offer(None).map_err(err)?;
-        self.pc
-            .set_local_description(now, offer.clone())
-            .map_err(err)?;
-        Ok(offer)
+    pub fn offer(&self) -> String {
+        self.media.offer()
     }
 
-    /// Applies an offer and answers it (the anchor's side).
-    pub fn answer(
-        &mut self,
-        now: Instant,
-        offer: RTCSessionDescription,
-    ) -> Result<RTCSessionDescription, LegError> {
-        self.pc.set_remote_description(now, offer).map_err(err)?;
-        let answer = self.pc.create_answer(None).map_err(err)?;
-        self.pc
-            .set_local_description(now, answer.clone())
-            .map_err(err)?;
-        Ok(answer)
+    /// Applies an offer and answers it (the answering side).
+    pub fn answer(&mut self, now: Instant, offer: &str) -> Result<String, LegError> {
+        self.media.answer(now, offer).map_err(err)
     }
 
     /// Applies the answer (the agent's side).
-    pub fn accept(&mut self, now: Instant, answer: RTCSessionDescription) -> Result<(), LegError> {
-        self.pc.set_remote_description(now, answer).map_err(err)
+    pub fn accept(&mut self, now: Instant, answer: &str) -> Result<(), LegError> {
+        self.media.accept(now, answer).map_err(err)
     }
 
     /// Adds the remote's candidate and asks the relay to let it in.
     pub fn add_remote_candidate(
         &mut self,
         now: Instant,
-        candidate: RTCIceCandidateInit,
+        candidate: &RTCIceCandidateInit,
     ) -> Result<(), LegError> {
         if let Some(addr) = candidate_address(&candidate.candidate) {
             self.remotes.insert(addr);
@@ -577,7 +485,9 @@ impl Peer {
                 a.permit(now, addr);
             }
         }
-        self.pc.add_remote_candidate(candidate).map_err(err)
+        self.media
+            .add_remote_candidate(&candidate.candidate)
+            .map_err(err)
     }
 
     /// Sends the frame scheduled for `due` (now, late by `now − due`).
@@ -593,54 +503,14 @@ impl Peer {
         if self.times.connected.is_none() {
             return;
         }
-        let Some(mut sender) = self.pc.rtp_sender(self.sender) else {
-            return;
-        };
-        // Negotiated once: looked up on the first frame, not copied out of the sender's
-        // parameters for every one.
-        let pt = match self.payload_type {
-            Some(pt) => pt,
-            None => {
-                let Some(pt) = sender
-                    .get_parameters()
-                    .rtp_parameters
-                    .codecs
-                    .iter()
-                    .find(|c| c.rtp_codec.mime_type.eq_ignore_ascii_case(MIME_TYPE_OPUS))
-                    .map(|c| c.payload_type)
-                else {
-                    return;
-                };
-                *self.payload_type.insert(pt)
-            }
-        };
-        let mut payload = vec![0u8; PAYLOAD_BYTES];
-        Stamp {
-            sent: now.saturating_duration_since(self.config.epoch),
-            frame: self.frames_sent,
-        }
-        .write(&mut payload);
-        let packet = rtc::rtp::packet::Packet {
-            header: rtc::rtp::header::Header {
-                version: 2,
-                payload_type: pt,
-                // The frame count, wrapping at 16 bits.
-                sequence_number: self.frames_sent as u16,
-                timestamp: (self.frames_sent as u32).wrapping_mul(FRAME_TICKS),
-                ssrc: self.ssrc,
-                marker: self.frames_sent == 0,
-                ..Default::default()
-            },
-            payload: Bytes::from(payload),
-        };
-        if sender.write_rtp(now, packet).is_ok() {
-            self.frames_sent += 1;
-        }
+        self.media
+            .send_frame(now.saturating_duration_since(self.config.epoch));
+        self.flush(now);
     }
 
     /// Frames sent so far.
     pub fn frames_sent(&self) -> u64 {
-        self.frames_sent
+        self.media.frames_sent()
     }
 
     /// Reads what the sockets have, runs due timers, and sends what is ready. Call it whenever
@@ -662,16 +532,7 @@ impl Peer {
                 }
             }
             for (from, message) in received {
-                self.deliver(TaggedBytesMut {
-                    now,
-                    transport: TransportContext {
-                        local_addr: local,
-                        peer_addr: from,
-                        ecn: None,
-                        transport_protocol: TransportProtocol::UDP,
-                    },
-                    message,
-                });
+                self.deliver(now, local, from, message);
             }
         }
         for a in &mut self.allocations {
@@ -680,15 +541,11 @@ impl Peer {
                 let _ = a.client.handle_timeout(now);
             }
         }
-        // Until DTLS is up, every drive runs the timers: `rtc` acts on some of its own events
-        // (the selected pair that starts the DTLS handshake) only in `handle_timeout`, and its
-        // `poll_timeout` does not say so — with an ICE-lite remote that sends nothing to wake
-        // the agent, the handshake waited a whole 50 ms check interval.
-        if self.times.connected.is_none() || self.pc.poll_timeout().is_some_and(|t| t <= now) {
-            let _ = self.pc.handle_timeout(now);
+        if self.media.poll_timeout().is_some_and(|t| t <= now) {
+            self.media.handle_timeout(now, &self.meter);
         }
         self.turn_events(now);
-        self.pc_events(now);
+        self.media_events(now);
         self.flush(now);
     }
 
@@ -697,7 +554,7 @@ impl Peer {
         self.allocations
             .iter_mut()
             .filter_map(|a| a.client.poll_timeout())
-            .chain(self.pc.poll_timeout())
+            .chain(self.media.poll_timeout())
             .min()
     }
 
@@ -716,8 +573,8 @@ impl Peer {
                 a.relay = Some(relay);
                 self.times.allocated.get_or_insert(now);
                 match relay_candidate(relay, a.local, &a.transport) {
-                    Ok(init) => {
-                        let _ = self.pc.add_local_candidate(init.clone());
+                    Ok((candidate, init)) => {
+                        let _ = self.media.add_local_candidate(candidate);
                         self.local_candidates.push(init);
                     }
                     Err(e) => a.error = Some(LegError::TurnAllocation(e)),
@@ -753,82 +610,45 @@ impl Peer {
                         a.permit(now, from);
                     }
                 }
-                self.deliver(TaggedBytesMut {
-                    now,
-                    transport: TransportContext {
-                        local_addr: relay,
-                        peer_addr: from,
-                        ecn: None,
-                        transport_protocol: TransportProtocol::UDP,
-                    },
-                    message: data,
-                });
+                self.deliver(now, relay, from, data);
             }
             _ => {}
         }
     }
 
-    /// Hands a datagram from the remote to the peer connection.
-    fn deliver(&mut self, msg: TaggedBytesMut) {
-        if is_rtcp(&msg.message) {
-            // Counted here: `rtc`'s report interceptors consume SR/RR themselves.
-            self.meter.rtcp_reports += 1;
+    /// Hands a datagram from the remote to the media plane.
+    fn deliver(&mut self, now: Instant, local: SocketAddr, from: SocketAddr, data: BytesMut) {
+        if self
+            .media
+            .handle_read(now, local, from, data, &mut self.meter)
+            == Received::Rtp
+        {
+            self.times.first_rtp.get_or_insert(now);
         }
-        let _ = self.pc.handle_read(msg);
     }
 
-    fn pc_events(&mut self, now: Instant) {
-        while let Some(event) = self.pc.poll_event() {
+    fn media_events(&mut self, now: Instant) {
+        while let Some(event) = self.media.poll_event() {
             match event {
-                RTCPeerConnectionEvent::OnIceConnectionStateChangeEvent(
-                    RTCIceConnectionState::Connected,
-                ) => {
+                MediaEvent::IceConnected => {
                     self.times.ice_connected.get_or_insert(now);
                 }
-                RTCPeerConnectionEvent::OnIceConnectionStateChangeEvent(
-                    RTCIceConnectionState::Failed,
-                ) => {
+                MediaEvent::IceFailed => {
                     self.error.get_or_insert(LegError::IceFailed);
                 }
-                RTCPeerConnectionEvent::OnConnectionStateChangeEvent(
-                    RTCPeerConnectionState::Connected,
-                ) => {
+                MediaEvent::Connected => {
                     self.times.connected.get_or_insert(now);
                 }
-                RTCPeerConnectionEvent::OnConnectionStateChangeEvent(
-                    RTCPeerConnectionState::Failed,
-                ) => {
-                    self.error
-                        .get_or_insert(if self.times.ice_connected.is_some() {
-                            LegError::DtlsFailed
-                        } else {
-                            LegError::IceFailed
-                        });
+                MediaEvent::DtlsFailed => {
+                    self.error.get_or_insert(LegError::DtlsFailed);
                 }
-                _ => {}
-            }
-        }
-        while let Some(TaggedRTCMessage { message, .. }) = self.pc.poll_read() {
-            if let RTCMessage::RtpPacket(_, packet) = message {
-                self.times.first_rtp.get_or_insert(now);
-                self.meter.on_rtp(
-                    now,
-                    packet.header.sequence_number,
-                    packet.header.timestamp,
-                    &packet.payload,
-                );
             }
         }
     }
 
     fn flush(&mut self, now: Instant) {
-        while let Some(t) = self.pc.poll_write() {
-            self.waiting.push_back((
-                t.transport.local_addr,
-                t.transport.peer_addr,
-                t.message,
-                t.now,
-            ));
+        while let Some((local, peer, data)) = self.media.poll_transmit() {
+            self.waiting.push_back((local, peer, data, now));
         }
         let mut still = VecDeque::new();
         while let Some((local, peer, data, at)) = self.waiting.pop_front() {
@@ -873,9 +693,9 @@ impl Peer {
         }
     }
 
-    /// Closes the peer connection and releases the allocations.
+    /// Closes the media plane and releases the allocations.
     pub fn close(&mut self, now: Instant) {
-        let _ = self.pc.close();
+        self.media.close(now);
         for a in &mut self.allocations {
             if let Some(relay) = a.relay
                 && let Ok(mut r) = a.client.relay(relay)
@@ -887,7 +707,15 @@ impl Peer {
     }
 }
 
-fn host_candidate(local: SocketAddr) -> Result<RTCIceCandidateInit, String> {
+/// A candidate for the media plane, and as signalled.
+fn signalled(candidate: Candidate) -> Result<(Candidate, RTCIceCandidateInit), String> {
+    let init = RTCIceCandidate::from(&candidate)
+        .to_json()
+        .map_err(|e| e.to_string())?;
+    Ok((candidate, init))
+}
+
+fn host_candidate(local: SocketAddr) -> Result<(Candidate, RTCIceCandidateInit), String> {
     let candidate = rtc::ice::candidate::candidate_host::CandidateHostConfig {
         base_config: CandidateConfig {
             network: "udp".to_owned(),
@@ -900,16 +728,14 @@ fn host_candidate(local: SocketAddr) -> Result<RTCIceCandidateInit, String> {
     }
     .new_candidate_host()
     .map_err(|e| e.to_string())?;
-    RTCIceCandidate::from(&candidate)
-        .to_json()
-        .map_err(|e| e.to_string())
+    signalled(candidate)
 }
 
 fn relay_candidate(
     relay: SocketAddr,
     base: SocketAddr,
     transport: &TurnTransport,
-) -> Result<RTCIceCandidateInit, String> {
+) -> Result<(Candidate, RTCIceCandidateInit), String> {
     // RFC 8445 §5.1.2.1 with the relay type preference 0 and component 1.
     let priority = (transport.local_preference() << 8) + 255;
     let candidate = rtc::ice::candidate::candidate_relay::CandidateRelayConfig {
@@ -927,15 +753,7 @@ fn relay_candidate(
     }
     .new_candidate_relay()
     .map_err(|e| e.to_string())?;
-    RTCIceCandidate::from(&candidate)
-        .to_json()
-        .map_err(|e| e.to_string())
-}
-
-/// Whether a datagram on the muxed RTP/RTCP port is (S)RTCP: version 2 and a packet type in
-/// 192–223 (RFC 5761 §4; the first 8 bytes of SRTCP are not encrypted).
-fn is_rtcp(data: &[u8]) -> bool {
-    data.len() >= 8 && data[0] >> 6 == 2 && (192..=223).contains(&data[1])
+    signalled(candidate)
 }
 
 /// The transport address of an ICE candidate line (`candidate:F C udp P ADDR PORT typ …`).

@@ -164,8 +164,8 @@ impl Call {
         };
         let resolved = !config.turn.is_empty();
         let now = Instant::now();
-        let mut peer = Peer::new(config, spec.ssrc, now).map_err(|e| leg_failure(&e))?;
-        let offer = peer.offer(now).map_err(|e| leg_failure(&e))?;
+        let peer = Peer::new(config, spec.ssrc, now).map_err(|e| leg_failure(&e))?;
+        let offer = peer.offer();
         self.state = SessionState::SetLocalDescription;
         self.milestones.local_description_us = self.at();
         let mut driven = DrivenPeer::new(peer)
@@ -181,7 +181,7 @@ impl Call {
         &mut self,
         spec: &CallSpec,
         driven: &mut DrivenPeer,
-        offer: &RTCSessionDescription,
+        offer: &str,
         resolved: bool,
     ) -> Result<(), Fail> {
         // Signalling connect and ICE collection run side by side.
@@ -250,7 +250,7 @@ impl Call {
         // InviteAnswer.
         self.state = SessionState::InviteAnswer;
         let invite = Invite {
-            sdp: offer.sdp.clone(),
+            sdp: offer.to_owned(),
             candidates: driven
                 .peer
                 .local_candidates()
@@ -290,7 +290,7 @@ impl Call {
                 return Err((FailureClass::InvalidRemoteSdp, e.to_string()));
             }
         };
-        if let Err(e) = driven.peer.accept(now, sdp) {
+        if let Err(e) = driven.peer.accept(now, &sdp.sdp) {
             client.close().await;
             return Err((FailureClass::SetRemoteDescriptionFailure, format!("{e:?}")));
         }
@@ -302,7 +302,7 @@ impl Call {
             ));
         }
         for c in answer.candidates {
-            let _ = driven.peer.add_remote_candidate(now, from_wire(c));
+            let _ = driven.peer.add_remote_candidate(now, &from_wire(c));
         }
         if let Err(e) = client
             .call_ref("accept", &answer.call_id, spec.timeouts.ack)

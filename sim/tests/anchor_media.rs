@@ -1,5 +1,4 @@
-//! The anchor's media server against `rtc`'s full peer connection (a different WebRTC stack)
-//! on loopback: ICE-lite checks answered only with the leg's credentials, the DTLS client's
+//! The anchor's media server against an agent's leg on loopback: ICE-lite checks answered only with the leg's credentials, the DTLS client's
 //! certificate held to the offer's fingerprint, media measured both ways.
 #![allow(clippy::disallowed_methods)] // real sockets, real clock
 
@@ -8,11 +7,10 @@ use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use loadgen::peer::{Peer, PeerConfig};
+use loadgen::sdp::{self, Description, Local};
 use reports::emodel::Codec;
-use rtc::peer_connection::sdp::RTCSessionDescription;
 use rtc::peer_connection::transport::RTCIceCandidateInit;
 use sim::anchor::media::{Ended, LegSpec, MediaServer};
-use sim::anchor::sdp::{self, Local, Offer};
 use turn_server::wire::{self, Class, IntegrityKind, MessageBuilder, Method, TransactionId};
 
 const UFRAG: &str = "anch0001";
@@ -20,7 +18,7 @@ const PWD: &str = "0123456789abcdef0123456789abcdef";
 
 /// Opens a leg for a host-leg agent's offer (after `tamper`), hands the agent the answer and the
 /// server's candidate, and drives the agent, sending frames once connected, for `talk`.
-fn call(tamper: impl FnOnce(&mut Offer), talk: Duration) -> (MediaServer, Peer) {
+fn call(tamper: impl FnOnce(&mut Description), talk: Duration) -> (MediaServer, Peer) {
     let epoch = Instant::now();
     let media = MediaServer::start([127, 0, 0, 1].into(), epoch, Codec::OPUS).unwrap();
     let now = Instant::now();
@@ -30,8 +28,8 @@ fn call(tamper: impl FnOnce(&mut Offer), talk: Duration) -> (MediaServer, Peer) 
         epoch,
     };
     let mut agent = Peer::new(config, 0x1234, now).unwrap();
-    let offer = agent.offer(now).unwrap();
-    let mut parsed = Offer::parse(&offer.sdp).unwrap();
+    let offer = agent.offer();
+    let mut parsed = Description::parse(&offer).unwrap();
     tamper(&mut parsed);
     let mid = parsed.sections[parsed.audio].mid.clone();
     let answer = sdp::answer(
@@ -42,6 +40,7 @@ fn call(tamper: impl FnOnce(&mut Offer), talk: Duration) -> (MediaServer, Peer) 
             fingerprint: media.fingerprint(),
             ssrc: 0x4000_0001,
             address: media.address(),
+            ice_lite: true,
         },
         1,
     );
@@ -53,13 +52,11 @@ fn call(tamper: impl FnOnce(&mut Offer), talk: Duration) -> (MediaServer, Peer) 
         ssrc: 0x4000_0001,
         silent_after: None,
     });
-    agent
-        .accept(now, RTCSessionDescription::answer(answer).unwrap())
-        .unwrap();
+    agent.accept(now, &answer).unwrap();
     agent
         .add_remote_candidate(
             now,
-            RTCIceCandidateInit {
+            &RTCIceCandidateInit {
                 candidate: sdp::host_candidate(media.address()),
                 sdp_mid: mid,
                 sdp_mline_index: Some(0),
@@ -156,7 +153,7 @@ fn checks_are_answered_only_with_the_legs_credentials() {
         a=setup:actpass\r\na=mid:0\r\na=rtpmap:111 opus/48000/2\r\n";
     media.open(LegSpec {
         call_id: "call-1".into(),
-        offer: Offer::parse(agent_offer).unwrap(),
+        offer: Description::parse(agent_offer).unwrap(),
         ice_ufrag: UFRAG.into(),
         ice_pwd: PWD.into(),
         ssrc: 1,

@@ -24,32 +24,29 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc;
 use std::thread::JoinHandle;
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, Instant};
 
-use bytes::{Bytes, BytesMut};
+use bytes::BytesMut;
 use reports::emodel::Codec;
 use reports::record::MediaStats;
 use rtc::crypto::RTCCryptoProvider;
-use rtc::dtls::config::{ClientAuthType, ConfigBuilder, ExtendedMasterSecretType};
 use rtc::dtls::crypto::Certificate;
-use rtc::dtls::endpoint::{Endpoint, EndpointEvent};
-use rtc::dtls::extension::extension_use_srtp::SrtpProtectionProfile;
+use rtc::dtls::endpoint::Endpoint;
 use rtc::shared::TransportProtocol;
 use rtc::srtp::context::Context;
-use rtc::srtp::protection_profile::ProtectionProfile;
 use turn_server::wire::{self, Class, IntegrityKind, MessageBuilder, Method, StunPacket, StunRepr};
 
-use loadgen::measure::{MediaMeter, Stamp};
-use loadgen::peer::{FRAME_TICKS, PAYLOAD_BYTES};
-
-use super::sdp::Offer;
+use loadgen::measure::MediaMeter;
+use loadgen::media::{
+    Handshake, REPORT_INTERVAL, Reception, dtls_config, fingerprint, frame_packet, is_rtcp,
+    read_dtls, rtp_parts, sender_report,
+};
+use loadgen::sdp::Description;
 
 /// USE-CANDIDATE (RFC 8445 §16.1).
 const USE_CANDIDATE: u16 = 0x0025;
 /// Media frame interval.
 const FRAME: Duration = Duration::from_millis(20);
-/// RTCP report interval, as the agents' `rtc` report interceptors use.
-const REPORT_INTERVAL: Duration = Duration::from_secs(1);
 /// Longest sleep without a deadline: commands wake the thread through its eventfd anyway.
 const IDLE: Duration = Duration::from_millis(500);
 
@@ -63,7 +60,7 @@ pub struct LegSpec {
     /// The call's id.
     pub call_id: String,
     /// The agent's offer.
-    pub offer: Offer,
+    pub offer: Description,
     /// The leg's ICE username fragment (in the answer).
     pub ice_ufrag: String,
     /// The leg's ICE password (in the answer).
@@ -120,7 +117,7 @@ impl MediaServer {
         let certificate =
             Certificate::generate_self_signed(vec!["anchor".to_owned()], crypto.crypto())
                 .map_err(other)?;
-        let fingerprint = fingerprint(&crypto, &certificate.certificate[0])?;
+        let fingerprint = fingerprint(&crypto, &certificate.certificate[0]).map_err(other)?;
         let wake = Arc::new(rustix::event::eventfd(
             0,
             rustix::event::EventfdFlags::NONBLOCK | rustix::event::EventfdFlags::CLOEXEC,
@@ -192,84 +189,6 @@ impl Drop for MediaServer {
         if let Some(t) = self.thread.take() {
             let _ = t.join();
         }
-    }
-}
-
-fn fingerprint(crypto: &Arc<dyn RTCCryptoProvider>, der: &[u8]) -> io::Result<String> {
-    let hash = crypto
-        .crypto()
-        .hash(rtc::crypto::HashAlgorithm::Sha256, der)
-        .map_err(other)?;
-    Ok(hash
-        .iter()
-        .map(|b| format!("{b:02X}"))
-        .collect::<Vec<_>>()
-        .join(":"))
-}
-
-/// RFC 3550 §6.4.1 reception statistics of the agent's stream, for the reports the anchor sends.
-#[derive(Debug, Default)]
-struct Reception {
-    ssrc: Option<u32>,
-    base: u32,
-    /// Highest sequence number, extended with its cycle count.
-    max: u32,
-    received: u32,
-    expected_prior: u32,
-    received_prior: u32,
-    /// The middle 32 bits of the last sender report's NTP time, and when it arrived.
-    last_sr: Option<(u32, Instant)>,
-}
-
-impl Reception {
-    fn on_rtp(&mut self, ssrc: u32, seq: u16) {
-        if self.ssrc.is_none() {
-            self.ssrc = Some(ssrc);
-            self.base = u32::from(seq);
-            self.max = u32::from(seq);
-        }
-        let delta = seq.wrapping_sub(self.max as u16) as i16;
-        if delta > 0 {
-            let cycles = self.max & 0xffff_0000;
-            let wrapped = seq < self.max as u16;
-            self.max = (if wrapped { cycles + 0x1_0000 } else { cycles }) | u32::from(seq);
-        }
-        self.received += 1;
-    }
-
-    fn report(
-        &mut self,
-        now: Instant,
-        jitter_ticks: u32,
-    ) -> Option<rtc::rtcp::reception_report::ReceptionReport> {
-        let ssrc = self.ssrc?;
-        let expected = self.max.wrapping_sub(self.base) + 1;
-        let lost = expected.saturating_sub(self.received);
-        let expected_interval = expected - self.expected_prior;
-        let received_interval = self.received - self.received_prior;
-        self.expected_prior = expected;
-        self.received_prior = self.received;
-        let lost_interval = expected_interval.saturating_sub(received_interval);
-        let fraction_lost = (lost_interval << 8)
-            .checked_div(expected_interval)
-            .map_or(0, |f| f.min(255) as u8);
-        let (last_sender_report, delay) = match self.last_sr {
-            // DLSR in units of 1/65536 s (RFC 3550 §6.4.1).
-            Some((lsr, at)) => (
-                lsr,
-                (now.saturating_duration_since(at).as_secs_f64() * 65536.0) as u32,
-            ),
-            None => (0, 0),
-        };
-        Some(rtc::rtcp::reception_report::ReceptionReport {
-            ssrc,
-            fraction_lost,
-            total_lost: lost.min(0x7f_ffff),
-            last_sequence_number: self.max,
-            jitter: jitter_ticks,
-            last_sender_report,
-            delay,
-        })
     }
 }
 
@@ -349,32 +268,12 @@ impl Server {
     }
 
     fn open(&mut self, spec: Box<LegSpec>) {
-        let expected = spec.offer.fingerprint.clone();
-        let fingerprint_crypto = self.crypto.clone();
-        // The DTLS layer accepts any certificate; this comparison with the offer's fingerprint
-        // is what authenticates the agent (RFC 8122 §5).
-        let verify: rtc::dtls::config::VerifyPeerCertificateFn =
-            Arc::new(move |certs: &[Vec<u8>], _| {
-                let cert = certs
-                    .first()
-                    .ok_or(rtc::shared::error::Error::ErrNonCertificate)?;
-                match fingerprint(&fingerprint_crypto, cert) {
-                    Ok(fp) if fp.eq_ignore_ascii_case(&expected) => Ok(()),
-                    _ => Err(rtc::shared::error::Error::ErrNoMatchingCertificateFingerprint),
-                }
-            });
-        let config = ConfigBuilder::default()
-            .with_crypto_provider(self.crypto.clone())
-            .with_certificates(vec![self.certificate.clone()])
-            .with_srtp_protection_profiles(vec![
-                SrtpProtectionProfile::Srtp_Aead_Aes_128_Gcm,
-                SrtpProtectionProfile::Srtp_Aes128_Cm_Hmac_Sha1_80,
-            ])
-            .with_client_auth(ClientAuthType::RequireAnyClientCert)
-            .with_insecure_skip_verify(true)
-            .with_verify_peer_certificate(Some(verify))
-            .with_extended_master_secret(ExtendedMasterSecretType::Require)
-            .build(false, None);
+        let config = dtls_config(
+            &self.crypto,
+            &self.certificate,
+            &spec.offer.fingerprint,
+            false,
+        );
         let Ok(config) = config else {
             self.counters.dtls_failures.fetch_add(1, Ordering::Relaxed);
             return;
@@ -503,32 +402,28 @@ impl Server {
         if leg.failed {
             return;
         }
-        let events = leg.dtls.read(now, from, None, BytesMut::from(data));
+        let keyed = leg.srtp.is_some();
+        let step = read_dtls(
+            &mut leg.dtls,
+            now,
+            from,
+            BytesMut::from(data),
+            &self.crypto,
+            keyed,
+        );
         flush_dtls(&self.socket, leg);
-        match events {
-            Ok(events) => {
-                for event in events {
-                    if let EndpointEvent::HandshakeComplete = event {
-                        match srtp_contexts(&leg.dtls, from, &self.crypto) {
-                            Ok(contexts) => {
-                                leg.srtp = Some(contexts);
-                                leg.connected = Some(now);
-                                leg.next_frame = Some(loadgen::clock::next_slot(self.epoch, now));
-                                leg.next_report = Some(now + REPORT_INTERVAL);
-                            }
-                            Err(_) => {
-                                leg.failed = true;
-                                self.counters.dtls_failures.fetch_add(1, Ordering::Relaxed);
-                            }
-                        }
-                    }
-                }
+        match step {
+            Handshake::Keyed(contexts) => {
+                leg.srtp = Some(*contexts);
+                leg.connected = Some(now);
+                leg.next_frame = Some(loadgen::clock::next_slot(self.epoch, now));
+                leg.next_report = Some(now + REPORT_INTERVAL);
             }
-            Err(_) if leg.srtp.is_none() => {
+            Handshake::Failed => {
                 leg.failed = true;
                 self.counters.dtls_failures.fetch_add(1, Ordering::Relaxed);
             }
-            Err(_) => {}
+            Handshake::Going => {}
         }
     }
 
@@ -540,18 +435,13 @@ impl Server {
             self.counters.dropped.fetch_add(1, Ordering::Relaxed);
             return;
         };
-        // RTCP packet types 192–223 (RFC 5761 §4).
-        if data.len() > 1 && (192..=223).contains(&data[1]) {
+        if is_rtcp(data) {
             let Ok(plain) = inbound.decrypt_rtcp(data) else {
                 self.counters.dropped.fetch_add(1, Ordering::Relaxed);
                 return;
             };
             leg.meter.rtcp_reports += 1;
-            // A sender report: keep the middle of its NTP time for the next reception report.
-            if plain.len() >= 16 && plain[1] == 200 {
-                let ntp = u64::from_be_bytes(plain[8..16].try_into().unwrap_or_default());
-                leg.reception.last_sr = Some(((ntp >> 16) as u32, now));
-            }
+            leg.reception.on_rtcp(now, &plain);
             return;
         }
         let Ok(plain) = inbound.decrypt_rtp(data) else {
@@ -637,95 +527,12 @@ fn flush_dtls(socket: &UdpSocket, leg: &mut Leg) {
     }
 }
 
-/// The SRTP contexts (outbound, inbound) keyed by the handshake with `remote`.
-fn srtp_contexts(
-    dtls: &Endpoint,
-    remote: SocketAddr,
-    crypto: &Arc<dyn RTCCryptoProvider>,
-) -> Result<(Context, Context), String> {
-    let state = dtls
-        .get_connection_state(remote)
-        .ok_or("no DTLS connection")?;
-    let profile = match state.srtp_protection_profile() {
-        SrtpProtectionProfile::Srtp_Aead_Aes_128_Gcm => ProtectionProfile::AeadAes128Gcm,
-        SrtpProtectionProfile::Srtp_Aes128_Cm_Hmac_Sha1_80 => {
-            ProtectionProfile::Aes128CmHmacSha1_80
-        }
-        other => return Err(format!("SRTP profile {other:?} was not offered")),
-    };
-    let mut config = rtc::srtp::config::Config {
-        profile,
-        ..Default::default()
-    };
-    let material = state
-        .export_keying_material(
-            rtc::srtp::config::LABEL_EXTRACTOR_DTLS_SRTP,
-            &[],
-            config.keying_material_len(),
-        )
-        .map_err(|e| e.to_string())?;
-    config
-        .set_session_keys_from_keying_material(material.as_ref(), state.is_client())
-        .map_err(|e| e.to_string())?;
-    let keys = &config.keys;
-    let outbound = Context::new(
-        &keys.local_master_key,
-        &keys.local_master_salt,
-        profile,
-        None,
-        None,
-        crypto.crypto(),
-    )
-    .map_err(|e| e.to_string())?;
-    let inbound = Context::new(
-        &keys.remote_master_key,
-        &keys.remote_master_salt,
-        profile,
-        Some(rtc::srtp::option::srtp_replay_protection(64)),
-        Some(rtc::srtp::option::srtcp_replay_protection(64)),
-        crypto.crypto(),
-    )
-    .map_err(|e| e.to_string())?;
-    Ok((outbound, inbound))
-}
-
-/// Sequence number, timestamp, SSRC and payload of a plain RTP packet (RFC 3550 §5.1).
-fn rtp_parts(packet: &[u8]) -> Option<(u16, u32, u32, &[u8])> {
-    if packet.len() < 12 || packet[0] >> 6 != 2 {
-        return None;
-    }
-    let seq = u16::from_be_bytes([packet[2], packet[3]]);
-    let timestamp = u32::from_be_bytes(packet[4..8].try_into().ok()?);
-    let ssrc = u32::from_be_bytes(packet[8..12].try_into().ok()?);
-    let mut start = 12 + 4 * usize::from(packet[0] & 0x0f);
-    if packet[0] & 0x10 != 0 {
-        let words = u16::from_be_bytes(packet.get(start + 2..start + 4)?.try_into().ok()?);
-        start += 4 + 4 * usize::from(words);
-    }
-    let mut end = packet.len();
-    if packet[0] & 0x20 != 0 {
-        end = end.checked_sub(usize::from(*packet.last()?))?;
-    }
-    Some((seq, timestamp, ssrc, packet.get(start..end)?))
-}
-
 fn send_frame(socket: &UdpSocket, epoch: Instant, now: Instant, remote: SocketAddr, leg: &mut Leg) {
     let Some((outbound, _)) = &mut leg.srtp else {
         return;
     };
-    let frame = leg.frames_sent;
-    let mut packet = [0u8; 12 + PAYLOAD_BYTES];
-    packet[0] = 0x80;
-    // The marker on the first frame, as a talkspurt begins (RFC 3551 §4.1).
-    packet[1] = leg.spec.offer.opus_pt | if frame == 0 { 0x80 } else { 0 };
-    packet[2..4].copy_from_slice(&(frame as u16).to_be_bytes());
-    packet[4..8].copy_from_slice(&(frame as u32).wrapping_mul(FRAME_TICKS).to_be_bytes());
-    packet[8..12].copy_from_slice(&leg.spec.ssrc.to_be_bytes());
-    Stamp {
-        sent: now.saturating_duration_since(epoch),
-        frame,
-    }
-    .write(&mut packet[12..]);
+    let sent = now.saturating_duration_since(epoch);
+    let packet = frame_packet(leg.frames_sent, leg.spec.offer.opus_pt, leg.spec.ssrc, sent);
     let Ok(protected) = outbound.encrypt_rtp(&packet) else {
         return;
     };
@@ -735,36 +542,15 @@ fn send_frame(socket: &UdpSocket, epoch: Instant, now: Instant, remote: SocketAd
     }
 }
 
-/// Seconds from 1900 to 1970 (RFC 5905's era 0).
-const NTP_UNIX_OFFSET: u64 = 2_208_988_800;
-
-fn ntp_now() -> u64 {
-    let since = SystemTime::now()
-        .duration_since(SystemTime::UNIX_EPOCH)
-        .unwrap_or_default();
-    let frac = (u64::from(since.subsec_nanos()) << 32) / 1_000_000_000;
-    ((since.as_secs() + NTP_UNIX_OFFSET) << 32) | frac
-}
-
 /// A sender report with the reception report of the agent's stream.
 fn send_report(socket: &UdpSocket, now: Instant, remote: SocketAddr, leg: &mut Leg) {
-    let jitter_ticks =
-        (leg.meter.jitter_ms() * f64::from(loadgen::peer::CLOCK_RATE) / 1000.0) as u32;
-    let report = rtc::rtcp::sender_report::SenderReport {
-        ssrc: leg.spec.ssrc,
-        ntp_time: ntp_now(),
-        rtp_time: (leg.frames_sent as u32).wrapping_mul(FRAME_TICKS),
-        packet_count: leg.frames_sent as u32,
-        octet_count: (leg.frames_sent as usize * PAYLOAD_BYTES) as u32,
-        reports: leg
-            .reception
-            .report(now, jitter_ticks)
-            .into_iter()
-            .collect(),
-        profile_extensions: Bytes::new(),
-    };
-    let packets: [Box<dyn rtc::rtcp::packet::Packet>; 1] = [Box::new(report)];
-    let Ok(plain) = rtc::rtcp::packet::marshal(&packets) else {
+    let Some(plain) = sender_report(
+        now,
+        leg.spec.ssrc,
+        leg.frames_sent,
+        &mut leg.reception,
+        &leg.meter,
+    ) else {
         return;
     };
     let Some((outbound, _)) = &mut leg.srtp else {
@@ -775,45 +561,5 @@ fn send_report(socket: &UdpSocket, now: Instant, remote: SocketAddr, leg: &mut L
     };
     if socket.send_to(&protected, remote).is_ok() {
         leg.wire_bytes_sent += protected.len() as u64 + ip_udp_overhead(remote);
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn reception_counts_loss_across_a_sequence_wrap() {
-        let mut r = Reception::default();
-        let now = Instant::now();
-        // 65530 … 65535, 0 … 9, with 65533 and 2 lost.
-        for seq in (65530u16..=65535).chain(0..10) {
-            if seq != 65533 && seq != 2 {
-                r.on_rtp(9, seq);
-            }
-        }
-        let report = r.report(now, 48).unwrap();
-        assert_eq!(report.ssrc, 9);
-        assert_eq!(report.last_sequence_number, 0x1_0009);
-        assert_eq!(report.total_lost, 2);
-        // 2 of 16 lost: 32/256.
-        assert_eq!(report.fraction_lost, 32);
-        // Nothing new: the next interval lost nothing.
-        assert_eq!(r.report(now, 48).unwrap().fraction_lost, 0);
-    }
-
-    #[test]
-    fn rtp_parts_skip_csrcs_extensions_and_padding() {
-        let mut p = vec![0xb1, 111, 0, 5, 0, 0, 0, 9, 0, 0, 0, 7];
-        p.extend_from_slice(&[1, 2, 3, 4]); // one CSRC
-        p.extend_from_slice(&[0xbe, 0xde, 0, 1, 9, 9, 9, 9]); // extension, one word
-        p.extend_from_slice(b"payload");
-        p.extend_from_slice(&[0, 0, 3]); // padding, 3 bytes
-        let (seq, ts, ssrc, payload) = rtp_parts(&p).unwrap();
-        assert_eq!((seq, ts, ssrc, payload), (5, 9, 7, &b"payload"[..]));
-        assert_eq!(rtp_parts(&p[..11]), None);
-        let mut bad = p.clone();
-        *bad.last_mut().unwrap() = 200; // more padding than packet
-        assert_eq!(rtp_parts(&bad), None);
     }
 }

@@ -5,7 +5,6 @@
 //! `bye` result so that the agent's record holds both directions.
 
 pub mod media;
-pub mod sdp;
 
 use std::collections::HashSet;
 use std::hash::{BuildHasher, RandomState};
@@ -19,7 +18,7 @@ use serde_json::{Value, json};
 use tokio::sync::{mpsc, oneshot};
 
 use self::media::{LegSpec, MediaServer};
-use self::sdp::{Local, Offer};
+use loadgen::sdp::{self, Description, Local};
 
 use crate::signalling::Incoming;
 
@@ -99,7 +98,17 @@ pub async fn serve(
                         .send(Err(RpcError::new(-32602, "invalid invite parameters")));
                     continue;
                 };
-                let offer = match Offer::parse(&invite.sdp) {
+                let offer = match Description::parse(&invite.sdp) {
+                    // The anchor is the DTLS server: an offer that insists on it too leaves no
+                    // client (RFC 5763 §5).
+                    Ok(offer) if offer.setup == "passive" => {
+                        stats.failed.fetch_add(1, Ordering::Relaxed);
+                        let _ = req.reply.send(Err(RpcError::new(
+                            400,
+                            "cannot answer: a=setup:passive leaves no DTLS client",
+                        )));
+                        continue;
+                    }
                     Ok(offer) => offer,
                     Err(e) => {
                         stats.failed.fetch_add(1, Ordering::Relaxed);
@@ -129,6 +138,7 @@ pub async fn serve(
                         fingerprint: media.fingerprint(),
                         ssrc,
                         address: media.address(),
+                        ice_lite: true,
                     },
                     next,
                 );

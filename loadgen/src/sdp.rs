@@ -1,32 +1,34 @@
-//! The anchor's side of the offer/answer (RFC 8829, JSEP): what it reads from an agent's offer
-//! and the answer it writes. The anchor is a media server, not a browser: it answers ICE-lite
-//! (RFC 8445 §2.5, as vendors' media servers do), takes the DTLS server role
-//! (`a=setup:passive`, RFC 5763 §5) and accepts one Opus audio section; any other section is
-//! rejected with port 0 (RFC 8843 §7.3.3).
+//! The offer/answer of a softphone leg (RFC 8829, JSEP): what a leg reads from the other side's
+//! description, and the offer or answer it writes — one Opus audio section, BUNDLE, rtcp-mux,
+//! DTLS-SRTP. An answer takes the DTLS server role (`a=setup:passive`, RFC 5763 §5) and
+//! rejects any other section with port 0 (RFC 8843 §7.3.3); a media server (the anchor)
+//! answers ICE-lite (RFC 8445 §2.5), as vendors' media servers do.
 
 use std::fmt::Write as _;
 use std::net::SocketAddr;
 
-/// What the anchor needs from an offer.
+/// What a leg needs from the other side's description.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Offer {
+pub struct Description {
     /// `a=ice-ufrag` of the audio section (or the session).
     pub ice_ufrag: String,
     /// `a=ice-pwd`.
     pub ice_pwd: String,
     /// `a=fingerprint:sha-256` value, lower case.
     pub fingerprint: String,
-    /// `a=setup` (`actpass` or `active`; `passive` cannot be answered as a DTLS server).
+    /// `a=setup`: `actpass` (an offer), `active` or `passive`.
     pub setup: String,
+    /// `a=ice-lite`: the other side sends no checks of its own.
+    pub ice_lite: bool,
     /// Every m-section in order: its kind, its `a=mid`, its payload types.
     pub sections: Vec<Section>,
-    /// Index in [`Self::sections`] of the audio section answered.
+    /// Index in [`Self::sections`] of the audio section.
     pub audio: usize,
-    /// The payload type the offer gives Opus.
+    /// The payload type the description gives Opus.
     pub opus_pt: u8,
 }
 
-/// One m-section of the offer.
+/// One m-section.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Section {
     /// `audio`, `video`, `application`.
@@ -39,21 +41,21 @@ pub struct Section {
     pub mid: Option<String>,
 }
 
-/// Why an offer cannot be answered.
+/// Why a description cannot be used.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum OfferError {
+pub enum SdpError {
     /// A required attribute is missing.
-    #[error("the offer has no {0}")]
+    #[error("the description has no {0}")]
     Missing(&'static str),
     /// Something is present but unusable.
-    #[error("the offer's {0}")]
+    #[error("the description's {0}")]
     Unusable(String),
 }
 
-impl Offer {
-    /// Reads an offer. Session-level ICE and DTLS attributes apply where the audio section has
-    /// none of its own.
-    pub fn parse(sdp: &str) -> Result<Self, OfferError> {
+impl Description {
+    /// Reads a description. Session-level ICE and DTLS attributes apply where the audio section
+    /// has none of its own.
+    pub fn parse(sdp: &str) -> Result<Self, SdpError> {
         #[derive(Default)]
         struct Attrs {
             ufrag: Option<String>,
@@ -63,6 +65,7 @@ impl Offer {
             opus: Option<u8>,
         }
         let mut session = Attrs::default();
+        let mut ice_lite = false;
         let mut media: Vec<(Section, Attrs)> = Vec::new();
         for line in sdp.lines().map(str::trim_end) {
             if let Some(m) = line.strip_prefix("m=") {
@@ -91,6 +94,7 @@ impl Offer {
                 None => (None, &mut session),
             };
             match key {
+                "ice-lite" => ice_lite = true,
                 "ice-ufrag" => attrs.ufrag = Some(value.to_owned()),
                 "ice-pwd" => attrs.pwd = Some(value.to_owned()),
                 "setup" => attrs.setup = Some(value.to_owned()),
@@ -118,12 +122,12 @@ impl Offer {
         let audio = media
             .iter()
             .position(|(s, a)| s.kind == "audio" && a.opus.is_some())
-            .ok_or(OfferError::Missing("audio section with Opus"))?;
+            .ok_or(SdpError::Missing("audio section with Opus"))?;
         let a = &media[audio].1;
         let pick = |own: &Option<String>, shared: &Option<String>, what| {
             own.clone()
                 .or_else(|| shared.clone())
-                .ok_or(OfferError::Missing(what))
+                .ok_or(SdpError::Missing(what))
         };
         let ice_ufrag = pick(&a.ufrag, &session.ufrag, "a=ice-ufrag")?;
         let ice_pwd = pick(&a.pwd, &session.pwd, "a=ice-pwd")?;
@@ -133,14 +137,9 @@ impl Offer {
             "a=fingerprint:sha-256",
         )?;
         let setup = pick(&a.setup, &session.setup, "a=setup")?;
-        if setup == "passive" {
-            return Err(OfferError::Unusable(
-                "a=setup:passive leaves no DTLS client (the anchor is the server)".into(),
-            ));
-        }
         // RFC 8445 §5.3: ufrag at least 4 characters, password at least 22.
         if ice_ufrag.len() < 4 || ice_pwd.len() < 22 {
-            return Err(OfferError::Unusable("ICE credentials are too short".into()));
+            return Err(SdpError::Unusable("ICE credentials are too short".into()));
         }
         let opus_pt = a.opus.unwrap_or_default();
         Ok(Self {
@@ -148,6 +147,7 @@ impl Offer {
             ice_pwd,
             fingerprint,
             setup,
+            ice_lite,
             sections: media.into_iter().map(|(s, _)| s).collect(),
             audio,
             opus_pt,
@@ -155,23 +155,57 @@ impl Offer {
     }
 }
 
-/// What the anchor puts in its answer of its own.
+/// What a leg puts in its offer or answer of its own.
 #[derive(Debug, Clone)]
 pub struct Local<'a> {
     /// ICE username fragment.
     pub ice_ufrag: &'a str,
     /// ICE password.
     pub ice_pwd: &'a str,
-    /// SHA-256 fingerprint of the anchor's DTLS certificate, `AB:CD:…`.
+    /// SHA-256 fingerprint of the leg's DTLS certificate, `AB:CD:…`.
     pub fingerprint: &'a str,
-    /// The anchor's media SSRC.
+    /// The leg's media SSRC.
     pub ssrc: u32,
-    /// The media server's address (its one host candidate).
+    /// The address in the origin line.
     pub address: SocketAddr,
+    /// Whether the leg is ICE-lite.
+    pub ice_lite: bool,
 }
 
-/// Writes the answer to `offer`.
-pub fn answer(offer: &Offer, local: &Local<'_>, session_id: u64) -> String {
+/// The payload type an offer gives Opus (the browsers' choice).
+pub const OPUS_PT: u8 = 111;
+
+/// Writes an offer: one Opus audio section, `a=setup:actpass` (RFC 8842 §5.2).
+pub fn offer(local: &Local<'_>, session_id: u64) -> String {
+    let sections = [Section {
+        kind: "audio".into(),
+        proto: "UDP/TLS/RTP/SAVPF".into(),
+        formats: OPUS_PT.to_string(),
+        mid: Some("0".into()),
+    }];
+    write(&sections, 0, OPUS_PT, "actpass", local, session_id)
+}
+
+/// Writes the answer to `offer`, as the DTLS server.
+pub fn answer(offer: &Description, local: &Local<'_>, session_id: u64) -> String {
+    write(
+        &offer.sections,
+        offer.audio,
+        offer.opus_pt,
+        "passive",
+        local,
+        session_id,
+    )
+}
+
+fn write(
+    sections: &[Section],
+    audio_index: usize,
+    pt: u8,
+    setup: &str,
+    local: &Local<'_>,
+    session_id: u64,
+) -> String {
     let mut sdp = String::with_capacity(1024);
     let ip = if local.address.is_ipv4() {
         "IP4"
@@ -183,13 +217,16 @@ pub fn answer(offer: &Offer, local: &Local<'_>, session_id: u64) -> String {
         "v=0\r\no=- {session_id} 2 IN {ip} {addr}\r\ns=-\r\nt=0 0\r\n",
         addr = local.address.ip()
     );
-    let audio = &offer.sections[offer.audio];
+    let audio = &sections[audio_index];
     if let Some(mid) = &audio.mid {
         let _ = write!(sdp, "a=group:BUNDLE {mid}\r\n");
     }
-    sdp.push_str("a=ice-lite\r\na=msid-semantic: WMS anchor\r\n");
-    for (i, section) in offer.sections.iter().enumerate() {
-        if i != offer.audio {
+    if local.ice_lite {
+        sdp.push_str("a=ice-lite\r\n");
+    }
+    sdp.push_str("a=msid-semantic: WMS softphone\r\n");
+    for (i, section) in sections.iter().enumerate() {
+        if i != audio_index {
             // Rejected (RFC 3264 §6): port 0, the offer's formats, its mid.
             let _ = write!(
                 sdp,
@@ -202,12 +239,11 @@ pub fn answer(offer: &Offer, local: &Local<'_>, session_id: u64) -> String {
             sdp.push_str("a=inactive\r\n");
             continue;
         }
-        let pt = offer.opus_pt;
         let _ = write!(
             sdp,
             "m=audio 9 UDP/TLS/RTP/SAVPF {pt}\r\nc=IN {ip} 0.0.0.0\r\na=rtcp:9 IN {ip} 0.0.0.0\r\n\
              a=ice-ufrag:{ufrag}\r\na=ice-pwd:{pwd}\r\na=fingerprint:sha-256 {fp}\r\n\
-             a=setup:passive\r\n",
+             a=setup:{setup}\r\n",
             ufrag = local.ice_ufrag,
             pwd = local.ice_pwd,
             fp = local.fingerprint,
@@ -217,16 +253,16 @@ pub fn answer(offer: &Offer, local: &Local<'_>, session_id: u64) -> String {
         }
         let _ = write!(
             sdp,
-            "a=sendrecv\r\na=msid:anchor audio\r\na=rtcp-mux\r\na=rtpmap:{pt} opus/48000/2\r\n\
-             a=fmtp:{pt} minptime=10;useinbandfec=1\r\na=ssrc:{ssrc} cname:anchor\r\n\
-             a=ssrc:{ssrc} msid:anchor audio\r\n",
+            "a=sendrecv\r\na=msid:softphone audio\r\na=rtcp-mux\r\na=rtpmap:{pt} opus/48000/2\r\n\
+             a=fmtp:{pt} minptime=10;useinbandfec=1\r\na=ssrc:{ssrc} cname:softphone\r\n\
+             a=ssrc:{ssrc} msid:softphone audio\r\n",
             ssrc = local.ssrc,
         );
     }
     sdp
 }
 
-/// The anchor's host candidate line (RFC 8839 §5.1), `candidate:` included, without `a=`.
+/// A host candidate line (RFC 8839 §5.1), `candidate:` included, without `a=`.
 pub fn host_candidate(address: SocketAddr) -> String {
     // Type preference 126 (host), local preference 65535, component 1 (RFC 8445 §5.1.2.1).
     let priority = (126u32 << 24) | (65535 << 8) | (256 - 1);
@@ -252,7 +288,7 @@ mod tests {
 
     #[test]
     fn a_browser_offer_is_read_and_its_video_section_rejected() {
-        let offer = Offer::parse(BROWSER_OFFER).unwrap();
+        let offer = Description::parse(BROWSER_OFFER).unwrap();
         assert_eq!(offer.ice_ufrag, "Bq3x");
         assert_eq!(offer.fingerprint, "aa:bb:cc");
         assert_eq!(offer.setup, "actpass");
@@ -264,6 +300,7 @@ mod tests {
             fingerprint: "01:02",
             ssrc: 7,
             address: "127.0.0.1:4000".parse().unwrap(),
+            ice_lite: true,
         };
         let sdp = answer(&offer, &local, 1);
         assert!(sdp.contains("a=group:BUNDLE 0\r\n"), "{sdp}");
@@ -279,23 +316,45 @@ mod tests {
     }
 
     #[test]
-    fn an_offer_without_what_dtls_srtp_needs_is_refused_with_the_reason() {
+    fn a_description_without_what_dtls_srtp_needs_is_refused_with_the_reason() {
         let no_fp = BROWSER_OFFER.replace("a=fingerprint:sha-256 AA:BB:CC\r\n", "");
         assert_eq!(
-            Offer::parse(&no_fp),
-            Err(OfferError::Missing("a=fingerprint:sha-256"))
+            Description::parse(&no_fp),
+            Err(SdpError::Missing("a=fingerprint:sha-256"))
         );
-        let passive = BROWSER_OFFER.replace("a=setup:actpass", "a=setup:passive");
+        let short = BROWSER_OFFER.replace("a=ice-pwd:lrbxEA6Zy5pKBTdVNM2sfBhy", "a=ice-pwd:x");
         assert!(matches!(
-            Offer::parse(&passive),
-            Err(OfferError::Unusable(_))
+            Description::parse(&short),
+            Err(SdpError::Unusable(_))
         ));
         let no_opus = BROWSER_OFFER.replace("opus/48000/2", "PCMU/8000");
         assert_eq!(
-            Offer::parse(&no_opus),
-            Err(OfferError::Missing("audio section with Opus"))
+            Description::parse(&no_opus),
+            Err(SdpError::Missing("audio section with Opus"))
         );
-        assert!(Offer::parse("").is_err());
+        assert!(Description::parse("").is_err());
+    }
+
+    #[test]
+    fn an_offer_reads_back_and_its_answer_is_ice_lite_only_when_asked() {
+        let mut local = Local {
+            ice_ufrag: "agnt",
+            ice_pwd: "0123456789abcdefghijkl",
+            fingerprint: "01:02",
+            ssrc: 9,
+            address: "127.0.0.1:4000".parse().unwrap(),
+            ice_lite: false,
+        };
+        let sdp = offer(&local, 1);
+        let parsed = Description::parse(&sdp).unwrap();
+        assert_eq!(parsed.setup, "actpass");
+        assert_eq!(parsed.opus_pt, OPUS_PT);
+        assert!(!parsed.ice_lite);
+        local.ice_lite = true;
+        let back = Description::parse(&answer(&parsed, &local, 2)).unwrap();
+        assert_eq!(back.setup, "passive");
+        assert!(back.ice_lite);
+        assert_eq!(back.fingerprint, "01:02");
     }
 
     #[test]
