@@ -11,8 +11,8 @@ use tokio::io::unix::AsyncFd;
 
 use crate::peer::Peer;
 
-/// The longest a leg sleeps without being driven, whatever its timers say: `rtc` does not always
-/// report its next deadline (../shared/notes/rtc-relay.md found setup slow when waking only at
+/// The longest a leg sleeps without being driven, whatever its timers say: `rtc`'s TURN client
+/// does not always report its next deadline (../shared/notes/rtc-relay.md found setup slow when waking only at
 /// `poll_timeout`), so a coarse tick guarantees progress.
 const MAX_SLEEP: Duration = Duration::from_millis(10);
 

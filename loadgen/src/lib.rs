@@ -3,7 +3,8 @@
 //!
 //! - [`clock`]: sleeping with microsecond precision (tokio's timers have 1 ms);
 //! - [`driver`]: a leg driven from async code by socket readiness and timers;
-//! - [`peer`]: one media leg — an `rtc` peer connection glued to a TURN client;
+//! - [`peer`]: one media leg — the media plane ([`media`]: ICE, DTLS-SRTP, RTP/RTCP, with the
+//!   offer/answer of [`sdp`]) glued to TURN clients;
 //! - [`measure`]: what a receiver measures and the call record's media figures;
 //! - [`pair`]: both legs of a call on one thread, signalling in process (tests, calibration);
 //! - [`runner`]: many calls at a concurrency and ramp;

@@ -9,8 +9,8 @@ use reports::record::MediaStats;
 use crate::measure::MediaMeter;
 use crate::peer::{LegError, Peer, PeerConfig};
 
-/// How often the legs are driven: `rtc`'s ICE only progresses when driven, and waking only at
-/// its own `poll_timeout` makes relay setup slow (../shared/notes/rtc-relay.md).
+/// How often the legs are driven: a fixed tick keeps this helper simple (`sim run` wakes each leg
+/// at its own deadlines instead).
 const TICK: Duration = Duration::from_millis(1);
 /// Media frame interval.
 const FRAME: Duration = Duration::from_millis(20);

@@ -102,7 +102,7 @@ pub struct LegTimes {
     pub allocated: Option<Instant>,
     /// ICE connected.
     pub ice_connected: Option<Instant>,
-    /// DTLS (the peer connection) connected.
+    /// DTLS connected (SRTP keyed).
     pub connected: Option<Instant>,
     /// First RTP packet received.
     pub first_rtp: Option<Instant>,
@@ -119,7 +119,7 @@ pub enum LegError {
     TurnUnreachable,
     /// ICE failed.
     IceFailed,
-    /// The peer connection failed after ICE (DTLS).
+    /// The DTLS handshake failed after ICE.
     DtlsFailed,
     /// The SDP could not be used.
     Sdp(String),
@@ -146,7 +146,7 @@ struct Allocation {
     permitted: HashSet<SocketAddr>,
     /// Why the allocation failed.
     error: Option<LegError>,
-    /// Datagrams the peer connection sent through this relay.
+    /// Datagrams the media plane sent through this relay.
     sent: u64,
 }
 
@@ -313,7 +313,7 @@ pub struct Peer {
     config: PeerConfig,
     local_candidates: Vec<RTCIceCandidateInit>,
     remotes: HashSet<SocketAddr>,
-    /// Datagrams from the peer connection not yet sent: local address, remote, data, when.
+    /// Datagrams from the media plane not yet sent: local address, remote, data, when.
     waiting: VecDeque<(SocketAddr, SocketAddr, BytesMut, Instant)>,
     /// Bytes sent on the wire for media, with IP, UDP and TURN framing.
     pub wire_bytes_sent: u64,
@@ -659,7 +659,7 @@ impl Peer {
                 let _ = socket.send_to(&data, peer);
                 continue;
             }
-            // The allocation whose relay the peer connection sends from (a relay candidate is
+            // The allocation whose relay the media plane sends from (a relay candidate is
             // its own base, RFC 8445 §5.1.1); a local socket address only if no relay matches,
             // since a TCP and a UDP socket may share a port number.
             let by = |f: &dyn Fn(&Allocation) -> bool| self.allocations.iter().position(f);

@@ -663,7 +663,7 @@ fn leg_failure(e: &LegError) -> Fail {
     }
 }
 
-/// An `rtc` candidate as it goes on the wire.
+/// A candidate as it goes on the wire.
 pub fn to_wire(c: RTCIceCandidateInit) -> Candidate {
     Candidate {
         candidate: c.candidate,
@@ -672,7 +672,7 @@ pub fn to_wire(c: RTCIceCandidateInit) -> Candidate {
     }
 }
 
-/// A wire candidate as `rtc` takes it.
+/// A wire candidate as a leg takes it.
 pub fn from_wire(c: Candidate) -> RTCIceCandidateInit {
     RTCIceCandidateInit {
         candidate: c.candidate,
