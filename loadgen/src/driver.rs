@@ -73,8 +73,8 @@ impl DrivenPeer {
 
     /// Drives the peer until `done` holds, a leg error occurs, or `deadline` passes; `true` when
     /// `done` held. Also returns `false` at `also` (a media frame due) without driving the leg:
-    /// the caller sends the frame and the next call's first drive flushes it, so each wake-up
-    /// drives the leg once.
+    /// the caller sends the frame (out at once) and the next call's first drive reads the
+    /// sockets, so each wake-up drives the leg once.
     pub async fn drive_until(
         &mut self,
         deadline: Instant,

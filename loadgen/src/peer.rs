@@ -87,9 +87,10 @@ pub struct TurnCredentials {
 #[derive(Debug, Clone)]
 pub struct PeerConfig {
     /// The TURN servers of a relay-only leg, all allocated on at once as a browser gathers
-    /// from every `iceServers` URL; empty for a host leg on loopback (the anchor).
+    /// from every `iceServers` URL; empty for a host leg on loopback (a far end in tests).
     pub turn: Vec<TurnCredentials>,
-    /// Whether this side answers (the anchor) rather than offers (the agent).
+    /// Whether this side answers (a far end in tests and calibration runs; `sim run`'s anchor
+    /// is its own media server) rather than offers (the agent).
     pub answering: bool,
     /// The instant all send stamps are measured from (shared by both legs of a call).
     pub epoch: Instant,
