@@ -1243,18 +1243,20 @@ impl Server {
             self.drop_packet(DropReason::Malformed);
             return;
         };
-        let now = self.now;
-        let Some(alloc) = self.allocations.get(&ft) else {
-            self.drop_packet(DropReason::NoAllocation);
-            return;
+        let (now, rate) = (self.now, self.config.bandwidth_bytes_per_sec);
+        // One lookup of the allocation per packet: channel, permission, bandwidth, relay.
+        let verdict = match self.allocations.get_mut(&ft) {
+            None => Err(DropReason::NoAllocation),
+            Some(a) => match a.channels.get(&cd.channel()) {
+                Some(b) if b.expires > now => {
+                    let peer = b.peer;
+                    a.admit(peer, cd.data().len(), now, rate)
+                        .map(|()| (a.relay, peer))
+                }
+                _ => Err(DropReason::UnknownChannel),
+            },
         };
-        match alloc.channels.get(&cd.channel()) {
-            Some(b) if b.expires > now => {
-                let peer = b.peer;
-                self.relay_to_peer(ft, peer, cd.data());
-            }
-            _ => self.drop_packet(DropReason::UnknownChannel),
-        }
+        self.send_to_peer(verdict, cd.data());
     }
 
     /// Checks that `ft` has an allocation that permits `peer` and has the bandwidth for `len`
@@ -1263,14 +1265,7 @@ impl Server {
         let (now, rate) = (self.now, self.config.bandwidth_bytes_per_sec);
         let verdict = match self.allocations.get_mut(&ft) {
             None => Err(DropReason::NoAllocation),
-            Some(a) if !a.permitted(peer.ip(), now) => Err(DropReason::NoPermission),
-            Some(a) => {
-                if a.bucket.take(len, now, rate) {
-                    Ok(())
-                } else {
-                    Err(DropReason::Bandwidth)
-                }
-            }
+            Some(a) => a.admit(peer, len, now, rate),
         };
         if let Err(reason) = verdict {
             self.drop_packet(reason);
@@ -1279,14 +1274,27 @@ impl Server {
         true
     }
 
+    /// A Send indication's data for `peer`.
     fn relay_to_peer(&mut self, ft: FiveTuple, peer: SocketAddr, data: &[u8]) {
-        if !self.admit(ft, peer, data.len()) {
-            return;
-        }
-        let Some(alloc) = self.allocations.get(&ft) else {
-            return;
+        let (now, rate) = (self.now, self.config.bandwidth_bytes_per_sec);
+        let verdict = match self.allocations.get_mut(&ft) {
+            None => Err(DropReason::NoAllocation),
+            Some(a) => a
+                .admit(peer, data.len(), now, rate)
+                .map(|()| (a.relay, peer)),
         };
-        let relay = alloc.relay;
+        self.send_to_peer(verdict, data);
+    }
+
+    /// Sends `data` from the relay address to the peer, or counts why not.
+    fn send_to_peer(&mut self, verdict: Result<(SocketAddr, SocketAddr), DropReason>, data: &[u8]) {
+        let (relay, peer) = match verdict {
+            Ok(pair) => pair,
+            Err(reason) => {
+                self.drop_packet(reason);
+                return;
+            }
+        };
         self.counters.client_to_peer.packets += 1;
         self.counters.client_to_peer.bytes += data.len() as u64;
         self.push_transmit(Transmit {
@@ -1329,6 +1337,23 @@ impl Server {
 }
 
 impl Allocation {
+    /// Whether `peer` may be sent `len` bytes now: a permission, then the bandwidth.
+    fn admit(
+        &mut self,
+        peer: SocketAddr,
+        len: usize,
+        now: Instant,
+        rate: u64,
+    ) -> Result<(), DropReason> {
+        if !self.permitted(peer.ip(), now) {
+            Err(DropReason::NoPermission)
+        } else if self.bucket.take(len, now, rate) {
+            Ok(())
+        } else {
+            Err(DropReason::Bandwidth)
+        }
+    }
+
     fn permitted(&self, ip: IpAddr, now: Instant) -> bool {
         self.permissions
             .get(&ip.to_canonical())
