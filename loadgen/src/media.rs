@@ -384,6 +384,17 @@ pub fn sender_report(
     rtc::rtcp::packet::marshal(&packets).ok()
 }
 
+/// Fresh ICE credentials (RFC 8445 §5.3): a ufrag of 32 random bits and a password of 128, in
+/// hex (8 and 32 characters), from the process's randomly keyed hasher.
+pub fn ice_credentials() -> (String, String) {
+    let random = std::hash::RandomState::new();
+    let hash = |i: u8| std::hash::BuildHasher::hash_one(&random, i);
+    (
+        format!("{:08x}", hash(0) as u32),
+        format!("{:016x}{:016x}", hash(1), hash(2)),
+    )
+}
+
 /// What [`MediaSession::handle_read`] found in a datagram.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Received {
@@ -418,14 +429,13 @@ pub struct MediaSession {
     frames_sent: u64,
     transmits: VecDeque<(SocketAddr, SocketAddr, BytesMut)>,
     events: VecDeque<MediaEvent>,
-    connected: bool,
 }
 
 impl std::fmt::Debug for MediaSession {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("MediaSession")
             .field("selected", &self.selected)
-            .field("connected", &self.connected)
+            .field("keyed", &self.srtp.is_some())
             .finish_non_exhaustive()
     }
 }
@@ -439,11 +449,7 @@ impl MediaSession {
                 .map_err(setup_error)?;
         let fingerprint =
             fingerprint(&crypto, &certificate.certificate[0]).map_err(MediaError::Setup)?;
-        let random = std::hash::RandomState::new();
-        let hash = |i: u8| std::hash::BuildHasher::hash_one(&random, (ssrc, i));
-        // RFC 8445 §5.3: ufrag at least 24 bits, password at least 128 bits of randomness.
-        let ice_ufrag = format!("{:08x}", hash(0) as u32);
-        let ice_pwd = format!("{:016x}{:016x}", hash(1), hash(2));
+        let (ice_ufrag, ice_pwd) = ice_credentials();
         let config = AgentConfig {
             local_ufrag: ice_ufrag.clone(),
             local_pwd: ice_pwd.clone(),
@@ -478,7 +484,6 @@ impl MediaSession {
             frames_sent: 0,
             transmits: VecDeque::new(),
             events: VecDeque::new(),
-            connected: false,
         })
     }
 
@@ -565,11 +570,6 @@ impl MediaSession {
             .map_err(|e| MediaError::Candidate(e.to_string()))
     }
 
-    /// Whether DTLS is up and media can flow.
-    pub fn is_connected(&self) -> bool {
-        self.connected
-    }
-
     /// A datagram from `peer` arrived on `local` (a relay address or a host socket).
     pub fn handle_read(
         &mut self,
@@ -610,13 +610,12 @@ impl MediaSession {
             DTLS_PEER,
             data,
             &self.crypto,
-            self.connected,
+            self.srtp.is_some(),
         );
         self.dtls_transmits();
         match step {
             Handshake::Keyed(contexts) => {
                 self.srtp = Some(*contexts);
-                self.connected = true;
                 self.next_report = Some(now + REPORT_INTERVAL);
                 self.events.push_back(MediaEvent::Connected);
             }
@@ -737,7 +736,7 @@ impl MediaSession {
             let _ = self.ice.handle_timeout(now);
             self.ice_events(now);
         }
-        if !self.connected && self.dtls.poll_timeout(&DTLS_PEER).is_some_and(|t| t <= now) {
+        if self.srtp.is_none() && self.dtls.poll_timeout(&DTLS_PEER).is_some_and(|t| t <= now) {
             if self.dtls.handle_timeout(DTLS_PEER, now).is_err() {
                 self.events.push_back(MediaEvent::DtlsFailed);
             }

@@ -542,9 +542,8 @@ impl Peer {
                 let _ = a.client.handle_timeout(now);
             }
         }
-        if self.media.poll_timeout().is_some_and(|t| t <= now) {
-            self.media.handle_timeout(now, &self.meter);
-        }
+        // It runs only the timers that are due.
+        self.media.handle_timeout(now, &self.meter);
         self.turn_events(now);
         self.media_events(now);
         self.flush(now);
@@ -648,11 +647,17 @@ impl Peer {
     }
 
     fn flush(&mut self, now: Instant) {
-        while let Some((local, peer, data)) = self.media.poll_transmit() {
-            self.waiting.push_back((local, peer, data, now));
-        }
-        let mut still = VecDeque::new();
-        while let Some((local, peer, data, at)) = self.waiting.pop_front() {
+        // Datagrams held for a permission go first, then the media plane's new ones straight
+        // from its queue; what still lacks a permission is held again.
+        let mut held = std::mem::take(&mut self.waiting);
+        loop {
+            let Some((local, peer, data, at)) = held.pop_front().or_else(|| {
+                self.media
+                    .poll_transmit()
+                    .map(|(local, peer, data)| (local, peer, data, now))
+            }) else {
+                break;
+            };
             let rtcp = is_rtcp(&data);
             if let Some((socket, _)) = &self.host {
                 self.wire_bytes_sent += data.len() as u64 + 28; // IPv4 + UDP
@@ -677,7 +682,7 @@ impl Peer {
                 a.permit(now, peer);
                 // Datagrams older than a second are stale (ICE retransmits its checks).
                 if now.saturating_duration_since(at) < Duration::from_secs(1) {
-                    still.push_back((local, peer, data, at));
+                    self.waiting.push_back((local, peer, data, at));
                 }
                 continue;
             }
@@ -688,7 +693,6 @@ impl Peer {
                 let _ = r.send_to(now, &data, peer);
             }
         }
-        self.waiting = still;
         for a in &mut self.allocations {
             a.write();
         }

@@ -243,6 +243,7 @@ fn call_against_rtc(role: RTCDtlsRole) {
         rtc.sent
     );
     let ours = agent.frames_sent();
+    assert!(ours >= 50, "{role:?}: we sent {ours}");
     assert!(
         rtc.received + 3 >= ours && rtc.stamped == rtc.received,
         "{role:?}: rtc read {} ({} stamped) of our {ours} frames",

@@ -2,6 +2,8 @@
 //! refuses it with 403 when it breaks upgrades; renews its certificate when its cache expires,
 //! tearing down the connections open through it.
 
+mod common;
+use common::closed;
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::sync::Arc;
@@ -191,16 +193,4 @@ fn cache_expiry_renews_the_certificate_and_drops_open_connections() {
     p.shutdown();
     assert_eq!(stats.reset.load(std::sync::atomic::Ordering::Relaxed), 1);
     assert_eq!(stats.renewals.load(std::sync::atomic::Ordering::Relaxed), 1);
-}
-
-/// Whether a read saw the connection end (end of stream or a reset), not a read timeout on a
-/// connection that is still open.
-fn closed(read: std::io::Result<usize>) -> bool {
-    match read {
-        Ok(n) => n == 0,
-        Err(e) => !matches!(
-            e.kind(),
-            std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
-        ),
-    }
 }

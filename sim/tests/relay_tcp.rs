@@ -1,6 +1,8 @@
 //! The TCP relay: streams arrive intact and in order with the configured delay; outages hold a
 //! stream rather than cut it; blocked ports are refused; a reset tears down what is open.
 
+mod common;
+use common::closed;
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::sync::atomic::Ordering;
@@ -193,18 +195,6 @@ fn reset_tears_down_open_connections_only() {
     let stats = r.stats();
     r.shutdown();
     assert_eq!(stats.reset.load(Ordering::Relaxed), 1);
-}
-
-/// Whether a read saw the connection end (end of stream or a reset), not a read timeout on a
-/// connection that is still open.
-fn closed(read: std::io::Result<usize>) -> bool {
-    match read {
-        Ok(n) => n == 0,
-        Err(e) => !matches!(
-            e.kind(),
-            std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
-        ),
-    }
 }
 
 #[test]

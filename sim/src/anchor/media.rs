@@ -464,10 +464,15 @@ impl Server {
         for leg in self.legs.values_mut() {
             let Some(remote) = leg.remote else { continue };
             if leg.srtp.is_none() {
+                if leg.failed {
+                    continue;
+                }
                 if let Some(t) = leg.dtls.poll_timeout(&remote) {
                     if t <= now {
+                        // Retransmissions exhausted: the handshake failed like any other.
                         if leg.dtls.handle_timeout(remote, now).is_err() {
                             leg.failed = true;
+                            self.counters.dtls_failures.fetch_add(1, Ordering::Relaxed);
                         }
                         flush_dtls(&self.socket, leg);
                     }

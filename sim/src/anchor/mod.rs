@@ -7,7 +7,6 @@
 pub mod media;
 
 use std::collections::HashSet;
-use std::hash::{BuildHasher, RandomState};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -72,7 +71,6 @@ pub async fn serve(
     stats: Arc<AnchorStats>,
 ) {
     let mut calls: HashSet<String> = HashSet::new();
-    let credentials = RandomState::new();
     let mut next = 0u64;
     let mut held = Vec::new();
     while let Some(req) = requests.recv().await {
@@ -120,14 +118,7 @@ pub async fn serve(
                 };
                 next += 1;
                 let call_id = format!("call-{next}");
-                // ICE credentials (RFC 8445 §5.3): 8 and 32 hex digits, unguessable enough for
-                // a loopback test, unique per leg.
-                let ice_ufrag = format!("{:08x}", credentials.hash_one((next, 0u8)) as u32);
-                let ice_pwd = format!(
-                    "{:016x}{:016x}",
-                    credentials.hash_one((next, 1u8)),
-                    credentials.hash_one((next, 2u8))
-                );
+                let (ice_ufrag, ice_pwd) = loadgen::media::ice_credentials();
                 let ssrc = 0x4000_0000 | (next as u32 & 0x3fff_ffff);
                 let audio = &offer.sections[offer.audio];
                 let answer = sdp::answer(
