@@ -4,7 +4,7 @@
 //! figures must agree with ours (the two directions cross the same path model).
 //!
 //! Needs Debian's `chromium` (`.ci/run` installs it); the test installs it when it runs as root
-//! and it is missing, and skips with a loud message only when that is impossible.
+//! and it is missing, and skips with a loud message only when that is impossible (on CI, `CI` set, it fails).
 #![allow(clippy::disallowed_methods)] // real processes, real clock
 
 use std::io::Read;
@@ -95,6 +95,11 @@ const log = (o) => console.log('RESULT ' + JSON.stringify(o));
 #[test]
 fn chromium_calls_our_anchor_through_our_turn_server() {
     if !chromium() {
+        // `.ci/run` installs chromium first: on CI a missing browser is a failure, not a skip.
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "{CHROMIUM} is missing and could not be installed"
+        );
         eprintln!(
             "\n\n!!! SKIPPED: {CHROMIUM} is missing and could not be installed (run as root, or apt-get install chromium)\n"
         );
