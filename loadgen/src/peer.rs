@@ -701,6 +701,10 @@ impl Peer {
     /// Closes the media plane and releases the allocations.
     pub fn close(&mut self, now: Instant) {
         self.media.close(now);
+        // The media plane's last datagrams (DTLS close_notify) leave through the allocations
+        // before their release: queued behind it, the server would drop them as for no
+        // allocation.
+        self.flush(now);
         for a in &mut self.allocations {
             if let Some(relay) = a.relay
                 && let Ok(mut r) = a.client.relay(relay)

@@ -498,6 +498,14 @@ fn verdict_section(page: &mut Page, file: &SummaryFile) {
             esc(&crate::summary::generator_lateness_warning(p99))
         );
     }
+    let failures = file.components.send_failures();
+    if !failures.is_empty() {
+        let _ = writeln!(
+            out,
+            "<p class=\"note warning\">{}</p>",
+            esc(&crate::components::send_failure_warning(&failures))
+        );
+    }
     let _ = writeln!(
         out,
         "<p class=\"method\">Error rate = (failed + dropped) ÷ calls, with its {conf} Wilson \
@@ -959,7 +967,35 @@ fn tables(page: &mut Page, file: &SummaryFile) {
             mos(d.mos.quantile(0.5))
         );
     }
-    out.push_str("</tbody>\n</table>\n</section>\n");
+    out.push_str("</tbody>\n</table>\n");
+    components_table(out, &file.components);
+    out.push_str("</section>\n");
+}
+
+/// What the simulator's own components counted, non-zero counters only (folded: it is for
+/// the engineer who wants to know why, not for the meeting).
+fn components_table(out: &mut String, components: &crate::Components) {
+    if components.is_empty() {
+        return;
+    }
+    out.push_str(
+        "<h3>The simulator's components</h3>\n<details class=\"fold\"><summary>What the TURN \
+         server, the signalling endpoint, the media anchor and each emulated path counted\
+         </summary>\n<table>\n<thead><tr><th>component</th><th>counter</th>\
+         <th class=\"num\">count</th></tr></thead>\n<tbody>\n",
+    );
+    for (name, counters) in components.iter() {
+        // The component's name on its first row only: the table reads as one group each.
+        for (i, (counter, value)) in counters.iter().filter(|(_, v)| **v > 0).enumerate() {
+            let _ = writeln!(
+                out,
+                "<tr><td>{}</td><td><code>{}</code></td><td class=\"num\">{value}</td></tr>",
+                if i == 0 { esc(name) } else { String::new() },
+                esc(counter)
+            );
+        }
+    }
+    out.push_str("</tbody>\n</table>\n</details>\n");
 }
 
 fn seconds_in(records: &[CallRecord], r: &CallRecord) -> String {

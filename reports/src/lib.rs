@@ -22,6 +22,7 @@
 #![forbid(unsafe_code)]
 
 pub mod charts;
+pub mod components;
 pub mod distribution;
 pub mod emodel;
 pub mod guidance;
@@ -33,6 +34,7 @@ pub mod record;
 pub mod summary;
 pub mod verdict;
 
+pub use components::Components;
 pub use distribution::{Distribution, Unit};
 pub use record::{
     CallIdentity, CallKind, CallRecord, Failure, FailureClass, MediaStats, Milestones, Outcome,

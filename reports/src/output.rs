@@ -6,12 +6,14 @@ use std::fmt::Write as _;
 
 use serde::{Deserialize, Serialize};
 
+use crate::components::{Components, send_failure_warning};
 use crate::record::{CallRecord, FailureClass, SetupPhase};
 use crate::summary::RunSummary;
 use crate::verdict::{ErrorRate, Verdict};
 
-/// Version of the `summary.json` layout.
-pub const SUMMARY_FILE_VERSION: u32 = 1;
+/// Version of the `summary.json` layout. Version 2 added `components`; version 1 files still
+/// read (with no components).
+pub const SUMMARY_FILE_VERSION: u32 = 2;
 /// Version of the `calls.csv` columns.
 pub const CSV_VERSION: u32 = 2;
 
@@ -34,6 +36,9 @@ pub struct SummaryFile {
     pub interrupted: bool,
     /// Counts and distributions.
     pub summary: RunSummary,
+    /// What the simulator's own components counted (empty when not recorded).
+    #[serde(default)]
+    pub components: Components,
 }
 
 impl SummaryFile {
@@ -55,6 +60,7 @@ impl SummaryFile {
             error_rate,
             interrupted,
             summary,
+            components: Components::new(),
         }
     }
 }
@@ -418,6 +424,24 @@ pub fn summary_md(file: &SummaryFile) -> String {
             crate::summary::generator_lateness_warning(p99)
         );
     }
+    let failures = file.components.send_failures();
+    if !failures.is_empty() {
+        let _ = writeln!(out, "\n> **Warning:** {}", send_failure_warning(&failures));
+    }
+    if !file.components.is_empty() {
+        let _ = writeln!(
+            out,
+            "\n| component | what it counted (non-zero) |\n|---|---|"
+        );
+        for (name, counters) in file.components.iter() {
+            let rows: Vec<String> = counters
+                .iter()
+                .filter(|(_, v)| **v > 0)
+                .map(|(k, v)| format!("{k} {v}"))
+                .collect();
+            let _ = writeln!(out, "| {name} | {} |", rows.join(", "));
+        }
+    }
     out
 }
 
@@ -439,6 +463,17 @@ mod tests {
             s.outcomes.failed += failed;
         }
         SummaryFile::new("branches", s, 0.02, 0.95, false)
+    }
+
+    #[test]
+    fn a_version_1_summary_without_components_still_reads() {
+        let mut doc = serde_json::to_value(file(&[("hq", 10, 0)])).unwrap();
+        let fields = doc.as_object_mut().unwrap();
+        assert!(fields.remove("components").is_some());
+        fields.insert("schema_version".into(), 1.into());
+        let read: SummaryFile = serde_json::from_value(doc).unwrap();
+        assert!(read.components.is_empty());
+        assert!(!summary_md(&read).contains("| component |"));
     }
 
     #[test]

@@ -22,7 +22,23 @@ fn fixture() -> (Vec<CallRecord>, SummaryFile) {
     let file = read_records(&dir().join("calls.jsonl")).unwrap();
     assert!(file.truncated.is_none());
     let summary = RunSummary::from_records(&file.records).unwrap();
-    let summary = SummaryFile::new("fixture", summary, 0.02, 0.95, false);
+    let mut summary = SummaryFile::new("fixture", summary, 0.02, 0.95, false);
+    // What the components counted, with a path that failed to send (the report warns).
+    summary.components.add(
+        "turn",
+        [
+            ("allocations_created", 59),
+            ("error_responses.401", 60),
+            ("dropped.malformed", 0),
+        ],
+    );
+    summary
+        .components
+        .add("anchor", [("invites", 49), ("dropped_datagrams", 2)]);
+    summary.components.add(
+        "path branch → turn:turn.example:3478?transport=udp",
+        [("send_failed", 3)],
+    );
     (file.records, summary)
 }
 
@@ -135,7 +151,7 @@ fn odd_summaries_conform_and_broken_ones_do_not() {
     let (_, file) = fixture();
     let good = serde_json::to_value(&file).unwrap();
     let broken = [
-        ("/schema_version", json!(2)),
+        ("/schema_version", json!(1)),
         ("/verdict", json!("maybe")),
         ("/threshold", json!(2)),
         ("/summary/setup/first_rtp/unit", json!("ms")),
@@ -146,6 +162,8 @@ fn odd_summaries_conform_and_broken_ones_do_not() {
         ),
         ("/summary/outcomes/completed", json!(-1)),
         ("/surprise", json!(true)),
+        ("/components/turn", json!(5)),
+        ("/components/anchor/invites", json!(-1)),
     ];
     for (pointer, value) in broken {
         let mut doc = good.clone();

@@ -201,6 +201,13 @@ fn main() -> ExitCode {
                             reports::summary::generator_lateness_warning(p99)
                         );
                     }
+                    let failures = s.components.send_failures();
+                    if !failures.is_empty() {
+                        println!(
+                            "warning: {}",
+                            reports::components::send_failure_warning(&failures)
+                        );
+                    }
                     println!("run folder: {}", outcome.dir.display());
                     ExitCode::from(sim::run::exit_code(s.verdict))
                 }

@@ -111,13 +111,15 @@ pub fn render(dir: &Path, out: &Path) -> Result<SummaryFile, ReportError> {
     let summary =
         RunSummary::from_records(&run.records).map_err(|e| ReportError::Mismatch(e.to_string()))?;
     let s = &run.summary;
-    let file = SummaryFile::new(
+    let mut file = SummaryFile::new(
         &s.scenario,
         summary,
         s.threshold,
         s.error_rate.confidence,
         s.interrupted || run.truncated.is_some(),
     );
+    // The components' counters were taken from the running simulator: no record holds them.
+    file.components = s.components.clone();
     write(out, &run.records, &file)?;
     if out != dir {
         copy_records(&run.records, out)?;
@@ -136,6 +138,7 @@ pub fn merge(dirs: &[PathBuf], out: &Path) -> Result<SummaryFile, ReportError> {
     let mut summary = RunSummary::new();
     let mut records = Vec::new();
     let mut interrupted = false;
+    let mut components = reports::Components::new();
     for run in &runs {
         let s = &run.summary;
         if s.threshold != threshold || s.error_rate.confidence != confidence {
@@ -154,15 +157,17 @@ pub fn merge(dirs: &[PathBuf], out: &Path) -> Result<SummaryFile, ReportError> {
             .map_err(|e| ReportError::Mismatch(e.to_string()))?;
         records.extend(run.records.iter().cloned());
         interrupted |= s.interrupted || run.truncated.is_some();
+        components.merge(&s.components);
     }
     let names: Vec<&str> = summary.scenarios.iter().map(String::as_str).collect();
-    let file = SummaryFile::new(
+    let mut file = SummaryFile::new(
         &names.join("+"),
         summary,
         threshold,
         confidence,
         interrupted,
     );
+    file.components = components;
     write(out, &records, &file)?;
     copy_records(&records, out)?;
     Ok(file)

@@ -19,7 +19,9 @@ use loadgen::signalling::Endpoint;
 use reports::emodel::Codec as EModelCodec;
 use reports::output::SummaryFile;
 use reports::record::append_record;
-use reports::{CallIdentity, CallKind, CallRecord, FailureClass, RunSummary, Shard, Verdict};
+use reports::{
+    CallIdentity, CallKind, CallRecord, Components, FailureClass, RunSummary, Shard, Verdict,
+};
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use tokio::sync::mpsc;
 
@@ -189,9 +191,10 @@ pub fn run(scenario: &Scenario, options: &RunOptions) -> Result<RunOutcome, RunE
             site.name
         )))?;
         sites.push(SitePlumbing {
+            name: site.name.clone(),
             media,
             control,
-            _proxy: proxy,
+            proxy,
             roots,
         });
     }
@@ -300,13 +303,17 @@ pub fn run(scenario: &Scenario, options: &RunOptions) -> Result<RunOutcome, RunE
         // Invariant: records are built by this crate with units it chose; a unit clash is a bug.
         let _ = summary.add(r);
     }
-    let file = SummaryFile::new(
+    let mut file = SummaryFile::new(
         &scenario.name,
         summary,
         scenario.threshold,
         scenario.confidence,
         interrupted,
     );
+    vendor.count_into(&mut file.components);
+    for site in &sites {
+        site.count_into(&scenario.turn.urls, &mut file.components);
+    }
     write_outputs(&dir, &records, &file)?;
 
     drop(sites);
@@ -328,6 +335,8 @@ pub struct VendorSide {
     pub password: String,
     /// The anchor's counters.
     pub anchor_stats: Arc<AnchorStats>,
+    /// The anchor's media server's counters.
+    pub media_counters: Arc<crate::anchor::media::MediaCounters>,
 }
 
 impl std::fmt::Debug for VendorSide {
@@ -381,6 +390,7 @@ impl VendorSide {
         let stats = anchor_stats.clone();
         let media = crate::anchor::media::MediaServer::start(bind.ip(), epoch, codec)
             .map_err(io_err("starting the anchor's media server"))?;
+        let media_counters = media.counters.clone();
         let anchor = std::thread::Builder::new()
             .name("anchor".into())
             .spawn(move || {
@@ -400,7 +410,33 @@ impl VendorSide {
             certificate_pem,
             password,
             anchor_stats,
+            media_counters,
         })
+    }
+
+    /// Adds what the TURN server, the signalling endpoint and the anchor have counted so far
+    /// to `components`. Call it outside any async runtime (it waits for the TURN server).
+    ///
+    /// The agents' last datagrams (their allocations' release) may still be crossing the
+    /// emulated paths when the calls end: it waits until the server holds no allocation, for a
+    /// second at most (a panicking agent never releases its own).
+    pub fn count_into(&self, components: &mut Components) {
+        let settled = Instant::now() + Duration::from_secs(1);
+        let snapshot = loop {
+            match self.turn.handle().snapshot_blocking() {
+                Some(s) if s.gauges.allocations > 0 && Instant::now() < settled => {
+                    std::thread::sleep(Duration::from_millis(10));
+                }
+                last => break last,
+            }
+        };
+        if let Some(snapshot) = snapshot {
+            components.add("turn", snapshot.totals());
+        }
+        components.add("signalling", self.signalling.stats().totals());
+        let mut anchor = self.anchor_stats.totals();
+        anchor.extend(self.media_counters.totals());
+        components.add("anchor", anchor);
     }
 
     /// The TURN server's UDP address.
@@ -472,13 +508,37 @@ impl TurnPath {
             Self::Stream(r) => r.local_addr(),
         }
     }
+
+    fn totals(&self) -> Vec<(&'static str, u64)> {
+        match self {
+            Self::Udp(r) => r.stats().totals(),
+            Self::Stream(r) => r.stats().totals(),
+        }
+    }
 }
 
 struct SitePlumbing {
+    name: String,
     media: Vec<TurnPath>,
     control: TcpRelay,
-    _proxy: Option<InspectingProxy>,
+    proxy: Option<InspectingProxy>,
     roots: Vec<CertificateDer<'static>>,
+}
+
+impl SitePlumbing {
+    /// Adds what the site's paths (and its inspecting proxy) counted to `components`.
+    fn count_into(&self, urls: &[TurnUrl], components: &mut Components) {
+        for (url, path) in urls.iter().zip(&self.media) {
+            components.add(&format!("path {} → {url}", self.name), path.totals());
+        }
+        components.add(
+            &format!("path {} → signalling", self.name),
+            self.control.stats().totals(),
+        );
+        if let Some(proxy) = &self.proxy {
+            components.add(&format!("proxy {}", self.name), proxy.stats().totals());
+        }
+    }
 }
 
 fn loopback() -> SocketAddr {

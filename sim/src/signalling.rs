@@ -60,6 +60,19 @@ pub struct SignallingStats {
     pub malformed: AtomicU64,
 }
 
+impl SignallingStats {
+    /// Its counters, named as in `summary.json`'s `components`.
+    pub fn totals(&self) -> Vec<(&'static str, u64)> {
+        let n = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        vec![
+            ("connections", n(&self.connections)),
+            ("handshake_failures", n(&self.handshake_failures)),
+            ("requests", n(&self.requests)),
+            ("malformed", n(&self.malformed)),
+        ]
+    }
+}
+
 /// A running endpoint; dropping it stops it.
 #[derive(Debug)]
 pub struct SignallingServer {

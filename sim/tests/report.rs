@@ -79,9 +79,24 @@ fn merge_render_and_compare() {
     assert!(md.contains("Merged from 2 runs"), "{md}");
     assert_eq!(load(&out).unwrap().records.len(), 6);
 
-    // Re-rendering a folder reproduces its summary.
+    // The components' counters add: 3 allocations in run a, none in b (UDP blocked), and the
+    // signalling connections of both.
+    let (ca, cb) = (
+        load(&a).unwrap().summary.components,
+        load(&b).unwrap().summary.components,
+    );
+    assert_eq!(merged.components.get("turn", "allocations_created"), 3);
+    assert_eq!(
+        merged.components.get("signalling", "connections"),
+        ca.get("signalling", "connections") + cb.get("signalling", "connections")
+    );
+    assert_eq!(merged.components.get("signalling", "connections"), 6);
+
+    // Re-rendering a folder reproduces its summary, and keeps the components' counters (no
+    // record holds them).
     let again = render(&a, &a).unwrap();
     assert_eq!(again.summary, load(&a).unwrap().summary.summary);
+    assert_eq!(again.components, ca);
 
     // Every folder gets report.html with its charts beside it, one SVG file per chart.
     for dir in [&a, &out] {

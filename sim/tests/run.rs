@@ -93,8 +93,56 @@ fn a_clean_run_writes_its_folder_and_passes() {
     // 0 of 3 against a 50 % threshold: the Wilson upper bound is 56 % — inconclusive, honestly.
     assert_eq!(outcome.summary.verdict, Verdict::Inconclusive);
     assert_eq!(outcome.summary.summary.outcomes.completed, 3);
+
+    // What the components counted: every allocation made and released, nothing dropped or
+    // unsent anywhere, the agents' last datagrams counted as the calls' tails at the anchor.
+    let c = &outcome.summary.components;
+    for (component, counter, expected) in [
+        ("turn", "allocations_created", 3),
+        ("turn", "allocations_deleted", 3),
+        ("turn", "channels_bound", 3),
+        ("signalling", "connections", 3),
+        ("signalling", "malformed", 0),
+        ("anchor", "invites", 3),
+        ("anchor", "ended", 3),
+        ("anchor", "dropped_datagrams", 0),
+        ("anchor", "dtls_failures", 0),
+        ("path hq → signalling", "accepted", 3),
+        (TO_TURN, "flows", 3),
+    ] {
+        assert_eq!(c.get(component, counter), expected, "{component} {counter}");
+    }
+    assert!(c.send_failures().is_empty(), "{:?}", c.send_failures());
+    for (component, counters) in c.iter() {
+        for (counter, n) in counters {
+            assert!(
+                !counter.starts_with("dropped.") || *n == 0,
+                "{component} {counter} {n}"
+            );
+        }
+    }
+    // Both directions crossed the path, and the server relayed the media (a frame every 20 ms
+    // of a 2 s call, in each direction, at the least).
+    assert!(c.get(TO_TURN, "to_server") >= 3 * 100, "{c:?}");
+    assert!(c.get(TO_TURN, "to_agents") >= 3 * 100, "{c:?}");
+    assert!(
+        c.get("turn", "relayed_packets.client_to_peer") >= 3 * 100,
+        "{c:?}"
+    );
+    assert!(
+        c.get("turn", "relayed_packets.peer_to_client") >= 3 * 100,
+        "{c:?}"
+    );
+    let md = std::fs::read_to_string(dir.join("summary.md")).unwrap();
+    assert!(
+        md.contains("| turn | allocations_created 3, allocations_deleted 3,"),
+        "{md}"
+    );
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// The site's path to the scenario's one TURN URL, as `components` names it.
+const TO_TURN: &str = "path hq → turn:turn.sim.local:3478?transport=udp";
 
 fn classes(dir: &std::path::Path) -> Vec<FailureClass> {
     read_records(&dir.join("calls.jsonl"))
@@ -111,6 +159,11 @@ fn udp_3478_blocked_fails_every_call_with_the_ccp_message() {
     let outcome = run_in(&dir, &scenario("policy = { block = [\"udp/3478\"] }"));
     assert_eq!(classes(&dir), vec![FailureClass::IceCollectionTimeout; 3]);
     assert!((outcome.summary.error_rate.rate - 1.0).abs() < 1e-12);
+    // The components say why: the firewall dropped what the agents sent, the server saw none.
+    let c = &outcome.summary.components;
+    assert!(c.get(TO_TURN, "dropped.policy") >= 3, "{c:?}");
+    assert_eq!(c.get(TO_TURN, "to_server"), 0, "{c:?}");
+    assert_eq!(c.get("turn", "allocations_created"), 0, "{c:?}");
     // 3 of 3 is not yet proof against 50 %: the Wilson interval reaches down to 44 %.
     assert_eq!(outcome.summary.verdict, Verdict::Inconclusive);
     let junit = std::fs::read_to_string(dir.join("junit.xml")).unwrap();

@@ -133,6 +133,52 @@ pub struct Snapshot {
     pub faults: Faults,
 }
 
+impl Snapshot {
+    /// The counters (not the gauges) as named totals, `label.value` where the Prometheus
+    /// rendering has a label: `error_responses.401`, `dropped.no_permission`, and the edge's
+    /// failed sends as `send_failed`.
+    #[must_use]
+    pub fn totals(&self) -> Vec<(String, u64)> {
+        let (c, e) = (&self.counters, &self.edge);
+        let mut rows: Vec<(String, u64)> = [
+            ("allocations_created", c.allocations_created),
+            ("allocations_expired", c.allocations_expired),
+            ("allocations_deleted", c.allocations_deleted),
+            ("permissions_created", c.permissions_created),
+            ("channels_bound", c.channels_bound),
+            ("relayed_packets.client_to_peer", c.client_to_peer.packets),
+            ("relayed_packets.peer_to_client", c.peer_to_client.packets),
+            ("relayed_bytes.client_to_peer", c.client_to_peer.bytes),
+            ("relayed_bytes.peer_to_client", c.peer_to_client.bytes),
+            ("send_failed", e.send_failed),
+            ("stream_connections", e.stream_connections),
+            ("stream_connections_dropped", e.stream_connections_dropped),
+            ("stream_framing_errors", e.stream_framing_errors),
+            ("tls_handshake_failures", e.tls_handshake_failures),
+            ("relay_bind_failures", e.relay_bind_failures),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_owned(), v))
+        .collect();
+        rows.extend(
+            c.requests
+                .iter()
+                .map(|(m, v)| (format!("requests.{m}"), *v)),
+        );
+        rows.extend(
+            c.errors
+                .iter()
+                .map(|(code, v)| (format!("error_responses.{code}"), *v)),
+        );
+        rows.extend(
+            DropReason::ALL
+                .iter()
+                .map(|r| (format!("dropped.{}", r.name()), c.dropped(*r))),
+        );
+        rows
+    }
+}
+
 enum Command {
     SetFaults(Faults, std::sync::mpsc::Sender<()>),
     Snapshot(oneshot::Sender<Snapshot>),

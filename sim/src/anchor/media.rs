@@ -49,6 +49,8 @@ const USE_CANDIDATE: u16 = 0x0025;
 const FRAME: Duration = Duration::from_millis(20);
 /// Longest sleep without a deadline: commands wake the thread through its eventfd anyway.
 const IDLE: Duration = Duration::from_millis(500);
+/// How long datagrams from a closed leg's address count as its tail, not as strays.
+const AFTER_CLOSE: Duration = Duration::from_secs(5);
 
 /// What a leg hands back when its call ends: its measurement of the agent's stream, the frames
 /// and wire bytes it sent, and its pacing error.
@@ -88,6 +90,24 @@ pub struct MediaCounters {
     /// Legs whose DTLS handshake failed (a certificate that does not match the offer's
     /// fingerprint, among others).
     pub dtls_failures: AtomicU64,
+    /// Datagrams the socket would not take (a full send buffer: the machine is overloaded).
+    pub send_failed: AtomicU64,
+    /// Datagrams from a leg's address shortly after the leg closed: the agent's last frames
+    /// and its close_notify crossing the hang-up. Expected, so not counted in `dropped`.
+    pub after_close: AtomicU64,
+}
+
+impl MediaCounters {
+    /// Its counters, named as in `summary.json`'s `components`.
+    pub fn totals(&self) -> Vec<(&'static str, u64)> {
+        let n = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        vec![
+            ("dropped_datagrams", n(&self.dropped)),
+            ("after_close", n(&self.after_close)),
+            ("dtls_failures", n(&self.dtls_failures)),
+            (reports::components::SEND_FAILED, n(&self.send_failed)),
+        ]
+    }
 }
 
 /// The running media server.
@@ -135,6 +155,7 @@ impl MediaServer {
             by_ufrag: HashMap::new(),
             by_call: HashMap::new(),
             by_remote: HashMap::new(),
+            closed: HashMap::new(),
             next_id: 0,
             counters: counters.clone(),
             buf: vec![0u8; 2048],
@@ -221,6 +242,8 @@ struct Server {
     by_ufrag: HashMap<String, u64>,
     by_call: HashMap<String, u64>,
     by_remote: HashMap<SocketAddr, u64>,
+    /// Addresses of legs closed in the last [`AFTER_CLOSE`], with when they closed.
+    closed: HashMap<SocketAddr, Instant>,
     next_id: u64,
     counters: Arc<MediaCounters>,
     buf: Vec<u8>,
@@ -310,9 +333,13 @@ impl Server {
         self.by_ufrag.remove(&leg.spec.ice_ufrag);
         if let Some(remote) = leg.remote {
             self.by_remote.remove(&remote);
+            let now = Instant::now();
+            self.closed
+                .retain(|_, at| now.saturating_duration_since(*at) < AFTER_CLOSE);
+            self.closed.insert(remote, now);
             // close_notify, so the agent's DTLS ends cleanly.
             let _ = leg.dtls.stop(Instant::now(), remote);
-            flush_dtls(&self.socket, &mut leg);
+            flush_dtls(&self.socket, &self.counters, &mut leg);
         }
         let meter = std::mem::replace(&mut leg.meter, MediaMeter::new(self.epoch));
         let received = meter.received();
@@ -338,8 +365,12 @@ impl Server {
             let data = std::mem::take(&mut self.buf);
             match data[0] {
                 0..=3 => self.on_stun(from, &data[..n]),
-                20..=63 => self.on_dtls(now, from, &data[..n]),
-                128..=191 => self.on_srtp(now, from, &data[..n]),
+                // DTLS and SRTP only from the address a call nominated.
+                first @ (20..=63 | 128..=191) => match self.by_remote.get(&from).copied() {
+                    Some(id) if first < 64 => self.on_dtls(now, id, from, &data[..n]),
+                    Some(id) => self.on_srtp(now, id, &data[..n]),
+                    None => self.stray(from),
+                },
                 _ => {
                     self.counters.dropped.fetch_add(1, Ordering::Relaxed);
                 }
@@ -350,6 +381,16 @@ impl Server {
 
     fn drop_one(&self) {
         self.counters.dropped.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// DTLS or SRTP from an address no leg nominated: the tail of a call just hung up, or a
+    /// stray.
+    fn stray(&self, from: SocketAddr) {
+        if self.closed.contains_key(&from) {
+            self.counters.after_close.fetch_add(1, Ordering::Relaxed);
+        } else {
+            self.drop_one();
+        }
     }
 
     /// Answers a connectivity check (ICE-lite: the server sends none of its own).
@@ -384,9 +425,7 @@ impl Server {
             .xor_address(wire::attr::XOR_MAPPED_ADDRESS, from)
             .integrity(IntegrityKind::Sha1, key);
         let response = response.finish_with_fingerprint();
-        if self.socket.send_to(&response, from).is_ok() {
-            leg.wire_bytes_sent += response.len() as u64 + ip_udp_overhead(from);
-        }
+        transmit(&self.socket, &self.counters, leg, &response, from);
         if packet.attributes().any(|a| a.kind == USE_CANDIDATE) && leg.remote != Some(from) {
             if let Some(old) = leg.remote.replace(from) {
                 self.by_remote.remove(&old);
@@ -395,8 +434,8 @@ impl Server {
         }
     }
 
-    fn on_dtls(&mut self, now: Instant, from: SocketAddr, data: &[u8]) {
-        let Some(leg) = nominated(&self.by_remote, &mut self.legs, from, &self.counters) else {
+    fn on_dtls(&mut self, now: Instant, id: u64, from: SocketAddr, data: &[u8]) {
+        let Some(leg) = self.legs.get_mut(&id) else {
             return;
         };
         if leg.failed {
@@ -411,7 +450,7 @@ impl Server {
             &self.crypto,
             keyed,
         );
-        flush_dtls(&self.socket, leg);
+        flush_dtls(&self.socket, &self.counters, leg);
         match step {
             Handshake::Keyed(contexts) => {
                 leg.srtp = Some(*contexts);
@@ -427,8 +466,8 @@ impl Server {
         }
     }
 
-    fn on_srtp(&mut self, now: Instant, from: SocketAddr, data: &[u8]) {
-        let Some(leg) = nominated(&self.by_remote, &mut self.legs, from, &self.counters) else {
+    fn on_srtp(&mut self, now: Instant, id: u64, data: &[u8]) {
+        let Some(leg) = self.legs.get_mut(&id) else {
             return;
         };
         let Some((_, inbound)) = &mut leg.srtp else {
@@ -474,7 +513,7 @@ impl Server {
                             leg.failed = true;
                             self.counters.dtls_failures.fetch_add(1, Ordering::Relaxed);
                         }
-                        flush_dtls(&self.socket, leg);
+                        flush_dtls(&self.socket, &self.counters, leg);
                     }
                     if let Some(t) = leg.dtls.poll_timeout(&remote) {
                         soonest(t);
@@ -491,7 +530,7 @@ impl Server {
                             u64::try_from(now.saturating_duration_since(due).as_micros())
                                 .unwrap_or(u64::MAX),
                         );
-                        send_frame(&self.socket, self.epoch, now, remote, leg);
+                        send_frame(&self.socket, &self.counters, self.epoch, now, remote, leg);
                     }
                     leg.next_frame = Some(due + FRAME);
                 }
@@ -499,7 +538,7 @@ impl Server {
             }
             if let Some(due) = leg.next_report {
                 if due <= now {
-                    send_report(&self.socket, now, remote, leg);
+                    send_report(&self.socket, &self.counters, now, remote, leg);
                     leg.next_report = Some(due + REPORT_INTERVAL);
                 }
                 soonest(leg.next_report.unwrap_or(due));
@@ -509,30 +548,37 @@ impl Server {
     }
 }
 
-/// The leg whose nominated address `from` is; a datagram from anywhere else is counted dropped.
-fn nominated<'a>(
-    by_remote: &HashMap<SocketAddr, u64>,
-    legs: &'a mut HashMap<u64, Leg>,
-    from: SocketAddr,
+/// Sends `bytes` to `to` for `leg`, adding them to its wire bytes, or counts the failure.
+fn transmit(
+    socket: &UdpSocket,
     counters: &MediaCounters,
-) -> Option<&'a mut Leg> {
-    let leg = by_remote.get(&from).and_then(|id| legs.get_mut(id));
-    if leg.is_none() {
-        counters.dropped.fetch_add(1, Ordering::Relaxed);
+    leg: &mut Leg,
+    bytes: &[u8],
+    to: SocketAddr,
+) -> bool {
+    if socket.send_to(bytes, to).is_ok() {
+        leg.wire_bytes_sent += bytes.len() as u64 + ip_udp_overhead(to);
+        true
+    } else {
+        counters.send_failed.fetch_add(1, Ordering::Relaxed);
+        false
     }
-    leg
 }
 
-fn flush_dtls(socket: &UdpSocket, leg: &mut Leg) {
+fn flush_dtls(socket: &UdpSocket, counters: &MediaCounters, leg: &mut Leg) {
     while let Some(t) = leg.dtls.poll_transmit() {
-        let to = t.transport.peer_addr;
-        if socket.send_to(&t.message, to).is_ok() {
-            leg.wire_bytes_sent += t.message.len() as u64 + ip_udp_overhead(to);
-        }
+        transmit(socket, counters, leg, &t.message, t.transport.peer_addr);
     }
 }
 
-fn send_frame(socket: &UdpSocket, epoch: Instant, now: Instant, remote: SocketAddr, leg: &mut Leg) {
+fn send_frame(
+    socket: &UdpSocket,
+    counters: &MediaCounters,
+    epoch: Instant,
+    now: Instant,
+    remote: SocketAddr,
+    leg: &mut Leg,
+) {
     let Some((outbound, _)) = &mut leg.srtp else {
         return;
     };
@@ -541,14 +587,19 @@ fn send_frame(socket: &UdpSocket, epoch: Instant, now: Instant, remote: SocketAd
     let Ok(protected) = outbound.encrypt_rtp(&packet) else {
         return;
     };
-    if socket.send_to(&protected, remote).is_ok() {
+    if transmit(socket, counters, leg, &protected, remote) {
         leg.frames_sent += 1;
-        leg.wire_bytes_sent += protected.len() as u64 + ip_udp_overhead(remote);
     }
 }
 
 /// A sender report with the reception report of the agent's stream.
-fn send_report(socket: &UdpSocket, now: Instant, remote: SocketAddr, leg: &mut Leg) {
+fn send_report(
+    socket: &UdpSocket,
+    counters: &MediaCounters,
+    now: Instant,
+    remote: SocketAddr,
+    leg: &mut Leg,
+) {
     let Some(plain) = sender_report(
         now,
         leg.spec.ssrc,
@@ -564,7 +615,5 @@ fn send_report(socket: &UdpSocket, now: Instant, remote: SocketAddr, leg: &mut L
     let Ok(protected) = outbound.encrypt_rtcp(&plain) else {
         return;
     };
-    if socket.send_to(&protected, remote).is_ok() {
-        leg.wire_bytes_sent += protected.len() as u64 + ip_udp_overhead(remote);
-    }
+    transmit(socket, counters, leg, &protected, remote);
 }

@@ -62,6 +62,19 @@ pub struct AnchorStats {
     pub failed: AtomicU64,
 }
 
+impl AnchorStats {
+    /// Its counters, named as in `summary.json`'s `components`.
+    pub fn totals(&self) -> Vec<(&'static str, u64)> {
+        let n = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        vec![
+            ("invites", n(&self.invites)),
+            ("answered", n(&self.answered)),
+            ("ended", n(&self.ended)),
+            ("failed", n(&self.failed)),
+        ]
+    }
+}
+
 /// Serves the signalling endpoint's requests until its channel closes, with every call's media
 /// on `media`. Run it on a tokio runtime.
 pub async fn serve(

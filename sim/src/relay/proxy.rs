@@ -111,6 +111,22 @@ pub struct ProxyStats {
     pub renewals: AtomicU64,
 }
 
+impl ProxyStats {
+    /// Its counters, named as in `summary.json`'s `components`.
+    pub fn totals(&self) -> Vec<(&'static str, u64)> {
+        let n = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        vec![
+            ("accepted", n(&self.accepted)),
+            ("tls_failed", n(&self.tls_failed)),
+            ("upgrades_blocked", n(&self.upgrades_blocked)),
+            ("relayed", n(&self.relayed)),
+            ("upstream_failed", n(&self.upstream_failed)),
+            ("reset", n(&self.reset)),
+            ("renewals", n(&self.renewals)),
+        ]
+    }
+}
+
 /// A running proxy; dropping it stops it.
 #[derive(Debug)]
 pub struct InspectingProxy {

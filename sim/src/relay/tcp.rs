@@ -63,6 +63,21 @@ pub struct TcpRelayStats {
     pub bytes_down: AtomicU64,
 }
 
+impl TcpRelayStats {
+    /// Its counters, named as in `summary.json`'s `components`.
+    pub fn totals(&self) -> Vec<(&'static str, u64)> {
+        let n = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        vec![
+            ("accepted", n(&self.accepted)),
+            ("refused.policy", n(&self.refused)),
+            ("upstream_failed", n(&self.upstream_failed)),
+            ("reset", n(&self.reset)),
+            ("bytes_up", n(&self.bytes_up)),
+            ("bytes_down", n(&self.bytes_down)),
+        ]
+    }
+}
+
 /// A running TCP relay; dropping it stops it.
 #[derive(Debug)]
 pub struct TcpRelay {
