@@ -119,9 +119,19 @@ fn time_never_goes_backwards() {
     let mut h = Harness::new(config());
     let mut c = Client::new(five_tuple(41004), "alice", "alice-pw");
     c.allocate(&mut h);
-    h.advance(10 * SEC);
-    let earlier = h.now - 5 * SEC;
-    h.server.handle_timeout(earlier);
-    h.server.handle_timeout(earlier);
+    h.advance(590 * SEC);
+    let latest = h.now;
+    // A caller's stale instant, five minutes back, in a timeout and then in a Refresh: the
+    // server keeps its clock at the latest instant it has seen.
+    h.now = latest - 300 * SEC;
+    h.server.handle_timeout(h.now);
     assert_eq!(h.server.gauges().allocations, 1);
+    assert_eq!(c.refresh(&mut h, 600).class, Class::Success);
+    h.now = latest;
+    // So the refresh counts from `latest`: the allocation lives until latest + 600 s, not
+    // 300 s less as it would on the stale clock.
+    h.advance(599 * SEC);
+    assert_eq!(h.server.gauges().allocations, 1);
+    h.advance(2 * SEC);
+    assert_eq!(h.server.gauges().allocations, 0);
 }
