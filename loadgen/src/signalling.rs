@@ -183,14 +183,20 @@ pub fn tls_client_config(
     ))
 }
 
-/// The host and port of a `wss://` (or `ws://`) URL; the port defaults to 443 (80 for `ws://`).
+/// The host and port of a `wss://` URL; the port defaults to 443. A plain `ws://` URL is
+/// refused: the agents always speak TLS, as a softphone's signalling does.
 pub fn host_port(url: &str) -> Result<(String, u16), String> {
-    let bad = || format!("expected a WebSocket URL like wss://host:port/path, found {url}");
-    let (rest, default_port) = match (url.strip_prefix("wss://"), url.strip_prefix("ws://")) {
-        (Some(r), _) => (r, 443),
-        (None, Some(r)) => (r, 80),
-        (None, None) => return Err(bad()),
+    let bad = || format!("expected a secure WebSocket URL like wss://host:port/path, found {url}");
+    if url.starts_with("ws://") {
+        return Err(format!(
+            "{url}: plain WebSocket (ws://) is not supported; softphone signalling runs over TLS \
+             (wss://)"
+        ));
+    }
+    let Some(rest) = url.strip_prefix("wss://") else {
+        return Err(bad());
     };
+    let default_port = 443;
     let authority = rest.split('/').next().unwrap_or(rest);
     let (host, port) = match authority.rsplit_once(':') {
         Some((h, p)) => (h, p.parse().map_err(|_| bad())?),
@@ -391,7 +397,12 @@ mod tests {
             Ok(("signalling.sim.local".into(), 8443))
         );
         assert_eq!(host_port("wss://x.example/"), Ok(("x.example".into(), 443)));
-        assert_eq!(host_port("ws://x.example"), Ok(("x.example".into(), 80)));
+        assert!(
+            host_port("ws://x.example")
+                .unwrap_err()
+                .contains("not supported")
+        );
+        assert!(host_port("wss://:8443/").is_err());
         assert!(host_port("https://x.example").is_err());
         assert!(host_port("wss://x.example:port/").is_err());
     }

@@ -122,6 +122,26 @@ fn table_of_broken_files() {
             ],
         ),
         (
+            "plain WebSocket signalling",
+            broken(
+                "[turn]",
+                "[signalling]\nurl = \"ws://sig.example/rtc\"\n\n[turn]",
+            ),
+            &[
+                "broken.toml:8:7: signalling.url: ws://sig.example/rtc: plain WebSocket (ws://) is not supported; softphone signalling runs over TLS (wss://)",
+            ],
+        ),
+        (
+            "signalling port not a number",
+            broken(
+                "[turn]",
+                "[signalling]\nurl = \"wss://sig.example:https/\"\n\n[turn]",
+            ),
+            &[
+                "broken.toml:8:7: signalling.url: expected a secure WebSocket URL like wss://host:port/path, found wss://sig.example:https/",
+            ],
+        ),
+        (
             "syntax error",
             broken("[agents]", "[agents"),
             &["broken.toml:4:8: TOML syntax: unclosed table, expected `]`"],

@@ -301,14 +301,10 @@ fn read_scenario(
         && let Some(mut t) = Table::from_value(src, v, "signalling")
     {
         if let Some((url, span)) = t.string(src, "url") {
-            if url.starts_with("wss://") || url.starts_with("ws://") {
-                signalling_url = url;
-            } else {
-                src.error(
-                    span,
-                    "signalling.url",
-                    format!("expected a WebSocket URL (wss://HOST:PORT/PATH), found \"{url}\""),
-                );
+            // The same check `sim run` and `loadgen` make: what validates, runs.
+            match loadgen::signalling::host_port(&url) {
+                Ok(_) => signalling_url = url,
+                Err(e) => src.error(span, "signalling.url", e),
             }
         }
         t.finish(src);
