@@ -998,6 +998,12 @@ fn components_table(out: &mut String, components: &crate::Components) {
     out.push_str("</tbody>\n</table>\n</details>\n");
 }
 
+/// How the call's media reached the TURN server (`udp`, `tcp`, `tls`): a relay over TCP or TLS
+/// explains more delay and jitter, and a longer setup after the UDP attempt timed out.
+fn relay(r: &CallRecord) -> &'static str {
+    r.relay_transport.map_or("–", crate::RelayTransport::as_str)
+}
+
 fn seconds_in(records: &[CallRecord], r: &CallRecord) -> String {
     let t0 = records
         .iter()
@@ -1076,7 +1082,7 @@ fn outliers(page: &mut Page, records: &[CallRecord]) {
         let _ = writeln!(
             page.out,
             "<h3>Worst MOS ({} of {} calls with audio)</h3>\n<table>\n<thead><tr><th>call</th>\
-             <th>site</th><th>kind</th><th class=\"num\">started</th><th class=\"num\">MOS</th>\
+             <th>site</th><th>kind</th><th>relay</th><th class=\"num\">started</th><th class=\"num\">MOS</th>\
              <th class=\"num\">loss</th><th class=\"num\">jitter p95</th>\
              <th class=\"num\">delay p50</th><th>worse direction</th></tr></thead>\n<tbody>",
             by_mos.len().min(WORST),
@@ -1093,11 +1099,12 @@ fn outliers(page: &mut Page, records: &[CallRecord]) {
             let link = page.call_link(i, r);
             let _ = writeln!(
                 page.out,
-                "<tr><td>{link}</td><td>{}</td><td>{}</td><td class=\"num\">{}</td>\
+                "<tr><td>{link}</td><td>{}</td><td>{}</td><td>{}</td><td class=\"num\">{}</td>\
                  <td class=\"num\">{:.2}</td><td class=\"num\">{}</td><td class=\"num\">{}</td>\
                  <td class=\"num\">{}</td><td>{}</td></tr>",
                 esc(&r.identity.site),
                 r.identity.kind.as_str(),
+                relay(r),
                 seconds_in(records, r),
                 m.mos,
                 pct(m.loss_percent() / 100.0),
@@ -1123,7 +1130,7 @@ fn outliers(page: &mut Page, records: &[CallRecord]) {
         let _ = writeln!(
             page.out,
             "<h3>Longest setup ({} of {} calls with audio)</h3>\n<table>\n<thead><tr><th>call</th>\
-             <th>site</th><th>kind</th><th class=\"num\">started</th>\
+             <th>site</th><th>kind</th><th>relay</th><th class=\"num\">started</th>\
              <th class=\"num\">to first audio</th><th>slowest phase</th></tr></thead>\n<tbody>",
             by_setup.len().min(WORST),
             by_setup.len()
@@ -1141,10 +1148,11 @@ fn outliers(page: &mut Page, records: &[CallRecord]) {
             let link = page.call_link(i, r);
             let _ = writeln!(
                 page.out,
-                "<tr><td>{link}</td><td>{}</td><td>{}</td><td class=\"num\">{}</td>\
+                "<tr><td>{link}</td><td>{}</td><td>{}</td><td>{}</td><td class=\"num\">{}</td>\
                  <td class=\"num\">{}</td><td>{}</td></tr>",
                 esc(&r.identity.site),
                 r.identity.kind.as_str(),
+                relay(r),
                 seconds_in(records, r),
                 ms(Some(us)),
                 esc(&slowest)

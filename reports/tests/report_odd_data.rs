@@ -9,7 +9,7 @@ use reports::guidance::diagnose;
 use reports::html::report_html;
 use reports::output::SummaryFile;
 use reports::record::{FailureClass, read_records};
-use reports::{CallRecord, Outcome, RunSummary};
+use reports::{CallRecord, Outcome, RelayTransport, RunSummary};
 
 fn fixture() -> Vec<CallRecord> {
     read_records(&support::golden_dir().join("calls.jsonl"))
@@ -55,10 +55,18 @@ fn every_call_failed_at_one_site() {
 
 #[test]
 fn one_clean_site() {
-    let clean: Vec<CallRecord> = fixture()
+    let mut clean: Vec<CallRecord> = fixture()
         .into_iter()
         .filter(|r| r.identity.site == "hq" && r.failure.is_none())
         .collect();
+    // Version 1 records carry no relay transport: say which one each call's media took.
+    for (i, r) in clean.iter_mut().enumerate() {
+        r.relay_transport = Some(if i == 0 {
+            RelayTransport::Tls
+        } else {
+            RelayTransport::Udp
+        });
+    }
     let (html, charts) = report(&clean);
     assert_eq!(
         charts,
@@ -72,6 +80,13 @@ fn one_clean_site() {
         ]
     );
     assert!(html.contains("No call failed or dropped."));
+    // Both outlier tables (worst MOS, longest setup) name each call's relay transport.
+    assert_eq!(
+        html.matches("<th>relay</th>").count(),
+        2,
+        "worst MOS, longest setup"
+    );
+    assert!(html.contains("<td>udp</td>"));
     // 26 calls, none failed: too few to show < 2 %.
     assert!(html.contains(">INCONCLUSIVE<"));
     assert!(html.contains("more calls</strong>"));
