@@ -176,6 +176,122 @@ impl Call {
         result
     }
 
+    /// Set-up on the signalling connection `client`, once ICE collection has ended: invite,
+    /// accept, then ICE and DTLS on the leg `driven`. The call's id when it is connected;
+    /// `None` for a missed call, declined with `bye`. The caller closes `client` unless the
+    /// call goes on.
+    async fn establish(
+        &mut self,
+        spec: &CallSpec,
+        driven: &mut DrivenPeer,
+        client: &mut SignallingClient,
+        offer: &str,
+        collected: bool,
+    ) -> Result<Option<String>, Fail> {
+        if !collected {
+            let error = driven.peer.allocation_error();
+            return Err(match error {
+                Some(e) => leg_failure(&e),
+                None => (
+                    FailureClass::IceCollectionTimeout,
+                    format!(
+                        "no relay candidate within {:?} from {}",
+                        spec.timeouts.ice_collection,
+                        spec.turn
+                            .iter()
+                            .map(|t| match &t.addr {
+                                Ok(a) => format!("{} ({a})", t.url),
+                                Err(e) => format!("{} ({e})", t.url),
+                            })
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    ),
+                ),
+            });
+        }
+
+        // InviteAnswer.
+        self.state = SessionState::InviteAnswer;
+        let invite = Invite {
+            sdp: offer.to_owned(),
+            candidates: driven
+                .peer
+                .local_candidates()
+                .iter()
+                .cloned()
+                .map(to_wire)
+                .collect(),
+            call_context_token: spec.identity.call.clone(),
+        };
+        self.milestones.invite_sent_us = self.at();
+        let answer = client
+            .invite(&invite, spec.timeouts.invite_answer)
+            .await
+            .map_err(|e| (e.class(), e.to_string()))?;
+        self.milestones.answer_received_us = self.at();
+
+        // A missed call: the agent lets the contact ring out and declines it.
+        if spec.identity.kind == reports::CallKind::Missed {
+            let _ = client
+                .call_ref("bye", &answer.call_id, spec.timeouts.ack)
+                .await;
+            return Ok(None);
+        }
+
+        // Accept: apply the answer, send `accept`.
+        self.state = SessionState::Accept;
+        let now = Instant::now();
+        let sdp = RTCSessionDescription::answer(answer.sdp.clone())
+            .map_err(|e| (FailureClass::InvalidRemoteSdp, e.to_string()))?;
+        driven
+            .peer
+            .accept(now, &sdp.sdp)
+            .map_err(|e| (FailureClass::SetRemoteDescriptionFailure, format!("{e:?}")))?;
+        if answer.candidates.is_empty() {
+            return Err((
+                FailureClass::NoRemoteIceCandidate,
+                "the answer carried no ICE candidate".into(),
+            ));
+        }
+        for c in answer.candidates {
+            let _ = driven.peer.add_remote_candidate(now, &from_wire(c));
+        }
+        client
+            .call_ref("accept", &answer.call_id, spec.timeouts.ack)
+            .await
+            .map_err(|e| (e.class(), e.to_string()))?;
+        self.milestones.accepted_us = self.at();
+
+        // ConnectContact: ICE and DTLS.
+        self.state = SessionState::ConnectContact;
+        let connect_deadline = Instant::now() + spec.timeouts.connect;
+        let connected = driven
+            .drive_until(connect_deadline, None, |p| p.times.connected.is_some())
+            .await;
+        let t = driven.peer.times;
+        self.milestones.ice_connected_us = t.ice_connected.map(|i| micros(i - self.start));
+        if !connected {
+            let detail = driven.peer.error.clone();
+            let _ = client
+                .call_ref("bye", &answer.call_id, spec.timeouts.ack)
+                .await;
+            return Err(if t.ice_connected.is_some() {
+                (
+                    FailureClass::DtlsHandshakeFailure,
+                    format!("DTLS did not complete: {detail:?}"),
+                )
+            } else {
+                (
+                    FailureClass::IceConnectionFailed,
+                    format!("no candidate pair connected: {detail:?}"),
+                )
+            });
+        }
+        self.milestones.dtls_connected_us = t.connected.map(|i| micros(i - self.start));
+        self.connected = true;
+        Ok(Some(answer.call_id))
+    }
+
     /// The call from signalling connect and ICE collection to its end, on the leg `driven`.
     async fn converse(
         &mut self,
@@ -224,123 +340,17 @@ impl Call {
                 return Err((e.class(), e.to_string()));
             }
         };
-        if !collected {
-            let error = driven.peer.allocation_error();
-            client.close().await;
-            return Err(match error {
-                Some(e) => leg_failure(&e),
-                None => (
-                    FailureClass::IceCollectionTimeout,
-                    format!(
-                        "no relay candidate within {:?} from {}",
-                        spec.timeouts.ice_collection,
-                        spec.turn
-                            .iter()
-                            .map(|t| match &t.addr {
-                                Ok(a) => format!("{} ({a})", t.url),
-                                Err(e) => format!("{} ({e})", t.url),
-                            })
-                            .collect::<Vec<_>>()
-                            .join(", ")
-                    ),
-                ),
-            });
-        }
-
-        // InviteAnswer.
-        self.state = SessionState::InviteAnswer;
-        let invite = Invite {
-            sdp: offer.to_owned(),
-            candidates: driven
-                .peer
-                .local_candidates()
-                .iter()
-                .cloned()
-                .map(to_wire)
-                .collect(),
-            call_context_token: spec.identity.call.clone(),
-        };
-        self.milestones.invite_sent_us = self.at();
-        let answer = client.invite(&invite, spec.timeouts.invite_answer).await;
-        let answer = match answer {
-            Ok(a) => a,
-            Err(e) => {
-                client.close().await;
-                return Err((e.class(), e.to_string()));
-            }
-        };
-        self.milestones.answer_received_us = self.at();
-
-        // A missed call: the agent lets the contact ring out and declines it.
-        if spec.identity.kind == reports::CallKind::Missed {
-            let _ = client
-                .call_ref("bye", &answer.call_id, spec.timeouts.ack)
-                .await;
-            client.close().await;
-            return Ok(());
-        }
-
-        // Accept: apply the answer, send `accept`.
-        self.state = SessionState::Accept;
-        let now = Instant::now();
-        let sdp = match RTCSessionDescription::answer(answer.sdp.clone()) {
-            Ok(s) => s,
-            Err(e) => {
-                client.close().await;
-                return Err((FailureClass::InvalidRemoteSdp, e.to_string()));
-            }
-        };
-        if let Err(e) = driven.peer.accept(now, &sdp.sdp) {
-            client.close().await;
-            return Err((FailureClass::SetRemoteDescriptionFailure, format!("{e:?}")));
-        }
-        if answer.candidates.is_empty() {
-            client.close().await;
-            return Err((
-                FailureClass::NoRemoteIceCandidate,
-                "the answer carried no ICE candidate".into(),
-            ));
-        }
-        for c in answer.candidates {
-            let _ = driven.peer.add_remote_candidate(now, &from_wire(c));
-        }
-        if let Err(e) = client
-            .call_ref("accept", &answer.call_id, spec.timeouts.ack)
+        let call_id = match self
+            .establish(spec, driven, &mut client, offer, collected)
             .await
         {
-            client.close().await;
-            return Err((e.class(), e.to_string()));
-        }
-        self.milestones.accepted_us = self.at();
-
-        // ConnectContact: ICE and DTLS.
-        self.state = SessionState::ConnectContact;
-        let connect_deadline = Instant::now() + spec.timeouts.connect;
-        let connected = driven
-            .drive_until(connect_deadline, None, |p| p.times.connected.is_some())
-            .await;
-        let t = driven.peer.times;
-        self.milestones.ice_connected_us = t.ice_connected.map(|i| micros(i - self.start));
-        if !connected {
-            let detail = driven.peer.error.clone();
-            let _ = client
-                .call_ref("bye", &answer.call_id, spec.timeouts.ack)
-                .await;
-            client.close().await;
-            return Err(if t.ice_connected.is_some() {
-                (
-                    FailureClass::DtlsHandshakeFailure,
-                    format!("DTLS did not complete: {detail:?}"),
-                )
-            } else {
-                (
-                    FailureClass::IceConnectionFailed,
-                    format!("no candidate pair connected: {detail:?}"),
-                )
-            });
-        }
-        self.milestones.dtls_connected_us = t.connected.map(|i| micros(i - self.start));
-        self.connected = true;
+            Ok(Some(call_id)) => call_id,
+            // A missed call declined, or set-up failed: the signalling connection ends here.
+            ended => {
+                client.close().await;
+                return ended.map(|_| ());
+            }
+        };
 
         // Talking: 20 ms frames for the talk time; dead air drops the call.
         self.state = SessionState::Talking;
@@ -375,7 +385,7 @@ impl Call {
                 Signalling::Idle(mut c) => {
                     match steps.next_if(|st| talk_start.elapsed() >= spec.talk * st.thirds / 3) {
                         Some(step) => {
-                            let mut params = json!({ "callId": answer.call_id });
+                            let mut params = json!({ "callId": call_id });
                             if step.method == "transfer" || step.method == "conference" {
                                 params["target"] = json!("third-party");
                             }
@@ -450,7 +460,7 @@ impl Call {
         // CleanUp: `bye`, which our anchor answers with its measurement of the agent's stream.
         self.state = SessionState::CleanUp;
         self.milestones.hangup_us = self.at();
-        let call_ref = json!({ "callId": answer.call_id });
+        let call_ref = json!({ "callId": call_id });
         if kind == reports::CallKind::PanicLogout
             && signalling_failure.is_none()
             && dropped.is_none()
