@@ -245,17 +245,15 @@ pub fn run(scenario: &Scenario, options: &RunOptions) -> Result<RunOutcome, RunE
                     kind: planned_call.kind,
                     shard: Shard::WHOLE,
                 },
-                signalling: if site.policy.resolves(&signalling_host) {
-                    Ok(Endpoint {
+                signalling: crate::dns::resolve(
+                    &site.policy,
+                    &signalling_host,
+                    Endpoint {
                         url: scenario.signalling_url.clone(),
                         addr: plumbing.control.local_addr(),
                         roots: plumbing.roots.clone(),
-                    })
-                } else {
-                    Err(format!(
-                        "{signalling_host}: the site's DNS does not resolve this name"
-                    ))
-                },
+                    },
+                ),
                 turn: scenario
                     .turn
                     .urls
@@ -263,14 +261,7 @@ pub fn run(scenario: &Scenario, options: &RunOptions) -> Result<RunOutcome, RunE
                     .zip(&plumbing.media)
                     .map(|(url, path)| TurnServer {
                         url: url.to_string(),
-                        addr: if site.policy.resolves(&url.host) {
-                            Ok(path.local_addr())
-                        } else {
-                            Err(format!(
-                                "{}: the site's DNS does not resolve this name",
-                                url.host
-                            ))
-                        },
+                        addr: crate::dns::resolve(&site.policy, &url.host, path.local_addr()),
                         transport: match (url.transport, url.secure) {
                             (Transport::Udp, _) => TurnTransport::Udp,
                             (Transport::Tcp, false) => TurnTransport::Tcp,

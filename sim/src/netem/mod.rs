@@ -310,11 +310,6 @@ impl<T: AsMut<[u8]> + Clone> Netem<T> {
         }
     }
 
-    /// The path this engine applies.
-    pub fn path(&self) -> &Path {
-        &self.path
-    }
-
     /// Counters for one direction.
     pub fn stats(&self, direction: Direction) -> NetemStats {
         self.stats[direction.index()]
