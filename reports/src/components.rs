@@ -10,12 +10,22 @@
 //! Counters are plain totals, keyed by component and counter name, so that merged runs add.
 
 use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use serde::{Deserialize, Serialize};
 
 /// The counter every component names its failed sends by: datagrams or bytes the simulator
 /// itself could not send (full socket buffers, an overloaded machine).
 pub const SEND_FAILED: &str = "send_failed";
+
+/// Reads a component's live counters (shared with the threads that count) as named totals.
+#[must_use]
+pub fn snapshot(counters: &[(&'static str, &AtomicU64)]) -> Vec<(&'static str, u64)> {
+    counters
+        .iter()
+        .map(|(name, c)| (*name, c.load(Ordering::Relaxed)))
+        .collect()
+}
 
 /// Counters by component, then by counter name (`summary.json`'s `components`).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]

@@ -491,20 +491,8 @@ fn verdict_section(page: &mut Page, file: &SummaryFile) {
              record file was cut short): the figures cover the calls that ended.</p>\n",
         );
     }
-    if let Some(p99) = file.summary.generator_lateness_us() {
-        let _ = writeln!(
-            out,
-            "<p class=\"note warning\">{}</p>",
-            esc(&crate::summary::generator_lateness_warning(p99))
-        );
-    }
-    let failures = file.components.send_failures();
-    if !failures.is_empty() {
-        let _ = writeln!(
-            out,
-            "<p class=\"note warning\">{}</p>",
-            esc(&crate::components::send_failure_warning(&failures))
-        );
+    for warning in file.warnings() {
+        let _ = writeln!(out, "<p class=\"note warning\">{}</p>", esc(&warning));
     }
     let _ = writeln!(
         out,

@@ -63,6 +63,22 @@ impl SummaryFile {
             components: Components::new(),
         }
     }
+
+    /// What a reader must know before trusting the figures, worst first: the load generator
+    /// kept poor time, or the simulator's own components failed to send. Every output (the
+    /// Markdown, the HTML report, the terminal) shows these same warnings.
+    #[must_use]
+    pub fn warnings(&self) -> Vec<String> {
+        let mut warnings = Vec::new();
+        if let Some(p99) = self.summary.generator_lateness_us() {
+            warnings.push(crate::summary::generator_lateness_warning(p99));
+        }
+        let failures = self.components.send_failures();
+        if !failures.is_empty() {
+            warnings.push(send_failure_warning(&failures));
+        }
+        warnings
+    }
 }
 
 const CSV_COLUMNS: &[&str] = &[
@@ -417,16 +433,8 @@ pub fn summary_md(file: &SummaryFile) -> String {
             q(&d.send_pacing_error, 0.99, 1000.0)
         );
     }
-    if let Some(p99) = s.generator_lateness_us() {
-        let _ = writeln!(
-            out,
-            "\n> **Warning:** {}",
-            crate::summary::generator_lateness_warning(p99)
-        );
-    }
-    let failures = file.components.send_failures();
-    if !failures.is_empty() {
-        let _ = writeln!(out, "\n> **Warning:** {}", send_failure_warning(&failures));
+    for warning in file.warnings() {
+        let _ = writeln!(out, "\n> **Warning:** {warning}");
     }
     if !file.components.is_empty() {
         let _ = writeln!(

@@ -195,18 +195,8 @@ fn main() -> ExitCode {
                     if let (reports::Verdict::Inconclusive, Some(n)) = (s.verdict, s.calls_needed) {
                         println!("about {n} calls in all would settle it at this error rate");
                     }
-                    if let Some(p99) = s.summary.generator_lateness_us() {
-                        println!(
-                            "warning: {}",
-                            reports::summary::generator_lateness_warning(p99)
-                        );
-                    }
-                    let failures = s.components.send_failures();
-                    if !failures.is_empty() {
-                        println!(
-                            "warning: {}",
-                            reports::components::send_failure_warning(&failures)
-                        );
+                    for warning in s.warnings() {
+                        println!("warning: {warning}");
                     }
                     println!("run folder: {}", outcome.dir.display());
                     ExitCode::from(sim::run::exit_code(s.verdict))

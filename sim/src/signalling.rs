@@ -63,13 +63,12 @@ pub struct SignallingStats {
 impl SignallingStats {
     /// Its counters, named as in `summary.json`'s `components`.
     pub fn totals(&self) -> Vec<(&'static str, u64)> {
-        let n = |c: &AtomicU64| c.load(Ordering::Relaxed);
-        vec![
-            ("connections", n(&self.connections)),
-            ("handshake_failures", n(&self.handshake_failures)),
-            ("requests", n(&self.requests)),
-            ("malformed", n(&self.malformed)),
-        ]
+        reports::components::snapshot(&[
+            ("connections", &self.connections),
+            ("handshake_failures", &self.handshake_failures),
+            ("requests", &self.requests),
+            ("malformed", &self.malformed),
+        ])
     }
 }
 

@@ -100,13 +100,12 @@ pub struct MediaCounters {
 impl MediaCounters {
     /// Its counters, named as in `summary.json`'s `components`.
     pub fn totals(&self) -> Vec<(&'static str, u64)> {
-        let n = |c: &AtomicU64| c.load(Ordering::Relaxed);
-        vec![
-            ("dropped_datagrams", n(&self.dropped)),
-            ("after_close", n(&self.after_close)),
-            ("dtls_failures", n(&self.dtls_failures)),
-            (reports::components::SEND_FAILED, n(&self.send_failed)),
-        ]
+        reports::components::snapshot(&[
+            ("dropped_datagrams", &self.dropped),
+            ("after_close", &self.after_close),
+            ("dtls_failures", &self.dtls_failures),
+            (reports::components::SEND_FAILED, &self.send_failed),
+        ])
     }
 }
 
@@ -338,7 +337,7 @@ impl Server {
                 .retain(|_, at| now.saturating_duration_since(*at) < AFTER_CLOSE);
             self.closed.insert(remote, now);
             // close_notify, so the agent's DTLS ends cleanly.
-            let _ = leg.dtls.stop(Instant::now(), remote);
+            let _ = leg.dtls.stop(now, remote);
             flush_dtls(&self.socket, &self.counters, &mut leg);
         }
         let meter = std::mem::replace(&mut leg.meter, MediaMeter::new(self.epoch));
@@ -368,12 +367,14 @@ impl Server {
                 // DTLS and SRTP only from the address a call nominated.
                 first @ (20..=63 | 128..=191) => match self.by_remote.get(&from).copied() {
                     Some(id) if first < 64 => self.on_dtls(now, id, from, &data[..n]),
-                    Some(id) => self.on_srtp(now, id, &data[..n]),
+                    Some(id) => {
+                        if !self.on_srtp(now, id, &data[..n]) {
+                            self.drop_one();
+                        }
+                    }
                     None => self.stray(from),
                 },
-                _ => {
-                    self.counters.dropped.fetch_add(1, Ordering::Relaxed);
-                }
+                _ => self.drop_one(),
             }
             self.buf = data;
         }
@@ -466,33 +467,32 @@ impl Server {
         }
     }
 
-    fn on_srtp(&mut self, now: Instant, id: u64, data: &[u8]) {
+    /// Reads SRTP or SRTCP from leg `id`; `false` when the packet is dropped (before the
+    /// handshake keyed SRTP, failing authentication, or not RTP).
+    fn on_srtp(&mut self, now: Instant, id: u64, data: &[u8]) -> bool {
         let Some(leg) = self.legs.get_mut(&id) else {
-            return;
+            return true;
         };
         let Some((_, inbound)) = &mut leg.srtp else {
-            self.counters.dropped.fetch_add(1, Ordering::Relaxed);
-            return;
+            return false;
         };
         if is_rtcp(data) {
             let Ok(plain) = inbound.decrypt_rtcp(data) else {
-                self.counters.dropped.fetch_add(1, Ordering::Relaxed);
-                return;
+                return false;
             };
             leg.meter.rtcp_reports += 1;
             leg.reception.on_rtcp(now, &plain);
-            return;
+            return true;
         }
         let Ok(plain) = inbound.decrypt_rtp(data) else {
-            self.counters.dropped.fetch_add(1, Ordering::Relaxed);
-            return;
+            return false;
         };
         let Some((seq, timestamp, ssrc, payload)) = rtp_parts(&plain) else {
-            self.counters.dropped.fetch_add(1, Ordering::Relaxed);
-            return;
+            return false;
         };
         leg.reception.on_rtp(ssrc, seq);
         leg.meter.on_rtp(now, seq, timestamp, payload);
+        true
     }
 
     /// Runs what is due at `now` (frames, reports, DTLS retransmissions); returns when the next

@@ -65,13 +65,12 @@ pub struct AnchorStats {
 impl AnchorStats {
     /// Its counters, named as in `summary.json`'s `components`.
     pub fn totals(&self) -> Vec<(&'static str, u64)> {
-        let n = |c: &AtomicU64| c.load(Ordering::Relaxed);
-        vec![
-            ("invites", n(&self.invites)),
-            ("answered", n(&self.answered)),
-            ("ended", n(&self.ended)),
-            ("failed", n(&self.failed)),
-        ]
+        reports::components::snapshot(&[
+            ("invites", &self.invites),
+            ("answered", &self.answered),
+            ("ended", &self.ended),
+            ("failed", &self.failed),
+        ])
     }
 }
 

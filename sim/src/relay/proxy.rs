@@ -114,16 +114,15 @@ pub struct ProxyStats {
 impl ProxyStats {
     /// Its counters, named as in `summary.json`'s `components`.
     pub fn totals(&self) -> Vec<(&'static str, u64)> {
-        let n = |c: &AtomicU64| c.load(Ordering::Relaxed);
-        vec![
-            ("accepted", n(&self.accepted)),
-            ("tls_failed", n(&self.tls_failed)),
-            ("upgrades_blocked", n(&self.upgrades_blocked)),
-            ("relayed", n(&self.relayed)),
-            ("upstream_failed", n(&self.upstream_failed)),
-            ("reset", n(&self.reset)),
-            ("renewals", n(&self.renewals)),
-        ]
+        reports::components::snapshot(&[
+            ("accepted", &self.accepted),
+            ("tls_failed", &self.tls_failed),
+            ("upgrades_blocked", &self.upgrades_blocked),
+            ("relayed", &self.relayed),
+            ("upstream_failed", &self.upstream_failed),
+            ("reset", &self.reset),
+            ("renewals", &self.renewals),
+        ])
     }
 }
 

@@ -66,15 +66,14 @@ pub struct TcpRelayStats {
 impl TcpRelayStats {
     /// Its counters, named as in `summary.json`'s `components`.
     pub fn totals(&self) -> Vec<(&'static str, u64)> {
-        let n = |c: &AtomicU64| c.load(Ordering::Relaxed);
-        vec![
-            ("accepted", n(&self.accepted)),
-            ("refused.policy", n(&self.refused)),
-            ("upstream_failed", n(&self.upstream_failed)),
-            ("reset", n(&self.reset)),
-            ("bytes_up", n(&self.bytes_up)),
-            ("bytes_down", n(&self.bytes_down)),
-        ]
+        reports::components::snapshot(&[
+            ("accepted", &self.accepted),
+            ("refused.policy", &self.refused),
+            ("upstream_failed", &self.upstream_failed),
+            ("reset", &self.reset),
+            ("bytes_up", &self.bytes_up),
+            ("bytes_down", &self.bytes_down),
+        ])
     }
 }
 

@@ -81,20 +81,19 @@ pub struct RelayStats {
 impl RelayStats {
     /// Its counters, named as in `summary.json`'s `components`.
     pub fn totals(&self) -> Vec<(&'static str, u64)> {
-        let n = |c: &AtomicU64| c.load(Ordering::Relaxed);
-        vec![
-            ("flows", n(&self.flows)),
-            ("from_agents", n(&self.from_agents)),
-            ("to_server", n(&self.to_server)),
-            ("from_server", n(&self.from_server)),
-            ("to_agents", n(&self.to_agents)),
-            ("dropped.loss", n(&self.dropped_loss)),
-            ("dropped.queue_full", n(&self.dropped_queue)),
-            ("dropped.mtu", n(&self.dropped_mtu)),
-            ("dropped.outage", n(&self.dropped_outage)),
-            ("dropped.policy", n(&self.dropped_policy)),
-            (reports::components::SEND_FAILED, n(&self.send_errors)),
-        ]
+        reports::components::snapshot(&[
+            ("flows", &self.flows),
+            ("from_agents", &self.from_agents),
+            ("to_server", &self.to_server),
+            ("from_server", &self.from_server),
+            ("to_agents", &self.to_agents),
+            ("dropped.loss", &self.dropped_loss),
+            ("dropped.queue_full", &self.dropped_queue),
+            ("dropped.mtu", &self.dropped_mtu),
+            ("dropped.outage", &self.dropped_outage),
+            ("dropped.policy", &self.dropped_policy),
+            (reports::components::SEND_FAILED, &self.send_errors),
+        ])
     }
 
     fn count_drop(&self, reason: DropReason) {
