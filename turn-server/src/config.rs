@@ -51,6 +51,12 @@ pub struct FileConfig {
     pub total_quota: Option<u32>,
     /// Relayed bits per second per allocation; 0 = no cap.
     pub max_bps: Option<u64>,
+    /// Seconds a TCP/TLS connection may hold no allocation.
+    pub stream_idle_timeout: Option<std::num::NonZeroU64>,
+    /// TCP/TLS connections in all.
+    pub max_streams: Option<u32>,
+    /// TCP/TLS connections per source address.
+    pub max_streams_per_source: Option<u32>,
     /// Nonce lifetime, seconds.
     pub nonce_lifetime: Option<u64>,
     /// Longest allocation lifetime, seconds.
@@ -213,5 +219,10 @@ mod tests {
         );
         let e = parse("listen = [\"nowhere\"]\n").unwrap_err().to_string();
         assert!(e.starts_with("t.toml:1:11: "), "{e}");
+        let e = parse("stream_idle_timeout = 0\n").unwrap_err().to_string();
+        assert!(
+            e.starts_with("t.toml:1:23: ") && e.contains("nonzero"),
+            "{e}"
+        );
     }
 }

@@ -8,29 +8,36 @@
 //! a `RefCell`. Each input is one mutation followed by a drain (STYLE.md's edge loop), UDP
 //! replies go out with a non-blocking `send_to` straight from the drain, and a timer task sleeps until
 //! [`Server::poll_timeout`].
+//!
+//! What an outsider can make the server hold is bounded: at start the edge raises its
+//! descriptor limit to the hard limit and splits what it allows between TCP/TLS connections and
+//! relayed sockets, keeping a reserve for the listeners and the metrics endpoint
+//! ([`Capacity`]); the core refuses connections past its limits and closes idle ones
+//! ([`crate::streams`]); the metrics endpoint has its own small connection limits.
 
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
 use std::fmt::Write as _;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
+use std::pin::Pin;
 use std::rc::Rc;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use tokio::io::Interest;
 use tokio::io::unix::AsyncFd;
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Notify, mpsc, oneshot};
 use tokio::task::{JoinHandle, spawn_local};
 use tokio_rustls::TlsAcceptor;
-use tracing::{debug, info};
+use tracing::{debug, info, warn};
 
 use crate::server::{
     Config, Counters, DropReason, Event, Faults, FiveTuple, Gauges, Server, Transmit, Transport,
 };
-use crate::wire::frame_len;
+use crate::streams::{StreamClose, StreamRefusal};
 
 /// The edge's clock: the one place the crate reads it.
 #[allow(clippy::disallowed_methods)]
@@ -101,23 +108,63 @@ pub struct Bound {
     pub metrics: Option<SocketAddr>,
 }
 
-/// What the edge counts on top of the core.
+/// What the edge counts on top of the core (the core counts TCP/TLS connections: opened,
+/// refused and closed, in [`Counters`]).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct EdgeCounters {
     /// Packets the socket refused (full buffer, or a vanished TCP connection).
     pub send_failed: u64,
-    /// TCP/TLS connections accepted.
-    pub stream_connections: u64,
-    /// TCP/TLS connections open now.
-    pub stream_connections_open: u64,
-    /// TCP/TLS connections closed by the `drop_streams` fault.
-    pub stream_connections_dropped: u64,
-    /// TCP/TLS connections closed because their bytes were not STUN/ChannelData framing.
-    pub stream_framing_errors: u64,
-    /// TLS handshakes that failed.
+    /// TLS handshakes that failed or timed out.
     pub tls_handshake_failures: u64,
     /// Relayed sockets that could not be bound.
     pub relay_bind_failures: u64,
+    /// `accept` calls that failed (out of descriptors and the like): the connection waits in
+    /// the listen backlog.
+    pub accept_failures: u64,
+    /// Connections to the metrics endpoint refused past its limits.
+    pub http_refused: u64,
+}
+
+/// What the server can hold, worked out at start from the process's descriptor limit
+/// (`RLIMIT_NOFILE`): every TCP/TLS connection and every relayed socket takes a descriptor, and
+/// a reserve stays for the listeners, the metrics endpoint and the runtime.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Capacity {
+    /// The descriptor limit in force (the soft limit, after raising it).
+    pub descriptors: u64,
+    /// The soft limit before it was raised to the hard one, when it was.
+    pub raised_from: Option<u64>,
+    /// Descriptors already open when the server started (the embedding program's).
+    pub open_at_start: u64,
+    /// Descriptors kept back from connections and relayed sockets.
+    pub reserve: u64,
+    /// TCP/TLS connections held at once.
+    pub streams: u32,
+    /// TCP/TLS connections one source address may hold.
+    pub streams_per_source: u32,
+    /// Allocations held at once (each has a relayed socket).
+    pub allocations: u32,
+    /// Whether the configured limits were lowered to fit the descriptors.
+    pub clamped: bool,
+}
+
+impl std::fmt::Display for Capacity {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "holds {} TCP/TLS connections ({} per source address) and {} allocations; \
+             descriptor limit {}",
+            self.streams, self.streams_per_source, self.allocations, self.descriptors
+        )?;
+        if let Some(from) = self.raised_from {
+            write!(f, " (raised from {from})")?;
+        }
+        write!(
+            f,
+            ", {} open at start, {} in reserve",
+            self.open_at_start, self.reserve
+        )
+    }
 }
 
 /// Counters, gauges and faults at one moment.
@@ -131,6 +178,8 @@ pub struct Snapshot {
     pub edge: EdgeCounters,
     /// The faults in force.
     pub faults: Faults,
+    /// What the server can hold.
+    pub capacity: Capacity,
 }
 
 impl Snapshot {
@@ -151,11 +200,16 @@ impl Snapshot {
             ("relayed_bytes.client_to_peer", c.client_to_peer.bytes),
             ("relayed_bytes.peer_to_client", c.peer_to_client.bytes),
             ("send_failed", e.send_failed),
-            ("stream_connections", e.stream_connections),
-            ("stream_connections_dropped", e.stream_connections_dropped),
-            ("stream_framing_errors", e.stream_framing_errors),
+            ("stream_connections", c.streams_opened),
+            (
+                "stream_connections_dropped",
+                c.closed(StreamClose::Fault) + c.refused(StreamRefusal::Fault),
+            ),
+            ("stream_framing_errors", c.closed(StreamClose::Framing)),
             ("tls_handshake_failures", e.tls_handshake_failures),
             ("relay_bind_failures", e.relay_bind_failures),
+            ("accept_failures", e.accept_failures),
+            ("http_refused", e.http_refused),
         ]
         .into_iter()
         .map(|(k, v)| (k.to_owned(), v))
@@ -174,6 +228,16 @@ impl Snapshot {
             DropReason::ALL
                 .iter()
                 .map(|r| (format!("dropped.{}", r.name()), c.dropped(*r))),
+        );
+        rows.extend(
+            StreamRefusal::ALL
+                .iter()
+                .map(|r| (format!("streams_refused.{}", r.name()), c.refused(*r))),
+        );
+        rows.extend(
+            StreamClose::ALL
+                .iter()
+                .map(|r| (format!("streams_closed.{}", r.name()), c.closed(*r))),
         );
         rows
     }
@@ -230,6 +294,8 @@ impl Handle {
 pub struct Running {
     /// The addresses bound.
     pub bound: Bound,
+    /// What it can hold.
+    pub capacity: Capacity,
     handle: Handle,
     thread: Option<std::thread::JoinHandle<Snapshot>>,
 }
@@ -276,7 +342,16 @@ impl Drop for Running {
 ///
 /// # Errors
 /// The listener that could not be bound, or a TLS certificate that could not be loaded.
-pub fn start(settings: Settings) -> std::io::Result<Running> {
+pub fn start(mut settings: Settings) -> std::io::Result<Running> {
+    let listeners = 2 * settings.listen.len() + settings.tls_listen.len() + 1;
+    let capacity = plan_capacity(&mut settings.core, listeners);
+    info!("{capacity}");
+    if capacity.clamped {
+        warn!(
+            "the descriptor limit lowered the configured limits: raise it (ulimit -n, systemd \
+             LimitNOFILE=) to hold more"
+        );
+    }
     let (ready_tx, ready_rx) = std::sync::mpsc::channel();
     let (tx, rx) = mpsc::unbounded_channel();
     let thread = std::thread::Builder::new()
@@ -293,11 +368,12 @@ pub fn start(settings: Settings) -> std::io::Result<Running> {
                 }
             };
             let local = tokio::task::LocalSet::new();
-            local.block_on(&rt, serve(settings, rx, ready_tx))
+            local.block_on(&rt, serve(settings, capacity, rx, ready_tx))
         })?;
     match ready_rx.recv() {
         Ok(Ok(bound)) => Ok(Running {
             bound,
+            capacity,
             handle: Handle { tx },
             thread: Some(thread),
         }),
@@ -340,8 +416,11 @@ struct Relay {
     task: JoinHandle<()>,
 }
 
+/// The edge's side of a client connection the core knows.
 struct Stream {
+    /// Replies to write, in order; the writer task ends once every sender is gone.
     tx: mpsc::Sender<Vec<u8>>,
+    /// Rung when the core asks for the connection to close.
     close: Rc<Notify>,
 }
 
@@ -350,15 +429,32 @@ struct Edge {
     udp: HashMap<SocketAddr, Rc<UdpSocket>>,
     relays: RefCell<HashMap<SocketAddr, Relay>>,
     streams: RefCell<HashMap<(SocketAddr, SocketAddr), Stream>>,
+    /// The one read buffer of every TCP/TLS connection: a read borrows it for one poll, so an
+    /// idle connection holds no buffer of its own.
+    scratch: RefCell<Box<[u8]>>,
+    /// Metrics endpoint connections open, per source address.
+    http_open: RefCell<HashMap<IpAddr, usize>>,
     timer: Notify,
     armed: Cell<Option<Instant>>,
     stats: RefCell<EdgeCounters>,
-    drop_streams: Cell<bool>,
     http_faults: bool,
+    capacity: Capacity,
 }
+
+/// Descriptors kept back from connections and relayed sockets: the runtime (epoll, eventfd,
+/// signal pipe), standard streams, logs, a file the embedding program opens.
+const BASE_RESERVE: u64 = 64;
+/// Metrics endpoint connections at once, and from one source address (a scraper needs one).
+const MAX_HTTP_CONNECTIONS: usize = 16;
+const MAX_HTTP_PER_SOURCE: usize = 4;
+/// How long a TLS client has to finish its handshake.
+const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long queued replies may take to go out once a connection is closing.
+const STREAM_FLUSH_TIMEOUT: Duration = Duration::from_secs(1);
 
 async fn serve(
     settings: Settings,
+    capacity: Capacity,
     mut commands: mpsc::UnboundedReceiver<Command>,
     ready: std::sync::mpsc::Sender<std::io::Result<Bound>>,
 ) -> Snapshot {
@@ -385,11 +481,13 @@ async fn serve(
         udp: listeners.udp.iter().map(|s| (s.0, s.1.clone())).collect(),
         relays: RefCell::new(HashMap::new()),
         streams: RefCell::new(HashMap::new()),
+        scratch: RefCell::new(vec![0; 65536].into_boxed_slice()),
+        http_open: RefCell::new(HashMap::new()),
         timer: Notify::new(),
         armed: Cell::new(None),
         stats: RefCell::new(EdgeCounters::default()),
-        drop_streams: Cell::new(settings.faults.drop_streams),
         http_faults: settings.http_faults,
+        capacity,
     });
     let mut tasks = Vec::new();
     for (addr, socket) in &listeners.udp {
@@ -438,6 +536,65 @@ async fn serve(
         s.close.notify_one();
     }
     edge.snapshot()
+}
+
+/// Raises the descriptor limit to the hard limit when it can, then lowers the core's
+/// connection and allocation limits to what the descriptors can hold: every TCP/TLS connection
+/// and every relayed socket takes one, and [`BASE_RESERVE`], the `listeners` and the metrics
+/// endpoint's connections are kept back.
+fn plan_capacity(core: &mut Config, listeners: usize) -> Capacity {
+    let (descriptors, raised_from) = raise_descriptor_limit();
+    let open_at_start = std::fs::read_dir("/proc/self/fd").map_or(0, |d| d.count() as u64);
+    let reserve = BASE_RESERVE + listeners as u64 + MAX_HTTP_CONNECTIONS as u64;
+    let available = descriptors.saturating_sub(open_at_start + reserve);
+    let fit = |n: u64| u32::try_from(n).unwrap_or(u32::MAX);
+    // Half for connections unless fewer are asked for; allocations take the rest.
+    let streams_first = core.max_streams.min(fit(available / 2));
+    let allocations = core
+        .total_quota
+        .min(fit(available - u64::from(streams_first)));
+    let streams = core
+        .max_streams
+        .min(fit(available - u64::from(allocations)));
+    let per_source = core.max_streams_per_source.min(streams);
+    let clamped = streams < core.max_streams || allocations < core.total_quota;
+    core.max_streams = streams;
+    core.max_streams_per_source = per_source;
+    core.total_quota = allocations;
+    Capacity {
+        descriptors,
+        raised_from,
+        open_at_start,
+        reserve,
+        streams,
+        streams_per_source: per_source,
+        allocations,
+        clamped,
+    }
+}
+
+/// The soft `RLIMIT_NOFILE`, raised to the hard limit when it is lower (`None`: not raised).
+fn raise_descriptor_limit() -> (u64, Option<u64>) {
+    use rustix::process::{Resource, Rlimit, getrlimit, setrlimit};
+    let limit = getrlimit(Resource::Nofile);
+    // No limit at all is not a thing for descriptors; read it as the kernel's usual ceiling.
+    let current = limit.current.unwrap_or(1 << 20);
+    match limit.maximum {
+        Some(max) if max > current => {
+            let raised = Rlimit {
+                current: Some(max),
+                maximum: Some(max),
+            };
+            match setrlimit(Resource::Nofile, raised) {
+                Ok(()) => (max, Some(current)),
+                Err(e) => {
+                    debug!(%e, "could not raise the descriptor limit");
+                    (current, None)
+                }
+            }
+        }
+        _ => (current, None),
+    }
 }
 
 struct Listeners {
@@ -584,6 +741,16 @@ impl Edge {
                         r.task.abort();
                     }
                 }
+                Some(Event::CloseStream { five_tuple, reason }) => {
+                    debug!(client = %five_tuple.client, reason = reason.name(), "closing connection");
+                    if let Some(s) = self
+                        .streams
+                        .borrow()
+                        .get(&(five_tuple.server, five_tuple.client))
+                    {
+                        s.close.notify_one();
+                    }
+                }
             }
         }
         let next = self.server.borrow().poll_timeout();
@@ -631,15 +798,10 @@ impl Edge {
         }
     }
 
-    fn set_faults(&self, f: Faults) {
+    fn set_faults(self: &Rc<Self>, f: Faults) {
         info!(?f, "faults set");
         self.server.borrow_mut().set_faults(f);
-        self.drop_streams.set(f.drop_streams);
-        if f.drop_streams {
-            for s in self.streams.borrow().values() {
-                s.close.notify_one();
-            }
-        }
+        self.drain();
     }
 
     fn snapshot(&self) -> Snapshot {
@@ -649,6 +811,7 @@ impl Edge {
             gauges: server.gauges(),
             edge: *self.stats.borrow(),
             faults: server.faults(),
+            capacity: self.capacity,
         }
     }
 }
@@ -733,135 +896,192 @@ async fn stream_listener(
         Transport::Tcp
     };
     loop {
-        let Ok((stream, client)) = listener.accept().await else {
-            // Out of file descriptors and the like: back off instead of spinning.
-            tokio::time::sleep(Duration::from_millis(50)).await;
-            continue;
+        let (stream, client) = match listener.accept().await {
+            Ok(accepted) => accepted,
+            Err(e) => {
+                // Out of descriptors and the like: the connection waits in the backlog; back
+                // off instead of spinning.
+                debug!(%e, "accept failed");
+                edge.stats.borrow_mut().accept_failures += 1;
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
         };
-        if edge.drop_streams.get() {
-            edge.stats.borrow_mut().stream_connections_dropped += 1;
-            drop(stream);
-            continue;
-        }
-        let _ = stream.set_nodelay(true);
         let ft = FiveTuple {
             transport,
             client,
             server: local,
         };
+        let opened = edge.server.borrow_mut().handle_stream_opened(now(), ft);
+        if opened.is_err() {
+            // Closed at once with a reset: nothing lingers on our side.
+            let _ = socket2::SockRef::from(&stream).set_linger(Some(Duration::ZERO));
+            drop(stream);
+            continue;
+        }
+        let _ = stream.set_nodelay(true);
+        let (tx, rx) = mpsc::channel::<Vec<u8>>(1024);
+        let close = Rc::new(Notify::new());
+        edge.streams.borrow_mut().insert(
+            (ft.server, ft.client),
+            Stream {
+                tx,
+                close: close.clone(),
+            },
+        );
         let edge = edge.clone();
         let tls = tls.clone();
         spawn_local(async move {
             match tls {
-                None => run_stream(edge, stream, ft).await,
+                None => {
+                    let (rd, wr) = stream.into_split();
+                    run_stream(&edge, rd, wr, ft, rx, &close).await;
+                }
                 Some(acceptor) => {
                     let handshake =
-                        tokio::time::timeout(Duration::from_secs(10), acceptor.accept(stream));
-                    match handshake.await {
-                        Ok(Ok(s)) => run_stream(edge, s, ft).await,
-                        Ok(Err(e)) => {
+                        tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(stream));
+                    let outcome = tokio::select! {
+                        biased;
+                        () = close.notified() => None,
+                        r = handshake => Some(r),
+                    };
+                    match outcome {
+                        Some(Ok(Ok(s))) => {
+                            let (rd, wr) = tokio::io::split(s);
+                            run_stream(&edge, rd, wr, ft, rx, &close).await;
+                        }
+                        Some(Ok(Err(e))) => {
                             debug!(client = %ft.client, %e, "TLS handshake failed");
                             edge.stats.borrow_mut().tls_handshake_failures += 1;
                         }
-                        Err(_) => {
+                        Some(Err(_)) => {
                             debug!(client = %ft.client, "TLS handshake timed out");
                             edge.stats.borrow_mut().tls_handshake_failures += 1;
                         }
+                        None => {}
                     }
+                }
+            }
+            edge.streams.borrow_mut().remove(&(ft.server, ft.client));
+            edge.server.borrow_mut().handle_connection_closed(now(), ft);
+            edge.drain();
+        });
+    }
+}
+
+/// Serves one TCP or TLS connection until either side closes it: its bytes go to the core,
+/// which frames them (RFC 8656 §12.5); its replies are written in order by a writer task. When
+/// the core asks for it to close, what was queued before is written first.
+async fn run_stream<R, W>(
+    edge: &Rc<Edge>,
+    mut rd: R,
+    mut wr: W,
+    ft: FiveTuple,
+    mut rx: mpsc::Receiver<Vec<u8>>,
+    close: &Notify,
+) where
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin + 'static,
+{
+    let mut writer = spawn_local(async move {
+        while let Some(b) = rx.recv().await {
+            if wr.write_all(&b).await.is_err() {
+                return;
+            }
+        }
+        let _ = wr.shutdown().await;
+    });
+    loop {
+        tokio::select! {
+            biased;
+            () = close.notified() => break,
+            open = read_into_core(edge, &mut rd, ft) => {
+                edge.drain();
+                if !open {
+                    break;
+                }
+            }
+        }
+    }
+    // Dropping the sender ends the writer once it has written what is queued; a client that
+    // does not read cannot hold the connection open past the flush timeout.
+    edge.streams.borrow_mut().remove(&(ft.server, ft.client));
+    if tokio::time::timeout(STREAM_FLUSH_TIMEOUT, &mut writer)
+        .await
+        .is_err()
+    {
+        writer.abort();
+    }
+}
+
+/// Reads what has arrived into the edge's scratch buffer (borrowed for this one poll) and hands
+/// it to the core. `false` at the end of the stream or on an error.
+async fn read_into_core<R: AsyncRead + Unpin>(edge: &Edge, rd: &mut R, ft: FiveTuple) -> bool {
+    std::future::poll_fn(|cx| {
+        let mut scratch = edge.scratch.borrow_mut();
+        let mut buf = ReadBuf::new(&mut scratch);
+        match Pin::new(&mut *rd).poll_read(cx, &mut buf) {
+            std::task::Poll::Pending => std::task::Poll::Pending,
+            std::task::Poll::Ready(Err(_)) => std::task::Poll::Ready(false),
+            std::task::Poll::Ready(Ok(())) if buf.filled().is_empty() => {
+                std::task::Poll::Ready(false)
+            }
+            std::task::Poll::Ready(Ok(())) => {
+                edge.server
+                    .borrow_mut()
+                    .handle_stream_data(now(), ft, buf.filled());
+                std::task::Poll::Ready(true)
+            }
+        }
+    })
+    .await
+}
+
+async fn http_listener(edge: Rc<Edge>, listener: TcpListener) {
+    loop {
+        let Ok((stream, peer)) = listener.accept().await else {
+            edge.stats.borrow_mut().accept_failures += 1;
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            continue;
+        };
+        // Bounded in all and per source, so that no one client can keep a scraper out.
+        let ip = peer.ip();
+        let admitted = {
+            let mut open = edge.http_open.borrow_mut();
+            let total: usize = open.values().sum();
+            let mine = open.entry(ip).or_default();
+            if total < MAX_HTTP_CONNECTIONS && *mine < MAX_HTTP_PER_SOURCE {
+                *mine += 1;
+                true
+            } else {
+                if *mine == 0 {
+                    open.remove(&ip);
+                }
+                false
+            }
+        };
+        if !admitted {
+            edge.stats.borrow_mut().http_refused += 1;
+            let _ = socket2::SockRef::from(&stream).set_linger(Some(Duration::ZERO));
+            continue;
+        }
+        let edge = edge.clone();
+        spawn_local(async move {
+            http_connection(&edge, stream).await;
+            let mut open = edge.http_open.borrow_mut();
+            if let Some(n) = open.get_mut(&ip) {
+                *n -= 1;
+                if *n == 0 {
+                    open.remove(&ip);
                 }
             }
         });
     }
 }
 
-/// Serves one TCP or TLS connection: frames STUN/ChannelData (RFC 8656 §12.5), feeds the core,
-/// and tells it when the connection goes away.
-async fn run_stream<S: AsyncRead + AsyncWrite + Unpin + 'static>(
-    edge: Rc<Edge>,
-    stream: S,
-    ft: FiveTuple,
-) {
-    let (mut rd, mut wr) = tokio::io::split(stream);
-    let (tx, mut rx) = mpsc::channel::<Vec<u8>>(1024);
-    let close = Rc::new(Notify::new());
-    let writer = spawn_local(async move {
-        while let Some(b) = rx.recv().await {
-            if wr.write_all(&b).await.is_err() {
-                break;
-            }
-        }
-        let _ = wr.shutdown().await;
-    });
-    let key = (ft.server, ft.client);
-    edge.streams.borrow_mut().insert(
-        key,
-        Stream {
-            tx,
-            close: close.clone(),
-        },
-    );
-    {
-        let mut s = edge.stats.borrow_mut();
-        s.stream_connections += 1;
-        s.stream_connections_open += 1;
-    }
-    let mut buf: Vec<u8> = Vec::with_capacity(4096);
-    let mut chunk = vec![0u8; 16384];
-    'conn: loop {
-        let n = tokio::select! {
-            r = rd.read(&mut chunk) => match r {
-                Ok(0) | Err(_) => break 'conn,
-                Ok(n) => n,
-            },
-            () = close.notified() => {
-                edge.stats.borrow_mut().stream_connections_dropped += 1;
-                break 'conn;
-            }
-        };
-        buf.extend_from_slice(&chunk[..n]);
-        let mut at = 0;
-        loop {
-            match frame_len(&buf[at..]) {
-                Ok(Some(len)) if buf.len() - at >= len => {
-                    edge.server
-                        .borrow_mut()
-                        .handle_packet(now(), ft, &buf[at..at + len]);
-                    at += len;
-                }
-                Ok(_) => break,
-                Err(_) => {
-                    edge.stats.borrow_mut().stream_framing_errors += 1;
-                    edge.server
-                        .borrow_mut()
-                        .handle_packet(now(), ft, &buf[at..]);
-                    break 'conn;
-                }
-            }
-        }
-        buf.drain(..at);
-        edge.drain();
-    }
-    edge.streams.borrow_mut().remove(&key);
-    edge.stats.borrow_mut().stream_connections_open -= 1;
-    edge.server.borrow_mut().handle_connection_closed(now(), ft);
-    edge.drain();
-    // Let queued replies go out, then close.
-    let _ = tokio::time::timeout(Duration::from_secs(1), writer).await;
-}
-
-async fn http_listener(edge: Rc<Edge>, listener: TcpListener) {
-    loop {
-        let Ok((stream, _)) = listener.accept().await else {
-            tokio::time::sleep(Duration::from_millis(50)).await;
-            continue;
-        };
-        spawn_local(http_connection(edge.clone(), stream));
-    }
-}
-
 /// One HTTP/1.x request per connection: `GET /metrics`, `GET /faults`,
 /// `POST /faults?refuse_allocations=1&fail_auth=0&unresponsive=0&drop_streams=0&delay_ms=20`.
-async fn http_connection(edge: Rc<Edge>, mut stream: TcpStream) {
+async fn http_connection(edge: &Rc<Edge>, mut stream: TcpStream) {
     let mut req = Vec::new();
     let mut chunk = [0u8; 1024];
     let read = async {
@@ -979,10 +1199,11 @@ pub fn render_prometheus(s: &Snapshot) -> String {
         "reason",
         [
             ("send_failed", e.send_failed),
-            ("stream_framing", e.stream_framing_errors),
+            ("stream_framing", c.closed(StreamClose::Framing)),
         ],
     ));
-    let families: [Family<'_>; 16] = [
+    let cap = &s.capacity;
+    let families: [Family<'_>; 22] = [
         (
             "turn_allocations",
             "gauge",
@@ -1060,19 +1281,69 @@ pub fn render_prometheus(s: &Snapshot) -> String {
             "turn_stream_connections_total",
             "counter",
             "TCP/TLS connections accepted.",
-            one(e.stream_connections),
+            one(c.streams_opened),
         ),
         (
             "turn_stream_connections",
             "gauge",
             "TCP/TLS connections open.",
-            one(e.stream_connections_open),
+            one(g.streams as u64),
+        ),
+        (
+            "turn_stream_buffered_bytes",
+            "gauge",
+            "Bytes of partial frames held for TCP/TLS connections.",
+            one(g.stream_buffered_bytes as u64),
+        ),
+        (
+            "turn_streams_refused_total",
+            "counter",
+            "TCP/TLS connections refused at once, by reason.",
+            labelled(
+                "reason",
+                StreamRefusal::ALL.iter().map(|r| (r.name(), c.refused(*r))),
+            ),
+        ),
+        (
+            "turn_streams_closed_total",
+            "counter",
+            "TCP/TLS connections the server closed, by reason.",
+            labelled(
+                "reason",
+                StreamClose::ALL.iter().map(|r| (r.name(), c.closed(*r))),
+            ),
         ),
         (
             "turn_stream_connections_dropped_total",
             "counter",
-            "TCP/TLS connections closed by the drop_streams fault.",
-            one(e.stream_connections_dropped),
+            "TCP/TLS connections closed or refused by the drop_streams fault.",
+            one(c.closed(StreamClose::Fault) + c.refused(StreamRefusal::Fault)),
+        ),
+        (
+            "turn_accept_failures_total",
+            "counter",
+            "accept() calls that failed (out of descriptors and the like).",
+            one(e.accept_failures),
+        ),
+        (
+            "turn_http_refused_total",
+            "counter",
+            "Metrics endpoint connections refused past its limits.",
+            one(e.http_refused),
+        ),
+        (
+            "turn_capacity",
+            "gauge",
+            "What the server holds at most, from its descriptor limit.",
+            labelled(
+                "limit",
+                [
+                    ("descriptors", cap.descriptors),
+                    ("streams", u64::from(cap.streams)),
+                    ("streams_per_source", u64::from(cap.streams_per_source)),
+                    ("allocations", u64::from(cap.allocations)),
+                ],
+            ),
         ),
         (
             "turn_tls_handshake_failures_total",

@@ -5,6 +5,7 @@
 //! - [`auth`]: long-term and time-limited (coturn `use-auth-secret`) credentials, nonces;
 //! - [`policy`]: which peer addresses may be relayed to (no open relay by default);
 //! - [`server`]: the sans-I/O [`Server`]: allocations, permissions, channels, auth, faults;
+//! - [`streams`]: TCP/TLS connections in the core: framing, limits, idle timeout;
 //! - [`config`]: the TOML configuration file and its errors with file:line:column;
 //! - [`io`]: the tokio edge: UDP/TCP/TLS listeners, relayed sockets, `/metrics`, control API.
 
@@ -40,9 +41,11 @@ pub mod config;
 pub mod io;
 pub mod policy;
 pub mod server;
+pub mod streams;
 pub mod wire;
 
 pub use server::{
     Config, Counters, DropReason, Event, Faults, FiveTuple, Gauges, RelayRequest, Server, Traffic,
     Transmit, Transport,
 };
+pub use streams::{StreamClose, StreamRefusal};

@@ -81,6 +81,18 @@ struct Cli {
     /// Relayed bits per second per allocation, both ways; 0 = no cap [default: 8000000].
     #[arg(long)]
     max_bps: Option<u64>,
+    /// Seconds a TCP/TLS connection may hold no allocation before it is closed, from its start
+    /// and from the end of its allocation (coturn: max-allocate-timeout) [default: 60].
+    #[arg(long, value_name = "SECS", value_parser = clap::value_parser!(u64).range(1..))]
+    stream_idle_timeout: Option<u64>,
+    /// TCP/TLS connections held at once, refused beyond; lowered to what the descriptor limit
+    /// holds (coturn: no such limit) [default: 10000].
+    #[arg(long, value_name = "N")]
+    max_streams: Option<u32>,
+    /// TCP/TLS connections one source address may hold, refused beyond (coturn: no such
+    /// limit) [default: 1000].
+    #[arg(long, value_name = "N")]
+    max_streams_per_source: Option<u32>,
     /// Fault: answer every Allocate with 508.
     #[arg(long)]
     fault_refuse_allocations: bool,
@@ -167,6 +179,13 @@ fn main() -> ExitCode {
         tls = list(&b.tls),
         "serving"
     );
+    info!(
+        streams = running.capacity.streams,
+        streams_per_source = running.capacity.streams_per_source,
+        allocations = running.capacity.allocations,
+        descriptors = running.capacity.descriptors,
+        "capacity"
+    );
     wait_for_signal();
     info!("shutting down");
     log_final(&running.stop());
@@ -224,7 +243,7 @@ fn log_final(s: &Snapshot) {
         client_to_peer_bytes = c.client_to_peer.bytes,
         peer_to_client_packets = c.peer_to_client.packets,
         peer_to_client_bytes = c.peer_to_client.bytes,
-        stream_connections = s.edge.stream_connections,
+        stream_connections = c.streams_opened,
         send_failed = s.edge.send_failed,
         "final counters"
     );
@@ -294,6 +313,20 @@ fn settings(cli: &Cli, file: FileConfig) -> Result<Settings, String> {
         .total_quota
         .or(file.total_quota)
         .unwrap_or(core.total_quota);
+    if let Some(secs) = cli
+        .stream_idle_timeout
+        .or(file.stream_idle_timeout.map(std::num::NonZeroU64::get))
+    {
+        core.stream_idle_timeout = Duration::from_secs(secs);
+    }
+    core.max_streams = cli
+        .max_streams
+        .or(file.max_streams)
+        .unwrap_or(core.max_streams);
+    core.max_streams_per_source = cli
+        .max_streams_per_source
+        .or(file.max_streams_per_source)
+        .unwrap_or(core.max_streams_per_source);
     if let Some(bps) = cli.max_bps.or(file.max_bps) {
         core.bandwidth_bytes_per_sec = bps / 8;
     }

@@ -7,6 +7,9 @@
 //!   listener, with its [`FiveTuple`];
 //! - [`Server::handle_peer_packet`]: a datagram from a peer on a relayed address;
 //! - [`Server::handle_relay_opened`]: the answer to an [`Event::OpenRelay`];
+//! - [`Server::handle_stream_opened`]: a client opened a TCP/TLS connection (it may be
+//!   refused: [`StreamRefusal`]);
+//! - [`Server::handle_stream_data`]: bytes arrived on one; the core frames them;
 //! - [`Server::handle_connection_closed`]: a client's TCP/TLS connection went away;
 //! - [`Server::handle_timeout`]: the time [`Server::poll_timeout`] asked for has come.
 //!
@@ -26,9 +29,10 @@ use tracing::{debug, trace};
 
 use crate::auth::{Credentials, NonceCheck, Nonces};
 use crate::policy::PeerPolicy;
+use crate::streams::{StreamClose, StreamRefusal, Streams};
 use crate::wire::{
     ChannelData, Class, IntegrityKind, MessageBuilder, Method, StunPacket, StunRepr, TransactionId,
-    WireError, attr, is_channel_number,
+    WireError, attr, frame_len, is_channel_number,
 };
 
 /// The transport between a client and the server.
@@ -105,6 +109,15 @@ pub enum Event {
         /// The relayed address.
         addr: SocketAddr,
     },
+    /// Close this TCP/TLS connection once what was sent to it before this event has been
+    /// written, then report it with [`Server::handle_connection_closed`]. Its bytes are no
+    /// longer read.
+    CloseStream {
+        /// The connection.
+        five_tuple: FiveTuple,
+        /// Why.
+        reason: StreamClose,
+    },
 }
 
 /// Faults the simulator injects (the control API; also CLI flags).
@@ -116,7 +129,7 @@ pub struct Faults {
     pub fail_auth: bool,
     /// Drop everything, answer nothing: a dead TURN node.
     pub unresponsive: bool,
-    /// Close TCP/TLS connections (acted on by the edge; the core only records it).
+    /// Close every TCP/TLS connection and refuse new ones.
     pub drop_streams: bool,
     /// Hold every outgoing packet this long before sending it.
     pub delay: Duration,
@@ -163,6 +176,20 @@ pub struct Config {
     pub bandwidth_bytes_per_sec: u64,
     /// SOFTWARE attribute in responses; empty for none.
     pub software: String,
+    /// How long a TCP/TLS connection may hold no allocation before it is closed: from when
+    /// it opens, and again from when its allocation ends (default 60 s, coturn's
+    /// `max-allocate-timeout`). A connection with an allocation lives as long as it does.
+    pub stream_idle_timeout: Duration,
+    /// TCP/TLS connections held at once (refused beyond; default 10,000). The edge lowers it
+    /// to what the process's descriptor limit can hold.
+    pub max_streams: u32,
+    /// TCP/TLS connections one source address may hold at once (refused beyond; default
+    /// 1,000: one NAT address in front of a 500-seat contact centre, each agent with a
+    /// connection to spare).
+    pub max_streams_per_source: u32,
+    /// Bytes of partial frames held for all TCP/TLS connections together; a connection whose
+    /// partial frame does not fit is closed (default 16 MiB: 256 frames of the largest size).
+    pub stream_buffer_budget: usize,
     /// Seed of the server's RNG (relayed port choice).
     pub seed: u64,
     /// Key of the nonce HMAC: draw it from the OS at start.
@@ -190,6 +217,10 @@ impl Default for Config {
             max_permissions: 1000,
             bandwidth_bytes_per_sec: 1_000_000,
             software: concat!("turn-server/", env!("CARGO_PKG_VERSION")).into(),
+            stream_idle_timeout: Duration::from_secs(60),
+            max_streams: 10_000,
+            max_streams_per_source: 1_000,
+            stream_buffer_budget: 16 << 20,
             seed: 0,
             nonce_key: [0; 32],
         }
@@ -280,6 +311,12 @@ pub struct Counters {
     pub peer_to_client: Traffic,
     /// Dropped packets by reason.
     pub drops: BTreeMap<DropReason, u64>,
+    /// TCP/TLS connections accepted.
+    pub streams_opened: u64,
+    /// TCP/TLS connections refused at once, by reason.
+    pub streams_refused: BTreeMap<StreamRefusal, u64>,
+    /// TCP/TLS connections the core closed, by reason (not those the client closed).
+    pub streams_closed: BTreeMap<StreamClose, u64>,
 }
 
 impl Counters {
@@ -294,6 +331,18 @@ impl Counters {
     pub fn error_count(&self, code: u16) -> u64 {
         self.errors.get(&code).copied().unwrap_or(0)
     }
+
+    /// Connections refused for `reason`.
+    #[must_use]
+    pub fn refused(&self, reason: StreamRefusal) -> u64 {
+        self.streams_refused.get(&reason).copied().unwrap_or(0)
+    }
+
+    /// Connections closed by the core for `reason`.
+    #[must_use]
+    pub fn closed(&self, reason: StreamClose) -> u64 {
+        self.streams_closed.get(&reason).copied().unwrap_or(0)
+    }
 }
 
 /// The current state's sizes.
@@ -305,6 +354,10 @@ pub struct Gauges {
     pub permissions: usize,
     /// Bound channels, over all allocations.
     pub channels: usize,
+    /// TCP/TLS connections open (including those being closed).
+    pub streams: usize,
+    /// Bytes of partial frames held for them.
+    pub stream_buffered_bytes: usize,
 }
 
 /// How often expired state is swept from the tables.
@@ -337,6 +390,7 @@ pub struct Server {
     transmits: VecDeque<Transmit>,
     delayed: VecDeque<(Instant, Transmit)>,
     events: VecDeque<Event>,
+    streams: Streams,
     counters: Counters,
 }
 
@@ -418,6 +472,7 @@ impl Server {
             transmits: VecDeque::new(),
             delayed: VecDeque::new(),
             events: VecDeque::new(),
+            streams: Streams::default(),
             counters: Counters::default(),
         }
     }
@@ -434,9 +489,16 @@ impl Server {
         self.faults
     }
 
-    /// Sets the faults in force (the control API).
+    /// Sets the faults in force (the control API). Turning `drop_streams` on closes every
+    /// TCP/TLS connection ([`Event::CloseStream`]) and refuses new ones until it is off.
     pub fn set_faults(&mut self, faults: Faults) {
         self.faults = faults;
+        if faults.drop_streams {
+            let open: Vec<FiveTuple> = self.streams.open.keys().copied().collect();
+            for ft in open {
+                self.close_stream(ft, StreamClose::Fault);
+            }
+        }
     }
 
     /// The counters.
@@ -452,6 +514,8 @@ impl Server {
             allocations: self.allocations.len() + self.pending.len(),
             permissions: self.allocations.values().map(|a| a.permissions.len()).sum(),
             channels: self.allocations.values().map(|a| a.channels.len()).sum(),
+            streams: self.streams.open.len(),
+            stream_buffered_bytes: self.streams.buffered,
         }
     }
 
@@ -461,17 +525,111 @@ impl Server {
         self.allocations.get(five_tuple).map(|a| a.relay)
     }
 
-    /// Handles one message from a client: STUN or ChannelData.
+    /// Handles one message from a client: a UDP datagram, or one whole frame of a stream
+    /// (the edge may instead hand a stream's bytes as they come to
+    /// [`Server::handle_stream_data`]).
     pub fn handle_packet(&mut self, now: Instant, five_tuple: FiveTuple, data: &[u8]) {
         self.advance(now);
-        if self.faults.unresponsive {
-            self.drop_packet(DropReason::Fault);
+        self.handle_message(five_tuple, data);
+    }
+
+    /// A client opened a TCP or TLS connection on a listener. `Err` says why it must be closed
+    /// at once (counted); `Ok` starts its idle clock ([`Config::stream_idle_timeout`]).
+    ///
+    /// # Errors
+    /// The [`StreamRefusal`]: too many connections from its address or in all, or the
+    /// `drop_streams` fault.
+    pub fn handle_stream_opened(
+        &mut self,
+        now: Instant,
+        five_tuple: FiveTuple,
+    ) -> Result<(), StreamRefusal> {
+        self.advance(now);
+        let refusal = if self.faults.drop_streams {
+            Some(StreamRefusal::Fault)
+        } else if self.streams.open.len() >= self.config.max_streams as usize {
+            Some(StreamRefusal::Total)
+        } else if self.streams.from_source(five_tuple.client.ip())
+            >= self.config.max_streams_per_source
+        {
+            Some(StreamRefusal::PerSource)
+        } else {
+            None
+        };
+        if let Some(r) = refusal {
+            trace!(client = %five_tuple.client, reason = r.name(), "connection refused");
+            *self.counters.streams_refused.entry(r).or_default() += 1;
+            return Err(r);
+        }
+        self.counters.streams_opened += 1;
+        self.streams
+            .insert(five_tuple, self.now + self.config.stream_idle_timeout);
+        Ok(())
+    }
+
+    /// Bytes that arrived on a TCP/TLS connection, in order, cut anywhere. Each whole frame is
+    /// handled as [`Server::handle_packet`] would; a partial one is kept for the next call.
+    /// Bytes that are not STUN/ChannelData framing are dropped (counted `malformed`) and the
+    /// connection closed ([`Event::CloseStream`]) after the replies to the frames before them.
+    /// A connection the edge did not report opened is opened here first (and its bytes
+    /// ignored if it is refused); bytes for one being closed are ignored.
+    pub fn handle_stream_data(&mut self, now: Instant, five_tuple: FiveTuple, data: &[u8]) {
+        self.advance(now);
+        let partial = match self.streams.open.get_mut(&five_tuple) {
+            None => {
+                if self.handle_stream_opened(now, five_tuple).is_err() {
+                    return;
+                }
+                Vec::new()
+            }
+            Some(s) if s.closing => return,
+            Some(s) => std::mem::take(&mut s.partial),
+        };
+        self.streams.buffered -= partial.len();
+        let mut joined = partial;
+        let whole = joined.is_empty();
+        if !whole {
+            joined.extend_from_slice(data);
+        }
+        let bytes: &[u8] = if whole { data } else { &joined };
+        let mut at = 0;
+        let mut framing_error = false;
+        while at < bytes.len() {
+            match frame_len(&bytes[at..]) {
+                Ok(Some(len)) if bytes.len() - at >= len => {
+                    self.handle_message(five_tuple, &bytes[at..at + len]);
+                    at += len;
+                }
+                Ok(_) => break,
+                Err(_) => {
+                    trace!(client = %five_tuple.client, "stream framing error");
+                    self.drop_packet(DropReason::Malformed);
+                    framing_error = true;
+                    break;
+                }
+            }
+        }
+        if framing_error {
+            self.close_stream(five_tuple, StreamClose::Framing);
             return;
         }
-        match data.first().map(|b| b >> 6) {
-            Some(0b00) => self.handle_stun(five_tuple, data),
-            Some(0b01) => self.handle_client_channel_data(five_tuple, data),
-            _ => self.drop_packet(DropReason::Malformed),
+        let rest = bytes.len() - at;
+        if rest == 0 {
+            return;
+        }
+        if self.streams.buffered + rest > self.config.stream_buffer_budget {
+            self.close_stream(five_tuple, StreamClose::Buffer);
+            return;
+        }
+        let kept = if whole {
+            data[at..].to_vec()
+        } else {
+            joined.drain(..at);
+            joined
+        };
+        if let Some(s) = self.streams.open.get_mut(&five_tuple) {
+            self.streams.buffered += kept.len();
+            s.partial = kept;
         }
     }
 
@@ -591,15 +749,18 @@ impl Server {
             },
         );
         self.by_relay.insert(p.addr, p.five_tuple);
+        self.streams.set_idle(p.five_tuple, None);
         self.counters.allocations_created += 1;
         self.next_sweep.get_or_insert(now + SWEEP_INTERVAL);
         debug!(client = %p.five_tuple.client, relay = %p.addr, ?lifetime, "allocation created");
         self.reply(p.five_tuple, response);
     }
 
-    /// A client's TCP/TLS connection closed: its allocation goes with it (RFC 8656 §3.1).
+    /// A client's TCP/TLS connection closed, by either side: its allocation goes with it
+    /// (RFC 8656 §3.1), and it no longer counts against the connection limits.
     pub fn handle_connection_closed(&mut self, now: Instant, five_tuple: FiveTuple) {
         self.advance(now);
+        self.streams.remove(&five_tuple);
         for p in self
             .pending
             .values_mut()
@@ -626,6 +787,10 @@ impl Server {
             self.sweep(now);
             self.next_sweep = (!self.allocations.is_empty()).then_some(now + SWEEP_INTERVAL);
         }
+        while let Some(ft) = self.streams.pop_idle(now) {
+            debug!(client = %ft.client, "connection idle without an allocation: closing");
+            self.close_stream(ft, StreamClose::Idle);
+        }
     }
 
     /// The next packet to send.
@@ -644,13 +809,37 @@ impl Server {
     #[must_use]
     pub fn poll_timeout(&self) -> Option<Instant> {
         let delayed = self.delayed.front().map(|(at, _)| *at);
-        match (delayed, self.next_sweep) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        }
+        [delayed, self.next_sweep, self.streams.next_idle()]
+            .into_iter()
+            .flatten()
+            .min()
     }
 
     // ---- internals ------------------------------------------------------------------------
+
+    /// One message from a client: STUN or ChannelData.
+    fn handle_message(&mut self, five_tuple: FiveTuple, data: &[u8]) {
+        if self.faults.unresponsive {
+            self.drop_packet(DropReason::Fault);
+            return;
+        }
+        match data.first().map(|b| b >> 6) {
+            Some(0b00) => self.handle_stun(five_tuple, data),
+            Some(0b01) => self.handle_client_channel_data(five_tuple, data),
+            _ => self.drop_packet(DropReason::Malformed),
+        }
+    }
+
+    /// Asks the edge to close a connection (once), counting why.
+    fn close_stream(&mut self, ft: FiveTuple, reason: StreamClose) {
+        if self.streams.mark_closing(&ft) {
+            *self.counters.streams_closed.entry(reason).or_default() += 1;
+            self.events.push_back(Event::CloseStream {
+                five_tuple: ft,
+                reason,
+            });
+        }
+    }
 
     /// Time never goes backwards inside the server.
     fn advance(&mut self, now: Instant) {
@@ -1034,6 +1223,9 @@ impl Server {
             self.by_relay.remove(&a.relay);
             self.release_quota(&a.quota_name);
             self.events.push_back(Event::CloseRelay { addr: a.relay });
+            // A connection outlives its allocation by the idle timeout (time to allocate anew).
+            let idle_at = self.now + self.config.stream_idle_timeout;
+            self.streams.set_idle(ft, Some(idle_at));
             debug!(client = %ft.client, relay = %a.relay, "allocation removed");
         }
     }

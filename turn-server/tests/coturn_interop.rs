@@ -245,7 +245,7 @@ fn uclient(via: Via, creds: Creds, client_to_client: bool) {
     assert!(c.channels_bound >= 2, "uclient binds channels by default");
     assert_eq!(c.dropped(turn_server::DropReason::Malformed), 0);
     if via != Via::Udp {
-        assert!(snap.edge.stream_connections >= 2);
+        assert!(snap.counters.streams_opened >= 2);
     }
     let _ = server.stop();
 }

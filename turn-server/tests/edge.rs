@@ -252,7 +252,7 @@ fn faults_via_handle_and_http() {
         "connection closed"
     );
     let snap = handle.snapshot_blocking().unwrap();
-    assert_eq!(snap.edge.stream_connections_dropped, 1);
+    assert_eq!(snap.counters.closed(turn_server::StreamClose::Fault), 1);
     assert_eq!(snap.counters.dropped(turn_server::DropReason::Fault), 1);
     let text = http(metrics, "GET /metrics HTTP/1.1\r\n\r\n");
     assert!(
