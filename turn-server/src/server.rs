@@ -549,7 +549,7 @@ impl Server {
             Some(StreamRefusal::Fault)
         } else if self.streams.open.len() >= self.config.max_streams as usize {
             Some(StreamRefusal::Total)
-        } else if self.streams.from_source(five_tuple.client.ip())
+        } else if self.streams.open_from(five_tuple.client.ip())
             >= self.config.max_streams_per_source
         {
             Some(StreamRefusal::PerSource)

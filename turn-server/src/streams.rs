@@ -99,7 +99,7 @@ pub(crate) struct Streams {
 
 impl Streams {
     /// Connections open from `ip`.
-    pub(crate) fn from_source(&self, ip: IpAddr) -> u32 {
+    pub(crate) fn open_from(&self, ip: IpAddr) -> u32 {
         self.per_source.get(&ip).copied().unwrap_or(0)
     }
 

@@ -194,19 +194,26 @@ pub enum WireError {
 /// Computes a STUN frame's total length (header + body + stream padding) from its first four
 /// bytes, for stream transports (RFC 8656 §12.5: ChannelData is padded to 4 bytes on streams).
 ///
-/// Returns `Ok(None)` when fewer than 4 bytes are available.
+/// Returns `Ok(None)` when fewer than 4 bytes are available and the first byte (if any) can
+/// start a frame.
 ///
 /// # Errors
-/// [`WireError::NotStun`] if the first two bits are neither `00` (STUN) nor `01` (ChannelData).
+/// [`WireError::NotStun`] if the first two bits are neither `00` (STUN) nor `01` (ChannelData):
+/// known from the first byte, so that a stream is not left waiting for three more.
 pub fn frame_len(buf: &[u8]) -> Result<Option<usize>, WireError> {
+    match buf.first().map(|b| b >> 6) {
+        None => return Ok(None),
+        Some(0b00 | 0b01) => {}
+        Some(_) => return Err(WireError::NotStun),
+    }
     if buf.len() < 4 {
         return Ok(None);
     }
     let len = usize::from(u16::from_be_bytes([buf[2], buf[3]]));
-    match buf[0] >> 6 {
-        0b00 => Ok(Some(HEADER_LEN + len)),
-        0b01 => Ok(Some(CHANNEL_DATA_HEADER_LEN + len.next_multiple_of(4))),
-        _ => Err(WireError::NotStun),
+    if buf[0] >> 6 == 0 {
+        Ok(Some(HEADER_LEN + len))
+    } else {
+        Ok(Some(CHANNEL_DATA_HEADER_LEN + len.next_multiple_of(4)))
     }
 }
 
@@ -1024,6 +1031,12 @@ mod tests {
             Some(WireError::BadChannel)
         );
         assert_eq!(frame_len(&[0xC0, 0, 0, 0]), Err(WireError::NotStun));
+        assert_eq!(
+            frame_len(&[0xFF]),
+            Err(WireError::NotStun),
+            "known from one byte"
+        );
+        assert_eq!(frame_len(&[0x40]), Ok(None));
     }
 
     #[test]

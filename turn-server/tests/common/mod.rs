@@ -12,7 +12,7 @@ use turn_server::wire::{
     Class, IntegrityKind, MessageBuilder, Method, StunPacket, StunRepr, TransactionId, attr,
     decode_xor_address,
 };
-use turn_server::{Config, Event, FiveTuple, Server, Transmit, Transport};
+use turn_server::{Config, Event, FiveTuple, Server, StreamClose, Transmit, Transport};
 
 pub const REALM: &str = "test.realm";
 pub const UNIX_START: u64 = 1_800_000_000;
@@ -55,6 +55,14 @@ pub struct Harness {
     pub closed_relays: Vec<SocketAddr>,
     /// When set, OpenRelay requests are held here instead of answered.
     pub held: Option<Vec<turn_server::RelayRequest>>,
+    /// Connections the server asked to close, in order, with the transmits drained before
+    /// each request (how many replies went out first).
+    pub closed_streams: Vec<(FiveTuple, StreamClose, usize)>,
+    /// Whether `send` on a TCP/TLS 5-tuple goes through `handle_stream_data` (framing)
+    /// instead of `handle_packet` (one whole message).
+    pub framed: bool,
+    /// Transmits drained so far.
+    pub transmitted: usize,
 }
 
 impl Harness {
@@ -69,6 +77,9 @@ impl Harness {
             refuse_open: 0,
             closed_relays: Vec::new(),
             held: None,
+            closed_streams: Vec::new(),
+            framed: false,
+            transmitted: 0,
         }
     }
 
@@ -79,6 +90,7 @@ impl Harness {
             let mut progressed = false;
             while let Some(t) = self.server.poll_transmit() {
                 out.push(t);
+                self.transmitted += 1;
                 progressed = true;
             }
             while let Some(e) = self.server.poll_event() {
@@ -97,6 +109,10 @@ impl Harness {
                         self.server.handle_relay_opened(self.now, request, ok);
                     }
                     Event::CloseRelay { addr } => self.closed_relays.push(addr),
+                    Event::CloseStream { five_tuple, reason } => {
+                        self.closed_streams
+                            .push((five_tuple, reason, self.transmitted));
+                    }
                     _ => {}
                 }
             }
@@ -108,7 +124,17 @@ impl Harness {
     }
 
     pub fn send(&mut self, ft: FiveTuple, bytes: &[u8]) -> Vec<Transmit> {
-        self.server.handle_packet(self.now, ft, bytes);
+        if self.framed && ft.transport.is_stream() {
+            self.server.handle_stream_data(self.now, ft, bytes);
+        } else {
+            self.server.handle_packet(self.now, ft, bytes);
+        }
+        self.drain()
+    }
+
+    /// Bytes on a TCP/TLS connection, cut anywhere.
+    pub fn stream(&mut self, ft: FiveTuple, bytes: &[u8]) -> Vec<Transmit> {
+        self.server.handle_stream_data(self.now, ft, bytes);
         self.drain()
     }
 
