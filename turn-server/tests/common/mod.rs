@@ -376,3 +376,85 @@ pub fn transact_udp(
     }
     None
 }
+
+/// Reads one STUN/ChannelData frame from a stream (bounded by the stream's read timeout).
+pub fn read_frame(s: &mut impl std::io::Read) -> Option<Vec<u8>> {
+    let mut head = [0u8; 4];
+    s.read_exact(&mut head).ok()?;
+    let len = turn_server::wire::frame_len(&head).ok()??;
+    let mut rest = vec![0; len - 4];
+    s.read_exact(&mut rest).ok()?;
+    Some([&head[..], &rest].concat())
+}
+
+/// [`transact_udp`] over a TCP or TLS stream.
+pub fn transact_stream(
+    c: &mut Client,
+    s: &mut (impl std::io::Read + std::io::Write),
+    method: Method,
+    attrs: impl Fn(&mut MessageBuilder),
+) -> Option<Response> {
+    for _ in 0..3 {
+        let txid = c.txid();
+        s.write_all(&c.request(method, txid, &attrs)).ok()?;
+        let r = loop {
+            let frame = read_frame(s)?;
+            if frame.len() >= 20 && frame[8..20] == txid.0 {
+                break parse_response(&frame);
+            }
+        };
+        match r.code {
+            Some(401 | 438) if r.nonce.is_some() && (c.nonce.is_none() || r.code == Some(438)) => {
+                c.nonce = r.nonce.clone();
+            }
+            _ => return Some(r),
+        }
+    }
+    None
+}
+
+/// A self-signed certificate for `localhost`: (PEM chain, PEM key, DER certificate).
+pub fn test_certificate() -> (String, String, Vec<u8>) {
+    let ck = rcgen::generate_simple_self_signed(vec!["localhost".to_owned()]).unwrap();
+    (
+        ck.cert.pem(),
+        ck.signing_key.serialize_pem(),
+        ck.cert.der().to_vec(),
+    )
+}
+
+/// A TCP connection to `to` from `from_ip` (any port), with a read timeout.
+pub fn connect_from(
+    from_ip: std::net::IpAddr,
+    to: SocketAddr,
+) -> std::io::Result<std::net::TcpStream> {
+    use socket2::{Domain, Socket, Type};
+    let s = Socket::new(Domain::for_address(to), Type::STREAM, None)?;
+    s.bind(&SocketAddr::new(from_ip, 0).into())?;
+    s.connect_timeout(&to.into(), Duration::from_secs(2))?;
+    let s = std::net::TcpStream::from(s);
+    s.set_read_timeout(Some(Duration::from_secs(3)))?;
+    s.set_write_timeout(Some(Duration::from_secs(3)))?;
+    Ok(s)
+}
+
+/// A TLS client over `tcp` that trusts only `cert` (DER), for the name `localhost`; the
+/// handshake runs on first use.
+pub fn tls_over(
+    tcp: std::net::TcpStream,
+    cert: &[u8],
+) -> rustls::StreamOwned<rustls::ClientConnection, std::net::TcpStream> {
+    let mut roots = rustls::RootCertStore::empty();
+    roots
+        .add(rustls::pki_types::CertificateDer::from(cert.to_vec()))
+        .unwrap();
+    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+    let conn = rustls::ClientConnection::new(std::sync::Arc::new(config), name).unwrap();
+    rustls::StreamOwned::new(conn, tcp)
+}
