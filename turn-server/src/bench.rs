@@ -13,8 +13,10 @@
 #![allow(clippy::disallowed_methods)]
 
 use std::cell::RefCell;
+use std::ffi::OsStr;
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::rc::Rc;
 use std::time::{Duration, Instant};
@@ -76,7 +78,7 @@ impl Direction {
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-enum Servers {
+pub(crate) enum Servers {
     Ours,
     Coturn,
     Both,
@@ -135,9 +137,9 @@ pub(crate) fn run(args: &BenchArgs) -> Result<(), String> {
             for &name in &servers {
                 eprintln!("== run {}: {n} flows: {name}", rep + 1);
                 let mut proc = if name == "coturn" {
-                    spawn_coturn(args)?
+                    spawn_coturn(&args.coturn, args.coturn_relay_threads, &Launch::default())?
                 } else {
-                    spawn_ours()?
+                    spawn_ours(&Launch::default())?
                 };
                 let local = tokio::task::LocalSet::new();
                 let r = local.block_on(&rt, load(Some(&proc), n, args));
@@ -245,14 +247,45 @@ fn print_report(args: &BenchArgs, baselines: &[RunResult], results: &[RunResult]
     }
 }
 
+/// How a server under test is started, beyond UDP and TCP on a free loopback port.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Launch {
+    /// The server's descriptor limit, soft and hard (`ulimit -n`); the bench's own otherwise.
+    pub(crate) descriptors: Option<u64>,
+    /// TLS certificate chain and key (PEM files): a TLS listener on a free port; none without.
+    pub(crate) tls: Option<(PathBuf, PathBuf)>,
+}
+
+impl Launch {
+    /// `program`, under the descriptor limit when there is one (the shell `exec`s it, so the
+    /// child's PID is the server's).
+    fn command(&self, program: &OsStr) -> Command {
+        match self.descriptors {
+            None => Command::new(program),
+            Some(n) => {
+                let mut c = Command::new("sh");
+                c.arg("-c")
+                    .arg(format!("ulimit -n {n} && exec \"$0\" \"$@\""))
+                    .arg(program);
+                c
+            }
+        }
+    }
+}
+
 /// A server process under test.
-struct ServerProc {
+pub(crate) struct ServerProc {
     child: Child,
-    addr: SocketAddr,
+    /// UDP and TCP (the same port).
+    pub(crate) addr: SocketAddr,
+    /// TLS, when launched with it.
+    pub(crate) tls: Option<SocketAddr>,
+    /// Our `/metrics` (coturn has none here).
+    pub(crate) metrics: Option<SocketAddr>,
 }
 
 impl ServerProc {
-    fn stop(&mut self) {
+    pub(crate) fn stop(&mut self) {
         let _ = Command::new("kill")
             .args(["-TERM", &self.child.id().to_string()])
             .status();
@@ -279,6 +312,28 @@ impl ServerProc {
             .map_or(0, |f| f.iter().filter_map(|v| v.parse::<u64>().ok()).sum());
         Duration::from_secs_f64(ticks as f64 / clock_ticks_per_second())
     }
+
+    /// Resident memory now, bytes (`VmRSS`).
+    pub(crate) fn rss(&self) -> u64 {
+        std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))
+            .ok()
+            .and_then(|s| {
+                s.lines()
+                    .find_map(|l| l.strip_prefix("VmRSS:"))
+                    .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+            })
+            .map_or(0, |kb| kb * 1024)
+    }
+
+    /// Descriptors the process has open now.
+    pub(crate) fn descriptors_open(&self) -> usize {
+        std::fs::read_dir(format!("/proc/{}/fd", self.child.id())).map_or(0, Iterator::count)
+    }
+
+    /// Whether it is still running.
+    pub(crate) fn alive(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
 }
 
 impl Drop for ServerProc {
@@ -292,10 +347,12 @@ fn clock_ticks_per_second() -> f64 {
     rustix::param::clock_ticks_per_second() as f64
 }
 
-fn spawn_ours() -> Result<ServerProc, String> {
+/// Our server, from this very binary.
+pub(crate) fn spawn_ours(launch: &Launch) -> Result<ServerProc, String> {
     let exe = std::env::current_exe().map_err(|e| e.to_string())?;
-    let mut child = Command::new(exe)
-        .args(["--listen", "127.0.0.1:0", "--no-tls", "--realm", REALM])
+    let mut cmd = launch.command(exe.as_os_str());
+    cmd.args(["--listen", "127.0.0.1:0", "--realm", REALM])
+        .args(["--metrics", "127.0.0.1:0"])
         .args([
             "--user",
             &format!("{USER}:{PASSWORD}"),
@@ -309,7 +366,19 @@ fn spawn_ours() -> Result<ServerProc, String> {
             "--total-quota",
             "100000",
         ])
-        .args(["--log", "warn"])
+        .args(["--log", "warn"]);
+    match &launch.tls {
+        Some((cert, key)) => {
+            cmd.args(["--tls-listen", "127.0.0.1:0", "--cert"])
+                .arg(cert)
+                .arg("--pkey")
+                .arg(key);
+        }
+        None => {
+            cmd.arg("--no-tls");
+        }
+    }
+    let mut child = cmd
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
         .spawn()
@@ -319,21 +388,39 @@ fn spawn_ours() -> Result<ServerProc, String> {
     BufReader::new(stdout)
         .read_line(&mut line)
         .map_err(|e| e.to_string())?;
-    let addr = line
-        .split_whitespace()
-        .find_map(|w| w.strip_prefix("udp="))
-        .and_then(|a| a.split(',').next()?.parse().ok())
+    let field = |name: &str| {
+        line.split_whitespace()
+            .find_map(|w| w.strip_prefix(name))
+            .and_then(|a| a.split(',').next()?.parse::<SocketAddr>().ok())
+    };
+    let addr = field("udp=")
         .ok_or_else(|| format!("turn-server did not say where it listens: {line:?}"))?;
-    Ok(ServerProc { child, addr })
+    Ok(ServerProc {
+        tls: field("tls="),
+        metrics: field("metrics="),
+        child,
+        addr,
+    })
 }
 
-fn spawn_coturn(args: &BenchArgs) -> Result<ServerProc, String> {
-    let port = std::net::UdpSocket::bind("127.0.0.1:0")
+/// A free loopback port (UDP; TCP on it is free as well in practice on loopback).
+fn free_port() -> Result<u16, String> {
+    std::net::UdpSocket::bind("127.0.0.1:0")
         .and_then(|s| s.local_addr())
-        .map_err(|e| e.to_string())?
-        .port();
+        .map(|a| a.port())
+        .map_err(|e| e.to_string())
+}
+
+/// coturn's `turnserver`, configured like ours: loopback, one long-term user, no DTLS, no
+/// RFC 6062 TCP relay.
+pub(crate) fn spawn_coturn(
+    program: &str,
+    relay_threads: u32,
+    launch: &Launch,
+) -> Result<ServerProc, String> {
+    let port = free_port()?;
     let pidfile = std::env::temp_dir().join(format!("bench-coturn-{}.pid", std::process::id()));
-    let mut cmd = Command::new(&args.coturn);
+    let mut cmd = launch.command(OsStr::new(program));
     cmd.args([
         "-n",
         "--listening-ip",
@@ -354,7 +441,6 @@ fn spawn_coturn(args: &BenchArgs) -> Result<ServerProc, String> {
         "--allow-loopback-peers",
     ])
     .args([
-        "--no-tls",
         "--no-dtls",
         "--no-cli",
         "--no-tcp-relay",
@@ -365,15 +451,31 @@ fn spawn_coturn(args: &BenchArgs) -> Result<ServerProc, String> {
     .arg(&pidfile)
     .stdout(Stdio::null())
     .stderr(Stdio::null());
-    if args.coturn_relay_threads > 0 {
-        cmd.args(["--relay-threads", &args.coturn_relay_threads.to_string()]);
+    let tls = match &launch.tls {
+        Some((cert, key)) => {
+            let tls_port = free_port()?;
+            cmd.args(["--tls-listening-port", &tls_port.to_string(), "--cert"])
+                .arg(cert)
+                .arg("--pkey")
+                .arg(key);
+            Some(SocketAddr::from(([127, 0, 0, 1], tls_port)))
+        }
+        None => {
+            cmd.arg("--no-tls");
+            None
+        }
+    };
+    if relay_threads > 0 {
+        cmd.args(["--relay-threads", &relay_threads.to_string()]);
     }
     let child = cmd
         .spawn()
-        .map_err(|e| format!("starting {}: {e}", args.coturn))?;
+        .map_err(|e| format!("starting {program}: {e}"))?;
     let proc = ServerProc {
         child,
         addr: SocketAddr::from(([127, 0, 0, 1], port)),
+        tls,
+        metrics: None,
     };
     // Wait until it answers a Binding request (bounded: 5 s).
     let probe = std::net::UdpSocket::bind("127.0.0.1:0").map_err(|e| e.to_string())?;
@@ -564,7 +666,6 @@ async fn load(
 async fn setup_flow(socket: &UdpSocket, peer: SocketAddr, i: usize) -> Result<SocketAddr, String> {
     let mut nonce: Option<String> = None;
     let mut relay = None;
-    let key = long_term_key(USER, REALM, PASSWORD);
     let steps = [Method::ALLOCATE, Method::CHANNEL_BIND];
     let mut step = 0;
     let mut seq: u32 = 0;
@@ -579,47 +680,88 @@ async fn setup_flow(socket: &UdpSocket, peer: SocketAddr, i: usize) -> Result<So
         id[4..12].copy_from_slice(&(i as u64).to_be_bytes());
         let txid = TransactionId(id);
         let method = steps[step];
-        let mut b = MessageBuilder::new(method, Class::Request, txid);
-        if method == Method::ALLOCATE {
-            b.u32_attribute(attr::REQUESTED_TRANSPORT, 17 << 24);
-        } else {
-            b.u32_attribute(attr::CHANNEL_NUMBER, 0x4000 << 16)
-                .xor_address(attr::XOR_PEER_ADDRESS, peer);
-        }
-        if let Some(n) = &nonce {
-            b.attribute(attr::USERNAME, USER.as_bytes())
-                .attribute(attr::REALM, REALM.as_bytes())
-                .attribute(attr::NONCE, n.as_bytes())
-                .integrity(turn_server::wire::IntegrityKind::Sha1, &key);
-        }
-        socket
-            .send(&b.finish_with_fingerprint())
-            .await
-            .map_err(|e| e.to_string())?;
+        let request = signed_request(method, txid, nonce.as_deref(), |b| {
+            if method == Method::ALLOCATE {
+                b.u32_attribute(attr::REQUESTED_TRANSPORT, 17 << 24);
+            } else {
+                b.u32_attribute(attr::CHANNEL_NUMBER, 0x4000 << 16)
+                    .xor_address(attr::XOR_PEER_ADDRESS, peer);
+            }
+        });
+        socket.send(&request).await.map_err(|e| e.to_string())?;
         let mut buf = [0u8; 1500];
         let Ok(Ok(len)) = tokio::time::timeout(Duration::from_secs(1), socket.recv(&mut buf)).await
         else {
             continue;
         };
-        let Ok(p) = StunPacket::new_checked(&buf[..len]) else {
+        let Some(answer) = Answer::parse(&buf[..len], txid) else {
             continue;
         };
-        if p.transaction_id() != txid {
-            continue;
-        }
-        let Ok(repr) = StunRepr::parse(&p) else {
-            continue;
-        };
-        match p.class() {
-            Class::Success => {
+        match answer {
+            Answer::Success { relayed } => {
                 if method == Method::ALLOCATE {
-                    relay = p
-                        .attributes()
-                        .find(|a| a.kind == attr::XOR_RELAYED_ADDRESS)
-                        .and_then(|a| decode_xor_address(a.value, &txid));
+                    relay = relayed;
                 }
                 step += 1;
             }
+            Answer::Challenge { nonce: n } => nonce = Some(n),
+            Answer::Error { code } => {
+                return Err(format!("flow {i}: {method:?} failed with {code:?}"));
+            }
+        }
+    }
+    relay
+        .filter(|_| step == steps.len())
+        .ok_or_else(|| format!("flow {i}: setup timed out"))
+}
+
+/// A request as the bench's one user sends it: signed once a nonce is known.
+pub(crate) fn signed_request(
+    method: Method,
+    txid: TransactionId,
+    nonce: Option<&str>,
+    attrs: impl FnOnce(&mut MessageBuilder),
+) -> Vec<u8> {
+    let mut b = MessageBuilder::new(method, Class::Request, txid);
+    attrs(&mut b);
+    if let Some(n) = nonce {
+        b.attribute(attr::USERNAME, USER.as_bytes())
+            .attribute(attr::REALM, REALM.as_bytes())
+            .attribute(attr::NONCE, n.as_bytes())
+            .integrity(
+                turn_server::wire::IntegrityKind::Sha1,
+                &long_term_key(USER, REALM, PASSWORD),
+            );
+    }
+    b.finish_with_fingerprint()
+}
+
+/// A server's answer to one of the bench's requests.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Answer {
+    /// Success, with the relayed address when it was an Allocate.
+    Success { relayed: Option<SocketAddr> },
+    /// 401 or 438 with a nonce: sign and ask again.
+    Challenge { nonce: String },
+    /// Any other error.
+    Error { code: Option<u16> },
+}
+
+impl Answer {
+    /// The answer to `txid` in `bytes`; `None` for anything else (or nothing readable).
+    pub(crate) fn parse(bytes: &[u8], txid: TransactionId) -> Option<Self> {
+        let p = StunPacket::new_checked(bytes).ok()?;
+        if p.transaction_id() != txid {
+            return None;
+        }
+        let repr = StunRepr::parse(&p).ok()?;
+        match p.class() {
+            Class::Success => Some(Self::Success {
+                relayed: p
+                    .attributes()
+                    .find(|a| a.kind == attr::XOR_RELAYED_ADDRESS)
+                    .and_then(|a| decode_xor_address(a.value, &txid)),
+            }),
             Class::Error => {
                 let code = p
                     .attributes()
@@ -627,16 +769,14 @@ async fn setup_flow(socket: &UdpSocket, peer: SocketAddr, i: usize) -> Result<So
                     .and_then(|a| {
                         Some(u16::from(a.value.get(2)? & 7) * 100 + u16::from(*a.value.get(3)?))
                     });
-                if matches!(code, Some(401 | 438)) && repr.nonce.is_some() {
-                    nonce = repr.nonce.map(str::to_owned);
-                } else {
-                    return Err(format!("flow {i}: {method:?} failed with {code:?}"));
-                }
+                Some(match (code, repr.nonce) {
+                    (Some(401 | 438), Some(n)) => Self::Challenge {
+                        nonce: n.to_owned(),
+                    },
+                    _ => Self::Error { code },
+                })
             }
-            _ => {}
+            _ => None,
         }
     }
-    relay
-        .filter(|_| step == steps.len())
-        .ok_or_else(|| format!("flow {i}: setup timed out"))
 }

@@ -32,7 +32,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Notify, mpsc, oneshot};
 use tokio::task::{JoinHandle, spawn_local};
 use tokio_rustls::TlsAcceptor;
-use tracing::{debug, info, warn};
+use tracing::{debug, info};
 
 use crate::server::{
     Config, Counters, DropReason, Event, Faults, FiveTuple, Gauges, Server, Transmit, Transport,
@@ -346,12 +346,6 @@ pub fn start(mut settings: Settings) -> std::io::Result<Running> {
     let listeners = 2 * settings.listen.len() + settings.tls_listen.len() + 1;
     let capacity = plan_capacity(&mut settings.core, listeners);
     info!("{capacity}");
-    if capacity.clamped {
-        warn!(
-            "the descriptor limit lowered the configured limits: raise it (ulimit -n, systemd \
-             LimitNOFILE=) to hold more"
-        );
-    }
     let (ready_tx, ready_rx) = std::sync::mpsc::channel();
     let (tx, rx) = mpsc::unbounded_channel();
     let thread = std::thread::Builder::new()
@@ -631,7 +625,7 @@ async fn bind_all(settings: &Settings) -> std::io::Result<Listeners> {
                 udp_socket(addr, Some(LISTENER_BUFFER)).map_err(context("UDP listen", addr))?;
             let udp_addr = udp.get_ref().local_addr()?;
             let tcp_addr = SocketAddr::new(addr.ip(), udp_addr.port());
-            match TcpListener::bind(tcp_addr).await {
+            match stream_listener_socket(tcp_addr) {
                 Ok(tcp) => break (udp, udp_addr, tcp),
                 Err(e) if e.kind() == std::io::ErrorKind::AddrInUse && attempt < attempts => {}
                 Err(e) => return Err(context("TCP listen", tcp_addr)(e)),
@@ -646,9 +640,7 @@ async fn bind_all(settings: &Settings) -> std::io::Result<Listeners> {
         l.tls_acceptor = Some(tls_acceptor(settings)?);
     }
     for &addr in &settings.tls_listen {
-        let tls = TcpListener::bind(addr)
-            .await
-            .map_err(context("TLS listen", addr))?;
+        let tls = stream_listener_socket(addr).map_err(context("TLS listen", addr))?;
         l.bound.tls.push(tls.local_addr()?);
         l.tls.push((tls.local_addr()?, tls));
     }
@@ -660,6 +652,24 @@ async fn bind_all(settings: &Settings) -> std::io::Result<Listeners> {
         l.metrics = Some((m.local_addr()?, m));
     }
     Ok(l)
+}
+
+/// Connections the kernel completes and queues before we accept them (capped by
+/// `net.core.somaxconn`): a deep queue rides out a burst of connects while the thread is busy
+/// or descheduled, instead of dropping SYNs (which a client retries only after a second).
+const LISTEN_BACKLOG: u32 = 4096;
+
+/// A TCP listener with [`LISTEN_BACKLOG`].
+fn stream_listener_socket(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    let socket = if addr.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    // As std's listener does: a restarted server may bind while old connections linger.
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(LISTEN_BACKLOG)
 }
 
 fn tls_acceptor(settings: &Settings) -> std::io::Result<TlsAcceptor> {

@@ -6,7 +6,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{Parser, Subcommand};
-use tracing::{error, info};
+use tracing::{error, info, warn};
 use turn_server::auth::Secret;
 use turn_server::config::FileConfig;
 use turn_server::io::{self, Settings, Snapshot};
@@ -14,6 +14,7 @@ use turn_server::policy::{Cidr, loopback};
 use turn_server::{Config, Faults};
 
 mod bench;
+mod flood;
 
 /// A STUN/TURN relay (RFC 8489 / RFC 8656) for softphone media: UDP, TCP and TLS listeners,
 /// long-term and time-limited credentials, no open relay by default.
@@ -119,16 +120,23 @@ struct Cli {
 enum Command {
     /// Relay benchmark: ChannelData packets/s and added latency, ours and coturn's side by side.
     Bench(bench::BenchArgs),
+    /// Connection-flood benchmark: what a second client sees while one address holds idle TCP
+    /// connections, ours and coturn's side by side.
+    BenchFlood(flood::FloodArgs),
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    if let Some(Command::Bench(args)) = &cli.command {
+    if let Some(command) = &cli.command {
         init_log(cli.log.as_deref().unwrap_or("warn"));
-        return match bench::run(args) {
+        let (name, outcome) = match command {
+            Command::Bench(args) => ("bench", bench::run(args)),
+            Command::BenchFlood(args) => ("bench-flood", flood::run(args)),
+        };
+        return match outcome {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
-                eprintln!("turn-server bench: {e}");
+                eprintln!("turn-server {name}: {e}");
                 ExitCode::FAILURE
             }
         };
@@ -179,13 +187,13 @@ fn main() -> ExitCode {
         tls = list(&b.tls),
         "serving"
     );
-    info!(
-        streams = running.capacity.streams,
-        streams_per_source = running.capacity.streams_per_source,
-        allocations = running.capacity.allocations,
-        descriptors = running.capacity.descriptors,
-        "capacity"
-    );
+    if running.capacity.clamped {
+        warn!(
+            "the descriptor limit ({}) lowered the configured limits to {} connections and {} \
+             allocations: raise it (ulimit -n, systemd LimitNOFILE=) to hold more",
+            running.capacity.descriptors, running.capacity.streams, running.capacity.allocations
+        );
+    }
     wait_for_signal();
     info!("shutting down");
     log_final(&running.stop());
