@@ -76,7 +76,8 @@ struct Cli {
     /// Allocations per user [default: 100].
     #[arg(long)]
     user_quota: Option<u32>,
-    /// Allocations in all [default: 10000].
+    /// Allocations in all, 486 beyond; lowered to what the descriptor limit holds
+    /// [default: 10000].
     #[arg(long)]
     total_quota: Option<u32>,
     /// Relayed bits per second per allocation, both ways; 0 = no cap [default: 8000000].
