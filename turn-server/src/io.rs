@@ -123,6 +123,8 @@ pub struct EdgeCounters {
     pub accept_failures: u64,
     /// Connections to the metrics endpoint refused past its limits.
     pub http_refused: u64,
+    /// Bytes waiting to be written to TCP/TLS clients now (a gauge).
+    pub stream_queued_bytes: u64,
 }
 
 /// What the server can hold, worked out at start from the process's descriptor limit
@@ -413,16 +415,57 @@ struct Relay {
 /// The edge's side of a client connection the core knows.
 struct Stream {
     /// Replies to write, in order; the writer task ends once every sender is gone.
-    tx: mpsc::Sender<Vec<u8>>,
+    tx: mpsc::UnboundedSender<Vec<u8>>,
+    /// Bytes queued in `tx` (counted against [`STREAM_QUEUE_LIMIT`]).
+    queued: Rc<Cell<usize>>,
     /// Rung when the core asks for the connection to close.
     close: Rc<Notify>,
 }
+
+/// The writer's end of a connection's queue. Whatever leaves it, written or dropped with the
+/// connection, is taken off the connection's and the edge's counts.
+struct Outbox {
+    rx: mpsc::UnboundedReceiver<Vec<u8>>,
+    queued: Rc<Cell<usize>>,
+    all: Rc<Cell<usize>>,
+}
+
+impl Outbox {
+    async fn next(&mut self) -> Option<Vec<u8>> {
+        let b = self.rx.recv().await?;
+        self.taken(b.len());
+        Some(b)
+    }
+
+    fn taken(&self, n: usize) {
+        self.queued.set(self.queued.get() - n);
+        self.all.set(self.all.get() - n);
+    }
+}
+
+impl Drop for Outbox {
+    fn drop(&mut self) {
+        while let Ok(b) = self.rx.try_recv() {
+            self.taken(b.len());
+        }
+    }
+}
+
+/// Bytes of replies and relayed data one TCP/TLS client may have waiting to be written: a
+/// quarter of a second at the default 8 Mbit/s cap. A client that does not read loses what is
+/// past it (counted `send_failed`), as a full UDP socket buffer would; real-time media is of
+/// no use later anyway.
+const STREAM_QUEUE_LIMIT: usize = 256 << 10;
+/// The same over every connection together.
+const STREAM_QUEUE_BUDGET: usize = 64 << 20;
 
 struct Edge {
     server: RefCell<Server>,
     udp: HashMap<SocketAddr, Rc<UdpSocket>>,
     relays: RefCell<HashMap<SocketAddr, Relay>>,
     streams: RefCell<HashMap<(SocketAddr, SocketAddr), Stream>>,
+    /// Bytes queued for every connection together.
+    stream_queued: Rc<Cell<usize>>,
     /// The one read buffer of every TCP/TLS connection: a read borrows it for one poll, so an
     /// idle connection holds no buffer of its own.
     scratch: RefCell<Box<[u8]>>,
@@ -475,6 +518,7 @@ async fn serve(
         udp: listeners.udp.iter().map(|s| (s.0, s.1.clone())).collect(),
         relays: RefCell::new(HashMap::new()),
         streams: RefCell::new(HashMap::new()),
+        stream_queued: Rc::new(Cell::new(0)),
         scratch: RefCell::new(vec![0; 65536].into_boxed_slice()),
         http_open: RefCell::new(HashMap::new()),
         timer: Notify::new(),
@@ -779,11 +823,20 @@ impl Edge {
                     .or_else(|| relays.get(&t.source).map(|r| &r.socket));
                 socket.is_some_and(|s| s.get_ref().send_to(&t.contents, t.destination).is_ok())
             }
-            Transport::Tcp | Transport::Tls => self
-                .streams
-                .borrow()
-                .get(&(t.source, t.destination))
-                .is_some_and(|s| s.tx.try_send(t.contents).is_ok()),
+            Transport::Tcp | Transport::Tls => {
+                let streams = self.streams.borrow();
+                let (len, all) = (t.contents.len(), &self.stream_queued);
+                streams.get(&(t.source, t.destination)).is_some_and(|s| {
+                    let fits = s.queued.get() + len <= STREAM_QUEUE_LIMIT
+                        && all.get() + len <= STREAM_QUEUE_BUDGET;
+                    let sent = fits && s.tx.send(t.contents).is_ok();
+                    if sent {
+                        s.queued.set(s.queued.get() + len);
+                        all.set(all.get() + len);
+                    }
+                    sent
+                })
+            }
         };
         if !sent {
             self.stats.borrow_mut().send_failed += 1;
@@ -819,7 +872,10 @@ impl Edge {
         Snapshot {
             counters: server.counters().clone(),
             gauges: server.gauges(),
-            edge: *self.stats.borrow(),
+            edge: EdgeCounters {
+                stream_queued_bytes: self.stream_queued.get() as u64,
+                ..*self.stats.borrow()
+            },
             faults: server.faults(),
             capacity: self.capacity,
         }
@@ -930,12 +986,18 @@ async fn stream_listener(
             continue;
         }
         let _ = stream.set_nodelay(true);
-        let (tx, rx) = mpsc::channel::<Vec<u8>>(1024);
-        let close = Rc::new(Notify::new());
+        let (tx, rx) = mpsc::unbounded_channel::<Vec<u8>>();
+        let (close, queued) = (Rc::new(Notify::new()), Rc::new(Cell::new(0)));
+        let rx = Outbox {
+            rx,
+            queued: queued.clone(),
+            all: edge.stream_queued.clone(),
+        };
         edge.streams.borrow_mut().insert(
             (ft.server, ft.client),
             Stream {
                 tx,
+                queued,
                 close: close.clone(),
             },
         );
@@ -987,14 +1049,14 @@ async fn run_stream<R, W>(
     mut rd: R,
     mut wr: W,
     ft: FiveTuple,
-    mut rx: mpsc::Receiver<Vec<u8>>,
+    mut rx: Outbox,
     close: &Notify,
 ) where
     R: AsyncRead + Unpin,
     W: AsyncWrite + Unpin + 'static,
 {
     let mut writer = spawn_local(async move {
-        while let Some(b) = rx.recv().await {
+        while let Some(b) = rx.next().await {
             if wr.write_all(&b).await.is_err() {
                 return;
             }
@@ -1213,7 +1275,7 @@ pub fn render_prometheus(s: &Snapshot) -> String {
         ],
     ));
     let cap = &s.capacity;
-    let families: [Family<'_>; 22] = [
+    let families: [Family<'_>; 23] = [
         (
             "turn_allocations",
             "gauge",
@@ -1304,6 +1366,12 @@ pub fn render_prometheus(s: &Snapshot) -> String {
             "gauge",
             "Bytes of partial frames held for TCP/TLS connections.",
             one(g.stream_buffered_bytes as u64),
+        ),
+        (
+            "turn_stream_queued_bytes",
+            "gauge",
+            "Bytes waiting to be written to TCP/TLS clients.",
+            one(e.stream_queued_bytes),
         ),
         (
             "turn_streams_refused_total",

@@ -3,7 +3,8 @@
 //! replies owed before a framing error are written before the connection closes, over TCP and
 //! TLS; and the real binary, under a lowered descriptor limit, refuses a flood of connections
 //! from one address past its per-source cap, then from many past its total, while another
-//! address still allocates over UDP, TCP and TLS and `/metrics` answers.
+//! address still allocates over UDP, TCP and TLS and `/metrics` answers; and a client that
+//! does not read holds no more than its queue's limit.
 // Real sockets and processes: waits are bounded with socket timeouts and the wall clock.
 #![allow(clippy::disallowed_methods)]
 mod common;
@@ -410,4 +411,68 @@ fn allocate_udp(b: &Binary, ip: IpAddr) {
     let mut c = Client::new(ft, "alice", "alice-pw");
     let r = transact_udp(&mut c, &udp, b.udp, Method::ALLOCATE, allocate_attrs).expect("UDP");
     assert_eq!(r.class, Class::Success, "UDP from {ip}: {r:?}");
+}
+
+#[test]
+fn a_client_that_does_not_read_holds_a_bounded_queue() {
+    let cert = test_certificate();
+    let mut core = common::config();
+    core.min_port = 49152;
+    core.max_port = 65535;
+    core.bandwidth_bytes_per_sec = 0;
+    let server = io::start(Settings {
+        core,
+        listen: vec!["127.0.0.1:0".parse().unwrap()],
+        tls_pem: Some((cert.0.clone(), cert.1.clone())),
+        ..Settings::default()
+    })
+    .unwrap();
+    let addr = server.bound.tcp[0];
+    // A small receive window, so that the server's socket buffer fills soon.
+    let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    socket.connect(&addr.into()).unwrap();
+    let mut tcp = TcpStream::from(socket);
+    tcp.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
+    let peer = UdpSocket::bind("127.0.0.1:0").unwrap();
+    let mut c = stream_client(&tcp, addr, Transport::Tcp, "alice");
+    let r = transact_stream(&mut c, &mut tcp, Method::ALLOCATE, allocate_attrs).unwrap();
+    let relay = r.relayed.unwrap();
+    let r = transact_stream(&mut c, &mut tcp, Method::CREATE_PERMISSION, |b| {
+        b.xor_address(attr::XOR_PEER_ADDRESS, peer.local_addr().unwrap());
+    })
+    .unwrap();
+    assert_eq!(r.class, Class::Success);
+    // 10 MB towards a client that reads nothing.
+    let payload = [0x5Au8; 1300];
+    let handle = server.handle();
+    let mut most = 0;
+    for i in 0..8000 {
+        peer.send_to(&payload, relay).unwrap();
+        // Paced, so that the relayed socket's buffer does not overflow first: what is lost must
+        // be lost at the client's queue.
+        if i % 25 == 0 {
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        if i % 500 == 0 {
+            let snap = handle.snapshot_blocking().unwrap();
+            most = most.max(snap.edge.stream_queued_bytes);
+        }
+    }
+    std::thread::sleep(Duration::from_millis(200));
+    let snap = handle.snapshot_blocking().unwrap();
+    most = most.max(snap.edge.stream_queued_bytes);
+    assert!(most <= 256 << 10, "queued {most} bytes for one client");
+    assert!(most > (256 << 10) - 1400, "the queue filled: {most} bytes");
+    assert!(
+        snap.edge.send_failed > 0,
+        "what did not fit was dropped and counted"
+    );
+    // The client is still served once it reads again.
+    let mut read = 0;
+    while read < 64 << 10 {
+        read += read_frame(&mut tcp).expect("queued data arrives").len();
+    }
+    drop(tcp);
+    let _ = server.stop();
 }
