@@ -1,5 +1,7 @@
-//! The whole sans-I/O server fed arbitrary client and peer datagrams on a fuzzed clock: no
-//! input may panic it, and every output must be bounded.
+//! The whole sans-I/O server fed arbitrary client datagrams, TCP stream bytes cut anywhere and
+//! peer datagrams on a fuzzed clock: no input may panic it, and every output must be bounded.
+//! (`turn-server/tests/fuzz.rs` runs the same entry points on the stable toolchain in
+//! `cargo test`, with the accounting checked.)
 #![no_main]
 
 use std::time::{Duration, Instant};
@@ -28,6 +30,11 @@ fuzz_target!(|data: &[u8]| {
         client: "127.0.0.1:40000".parse().unwrap(),
         server: "127.0.0.1:3478".parse().unwrap(),
     };
+    let stream = FiveTuple {
+        transport: Transport::Tcp,
+        client: "127.0.0.1:40001".parse().unwrap(),
+        ..ft
+    };
     let mut now = start;
     // Split the input into chunks: [kind, len, bytes...]
     let mut rest = data;
@@ -36,8 +43,9 @@ fuzz_target!(|data: &[u8]| {
         let body = &rest[2..(2 + len).min(rest.len())];
         rest = &rest[(2 + len).min(rest.len())..];
         now += Duration::from_millis(u64::from(kind) * 97);
-        match kind % 3 {
+        match kind % 4 {
             0 => server.handle_packet(now, ft, body),
+            3 => server.handle_stream_data(now, stream, body),
             1 => server.handle_peer_packet(
                 now,
                 "127.0.0.1:50000".parse().unwrap(),
@@ -48,9 +56,17 @@ fuzz_target!(|data: &[u8]| {
         }
         for _ in 0..100 {
             let mut idle = server.poll_transmit().is_none();
-            if let Some(Event::OpenRelay { request, .. }) = server.poll_event() {
-                server.handle_relay_opened(now, request, kind & 4 == 0);
-                idle = false;
+            match server.poll_event() {
+                Some(Event::OpenRelay { request, .. }) => {
+                    server.handle_relay_opened(now, request, kind & 4 == 0);
+                    idle = false;
+                }
+                Some(Event::CloseStream { five_tuple, .. }) => {
+                    server.handle_connection_closed(now, five_tuple);
+                    idle = false;
+                }
+                Some(_) => idle = false,
+                None => {}
             }
             if idle {
                 break;
