@@ -183,9 +183,9 @@ pub struct Config {
     /// TCP/TLS connections held at once (refused beyond; default 10,000). The edge lowers it
     /// to what the process's descriptor limit can hold.
     pub max_streams: u32,
-    /// TCP/TLS connections one source address may hold at once (refused beyond; default
-    /// 1,000: one NAT address in front of a 500-seat contact centre, each agent with a
-    /// connection to spare).
+    /// TCP/TLS connections one source may hold at once, an IPv6 /64 counting as one source
+    /// ([`crate::streams::source`]) (refused beyond; default 1,000: one NAT address in front
+    /// of a 500-seat contact centre, each agent with a connection to spare).
     pub max_streams_per_source: u32,
     /// Bytes of partial frames held for all TCP/TLS connections together; a connection whose
     /// partial frame does not fit is closed (default 16 MiB: 256 frames of the largest size).

@@ -73,6 +73,20 @@ impl StreamClose {
     }
 }
 
+/// What the per-source limit counts as one source: an IPv4 address (IPv4-mapped IPv6 too), or
+/// an IPv6 /64 — the prefix one host or one site's LAN is given, so that a host cannot step
+/// round the limit by drawing new addresses from it.
+#[must_use]
+pub fn source(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V4(_) => ip,
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => IpAddr::V4(v4),
+            None => IpAddr::V6((u128::from(v6) & !u128::from(u64::MAX)).into()),
+        },
+    }
+}
+
 /// One open connection.
 #[derive(Debug, Default)]
 pub(crate) struct Stream {
@@ -98,9 +112,9 @@ pub(crate) struct Streams {
 }
 
 impl Streams {
-    /// Connections open from `ip`.
+    /// Connections open from `ip`'s source (see [`source`]).
     pub(crate) fn open_from(&self, ip: IpAddr) -> u32 {
-        self.per_source.get(&ip).copied().unwrap_or(0)
+        self.per_source.get(&source(ip)).copied().unwrap_or(0)
     }
 
     /// Records a new connection whose idle deadline is `idle_at`.
@@ -109,7 +123,7 @@ impl Streams {
             // The edge never reports the same 5-tuple twice; a stale one is replaced whole.
             self.buffered -= old.partial.len();
         } else {
-            *self.per_source.entry(ft.client.ip()).or_default() += 1;
+            *self.per_source.entry(source(ft.client.ip())).or_default() += 1;
         }
         self.open.insert(
             ft,
@@ -127,7 +141,7 @@ impl Streams {
             return;
         };
         self.buffered -= s.partial.len();
-        let ip = ft.client.ip();
+        let ip = source(ft.client.ip());
         if let Some(n) = self.per_source.get_mut(&ip) {
             *n -= 1;
             if *n == 0 {
@@ -188,5 +202,24 @@ impl Streams {
             self.idle
                 .retain(|(at, ft)| open.get(ft).is_some_and(|s| s.idle_at == Some(*at)));
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_ipv6_64_is_one_source_and_a_mapped_ipv4_is_its_ipv4() {
+        let a: IpAddr = "2001:db8:1:2:aaaa::1".parse().unwrap();
+        let b: IpAddr = "2001:db8:1:2:bbbb::9".parse().unwrap();
+        let c: IpAddr = "2001:db8:1:3::1".parse().unwrap();
+        assert_eq!(source(a), source(b));
+        assert_ne!(source(a), source(c));
+        assert_eq!(source(a), "2001:db8:1:2::".parse::<IpAddr>().unwrap());
+        let mapped: IpAddr = "::ffff:192.0.2.7".parse().unwrap();
+        assert_eq!(source(mapped), "192.0.2.7".parse::<IpAddr>().unwrap());
+        let v4: IpAddr = "192.0.2.7".parse().unwrap();
+        assert_eq!(source(v4), v4);
     }
 }
