@@ -232,9 +232,7 @@ impl Call {
 
         // A missed call: the agent lets the contact ring out and declines it.
         if spec.identity.kind == reports::CallKind::Missed {
-            let _ = client
-                .call_ref("bye", &answer.call_id, spec.timeouts.ack)
-                .await;
+            let _ = client.bye(&spec.identity.call, spec.timeouts.ack).await;
             return Ok(None);
         }
 
@@ -257,7 +255,7 @@ impl Call {
             let _ = driven.peer.add_remote_candidate(now, &from_wire(c));
         }
         client
-            .call_ref("accept", &answer.call_id, spec.timeouts.ack)
+            .accept(spec.timeouts.ack)
             .await
             .map_err(|e| (e.class(), e.to_string()))?;
         self.milestones.accepted_us = self.at();
@@ -272,9 +270,7 @@ impl Call {
         self.milestones.ice_connected_us = t.ice_connected.map(|i| micros(i - self.start));
         if !connected {
             let detail = driven.peer.error.clone();
-            let _ = client
-                .call_ref("bye", &answer.call_id, spec.timeouts.ack)
-                .await;
+            let _ = client.bye(&spec.identity.call, spec.timeouts.ack).await;
             return Err(if t.ice_connected.is_some() {
                 (
                     FailureClass::DtlsHandshakeFailure,
@@ -460,7 +456,12 @@ impl Call {
         // CleanUp: `bye`, which our anchor answers with its measurement of the agent's stream.
         self.state = SessionState::CleanUp;
         self.milestones.hangup_us = self.at();
-        let call_ref = json!({ "callId": call_id });
+        // The contact as the library names it in persistent-connection mode.
+        let contact = json!({
+            "contactId": call_id,
+            "persistentConnection": true,
+            "callContextToken": spec.identity.call,
+        });
         if kind == reports::CallKind::PanicLogout
             && signalling_failure.is_none()
             && dropped.is_none()
@@ -481,13 +482,17 @@ impl Call {
                         .map_err(|e| (e.class(), format!("logging in again: {e}")))?;
                 let ended = async {
                     client
-                        .call("connectContact", call_ref.clone(), spec.timeouts.ack)
+                        .call("connectContact", contact.clone(), spec.timeouts.ack)
                         .await
                         .map_err(|e| {
                             (e.class(), format!("connectContact after logging in: {e}"))
                         })?;
                     client
-                        .call("disconnectContact", call_ref.clone(), spec.timeouts.ack)
+                        .call(
+                            "disconnectContact",
+                            json!({ "contactId": call_id }),
+                            spec.timeouts.ack,
+                        )
                         .await
                         .map_err(|e| (e.class(), format!("disconnectContact: {e}")))
                 }
@@ -501,7 +506,7 @@ impl Call {
             }
             return ended.map(|_| ());
         }
-        if let Ok(v) = client.call("bye", call_ref, spec.timeouts.ack).await {
+        if let Ok(v) = client.bye(&spec.identity.call, spec.timeouts.ack).await {
             self.take_anchor_half(&v, &driven.peer);
         }
         client.close().await;

@@ -1,8 +1,14 @@
-//! Signalling: JSON-RPC 2.0 text frames over a TLS WebSocket, the shape of the CCP's softphone
-//! signalling (DESIGN §4), so that a CCP-style client could talk to the simulator's endpoint.
+//! Signalling: JSON-RPC 2.0 text frames over a TLS WebSocket, exactly as the CCP's softphone
+//! library (connect-rtc-js) sends them (DESIGN §4), so that what the agents send is what the
+//! CCP sends and the CCP's library can talk to the simulator's endpoint.
 //!
-//! Methods: `invite` {sdp, candidates, callContextToken} → {callId, sdp, candidates};
-//! `accept` {callId}; `bye` {callId}; `connectContact` / `disconnectContact` {contactId}.
+//! Every request id is a fresh UUID string, and a response is matched to its request by id.
+//! Methods, with the parameters the library sends when it is not in persistent-connection mode:
+//! `invite` {sdp, candidates, callContextToken} → {sdp, candidates} (our anchor adds `callId`);
+//! `accept` {}; `bye` {callContextToken}. In persistent-connection mode the library adds
+//! `contactId`, `browserId`, `persistentConnection`, `peerConnectionId`, `peerConnectionToken`
+//! and `iceRestart`, and `connectContact` / `disconnectContact` name the contact by
+//! `contactId` ([`PCM_PARAMS`]). The server may send `bye` itself; the client answers `{}`.
 //! Errors carry a code the agent maps to a failure class: 403 access denied, 486 busy, 404 call
 //! not found, 400 bad request, 408 request timeout, 409 idempotency, 500 internal, and JSON-RPC's
 //! own −32700 … −32600 for malformed requests.
@@ -42,23 +48,44 @@ pub struct Candidate {
     pub sdp_m_line_index: Option<u16>,
 }
 
-/// `invite` parameters.
+/// The parameters the library adds in persistent-connection mode (`signaling.js`), besides
+/// `sdp`, `candidates` and `callContextToken`.
+pub const PCM_PARAMS: [&str; 6] = [
+    "contactId",
+    "browserId",
+    "persistentConnection",
+    "peerConnectionId",
+    "iceRestart",
+    "peerConnectionToken",
+];
+
+/// `invite` parameters (the library's non-persistent shape; a server reads more, see
+/// [`PCM_PARAMS`]).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[serde(rename_all = "camelCase")]
 pub struct Invite {
     /// The SDP offer.
     pub sdp: String,
     /// The agent's ICE candidates (its TURN relay candidate).
     pub candidates: Vec<Candidate>,
-    /// The contact this call belongs to.
+    /// The contact this call belongs to (the library may send `null`: read as empty).
+    #[serde(default, deserialize_with = "null_as_empty")]
     pub call_context_token: String,
 }
 
-/// `invite` result.
+fn null_as_empty<'de, D: serde::Deserializer<'de>>(d: D) -> Result<String, D::Error> {
+    Option::<String>::deserialize(d).map(Option::unwrap_or_default)
+}
+
+/// `invite` result. The library reads `sdp` and `candidates` (and, in persistent-connection
+/// mode, `inactivityDuration`, `peerConnectionId`, `peerConnectionToken`); other fields are
+/// ignored.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[serde(rename_all = "camelCase")]
 pub struct InviteAnswer {
-    /// The call's id, for `accept` and `bye`.
+    /// The anchor's id of the call (its contact id: `connectContact` / `disconnectContact`
+    /// name it as `contactId`); empty from a server that gives none.
+    #[serde(default)]
     pub call_id: String,
     /// The SDP answer.
     pub sdp: String,
@@ -66,21 +93,13 @@ pub struct InviteAnswer {
     pub candidates: Vec<Candidate>,
 }
 
-/// `accept` / `bye` parameters.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
-pub struct CallRef {
-    /// The call's id.
-    pub call_id: String,
-}
-
 /// A JSON-RPC request.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Request {
     /// Always "2.0".
     pub jsonrpc: String,
-    /// The request id.
-    pub id: u64,
+    /// The request id: the library's are UUID strings; a server echoes whatever it was sent.
+    pub id: Value,
     /// The method.
     pub method: String,
     /// Its parameters.
@@ -93,8 +112,9 @@ pub struct Request {
 pub struct Response {
     /// Always "2.0".
     pub jsonrpc: String,
-    /// The request's id (`null` when the request could not be read).
-    pub id: Option<u64>,
+    /// The request's id as it was sent (`null` when the request could not be read).
+    #[serde(default)]
+    pub id: Value,
     /// The result.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub result: Option<Value>,
@@ -219,11 +239,20 @@ pub struct Endpoint {
     pub roots: Vec<CertificateDer<'static>>,
 }
 
+/// A request id as the library makes them: a random (version 4) UUID string.
+#[must_use]
+pub fn request_id() -> String {
+    uuid::Uuid::new_v4().to_string()
+}
+
 /// A connected signalling client.
 #[derive(Debug)]
 pub struct SignallingClient {
     ws: WebSocketStream<tokio_rustls::client::TlsStream<TcpStream>>,
-    next_id: u64,
+    /// Requests given up on (timed out): a late answer to one is skipped.
+    abandoned: Vec<String>,
+    /// `bye` requests the server sent (it ended the call), answered `{}` as the library does.
+    pub remote_byes: u32,
 }
 
 impl SignallingClient {
@@ -270,7 +299,11 @@ impl SignallingClient {
         let (ws, _) = tokio_tungstenite::client_async(endpoint.url.as_str(), tls)
             .await
             .map_err(|e| format!("WebSocket upgrade: {e}"))?;
-        Ok(Self { ws, next_id: 1 })
+        Ok(Self {
+            ws,
+            abandoned: Vec::new(),
+            remote_byes: 0,
+        })
     }
 
     /// Sends a request and waits up to `timeout` for its response.
@@ -280,11 +313,10 @@ impl SignallingClient {
         params: Value,
         timeout: Duration,
     ) -> Result<Value, SignallingError> {
-        let id = self.next_id;
-        self.next_id += 1;
+        let id = request_id();
         let request = Request {
             jsonrpc: JSONRPC.into(),
-            id,
+            id: Value::String(id.clone()),
             method: method.into(),
             params,
         };
@@ -294,9 +326,15 @@ impl SignallingClient {
             .send(Message::text(text))
             .await
             .map_err(|e| SignallingError::Protocol(format!("send: {e}")))?;
-        let response = tokio::time::timeout(timeout, self.read_response(id))
-            .await
-            .map_err(|_| SignallingError::Timeout(method.into()))??;
+        let Ok(response) = tokio::time::timeout(timeout, self.read_response(&id)).await else {
+            // Bounded: only the last few matter for a late answer.
+            if self.abandoned.len() >= 16 {
+                self.abandoned.remove(0);
+            }
+            self.abandoned.push(id);
+            return Err(SignallingError::Timeout(method.into()));
+        };
+        let response = response?;
         match (response.result, response.error) {
             (_, Some(e)) => Err(SignallingError::Rpc(e)),
             (Some(v), None) => Ok(v),
@@ -306,7 +344,7 @@ impl SignallingClient {
         }
     }
 
-    async fn read_response(&mut self, id: u64) -> Result<Response, SignallingError> {
+    async fn read_response(&mut self, id: &str) -> Result<Response, SignallingError> {
         loop {
             let Some(frame) = self.ws.next().await else {
                 return Err(SignallingError::Protocol(
@@ -330,6 +368,10 @@ impl SignallingClient {
             };
             let raw: Value = serde_json::from_str(text.as_str())
                 .map_err(|e| SignallingError::Protocol(format!("not JSON: {e}")))?;
+            if raw.get("method").is_some() {
+                self.answer_server_request(&raw).await?;
+                continue;
+            }
             let mut response: Response = serde_json::from_value(raw.clone())
                 .map_err(|e| SignallingError::Protocol(format!("not a JSON-RPC response: {e}")))?;
             // `"result": null` is a success with a null result, not a missing result.
@@ -340,17 +382,38 @@ impl SignallingClient {
                     response.jsonrpc
                 )));
             }
-            match response.id {
+            match response.id.as_str() {
                 Some(got) if got == id => return Ok(response),
                 // A late answer to an earlier request that timed out: skip it.
-                Some(got) if got < id => continue,
-                other => {
+                Some(got) if self.abandoned.iter().any(|a| a == got) => continue,
+                _ => {
                     return Err(SignallingError::Protocol(format!(
-                        "response id {other:?}, expected {id}"
+                        "response id {}, expected {id:?}",
+                        response.id
                     )));
                 }
             }
         }
+    }
+
+    /// A request from the server: `bye` (it ended the call) is answered `{}`, as the library
+    /// does; anything else gets JSON-RPC's "method not found".
+    async fn answer_server_request(&mut self, raw: &Value) -> Result<(), SignallingError> {
+        let id = raw.get("id").cloned().unwrap_or(Value::Null);
+        let reply = if raw.get("method").and_then(Value::as_str) == Some("bye") {
+            self.remote_byes += 1;
+            serde_json::json!({ "jsonrpc": JSONRPC, "result": {}, "id": id })
+        } else {
+            serde_json::json!({
+                "jsonrpc": JSONRPC,
+                "error": { "code": -32601, "message": "the client serves no methods but bye" },
+                "id": id,
+            })
+        };
+        self.ws
+            .send(Message::text(reply.to_string()))
+            .await
+            .map_err(|e| SignallingError::Protocol(format!("send: {e}")))
     }
 
     /// `invite`: offer a call, get the answer.
@@ -366,23 +429,39 @@ impl SignallingClient {
             .map_err(|e| SignallingError::Protocol(format!("invite result: {e}")))
     }
 
-    /// `accept` or `bye` for a call.
-    pub async fn call_ref(
-        &mut self,
-        method: &str,
-        call_id: &str,
-        timeout: Duration,
-    ) -> Result<(), SignallingError> {
-        let params = serde_json::to_value(CallRef {
-            call_id: call_id.into(),
-        })
-        .map_err(|e| SignallingError::Protocol(e.to_string()))?;
-        self.call(method, params, timeout).await.map(|_| ())
+    /// `accept`, as the library sends it: no parameters (the server knows the call by the
+    /// connection).
+    pub async fn accept(&mut self, timeout: Duration) -> Result<(), SignallingError> {
+        self.call("accept", serde_json::json!({}), timeout)
+            .await
+            .map(|_| ())
     }
 
-    /// Closes the WebSocket.
+    /// `bye`, as the library sends it: the call named by its context token. Returns the
+    /// result (our anchor's measurement of the agent's stream; the library ignores it).
+    pub async fn bye(
+        &mut self,
+        call_context_token: &str,
+        timeout: Duration,
+    ) -> Result<Value, SignallingError> {
+        self.call(
+            "bye",
+            serde_json::json!({ "callContextToken": call_context_token }),
+            timeout,
+        )
+        .await
+    }
+
+    /// Closes the WebSocket with the close handshake (RFC 6455 §7.1.1): our Close frame, then
+    /// the server's, within a second.
     pub async fn close(mut self) {
-        let _ = self.ws.close(None).await;
+        if self.ws.close(None).await.is_err() {
+            return;
+        }
+        let _ = tokio::time::timeout(Duration::from_secs(1), async {
+            while let Some(Ok(_)) = self.ws.next().await {}
+        })
+        .await;
     }
 }
 

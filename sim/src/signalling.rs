@@ -9,9 +9,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use futures_util::{SinkExt, StreamExt};
-use loadgen::signalling::{JSONRPC, Request, Response, RpcError};
+use loadgen::signalling::{JSONRPC, RpcError};
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
-use serde_json::Value;
+use serde_json::{Value, json};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, oneshot};
 use tokio_rustls::TlsAcceptor;
@@ -33,6 +33,48 @@ pub const METHODS: [&str; 9] = [
     "conference",
 ];
 
+/// The parameters each method is known to carry: every one the CCP's softphone library sends
+/// (`signaling.js`, in both of its modes), and ours for the mid-call methods. Others are
+/// ignored and counted, never refused.
+pub fn known_params(method: &str) -> &'static [&'static str] {
+    const PCM: [&str; 4] = [
+        "contactId",
+        "persistentConnection",
+        "peerConnectionId",
+        "peerConnectionToken",
+    ];
+    match method {
+        "invite" => &[
+            "sdp",
+            "candidates",
+            "callContextToken",
+            "contactId",
+            "browserId",
+            "persistentConnection",
+            "peerConnectionId",
+            "iceRestart",
+            "peerConnectionToken",
+        ],
+        "accept" => &[PCM[0], PCM[1], PCM[2], PCM[3], "callId"],
+        "bye" | "connectContact" => &[PCM[0], PCM[1], PCM[2], PCM[3], "callContextToken", "callId"],
+        "disconnectContact" => &[PCM[0], PCM[2], PCM[3], "callContextToken", "callId"],
+        "transfer" | "conference" => &["callId", "contactId", "callContextToken", "target"],
+        _ => &["callId", "contactId", "callContextToken"],
+    }
+}
+
+/// What the endpoint hands the application.
+#[derive(Debug)]
+pub enum Signal {
+    /// A well-formed request.
+    Request(Incoming),
+    /// A connection ended, by either side: that agent's signalling is gone.
+    Closed {
+        /// The connection.
+        connection: u64,
+    },
+}
+
 /// A well-formed request for the application, with the slot for its answer. Dropping `reply`
 /// answers 500; never answering leaves the agent to its timeout.
 #[derive(Debug)]
@@ -41,7 +83,7 @@ pub struct Incoming {
     pub connection: u64,
     /// The method, one of [`METHODS`].
     pub method: String,
-    /// Its parameters.
+    /// Its parameters (an object; `{}` when the request had none).
     pub params: Value,
     /// Where the answer goes.
     pub reply: oneshot::Sender<Result<Value, RpcError>>,
@@ -58,6 +100,13 @@ pub struct SignallingStats {
     pub requests: AtomicU64,
     /// Malformed requests answered with a JSON-RPC error.
     pub malformed: AtomicU64,
+    /// Parameters no method is known to carry, ignored.
+    pub unknown_params: AtomicU64,
+    /// Frames from a client that were answers (to a `bye` the server sent) or notifications
+    /// (no id), which get no reply.
+    pub unanswered: AtomicU64,
+    /// Connections that ended with the close handshake.
+    pub closed_cleanly: AtomicU64,
 }
 
 impl SignallingStats {
@@ -68,6 +117,9 @@ impl SignallingStats {
             ("handshake_failures", &self.handshake_failures),
             ("requests", &self.requests),
             ("malformed", &self.malformed),
+            ("unknown_params", &self.unknown_params),
+            ("unanswered", &self.unanswered),
+            ("closed_cleanly", &self.closed_cleanly),
         ])
     }
 }
@@ -85,7 +137,7 @@ impl SignallingServer {
         listen: SocketAddr,
         certs: Vec<CertificateDer<'static>>,
         key: PrivateKeyDer<'static>,
-        app: mpsc::UnboundedSender<Incoming>,
+        app: mpsc::UnboundedSender<Signal>,
     ) -> io::Result<Self> {
         let acceptor = tls_acceptor_for(certs, key)?;
         let stats = Arc::new(SignallingStats::default());
@@ -115,7 +167,7 @@ impl SignallingServer {
 async fn serve(
     listener: TcpListener,
     acceptor: TlsAcceptor,
-    app: mpsc::UnboundedSender<Incoming>,
+    app: mpsc::UnboundedSender<Signal>,
     stats: Arc<SignallingStats>,
 ) {
     let mut next = 0u64;
@@ -138,7 +190,7 @@ async fn connection(
     tcp: TcpStream,
     id: u64,
     acceptor: TlsAcceptor,
-    app: mpsc::UnboundedSender<Incoming>,
+    app: mpsc::UnboundedSender<Signal>,
     stats: Arc<SignallingStats>,
 ) {
     let _ = tcp.set_nodelay(true);
@@ -159,87 +211,132 @@ async fn connection(
             Ok(Message::Text(text)) => handle(text.as_str(), id, &app, &stats).await,
             Ok(Message::Binary(_)) => {
                 stats.malformed.fetch_add(1, Ordering::Relaxed);
-                error_response(
-                    None,
+                Some(error_response(
+                    Value::Null,
                     RpcError::new(-32600, "binary frames are not JSON-RPC"),
-                )
+                ))
             }
-            Ok(Message::Close(_)) | Err(_) => break,
+            Ok(Message::Close(_)) => {
+                // The close handshake (RFC 6455 §5.5.1): tungstenite has queued our Close
+                // frame in reply; flushing sends it, so the client sees a clean close (1000),
+                // not an abnormal one (1006).
+                if ws.flush().await.is_ok() {
+                    stats.closed_cleanly.fetch_add(1, Ordering::Relaxed);
+                }
+                break;
+            }
+            Err(_) => break,
             Ok(_) => continue,
         };
-        let Ok(text) = serde_json::to_string(&response) else {
-            break;
+        let Some(response) = response else {
+            continue;
         };
-        if ws.send(Message::text(text)).await.is_err() {
+        if ws.send(Message::text(response.to_string())).await.is_err() {
             break;
         }
     }
+    let _ = app.send(Signal::Closed { connection: id });
 }
 
-fn error_response(id: Option<u64>, error: RpcError) -> Response {
-    Response {
-        jsonrpc: JSONRPC.into(),
-        id,
-        result: None,
-        error: Some(error),
-    }
+fn error_response(id: Value, error: RpcError) -> Value {
+    let mut response = serde_json::Map::new();
+    response.insert("jsonrpc".into(), JSONRPC.into());
+    response.insert("id".into(), id);
+    let RpcError { code, message } = error;
+    response.insert("error".into(), json!({ "code": code, "message": message }));
+    Value::Object(response)
 }
 
+/// Answers one text frame; `None` for a frame that gets no reply (an answer from the client,
+/// a notification).
 async fn handle(
     text: &str,
     connection: u64,
-    app: &mpsc::UnboundedSender<Incoming>,
+    app: &mpsc::UnboundedSender<Signal>,
     stats: &SignallingStats,
-) -> Response {
-    let request: Request = match serde_json::from_str(text) {
-        Ok(r) => r,
-        Err(e) => {
-            stats.malformed.fetch_add(1, Ordering::Relaxed);
-            // −32700 for text that is not JSON, −32600 for JSON that is not a request.
-            let code = if serde_json::from_str::<Value>(text).is_ok() {
-                -32600
-            } else {
-                -32700
-            };
-            return error_response(None, RpcError::new(code, format!("invalid request: {e}")));
+) -> Option<Value> {
+    let malformed = |id: Value, code: i64, message: String| {
+        stats.malformed.fetch_add(1, Ordering::Relaxed);
+        Some(error_response(id, RpcError::new(code, message)))
+    };
+    let frame: Value = match serde_json::from_str(text) {
+        Ok(v) => v,
+        Err(e) => return malformed(Value::Null, -32700, format!("not JSON: {e}")),
+    };
+    let Some(object) = frame.as_object() else {
+        return malformed(Value::Null, -32600, "a request is a JSON object".into());
+    };
+    if !object.contains_key("method") {
+        // An answer to a request of ours (the library answers a server's `bye` with `{}`).
+        if object.contains_key("result") || object.contains_key("error") {
+            stats.unanswered.fetch_add(1, Ordering::Relaxed);
+            return None;
+        }
+        return malformed(
+            Value::Null,
+            -32600,
+            "neither a request nor an answer".into(),
+        );
+    }
+    // The id is echoed exactly as sent: a string (the library's UUIDs) or a number. `null` is
+    // allowed by JSON-RPC 2.0 but cannot be matched to its answer, so it is refused, and any
+    // other type is not an id at all (both answered with `id: null`, as the spec says).
+    let id = match object.get("id") {
+        None => {
+            stats.unanswered.fetch_add(1, Ordering::Relaxed);
+            return None;
+        }
+        Some(id @ (Value::String(_) | Value::Number(_))) => id.clone(),
+        Some(Value::Null) => {
+            return malformed(
+                Value::Null,
+                -32600,
+                "id null: give a string or a number to match the answer by".into(),
+            );
+        }
+        Some(other) => {
+            return malformed(
+                Value::Null,
+                -32600,
+                format!("id must be a string or a number, not {other}"),
+            );
         }
     };
-    if request.jsonrpc != JSONRPC {
-        stats.malformed.fetch_add(1, Ordering::Relaxed);
-        return error_response(
-            Some(request.id),
-            RpcError::new(-32600, "jsonrpc must be \"2.0\""),
-        );
+    if object.get("jsonrpc").and_then(Value::as_str) != Some(JSONRPC) {
+        return malformed(id, -32600, "jsonrpc must be \"2.0\"".into());
     }
-    if !METHODS.contains(&request.method.as_str()) {
-        stats.malformed.fetch_add(1, Ordering::Relaxed);
-        return error_response(
-            Some(request.id),
-            RpcError::new(-32601, format!("unknown method `{}`", request.method)),
-        );
+    let Some(method) = object.get("method").and_then(Value::as_str) else {
+        return malformed(id, -32600, "method must be a string".into());
+    };
+    if !METHODS.contains(&method) {
+        return malformed(id, -32601, format!("unknown method `{method}`"));
     }
+    let params = match object.get("params") {
+        None | Some(Value::Null) => Value::Object(serde_json::Map::new()),
+        Some(p @ Value::Object(_)) => p.clone(),
+        Some(_) => return malformed(id, -32602, "params must be an object".into()),
+    };
+    let known = known_params(method);
+    let unknown = params.as_object().map_or(0, |p| {
+        p.keys().filter(|k| !known.contains(&k.as_str())).count()
+    });
+    stats
+        .unknown_params
+        .fetch_add(unknown as u64, Ordering::Relaxed);
     stats.requests.fetch_add(1, Ordering::Relaxed);
     let (reply, answer) = oneshot::channel();
     let incoming = Incoming {
         connection,
-        method: request.method,
-        params: request.params,
+        method: method.to_owned(),
+        params,
         reply,
     };
-    if app.send(incoming).is_err() {
-        return error_response(Some(request.id), RpcError::new(500, "no one to answer"));
+    if app.send(Signal::Request(incoming)).is_err() {
+        return Some(error_response(id, RpcError::new(500, "no one to answer")));
     }
-    match answer.await {
-        Ok(Ok(result)) => Response {
-            jsonrpc: JSONRPC.into(),
-            id: Some(request.id),
-            result: Some(result),
-            error: None,
-        },
-        Ok(Err(e)) => error_response(Some(request.id), e),
-        Err(_) => error_response(
-            Some(request.id),
-            RpcError::new(500, "the request was dropped"),
-        ),
-    }
+    Some(match answer.await {
+        Ok(Ok(result)) => json!({ "jsonrpc": JSONRPC, "id": id, "result": result }),
+        Ok(Err(e)) => error_response(id, e),
+        Err(_) => error_response(id, RpcError::new(500, "the request was dropped")),
+    })
 }

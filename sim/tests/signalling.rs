@@ -1,10 +1,13 @@
 //! Signalling over a real WebSocket/TLS connection: an invite and its answer; error codes mapped
 //! to failure classes; an endpoint that never answers, one that refuses connections, and a proxy
 //! that breaks WebSocket upgrades, each giving the right class; malformed requests answered with
-//! JSON-RPC's own errors.
+//! JSON-RPC's own errors; ids of every type echoed as sent or refused with `id: null`;
+//! unknown parameters ignored and counted; the close handshake answered.
 
 use std::sync::Arc;
 use std::time::Duration;
+
+use std::sync::atomic::Ordering;
 
 use futures_util::{SinkExt, StreamExt};
 use loadgen::signalling::{
@@ -12,9 +15,11 @@ use loadgen::signalling::{
 };
 use reports::FailureClass;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use serde_json::{Value, json};
 use sim::relay::{InspectingProxy, InspectingProxyConfig, InspectionCa};
-use sim::signalling::{Incoming, SignallingServer};
+use sim::signalling::{Incoming, Signal, SignallingServer};
 use tokio::sync::mpsc;
+use tokio_tungstenite::tungstenite::Message;
 
 const NAME: &str = "signalling.sim.local";
 
@@ -28,16 +33,19 @@ fn certificate() -> (CertificateDer<'static>, PrivateKeyDer<'static>) {
 
 /// An endpoint whose application answers with `answer` (run on the test's runtime).
 fn endpoint(
-    answer: impl Fn(&Incoming) -> Option<Result<serde_json::Value, RpcError>> + Send + 'static,
+    answer: impl Fn(&Incoming) -> Option<Result<Value, RpcError>> + Send + 'static,
 ) -> (SignallingServer, Endpoint) {
     let (cert, key) = certificate();
-    let (tx, mut rx) = mpsc::unbounded_channel::<Incoming>();
+    let (tx, mut rx) = mpsc::unbounded_channel::<Signal>();
     let server =
         SignallingServer::start("127.0.0.1:0".parse().unwrap(), vec![cert.clone()], key, tx)
             .unwrap();
     tokio::spawn(async move {
         let mut held = Vec::new();
-        while let Some(incoming) = rx.recv().await {
+        while let Some(signal) = rx.recv().await {
+            let Signal::Request(incoming) = signal else {
+                continue;
+            };
             match answer(&incoming) {
                 Some(reply) => {
                     let _ = incoming.reply.send(reply);
@@ -91,7 +99,7 @@ async fn invite_is_answered() {
     client.close().await;
     let stats = server.stats();
     server.shutdown();
-    assert_eq!(stats.requests.load(std::sync::atomic::Ordering::Relaxed), 1);
+    assert_eq!(stats.requests.load(Ordering::Relaxed), 1);
 }
 
 #[tokio::test]
@@ -159,7 +167,7 @@ async fn refused_connections_are_a_connection_failure_within_the_timeout() {
 
 #[tokio::test]
 async fn a_proxy_breaking_upgrades_is_a_connection_failure() {
-    let (server, ep) = endpoint(|_| Some(Ok(serde_json::Value::Null)));
+    let (server, ep) = endpoint(|_| Some(Ok(Value::Null)));
     let ca = Arc::new(InspectionCa::new().unwrap());
     let proxy = InspectingProxy::start(InspectingProxyConfig {
         listen: "127.0.0.1:0".parse().unwrap(),
@@ -185,19 +193,145 @@ async fn a_proxy_breaking_upgrades_is_a_connection_failure() {
     server.shutdown();
 }
 
-#[tokio::test]
-async fn malformed_requests_get_json_rpc_errors() {
-    let (server, ep) = endpoint(|_| Some(Ok(serde_json::Value::Null)));
-    // A raw WebSocket client, to send what a correct client never would.
+type RawWs =
+    tokio_tungstenite::WebSocketStream<tokio_rustls::client::TlsStream<tokio::net::TcpStream>>;
+
+/// A raw WebSocket client, to send exactly what a test wants (what a correct client never
+/// would, or what another client sends).
+async fn raw(ep: &Endpoint) -> RawWs {
     let config = loadgen::signalling::tls_client_config(&ep.roots).unwrap();
     let tcp = tokio::net::TcpStream::connect(ep.addr).await.unwrap();
     let tls = tokio_rustls::TlsConnector::from(config)
         .connect(NAME.try_into().unwrap(), tcp)
         .await
         .unwrap();
-    let (mut ws, _) = tokio_tungstenite::client_async(ep.url.as_str(), tls)
+    tokio_tungstenite::client_async(ep.url.as_str(), tls)
+        .await
+        .unwrap()
+        .0
+}
+
+/// Sends `text`, returns the next text frame as JSON (within two seconds).
+async fn exchange(ws: &mut RawWs, text: &str) -> Value {
+    ws.send(Message::text(text)).await.unwrap();
+    next_json(ws).await
+}
+
+async fn next_json(ws: &mut RawWs) -> Value {
+    let frame = tokio::time::timeout(Duration::from_secs(2), ws.next())
+        .await
+        .expect("an answer within 2 s")
+        .unwrap()
+        .unwrap();
+    serde_json::from_str(frame.to_text().unwrap()).unwrap()
+}
+
+#[tokio::test]
+async fn ids_of_every_type_are_echoed_as_sent_or_refused_with_id_null() {
+    let (server, ep) = endpoint(|_| Some(Ok(json!({}))));
+    let mut ws = raw(&ep).await;
+    // The library's ids are UUID strings; numbers are JSON-RPC ids too.
+    for id in [
+        json!("0f7c3a52-9a3e-4b3e-8d7c-2f1e5a6b7c8d"),
+        json!(7),
+        json!(-1),
+        json!(2.5),
+    ] {
+        let sent = json!({ "jsonrpc": "2.0", "method": "accept", "params": {}, "id": id });
+        let v = exchange(&mut ws, &sent.to_string()).await;
+        assert_eq!(v["id"], id, "{v}");
+        assert_eq!(v["result"], json!({}), "{v}");
+    }
+    // null cannot be matched to its answer; objects, arrays and booleans are not ids.
+    for id in [json!(null), json!({ "a": 1 }), json!([1]), json!(true)] {
+        let sent = json!({ "jsonrpc": "2.0", "method": "accept", "params": {}, "id": id });
+        let v = exchange(&mut ws, &sent.to_string()).await;
+        assert_eq!(v["error"]["code"], -32600, "{id} → {v}");
+        assert_eq!(v["id"], Value::Null, "{id} → {v}");
+    }
+    // No id (a notification) and the client's answer to a request of ours get no reply: the
+    // next frame answers the request after them.
+    ws.send(Message::text(
+        r#"{"jsonrpc":"2.0","method":"accept","params":{}}"#,
+    ))
+    .await
+    .unwrap();
+    ws.send(Message::text(
+        r#"{"jsonrpc":"2.0","result":{},"id":"server-bye-1"}"#,
+    ))
+    .await
+    .unwrap();
+    let v = exchange(
+        &mut ws,
+        r#"{"jsonrpc":"2.0","method":"accept","params":{},"id":"after"}"#,
+    )
+    .await;
+    assert_eq!(v["id"], "after", "{v}");
+    let stats = server.stats();
+    server.shutdown();
+    assert_eq!(stats.unanswered.load(Ordering::Relaxed), 2);
+    assert_eq!(stats.malformed.load(Ordering::Relaxed), 4);
+}
+
+#[tokio::test]
+async fn unknown_parameters_are_ignored_and_counted() {
+    let (server, ep) = endpoint(|i| {
+        assert_eq!(i.params["futureField"], 1, "passed on as sent");
+        Some(Ok(json!({ "sdp": "v=0\r\n", "candidates": [] })))
+    });
+    let mut ws = raw(&ep).await;
+    let invite = json!({
+        "jsonrpc": "2.0",
+        "method": "invite",
+        "params": {
+            "sdp": "v=0\r\n",
+            "candidates": [],
+            "callContextToken": null,
+            "contactId": "",
+            "browserId": "b-1",
+            "persistentConnection": false,
+            "iceRestart": false,
+            "futureField": 1,
+            "anotherOne": { "x": true },
+        },
+        "id": "1d7b0f1e-0000-4000-8000-000000000001",
+    });
+    let v = exchange(&mut ws, &invite.to_string()).await;
+    assert!(v["result"].is_object(), "{v}");
+    let stats = server.stats();
+    server.shutdown();
+    assert_eq!(stats.unknown_params.load(Ordering::Relaxed), 2);
+    assert_eq!(stats.requests.load(Ordering::Relaxed), 1);
+}
+
+#[tokio::test]
+async fn the_close_handshake_is_answered() {
+    let (server, ep) = endpoint(|_| Some(Ok(json!({}))));
+    let mut ws = raw(&ep).await;
+    ws.close(None).await.unwrap();
+    let frame = tokio::time::timeout(Duration::from_secs(2), ws.next())
+        .await
+        .expect("the server's Close within 2 s");
+    assert!(
+        matches!(frame, Some(Ok(Message::Close(_)))),
+        "a Close frame back, not {frame:?}"
+    );
+    // Our own client closes the same way.
+    let mut client = SignallingClient::connect(&ep, Duration::from_secs(5), 3)
         .await
         .unwrap();
+    client.accept(Duration::from_secs(2)).await.unwrap();
+    client.close().await;
+    let stats = server.stats();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    server.shutdown();
+    assert_eq!(stats.closed_cleanly.load(Ordering::Relaxed), 2);
+}
+
+#[tokio::test]
+async fn malformed_requests_get_json_rpc_errors() {
+    let (server, ep) = endpoint(|_| Some(Ok(Value::Null)));
+    let mut ws = raw(&ep).await;
     for (sent, code) in [
         ("this is not json", -32700),
         ("{\"hello\": 1}", -32600),
@@ -210,18 +344,11 @@ async fn malformed_requests_get_json_rpc_errors() {
             -32601,
         ),
     ] {
-        ws.send(tokio_tungstenite::tungstenite::Message::text(sent))
-            .await
-            .unwrap();
-        let reply = ws.next().await.unwrap().unwrap();
-        let v: serde_json::Value = serde_json::from_str(reply.to_text().unwrap()).unwrap();
+        let v = exchange(&mut ws, sent).await;
         assert_eq!(v["error"]["code"], code, "{sent} → {v}");
     }
     let stats = server.stats();
     server.shutdown();
-    assert_eq!(
-        stats.malformed.load(std::sync::atomic::Ordering::Relaxed),
-        4
-    );
-    assert_eq!(stats.requests.load(std::sync::atomic::Ordering::Relaxed), 0);
+    assert_eq!(stats.malformed.load(Ordering::Relaxed), 4);
+    assert_eq!(stats.requests.load(Ordering::Relaxed), 0);
 }

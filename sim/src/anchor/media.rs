@@ -11,6 +11,12 @@
 //! - 20 ms frames on the shared frame grid, RTCP sender reports with a reception report of the
 //!   agent's stream every second (RFC 3550 §6.4), and the agent's stream measured.
 //!
+//! - Consent (RFC 7675): a leg whose agent has sent no check the leg could answer for
+//!   [`CONSENT_TIMEOUT`] — a closed page, a dead agent — stops sending, and the anchor hears of
+//!   it ([`LegEvent::ConsentLost`]). An ICE-lite leg sends no checks of its own (RFC 7675 §4
+//!   leaves consent to the full agent), so the agent's checks are the only sign of consent; a
+//!   browser sends one every 4–6 s, our agents every 2 s.
+//!
 //! Datagrams are told apart by their first byte (RFC 7983 §7): STUN 0–3, DTLS 20–63, SRTP and
 //! SRTCP 128–191, and SRTCP from SRTP by its packet type (RFC 5761 §4). The thread sleeps in
 //! `ppoll` until the next frame or a datagram, which gives it sub-millisecond pacing without a
@@ -51,6 +57,19 @@ const FRAME: Duration = Duration::from_millis(20);
 const IDLE: Duration = Duration::from_millis(500);
 /// How long datagrams from a closed leg's address count as its tail, not as strays.
 const AFTER_CLOSE: Duration = Duration::from_secs(5);
+/// Consent lapses this long after the last check answered (RFC 7675 §5.1).
+pub const CONSENT_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// What the media server tells the anchor about a leg on its own.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum LegEvent {
+    /// No check from the agent for [`CONSENT_TIMEOUT`]: the leg has stopped sending.
+    ConsentLost {
+        /// The call.
+        call_id: String,
+    },
+}
 
 /// What a leg hands back when its call ends: its measurement of the agent's stream, the frames
 /// and wire bytes it sent, and its pacing error.
@@ -95,6 +114,8 @@ pub struct MediaCounters {
     /// Datagrams from a leg's address shortly after the leg closed: the agent's last frames
     /// and its close_notify crossing the hang-up. Expected, so not counted in `dropped`.
     pub after_close: AtomicU64,
+    /// Legs that stopped sending because consent lapsed (the agent went away).
+    pub consent_lost: AtomicU64,
 }
 
 impl MediaCounters {
@@ -104,6 +125,7 @@ impl MediaCounters {
             ("dropped_datagrams", &self.dropped),
             ("after_close", &self.after_close),
             ("dtls_failures", &self.dtls_failures),
+            ("consent_lost", &self.consent_lost),
             (reports::components::SEND_FAILED, &self.send_failed),
         ])
     }
@@ -117,6 +139,7 @@ pub struct MediaServer {
     address: SocketAddr,
     fingerprint: String,
     thread: Option<JoinHandle<()>>,
+    events: Option<tokio::sync::mpsc::UnboundedReceiver<LegEvent>>,
     /// Its counters.
     pub counters: Arc<MediaCounters>,
 }
@@ -143,6 +166,7 @@ impl MediaServer {
         )?);
         let counters = Arc::new(MediaCounters::default());
         let (tx, rx) = mpsc::channel();
+        let (events_tx, events) = tokio::sync::mpsc::unbounded_channel();
         let mut server = Server {
             socket,
             address,
@@ -157,6 +181,7 @@ impl MediaServer {
             closed: HashMap::new(),
             next_id: 0,
             counters: counters.clone(),
+            events: events_tx,
             buf: vec![0u8; 2048],
         };
         let wake_fd = wake.clone();
@@ -169,8 +194,14 @@ impl MediaServer {
             address,
             fingerprint,
             thread: Some(thread),
+            events: Some(events),
             counters,
         })
+    }
+
+    /// What the server says about legs on its own (once: the first caller takes it).
+    pub fn take_events(&mut self) -> Option<tokio::sync::mpsc::UnboundedReceiver<LegEvent>> {
+        self.events.take()
     }
 
     /// The server's address: every leg's one host candidate.
@@ -228,6 +259,10 @@ struct Leg {
     meter: MediaMeter,
     reception: Reception,
     failed: bool,
+    /// When the leg last answered a check of the agent's (its opening, before the first).
+    last_check: Instant,
+    /// Consent lapsed: the leg sends nothing more.
+    consent_lost: bool,
 }
 
 struct Server {
@@ -245,6 +280,7 @@ struct Server {
     closed: HashMap<SocketAddr, Instant>,
     next_id: u64,
     counters: Arc<MediaCounters>,
+    events: tokio::sync::mpsc::UnboundedSender<LegEvent>,
     buf: Vec<u8>,
 }
 
@@ -318,6 +354,8 @@ impl Server {
             meter: MediaMeter::new(self.epoch),
             reception: Reception::default(),
             failed: false,
+            last_check: Instant::now(),
+            consent_lost: false,
         };
         self.legs.insert(id, leg);
     }
@@ -427,6 +465,7 @@ impl Server {
             .integrity(IntegrityKind::Sha1, key);
         let response = response.finish_with_fingerprint();
         transmit(&self.socket, &self.counters, leg, &response, from);
+        leg.last_check = Instant::now();
         if packet.attributes().any(|a| a.kind == USE_CANDIDATE) && leg.remote != Some(from) {
             if let Some(old) = leg.remote.replace(from) {
                 self.by_remote.remove(&old);
@@ -501,6 +540,19 @@ impl Server {
         let mut next: Option<Instant> = None;
         let mut soonest = |t: Instant| next = Some(next.map_or(t, |n: Instant| n.min(t)));
         for leg in self.legs.values_mut() {
+            if leg.consent_lost {
+                continue;
+            }
+            let lapses = leg.last_check + CONSENT_TIMEOUT;
+            if lapses <= now {
+                leg.consent_lost = true;
+                self.counters.consent_lost.fetch_add(1, Ordering::Relaxed);
+                let _ = self.events.send(LegEvent::ConsentLost {
+                    call_id: leg.spec.call_id.clone(),
+                });
+                continue;
+            }
+            soonest(lapses);
             let Some(remote) = leg.remote else { continue };
             if leg.srtp.is_none() {
                 if leg.failed {

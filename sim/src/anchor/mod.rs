@@ -6,20 +6,20 @@
 
 pub mod media;
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use loadgen::signalling::{CallRef, Candidate, Invite, InviteAnswer, RpcError};
+use loadgen::signalling::{Candidate, Invite, InviteAnswer, RpcError};
 use reports::emodel::Codec;
 use serde_json::{Value, json};
 use tokio::sync::{mpsc, oneshot};
 
-use self::media::{LegSpec, MediaServer};
+use self::media::{LegEvent, LegSpec, MediaServer};
 use loadgen::sdp::{self, Description, Local};
 
-use crate::signalling::Incoming;
+use crate::signalling::Signal;
 
 /// How the anchor behaves (faults for failure-path tests and scenarios).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -60,6 +60,9 @@ pub struct AnchorStats {
     pub ended: AtomicU64,
     /// Invites that could not be answered (no socket, bad SDP).
     pub failed: AtomicU64,
+    /// Calls ended by the anchor because their agent was gone: its leg lost consent and its
+    /// signalling connection had closed.
+    pub abandoned: AtomicU64,
 }
 
 impl AnchorStats {
@@ -70,7 +73,80 @@ impl AnchorStats {
             ("answered", &self.answered),
             ("ended", &self.ended),
             ("failed", &self.failed),
+            ("abandoned", &self.abandoned),
         ])
+    }
+}
+
+/// A call the anchor has up, and how a request can name it.
+#[derive(Debug, Clone)]
+struct Call {
+    /// The signalling connection its invite came on.
+    connection: u64,
+    /// Its invite's `callContextToken`.
+    token: String,
+    /// Its invite's `contactId`, when the client gave one (persistent-connection mode).
+    contact: Option<String>,
+    /// Its number, in the order the invites came.
+    number: u64,
+    /// Its leg lost the agent's consent (RFC 7675) and sends nothing more.
+    consent_lost: bool,
+}
+
+/// The calls up, found the ways the CCP's library names them: by our `callId`, by `contactId`
+/// (ours, or the client's from its invite), by `callContextToken`, or — for the library's
+/// `accept {}` and its `bye` without a token — as the latest call on the connection.
+#[derive(Debug, Default)]
+struct Calls {
+    up: HashMap<String, Call>,
+}
+
+impl Calls {
+    fn find(&self, params: &Value, connection: u64) -> Option<String> {
+        let text = |k: &str| {
+            params
+                .get(k)
+                .and_then(Value::as_str)
+                .filter(|v| !v.is_empty())
+        };
+        if let Some(id) = text("callId") {
+            return self.up.contains_key(id).then(|| id.to_owned());
+        }
+        if let Some(contact) = text("contactId") {
+            return self
+                .up
+                .iter()
+                .find(|(id, c)| id.as_str() == contact || c.contact.as_deref() == Some(contact))
+                .map(|(id, _)| id.clone());
+        }
+        let latest = |keep: &dyn Fn(&Call) -> bool| {
+            self.up
+                .iter()
+                .filter(|(_, c)| keep(c))
+                .max_by_key(|(_, c)| c.number)
+                .map(|(id, _)| id.clone())
+        };
+        match text("callContextToken") {
+            Some(token) => latest(&|c| c.token == token),
+            None => latest(&|c| c.connection == connection),
+        }
+    }
+
+    /// Forgets closed connections that no call is on any more.
+    fn forget_closed(&self, gone: &mut HashSet<u64>) {
+        if !gone.is_empty() {
+            gone.retain(|c| self.up.values().any(|call| call.connection == *c));
+        }
+    }
+
+    /// Whether `params` name a call at all (any of the keys a call is found by).
+    fn named(params: &Value) -> bool {
+        ["callId", "contactId"].iter().any(|k| {
+            params
+                .get(k)
+                .and_then(Value::as_str)
+                .is_some_and(|v| !v.is_empty())
+        })
     }
 }
 
@@ -78,14 +154,61 @@ impl AnchorStats {
 /// on `media`. Run it on a tokio runtime.
 pub async fn serve(
     config: AnchorConfig,
-    media: MediaServer,
-    mut requests: mpsc::UnboundedReceiver<Incoming>,
+    mut media: MediaServer,
+    mut requests: mpsc::UnboundedReceiver<Signal>,
     stats: Arc<AnchorStats>,
 ) {
-    let mut calls: HashSet<String> = HashSet::new();
+    let mut calls = Calls::default();
     let mut next = 0u64;
     let mut held = Vec::new();
-    while let Some(req) = requests.recv().await {
+    let mut legs = media.take_events();
+    // Signalling connections that have closed and still had a call.
+    let mut gone: HashSet<u64> = HashSet::new();
+    loop {
+        let signal = tokio::select! {
+            signal = requests.recv() => match signal {
+                Some(s) => s,
+                None => break,
+            },
+            Some(event) = async {
+                match legs.as_mut() {
+                    Some(l) => l.recv().await,
+                    None => std::future::pending().await,
+                }
+            } => {
+                let LegEvent::ConsentLost { call_id } = event;
+                if let Some(call) = calls.up.get_mut(&call_id) {
+                    call.consent_lost = true;
+                    if gone.contains(&call.connection) {
+                        abandon(&mut calls, &call_id, &media, &stats);
+                        calls.forget_closed(&mut gone);
+                    }
+                }
+                continue;
+            }
+        };
+        let req = match signal {
+            Signal::Request(req) => req,
+            // The agent's signalling is gone. A call whose leg still has consent stays up (a
+            // page closed mid-call keeps the contact, and the agent may log in again and
+            // name it); once its leg has lost consent too, the agent is gone and the call
+            // ends.
+            Signal::Closed { connection } => {
+                let dead: Vec<String> = calls
+                    .up
+                    .iter()
+                    .filter(|(_, c)| c.connection == connection && c.consent_lost)
+                    .map(|(id, _)| id.clone())
+                    .collect();
+                for id in dead {
+                    abandon(&mut calls, &id, &media, &stats);
+                }
+                if calls.up.values().any(|c| c.connection == connection) {
+                    gone.insert(connection);
+                }
+                continue;
+            }
+        };
         match req.method.as_str() {
             "invite" => {
                 stats.invites.fetch_add(1, Ordering::Relaxed);
@@ -102,6 +225,12 @@ pub async fn serve(
                     }
                     _ => {}
                 }
+                let contact = req
+                    .params
+                    .get("contactId")
+                    .and_then(Value::as_str)
+                    .filter(|c| !c.is_empty())
+                    .map(str::to_owned);
                 let Ok(invite) = serde_json::from_value::<Invite>(req.params) else {
                     let _ = req
                         .reply
@@ -163,7 +292,16 @@ pub async fn serve(
                         _ => None,
                     },
                 });
-                calls.insert(call_id.clone());
+                calls.up.insert(
+                    call_id.clone(),
+                    Call {
+                        connection: req.connection,
+                        token: invite.call_context_token,
+                        contact,
+                        number: next,
+                        consent_lost: false,
+                    },
+                );
                 stats.answered.fetch_add(1, Ordering::Relaxed);
                 let answer = InviteAnswer {
                     call_id,
@@ -174,17 +312,23 @@ pub async fn serve(
                     serde_json::to_value(answer).map_err(|e| RpcError::new(500, e.to_string())),
                 );
             }
+            // The library sends `accept` with no parameters and takes any answer as its ack.
             "accept" => {
-                let _ = req.reply.send(Ok(Value::Null));
+                let _ = req.reply.send(Ok(json!({})));
             }
-            // Without a call: the agent's persistent connection, nothing to do. With one (an
-            // agent back after its page closed): the contact is still up — media does not come
-            // back, and `disconnectContact` ends it as `bye` would.
-            "connectContact" | "disconnectContact" if req.params.get("callId").is_none() => {
-                let _ = req.reply.send(Ok(Value::Null));
+            // Without a contact named: the agent's persistent connection, nothing to do. With
+            // one (an agent back after its page closed): the contact is still up — media does
+            // not come back, and `disconnectContact` ends it as `bye` would.
+            "connectContact" | "disconnectContact" if !Calls::named(&req.params) => {
+                let _ = req.reply.send(Ok(json!({})));
             }
             "connectContact" => {
-                let known = known_call(&req.params, &calls);
+                let found = calls.find(&req.params, req.connection);
+                if let Some(call) = found.as_ref().and_then(|id| calls.up.get_mut(id)) {
+                    // The agent is back, on this connection.
+                    call.connection = req.connection;
+                }
+                let known = found.is_some();
                 let _ = req.reply.send(if known {
                     Ok(json!({ "state": "connected" }))
                 } else {
@@ -195,7 +339,7 @@ pub async fn serve(
             // bridged or mixed into the agent's media session at the anchor, so the agent's
             // leg carries on as it is; the reply says what the contact became.
             "hold" | "resume" | "transfer" | "conference" => {
-                let known = known_call(&req.params, &calls);
+                let known = calls.find(&req.params, req.connection).is_some();
                 let reply = match config.behaviour {
                     AnchorBehaviour::RefuseMidCall(code) => Err(RpcError::new(
                         code,
@@ -212,17 +356,12 @@ pub async fn serve(
                 let _ = req.reply.send(reply);
             }
             "bye" | "disconnectContact" => {
-                let Ok(CallRef { call_id }) = serde_json::from_value(req.params) else {
-                    let _ = req.reply.send(Err(RpcError::new(
-                        -32602,
-                        format!("invalid {} parameters", req.method),
-                    )));
-                    continue;
-                };
-                if !calls.remove(&call_id) {
+                let Some(call_id) = calls.find(&req.params, req.connection) else {
                     let _ = req.reply.send(Err(RpcError::new(404, "call not found")));
                     continue;
-                }
+                };
+                calls.up.remove(&call_id);
+                calls.forget_closed(&mut gone);
                 stats.ended.fetch_add(1, Ordering::Relaxed);
                 let (tx, rx) = oneshot::channel();
                 media.close(call_id, tx);
@@ -248,10 +387,12 @@ pub async fn serve(
     drop(held);
 }
 
-/// Whether `params` name a call the anchor has up.
-fn known_call(params: &Value, calls: &HashSet<String>) -> bool {
-    params
-        .get("callId")
-        .and_then(Value::as_str)
-        .is_some_and(|id| calls.contains(id))
+/// Ends a call whose agent is gone (its leg lost consent, its signalling closed).
+fn abandon(calls: &mut Calls, call_id: &str, media: &MediaServer, stats: &AnchorStats) {
+    if calls.up.remove(call_id).is_some() {
+        stats.abandoned.fetch_add(1, Ordering::Relaxed);
+        // No one is left to hear the leg's figures.
+        let (tx, _) = oneshot::channel();
+        media.close(call_id.to_owned(), tx);
+    }
 }
