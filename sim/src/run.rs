@@ -377,6 +377,7 @@ impl VendorSide {
             epoch,
             codec,
             behaviour,
+            consent_timeout: crate::anchor::media::CONSENT_TIMEOUT,
         };
         let stats = anchor_stats.clone();
         let media = crate::anchor::media::MediaServer::start(bind.ip(), epoch, codec)

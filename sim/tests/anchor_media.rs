@@ -1,6 +1,7 @@
 //! The anchor's media server against an agent's leg on loopback: ICE-lite checks answered only with the leg's credentials, the DTLS client's
 //! certificate held to the offer's fingerprint, media measured both ways.
 #![allow(clippy::disallowed_methods)] // real sockets, real clock
+mod common;
 
 use std::net::{SocketAddr, UdpSocket};
 use std::sync::atomic::Ordering;
@@ -10,7 +11,7 @@ use loadgen::peer::{Peer, PeerConfig};
 use loadgen::sdp::{self, Description, Local};
 use reports::emodel::Codec;
 use rtc::peer_connection::transport::RTCIceCandidateInit;
-use sim::anchor::media::{Ended, LegSpec, MediaServer};
+use sim::anchor::media::{CONSENT_TIMEOUT, Ended, LegEvent, LegSpec, MediaServer};
 use turn_server::wire::{self, Class, IntegrityKind, MessageBuilder, Method, TransactionId};
 
 const UFRAG: &str = "anch0001";
@@ -19,6 +20,15 @@ const PWD: &str = "0123456789abcdef0123456789abcdef";
 /// Opens a leg for a host-leg agent's offer (after `tamper`), hands the agent the answer and the
 /// server's candidate, and drives the agent, sending frames once connected, for `talk`.
 fn call(tamper: impl FnOnce(&mut Description), talk: Duration) -> (MediaServer, Peer) {
+    call_with_consent(tamper, talk, CONSENT_TIMEOUT)
+}
+
+/// [`call`] with the leg's consent timeout.
+fn call_with_consent(
+    tamper: impl FnOnce(&mut Description),
+    talk: Duration,
+    consent_timeout: Duration,
+) -> (MediaServer, Peer) {
     let epoch = Instant::now();
     let media = MediaServer::start([127, 0, 0, 1].into(), epoch, Codec::OPUS).unwrap();
     let now = Instant::now();
@@ -51,6 +61,7 @@ fn call(tamper: impl FnOnce(&mut Description), talk: Duration) -> (MediaServer, 
         ice_pwd: PWD.into(),
         ssrc: 0x4000_0001,
         silent_after: None,
+        consent_timeout,
     });
     agent.accept(now, &answer).unwrap();
     agent
@@ -64,20 +75,7 @@ fn call(tamper: impl FnOnce(&mut Description), talk: Duration) -> (MediaServer, 
             },
         )
         .unwrap();
-    let start = Instant::now();
-    let mut next_frame = None;
-    while start.elapsed() < talk {
-        let now = Instant::now();
-        agent.drive(now);
-        if agent.times.connected.is_some() {
-            let due = *next_frame.get_or_insert(now);
-            if now >= due {
-                agent.send_frame(now);
-                next_frame = Some(due + Duration::from_millis(20));
-            }
-        }
-        std::thread::sleep(Duration::from_millis(1));
-    }
+    common::talk(&mut agent, talk);
     (media, agent)
 }
 
@@ -122,6 +120,59 @@ fn a_full_ice_agent_connects_and_media_flows_both_ways() {
 }
 
 #[test]
+fn a_leg_whose_agent_goes_away_stops_sending_when_consent_lapses() {
+    // Our agents check every 2 s: a 3 s timeout holds while the agent is there.
+    let consent = Duration::from_secs(3);
+    let talk = Duration::from_secs(4);
+    let started = Instant::now();
+    let (mut media, agent) = call_with_consent(|_| {}, talk, consent);
+    let mut events = media.take_events().unwrap();
+    assert!(
+        agent.meter.received() >= 150,
+        "media flowed while the agent checked"
+    );
+    assert!(
+        events.try_recv().is_err(),
+        "consent held while the agent checked"
+    );
+    // The page closes: no more checks, no more media from the agent.
+    let gone = Instant::now();
+    drop(agent);
+    let lost = loop {
+        match events.try_recv() {
+            Ok(event) => break event,
+            Err(_) if gone.elapsed() < consent + Duration::from_secs(2) => {
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            Err(e) => panic!("consent never lapsed: {e}"),
+        }
+    };
+    let lost_after = gone.elapsed();
+    assert_eq!(
+        lost,
+        LegEvent::ConsentLost {
+            call_id: "call-1".into()
+        }
+    );
+    // The last check came at most 2 s before the page closed.
+    assert!(
+        lost_after >= consent - Duration::from_secs(2),
+        "lapsed {lost_after:?} after the agent went"
+    );
+    assert_eq!(media.counters.consent_lost.load(Ordering::Relaxed), 1);
+    // Nothing is sent after the lapse: a second later the leg has sent no more than 20 ms
+    // frames up to the lapse.
+    let lapsed_at = started.elapsed();
+    std::thread::sleep(Duration::from_secs(1));
+    let (_, anchor_sent, _, _) = close(&media);
+    let most = u64::try_from(lapsed_at.as_millis() / 20).unwrap() + 5;
+    assert!(
+        anchor_sent <= most,
+        "{anchor_sent} frames sent, at most {most} before the lapse"
+    );
+}
+
+#[test]
 fn a_certificate_that_does_not_match_the_offered_fingerprint_is_refused() {
     let (media, agent) = call(
         |offer| offer.fingerprint = vec!["00"; 32].join(":"),
@@ -151,6 +202,7 @@ fn checks_are_answered_only_with_the_legs_credentials() {
         m=audio 9 UDP/TLS/RTP/SAVPF 111\r\nc=IN IP4 0.0.0.0\r\na=ice-ufrag:agnt\r\n\
         a=ice-pwd:abcdefghijklmnopqrstuvwx\r\na=fingerprint:sha-256 AA:BB\r\n\
         a=setup:actpass\r\na=mid:0\r\na=rtpmap:111 opus/48000/2\r\n";
+    let consent_timeout = CONSENT_TIMEOUT;
     media.open(LegSpec {
         call_id: "call-1".into(),
         offer: Description::parse(agent_offer).unwrap(),
@@ -158,6 +210,7 @@ fn checks_are_answered_only_with_the_legs_credentials() {
         ice_pwd: PWD.into(),
         ssrc: 1,
         silent_after: None,
+        consent_timeout,
     });
     let socket = UdpSocket::bind("127.0.0.1:0").unwrap();
     socket

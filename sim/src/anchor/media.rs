@@ -12,7 +12,8 @@
 //!   agent's stream every second (RFC 3550 §6.4), and the agent's stream measured.
 //!
 //! - Consent (RFC 7675): a leg whose agent has sent no check the leg could answer for
-//!   [`CONSENT_TIMEOUT`] — a closed page, a dead agent — stops sending, and the anchor hears of
+//!   [`CONSENT_TIMEOUT`] — a closed page, a dead agent — stops sending for good (only an ICE
+//!   restart could bring it back, RFC 7675 §5.1), and the anchor hears of
 //!   it ([`LegEvent::ConsentLost`]). An ICE-lite leg sends no checks of its own (RFC 7675 §4
 //!   leaves consent to the full agent), so the agent's checks are the only sign of consent; a
 //!   browser sends one every 4–6 s, our agents every 2 s.
@@ -57,7 +58,7 @@ const FRAME: Duration = Duration::from_millis(20);
 const IDLE: Duration = Duration::from_millis(500);
 /// How long datagrams from a closed leg's address count as its tail, not as strays.
 const AFTER_CLOSE: Duration = Duration::from_secs(5);
-/// Consent lapses this long after the last check answered (RFC 7675 §5.1).
+/// Consent lapses this long after the last check answered (RFC 7675 §5.1: 30 s).
 pub const CONSENT_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// What the media server tells the anchor about a leg on its own.
@@ -90,6 +91,9 @@ pub struct LegSpec {
     pub ssrc: u32,
     /// Stop sending media this long after connecting (a fault to inject).
     pub silent_after: Option<Duration>,
+    /// How long after the agent's last check consent lapses ([`CONSENT_TIMEOUT`]; shorter
+    /// only in tests).
+    pub consent_timeout: Duration,
 }
 
 enum Command {
@@ -543,7 +547,7 @@ impl Server {
             if leg.consent_lost {
                 continue;
             }
-            let lapses = leg.last_check + CONSENT_TIMEOUT;
+            let lapses = leg.last_check + leg.spec.consent_timeout;
             if lapses <= now {
                 leg.consent_lost = true;
                 self.counters.consent_lost.fetch_add(1, Ordering::Relaxed);

@@ -47,6 +47,9 @@ pub struct AnchorConfig {
     pub codec: Codec,
     /// Behaviour.
     pub behaviour: AnchorBehaviour,
+    /// How long after the agent's last ICE check a leg's consent lapses
+    /// ([`media::CONSENT_TIMEOUT`], RFC 7675's 30 s; shorter only in tests).
+    pub consent_timeout: Duration,
 }
 
 /// Counters of the anchor.
@@ -291,6 +294,7 @@ pub async fn serve(
                         AnchorBehaviour::GoSilentAfter(d) => Some(d),
                         _ => None,
                     },
+                    consent_timeout: config.consent_timeout,
                 });
                 calls.up.insert(
                     call_id.clone(),
