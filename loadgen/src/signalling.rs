@@ -470,6 +470,16 @@ mod tests {
     use super::*;
 
     #[test]
+    fn request_ids_are_fresh_uuid_v4_strings_as_the_library_makes_them() {
+        let (a, b) = (request_id(), request_id());
+        assert_ne!(a, b);
+        let parsed = uuid::Uuid::parse_str(&a).unwrap();
+        assert_eq!(parsed.get_version_num(), 4);
+        assert_eq!(a.len(), 36, "{a}");
+        assert_eq!(a, a.to_lowercase());
+    }
+
+    #[test]
     fn websocket_urls() {
         assert_eq!(
             host_port("wss://signalling.sim.local:8443/rtc"),

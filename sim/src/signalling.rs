@@ -54,6 +54,7 @@ pub fn known_params(method: &str) -> &'static [&'static str] {
             "peerConnectionId",
             "iceRestart",
             "peerConnectionToken",
+            "allowExtendedPersistentConnection",
         ],
         "accept" => &[PCM[0], PCM[1], PCM[2], PCM[3], "callId"],
         "bye" | "connectContact" => &[PCM[0], PCM[1], PCM[2], PCM[3], "callContextToken", "callId"],
@@ -249,8 +250,40 @@ fn error_response(id: Value, error: RpcError) -> Value {
 
 /// Answers one text frame; `None` for a frame that gets no reply (an answer from the client,
 /// a notification).
+///
+/// The CCP carries the library's messages on its shared WebSocket in an envelope,
+/// `{topic, connectionId, jsonRpcMsg}` (persistent-connection mode); such a frame is answered
+/// in the same envelope.
 async fn handle(
     text: &str,
+    connection: u64,
+    app: &mpsc::UnboundedSender<Signal>,
+    stats: &SignallingStats,
+) -> Option<Value> {
+    let frame: Value = match serde_json::from_str(text) {
+        Ok(v) => v,
+        Err(e) => {
+            stats.malformed.fetch_add(1, Ordering::Relaxed);
+            return Some(error_response(
+                Value::Null,
+                RpcError::new(-32700, format!("not JSON: {e}")),
+            ));
+        }
+    };
+    match frame {
+        Value::Object(mut envelope) if envelope.get("jsonRpcMsg").is_some_and(Value::is_object) => {
+            let message = envelope.remove("jsonRpcMsg").unwrap_or_default();
+            let reply = handle_message(message, connection, app, stats).await?;
+            envelope.insert("jsonRpcMsg".into(), reply);
+            Some(Value::Object(envelope))
+        }
+        message => handle_message(message, connection, app, stats).await,
+    }
+}
+
+/// [`handle`] for one JSON-RPC message.
+async fn handle_message(
+    frame: Value,
     connection: u64,
     app: &mpsc::UnboundedSender<Signal>,
     stats: &SignallingStats,
@@ -258,10 +291,6 @@ async fn handle(
     let malformed = |id: Value, code: i64, message: String| {
         stats.malformed.fetch_add(1, Ordering::Relaxed);
         Some(error_response(id, RpcError::new(code, message)))
-    };
-    let frame: Value = match serde_json::from_str(text) {
-        Ok(v) => v,
-        Err(e) => return malformed(Value::Null, -32700, format!("not JSON: {e}")),
     };
     let Some(object) = frame.as_object() else {
         return malformed(Value::Null, -32600, "a request is a JSON object".into());

@@ -352,3 +352,186 @@ async fn malformed_requests_get_json_rpc_errors() {
     assert_eq!(stats.malformed.load(Ordering::Relaxed), 4);
     assert_eq!(stats.requests.load(Ordering::Relaxed), 0);
 }
+
+/// The library's frames as the captures saved them (`tests/fixtures/connect-rtc`): its direct
+/// mode and both persistent-connection managers, verbatim. `(file, frame)`.
+fn captured_frames() -> Vec<(String, String)> {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/connect-rtc");
+    let mut frames = Vec::new();
+    for dir in ["", "persistent", "persistent-v2"] {
+        let mut files: Vec<_> = std::fs::read_dir(root.join(dir))
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .filter(|p| p.extension().is_some_and(|x| x == "json"))
+            .collect();
+        files.sort();
+        for f in files {
+            let name = f.strip_prefix(&root).unwrap().display().to_string();
+            frames.push((name, std::fs::read_to_string(&f).unwrap().trim().to_owned()));
+        }
+    }
+    assert!(
+        frames.len() >= 20,
+        "the captures are there: {}",
+        frames.len()
+    );
+    frames
+}
+
+/// A frame's JSON-RPC message, out of the CCP's envelope when it has one.
+fn message(frame: &Value) -> &Value {
+    frame.get("jsonRpcMsg").unwrap_or(frame)
+}
+
+#[tokio::test]
+async fn every_frame_the_library_sent_is_answered_by_id_with_no_parameter_unknown() {
+    let (server, ep) = endpoint(|i| {
+        Some(Ok(if i.method == "invite" {
+            json!({ "sdp": "v=0\r\n", "candidates": [{ "candidate": "candidate:1 1 udp 1 127.0.0.1 9 typ host" }] })
+        } else {
+            json!({})
+        }))
+    });
+    let mut ws = raw(&ep).await;
+    let mut requests = 0;
+    for (name, frame) in captured_frames() {
+        let sent: Value = serde_json::from_str(&frame).unwrap();
+        if message(&sent).get("method").is_none() {
+            // The library's answer to a `bye` of ours: no reply.
+            ws.send(Message::text(frame.as_str())).await.unwrap();
+            continue;
+        }
+        requests += 1;
+        let reply = exchange(&mut ws, &frame).await;
+        let answer = message(&reply);
+        assert_eq!(answer["id"], message(&sent)["id"], "{name}: {reply}");
+        assert!(answer.get("result").is_some(), "{name}: {reply}");
+        assert_eq!(answer["jsonrpc"], "2.0", "{name}");
+        if sent.get("jsonRpcMsg").is_some() {
+            // Answered in the envelope it came in.
+            assert_eq!(reply["topic"], sent["topic"], "{name}");
+            assert_eq!(reply["connectionId"], sent["connectionId"], "{name}");
+        }
+    }
+    let stats = server.stats();
+    server.shutdown();
+    assert_eq!(stats.requests.load(Ordering::Relaxed), requests);
+    assert_eq!(
+        stats.unknown_params.load(Ordering::Relaxed),
+        0,
+        "every parameter is known"
+    );
+    assert_eq!(stats.malformed.load(Ordering::Relaxed), 0);
+    assert_eq!(
+        stats.unanswered.load(Ordering::Relaxed),
+        1,
+        "bye_reply.json"
+    );
+}
+
+#[tokio::test]
+async fn the_anchor_answers_accepts_and_ends_a_call_as_the_library_places_it() {
+    let vendor = sim::run::VendorSide::start(
+        1,
+        &[NAME.to_owned()],
+        "127.0.0.1:0".parse().unwrap(),
+        std::time::Instant::now(),
+        reports::emodel::Codec::OPUS,
+        sim::anchor::AnchorBehaviour::Answer,
+    )
+    .unwrap();
+    let ep = Endpoint {
+        url: format!("wss://{NAME}:{}/rtc", vendor.signalling_addr().port()),
+        addr: vendor.signalling_addr(),
+        roots: vec![vendor.certificate.clone()],
+    };
+    let fixture = |f: &str| {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("tests/fixtures/connect-rtc")
+            .join(f);
+        std::fs::read_to_string(path).unwrap()
+    };
+    let mut ws = raw(&ep).await;
+    // Chromium's offer, as the library sent it.
+    let answer = exchange(&mut ws, &fixture("invite.json")).await;
+    assert_eq!(
+        answer["id"], "47a20d95-5a29-4580-8a6a-9de537c83aaa",
+        "{answer}"
+    );
+    let sdp = answer["result"]["sdp"].as_str().expect("an SDP answer");
+    let parsed = loadgen::sdp::Description::parse(sdp).expect("a well-formed answer");
+    assert_eq!(parsed.setup, "passive", "the anchor is the DTLS server");
+    assert!(
+        answer["result"]["candidates"]
+            .as_array()
+            .is_some_and(|c| !c.is_empty()),
+        "the library needs candidates in the result: {answer}"
+    );
+    let accepted = exchange(&mut ws, &fixture("accept.json")).await;
+    assert_eq!(accepted["result"], json!({}), "{accepted}");
+    // `bye` names the call only by its token.
+    let ended = exchange(&mut ws, &fixture("bye.json")).await;
+    assert!(
+        ended["result"]["agentToAnchor"].is_object(),
+        "the call was found and ended: {ended}"
+    );
+    assert_eq!(vendor.anchor_stats.ended.load(Ordering::Relaxed), 1);
+    // The library closes without a code; the handshake is answered.
+    ws.close(None).await.unwrap();
+    let frame = tokio::time::timeout(Duration::from_secs(2), ws.next())
+        .await
+        .unwrap();
+    assert!(matches!(frame, Some(Ok(Message::Close(_)))), "{frame:?}");
+}
+
+#[tokio::test]
+async fn our_agents_send_what_the_library_sends() {
+    use std::sync::Mutex;
+    let seen: Arc<Mutex<Vec<(String, Value)>>> = Arc::default();
+    let s = seen.clone();
+    let (server, ep) = endpoint(move |i| {
+        s.lock().unwrap().push((i.method.clone(), i.params.clone()));
+        Some(Ok(if i.method == "invite" {
+            json!({ "sdp": "v=0\r\n", "candidates": [] })
+        } else {
+            json!({})
+        }))
+    });
+    let mut client = SignallingClient::connect(&ep, Duration::from_secs(5), 3)
+        .await
+        .unwrap();
+    client
+        .invite(&invite(), Duration::from_secs(2))
+        .await
+        .unwrap();
+    client.accept(Duration::from_secs(2)).await.unwrap();
+    client
+        .bye("contact-1", Duration::from_secs(2))
+        .await
+        .unwrap();
+    client.close().await;
+    server.shutdown();
+    let keys = |v: &Value| -> Vec<String> {
+        let mut k: Vec<String> = v.as_object().unwrap().keys().cloned().collect();
+        k.sort();
+        k
+    };
+    let fixture = |f: &str| -> Value {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("tests/fixtures/connect-rtc")
+            .join(f);
+        serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
+    };
+    let seen = seen.lock().unwrap();
+    let methods: Vec<&str> = seen.iter().map(|(m, _)| m.as_str()).collect();
+    assert_eq!(methods, ["invite", "accept", "bye"]);
+    for ((method, params), file) in seen.iter().zip(["invite.json", "accept.json", "bye.json"]) {
+        let library = fixture(file);
+        assert_eq!(library["method"], method.as_str());
+        assert_eq!(
+            keys(params),
+            keys(&library["params"]),
+            "{method}: the library's parameters"
+        );
+    }
+}
