@@ -1,6 +1,7 @@
 //! Softphone agents placing real WebRTC calls: relay-only ICE through TURN, DTLS-SRTP, an
-//! Opus-like RTP stream each way, measured at each receiver.
+//! Opus RTP stream each way, measured at each receiver.
 //!
+//! - [`audio`]: the Opus frames every leg sends (a speech-like test signal, looped);
 //! - [`clock`]: sleeping with microsecond precision (tokio's timers have 1 ms);
 //! - [`driver`]: a leg driven from async code by socket readiness and timers;
 //! - [`peer`]: one media leg — the media plane ([`media`]: ICE, DTLS-SRTP, RTP/RTCP, with the
@@ -15,6 +16,7 @@
 #![deny(missing_docs)]
 #![forbid(unsafe_code)]
 
+pub mod audio;
 pub mod clock;
 pub mod driver;
 pub mod measure;

@@ -13,8 +13,9 @@ use reports::{Distribution, Unit};
 
 use crate::peer::CLOCK_RATE;
 
-/// The send stamp at the start of every media payload: the send instant (after the call's
-/// epoch) and the frame number. Inside SRTP, so the network cannot see or alter it.
+/// The send stamp of a frame: the send instant (after the call's epoch) and the frame number,
+/// carried in an RTP header extension (`media::SEND_STAMP_URI`). SRTP authenticates the header,
+/// so the network cannot alter it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Stamp {
     /// When the frame was sent, after the shared epoch.
@@ -24,27 +25,25 @@ pub struct Stamp {
 }
 
 impl Stamp {
-    /// Marks a payload as carrying a stamp: other senders' media (a browser's Opus) is measured
-    /// for jitter and loss but has no send instant to read.
-    pub const MAGIC: [u8; 4] = *b"SPS1";
-    /// Bytes a stamp takes.
-    pub const LEN: usize = 20;
+    /// Bytes a stamp takes: the send instant in nanoseconds and the frame number, each a
+    /// big-endian `u64` (the most a one-byte-header extension element holds, RFC 8285 §4.2).
+    pub const LEN: usize = 16;
 
-    /// Writes the stamp at the start of `payload` (which must hold [`Self::LEN`] bytes).
-    pub fn write(&self, payload: &mut [u8]) {
+    /// The stamp's bytes.
+    #[must_use]
+    pub fn to_bytes(&self) -> [u8; Self::LEN] {
         let nanos = u64::try_from(self.sent.as_nanos()).unwrap_or(u64::MAX);
-        payload[..4].copy_from_slice(&Self::MAGIC);
-        payload[4..12].copy_from_slice(&nanos.to_le_bytes());
-        payload[12..20].copy_from_slice(&self.frame.to_le_bytes());
+        let mut b = [0u8; Self::LEN];
+        b[..8].copy_from_slice(&nanos.to_be_bytes());
+        b[8..].copy_from_slice(&self.frame.to_be_bytes());
+        b
     }
 
-    /// Reads a stamp; `None` when the payload carries none.
-    pub fn read(payload: &[u8]) -> Option<Self> {
-        if payload.get(..4)? != Self::MAGIC {
-            return None;
-        }
-        let nanos = u64::from_le_bytes(payload.get(4..12)?.try_into().ok()?);
-        let frame = u64::from_le_bytes(payload.get(12..20)?.try_into().ok()?);
+    /// Reads a stamp from an extension element's data; `None` when it is not one.
+    pub fn from_bytes(data: &[u8]) -> Option<Self> {
+        let data: &[u8; Self::LEN] = data.try_into().ok()?;
+        let nanos = u64::from_be_bytes(data[..8].try_into().ok()?);
+        let frame = u64::from_be_bytes(data[8..].try_into().ok()?);
         Some(Self {
             sent: Duration::from_nanos(nanos),
             frame,
@@ -136,8 +135,9 @@ impl MediaMeter {
         }
     }
 
-    /// Accounts for one RTP packet received at `now`.
-    pub fn on_rtp(&mut self, now: Instant, seq: u16, timestamp: u32, payload: &[u8]) {
+    /// Accounts for an RTP packet that arrived at `now`, with its send stamp when it carried
+    /// one (our legs' do; a browser's media is measured for jitter and loss without one).
+    pub fn on_rtp(&mut self, now: Instant, seq: u16, timestamp: u32, stamp: Option<Stamp>) {
         self.last_arrival = Some(now);
         self.sequence.on_packet(seq);
         self.jitter.on_packet(now, timestamp);
@@ -146,7 +146,7 @@ impl MediaMeter {
             self.jitter_samples.record_ms(self.jitter.jitter_ms());
             self.next_sample = Some(next + Duration::from_secs(1));
         }
-        if let Some(stamp) = Stamp::read(payload) {
+        if let Some(stamp) = stamp {
             let delay = now.saturating_duration_since(self.epoch + stamp.sent);
             self.delay
                 .record(u64::try_from(delay.as_micros()).unwrap_or(u64::MAX));
@@ -245,7 +245,6 @@ mod tests {
         let run = |buffer| {
             let epoch = Instant::now();
             let mut m = MediaMeter::new(epoch).with_jitter_buffer(buffer);
-            let mut payload = [0u8; 80];
             for i in 0..1000u32 {
                 let sent = Duration::from_millis(20) * i;
                 let extra = if i % 50 == 49 {
@@ -256,12 +255,11 @@ mod tests {
                     0
                 };
                 let arrival = epoch + sent + Duration::from_millis(10 + extra);
-                Stamp {
+                let stamp = Stamp {
                     sent,
                     frame: u64::from(i),
-                }
-                .write(&mut payload);
-                m.on_rtp(arrival, i as u16, i * 960, &payload);
+                };
+                m.on_rtp(arrival, i as u16, i * 960, Some(stamp));
             }
             m.finish(1000, 0, Codec::OPUS)
         };
@@ -287,16 +285,9 @@ mod tests {
             sent: Duration::from_nanos(123_456_789),
             frame: 42,
         };
-        let mut p = [0u8; 80];
-        s.write(&mut p);
-        assert_eq!(Stamp::read(&p), Some(s));
-        assert_eq!(Stamp::read(&p[..10]), None);
-        // A browser's Opus frame is not mistaken for a stamp.
-        assert_eq!(
-            Stamp::read(&[
-                0x78, 0x0b, 0xfc, 0xc1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0
-            ]),
-            None
-        );
+        let b = s.to_bytes();
+        assert_eq!(Stamp::from_bytes(&b), Some(s));
+        assert_eq!(Stamp::from_bytes(&b[..10]), None);
+        assert_eq!(&b[..8], &123_456_789u64.to_be_bytes());
     }
 }

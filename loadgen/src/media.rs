@@ -1,7 +1,9 @@
 //! The media plane of a leg, built from `rtc`'s parts without its peer connection: full ICE
 //! (`rtc::ice`), DTLS 1.2 (`rtc::dtls`) with the peer's certificate held to its SDP fingerprint
 //! (RFC 8122 §5), SRTP/SRTCP keyed from the handshake (RFC 5764 §4.2, `rtc::srtp`), 20 ms Opus
-//! frames and RTCP sender reports with a reception report (RFC 3550 §6.4).
+//! frames ([`crate::audio`]) with their send stamp in an RTP header extension negotiated in the
+//! SDP ([`SEND_STAMP_URI`], RFC 8285), and RTCP sender reports with a reception report (RFC
+//! 3550 §6.4).
 //!
 //! Why not `RTCPeerConnection`: its per-packet pipeline (eight handlers, each with its own
 //! queue of large message structs) cost about 0.25 % of a core per connection, half of the
@@ -42,7 +44,7 @@ use rtc::srtp::context::Context;
 use rtc::srtp::protection_profile::ProtectionProfile;
 
 use crate::measure::{MediaMeter, Stamp};
-use crate::peer::{CLOCK_RATE, FRAME_TICKS, PAYLOAD_BYTES};
+use crate::peer::{CLOCK_RATE, FRAME_TICKS};
 use crate::sdp::{self, Description, Local};
 
 /// RTCP report interval (browsers send about one a second for audio).
@@ -254,23 +256,78 @@ pub fn is_rtcp(data: &[u8]) -> bool {
     data.len() >= 8 && data[0] >> 6 == 2 && (192..=223).contains(&data[1])
 }
 
-/// The plain RTP packet of frame number `frame`: 20 ms of Opus at 48 kHz, the marker on the
-/// first (a talkspurt begins, RFC 3551 §4.1), the payload stamped with its send instant.
+/// The RTP header extension (RFC 8285) that carries a frame's send [`Stamp`]: our legs offer
+/// it, answer it when offered, and measure one-way delay and late loss with it. A browser
+/// neither offers nor answers it, and its media is measured without it.
+pub const SEND_STAMP_URI: &str = "urn:x-softphone-sim:rtp-hdrext:send-stamp";
+/// The extension's id in our offers (an answer takes the offer's).
+pub const SEND_STAMP_ID: u8 = 14;
+/// The one-byte-header extension profile (RFC 8285 §4.2).
+const ONE_BYTE_PROFILE: [u8; 2] = [0xBE, 0xDE];
+/// Extension bytes a stamped frame carries: the profile and length, one element (its header
+/// byte and 16 bytes of data), padded to a 32-bit word.
+const STAMP_EXTENSION_BYTES: usize = 4 + 20;
+
+/// The plain RTP packet of frame number `frame`: 20 ms of Opus at 48 kHz ([`crate::audio`]),
+/// the marker on the first (a talkspurt begins, RFC 3551 §4.1), with its send stamp in the
+/// header extension `stamp_id` when the call negotiated one.
 pub fn frame_packet(
     frame: u64,
     payload_type: u8,
     ssrc: u32,
     sent: Duration,
-) -> [u8; 12 + PAYLOAD_BYTES] {
-    let mut packet = [0u8; 12 + PAYLOAD_BYTES];
-    packet[0] = 0x80;
-    packet[1] = payload_type | if frame == 0 { 0x80 } else { 0 };
+    stamp_id: Option<u8>,
+) -> Vec<u8> {
+    let opus = crate::audio::opus_frame(frame);
+    let mut packet = Vec::with_capacity(12 + STAMP_EXTENSION_BYTES + opus.len());
+    packet.push(if stamp_id.is_some() { 0x90 } else { 0x80 });
+    packet.push(payload_type | if frame == 0 { 0x80 } else { 0 });
     // The frame count, wrapping at 16 and 32 bits.
-    packet[2..4].copy_from_slice(&(frame as u16).to_be_bytes());
-    packet[4..8].copy_from_slice(&(frame as u32).wrapping_mul(FRAME_TICKS).to_be_bytes());
-    packet[8..12].copy_from_slice(&ssrc.to_be_bytes());
-    Stamp { sent, frame }.write(&mut packet[12..]);
+    packet.extend_from_slice(&(frame as u16).to_be_bytes());
+    packet.extend_from_slice(&(frame as u32).wrapping_mul(FRAME_TICKS).to_be_bytes());
+    packet.extend_from_slice(&ssrc.to_be_bytes());
+    if let Some(id) = stamp_id {
+        packet.extend_from_slice(&ONE_BYTE_PROFILE);
+        packet.extend_from_slice(&5u16.to_be_bytes());
+        // The element's header: its id and its length less one (RFC 8285 §4.2).
+        packet.push((id << 4) | (Stamp::LEN as u8 - 1));
+        packet.extend_from_slice(&Stamp { sent, frame }.to_bytes());
+        packet.extend_from_slice(&[0; 3]);
+    }
+    packet.extend_from_slice(opus);
     packet
+}
+
+/// The send stamp in a plain RTP packet's header extension element `id`, if it carries one.
+/// Elements of the one-byte form are walked (RFC 8285 §4.2: padding bytes of 0 between them,
+/// id 15 ends the walk); the two-byte form carries no stamp of ours.
+pub fn send_stamp(packet: &[u8], id: u8) -> Option<Stamp> {
+    if packet.len() < 12 || packet[0] & 0x10 == 0 {
+        return None;
+    }
+    let start = 12 + 4 * usize::from(packet[0] & 0x0f);
+    let header = packet.get(start..start + 4)?;
+    if header[..2] != ONE_BYTE_PROFILE {
+        return None;
+    }
+    let words = usize::from(u16::from_be_bytes([header[2], header[3]]));
+    let mut data = packet.get(start + 4..start + 4 + 4 * words)?;
+    while let Some((&first, rest)) = data.split_first() {
+        if first == 0 {
+            data = rest;
+            continue;
+        }
+        let (element, len) = (first >> 4, usize::from(first & 0x0f) + 1);
+        if element == 15 {
+            return None;
+        }
+        let value = rest.get(..len)?;
+        if element == id {
+            return Stamp::from_bytes(value);
+        }
+        data = &rest[len..];
+    }
+    None
 }
 
 /// RFC 3550 §6.4.1 reception statistics of the other side's stream, for the reports a leg sends.
@@ -361,12 +418,12 @@ fn ntp_now() -> u64 {
     ((since.as_secs() + NTP_UNIX_OFFSET) << 32) | frac
 }
 
-/// A plain sender report of `frames_sent` frames with the reception report of the other side's
-/// stream, ready for SRTCP.
+/// A plain sender report of `frames_sent` frames (`payload_bytes` of Opus) with the reception
+/// report of the other side's stream, ready for SRTCP.
 pub fn sender_report(
     now: Instant,
     ssrc: u32,
-    frames_sent: u64,
+    (frames_sent, payload_bytes): (u64, u64),
     reception: &mut Reception,
     meter: &MediaMeter,
 ) -> Option<BytesMut> {
@@ -376,7 +433,8 @@ pub fn sender_report(
         ntp_time: ntp_now(),
         rtp_time: (frames_sent as u32).wrapping_mul(FRAME_TICKS),
         packet_count: frames_sent as u32,
-        octet_count: (frames_sent as usize * PAYLOAD_BYTES) as u32,
+        // RFC 3550 §6.4.1: payload octets, wrapping at 32 bits.
+        octet_count: payload_bytes as u32,
         reports: reception.report(now, jitter_ticks).into_iter().collect(),
         profile_extensions: Bytes::new(),
     };
@@ -418,6 +476,8 @@ pub struct MediaSession {
     ssrc: u32,
     /// The Opus payload type agreed.
     payload_type: u8,
+    /// The send stamp's header extension id, when the other side agreed to it.
+    send_stamp: Option<u8>,
     dtls: Endpoint,
     /// The client's handshake configuration, until ICE selects a pair to start it on.
     dtls_client: Option<Arc<HandshakeConfig>>,
@@ -427,6 +487,8 @@ pub struct MediaSession {
     reception: Reception,
     next_report: Option<Instant>,
     frames_sent: u64,
+    /// Opus bytes sent (for the sender reports' octet count).
+    payload_bytes_sent: u64,
     transmits: VecDeque<(SocketAddr, SocketAddr, BytesMut)>,
     events: VecDeque<MediaEvent>,
 }
@@ -476,12 +538,14 @@ impl MediaSession {
             controlling,
             ssrc,
             payload_type: sdp::OPUS_PT,
+            send_stamp: None,
             dtls_client: None,
             selected: None,
             srtp: None,
             reception: Reception::default(),
             next_report: None,
             frames_sent: 0,
+            payload_bytes_sent: 0,
             transmits: VecDeque::new(),
             events: VecDeque::new(),
         })
@@ -510,6 +574,8 @@ impl MediaSession {
             .map_err(MediaError::Setup)?;
         self.dtls.set_server_config(Some(Arc::new(config)));
         self.payload_type = remote.opus_pt;
+        // Offered, so answered (sdp::answer echoes it).
+        self.send_stamp = remote.send_stamp;
         let answer = sdp::answer(&remote, &self.local(), u64::from(self.ssrc));
         self.start_checks(now, &remote)?;
         Ok(answer)
@@ -532,6 +598,7 @@ impl MediaSession {
             self.dtls.set_server_config(Some(Arc::new(config)));
         }
         self.payload_type = remote.opus_pt;
+        self.send_stamp = remote.send_stamp;
         self.start_checks(now, &remote)
     }
 
@@ -639,11 +706,12 @@ impl MediaSession {
         let Ok(plain) = inbound.decrypt_rtp(data) else {
             return Received::Other;
         };
-        let Some((seq, timestamp, ssrc, payload)) = rtp_parts(&plain) else {
+        let Some((seq, timestamp, ssrc, _)) = rtp_parts(&plain) else {
             return Received::Other;
         };
+        let stamp = self.send_stamp.and_then(|id| send_stamp(&plain, id));
         self.reception.on_rtp(ssrc, seq);
-        meter.on_rtp(now, seq, timestamp, payload);
+        meter.on_rtp(now, seq, timestamp, stamp);
         Received::Rtp
     }
 
@@ -691,10 +759,17 @@ impl MediaSession {
         let Some((outbound, _)) = &mut self.srtp else {
             return false;
         };
-        let packet = frame_packet(self.frames_sent, self.payload_type, self.ssrc, sent);
+        let packet = frame_packet(
+            self.frames_sent,
+            self.payload_type,
+            self.ssrc,
+            sent,
+            self.send_stamp,
+        );
         let Ok(protected) = outbound.encrypt_rtp(&packet) else {
             return false;
         };
+        self.payload_bytes_sent += crate::audio::opus_frame(self.frames_sent).len() as u64;
         self.frames_sent += 1;
         self.send(protected);
         true
@@ -744,8 +819,13 @@ impl MediaSession {
         }
         if let Some(due) = self.next_report.filter(|&t| t <= now) {
             self.next_report = Some(due + REPORT_INTERVAL);
-            let report =
-                sender_report(now, self.ssrc, self.frames_sent, &mut self.reception, meter);
+            let report = sender_report(
+                now,
+                self.ssrc,
+                (self.frames_sent, self.payload_bytes_sent),
+                &mut self.reception,
+                meter,
+            );
             if let (Some(plain), Some((outbound, _))) = (report, &mut self.srtp)
                 && let Ok(protected) = outbound.encrypt_rtcp(&plain)
             {
@@ -803,17 +883,59 @@ mod tests {
     }
 
     #[test]
-    fn a_frame_reads_back_with_its_stamp() {
-        let packet = frame_packet(70_000, 111, 5, Duration::from_millis(1400));
+    fn a_frame_carries_opus_and_reads_back_with_its_stamp() {
+        let packet = frame_packet(
+            70_000,
+            111,
+            5,
+            Duration::from_millis(1400),
+            Some(SEND_STAMP_ID),
+        );
         let (seq, ts, ssrc, payload) = rtp_parts(&packet).unwrap();
         assert_eq!(seq, 70_000u64 as u16);
         assert_eq!(ts, 70_000u32.wrapping_mul(FRAME_TICKS));
         assert_eq!(ssrc, 5);
         assert_eq!(packet[1], 111, "the marker only on frame 0");
-        let stamp = Stamp::read(payload).unwrap();
+        assert_eq!(
+            payload,
+            crate::audio::opus_frame(70_000),
+            "the payload is the Opus frame"
+        );
+        assert_eq!(packet.len(), 12 + STAMP_EXTENSION_BYTES + payload.len());
+        let stamp = send_stamp(&packet, SEND_STAMP_ID).unwrap();
         assert_eq!(
             (stamp.sent, stamp.frame),
             (Duration::from_millis(1400), 70_000)
         );
+        assert_eq!(send_stamp(&packet, 3), None, "another id");
+        // Not negotiated: no extension at all.
+        let plain = frame_packet(1, 111, 5, Duration::ZERO, None);
+        assert_eq!(plain[0], 0x80);
+        assert_eq!(send_stamp(&plain, SEND_STAMP_ID), None);
+        assert_eq!(rtp_parts(&plain).unwrap().3, crate::audio::opus_frame(1));
+    }
+
+    #[test]
+    fn a_stamp_is_found_among_a_browsers_extensions() {
+        // Chromium's audio level (id 1, 1 byte) and a transport-wide sequence (id 3, 2 bytes),
+        // padding, then ours.
+        let mut p = vec![0x90, 111, 0, 1, 0, 0, 0, 0, 0, 0, 0, 9, 0xbe, 0xde, 0, 7];
+        p.extend_from_slice(&[0x10, 0xAA, 0x31, 0x00, 0x05, 0, 0]);
+        p.push((SEND_STAMP_ID << 4) | 15);
+        let stamp = Stamp {
+            sent: Duration::from_micros(987_654),
+            frame: 7,
+        };
+        p.extend_from_slice(&stamp.to_bytes());
+        p.extend_from_slice(&[0, 0, 0, 0]);
+        assert_eq!(p.len(), 16 + 28);
+        p.extend_from_slice(b"opus");
+        assert_eq!(send_stamp(&p, SEND_STAMP_ID), Some(stamp));
+        assert_eq!(rtp_parts(&p).unwrap().3, b"opus");
+        // Truncated or of the two-byte form: none, and no panic.
+        assert_eq!(send_stamp(&p[..30], SEND_STAMP_ID), None);
+        let mut two_byte = p.clone();
+        two_byte[12..14].copy_from_slice(&[0x10, 0x00]);
+        assert_eq!(send_stamp(&two_byte, SEND_STAMP_ID), None);
     }
 }

@@ -30,8 +30,6 @@ use crate::turn_stream::{StreamTransport, TlsSession};
 pub const CLOCK_RATE: u32 = 48_000;
 /// One 20 ms frame in RTP timestamp units.
 pub const FRAME_TICKS: u32 = 960;
-/// Payload bytes of one frame: Opus at 32 kbit/s, 20 ms.
-pub const PAYLOAD_BYTES: usize = 80;
 
 /// How a relay-only leg reaches its TURN server (the URL's scheme and `transport`).
 #[derive(Debug, Clone)]

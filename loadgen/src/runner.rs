@@ -36,6 +36,8 @@ pub async fn run_calls(
     mut spec: impl FnMut(u32, watch::Receiver<bool>) -> CallSpec,
     events: &mut impl LoadEvents,
 ) -> bool {
+    // The Opus loop, before the first call's clock starts.
+    crate::audio::prepare();
     let (hangup_tx, hangup_rx) = watch::channel(false);
     let (done_tx, mut done_rx) = mpsc::unbounded_channel::<CallRecord>();
     let permits = Arc::new(Semaphore::new(load.concurrency.max(1) as usize));

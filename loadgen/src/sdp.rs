@@ -26,6 +26,9 @@ pub struct Description {
     pub audio: usize,
     /// The payload type the description gives Opus.
     pub opus_pt: u8,
+    /// The id its audio section gives our send-stamp header extension
+    /// (`a=extmap:ID urn:x-softphone-sim:…`, RFC 8285 §8), if it has it.
+    pub send_stamp: Option<u8>,
 }
 
 /// One m-section.
@@ -63,6 +66,7 @@ impl Description {
             fingerprint: Option<String>,
             setup: Option<String>,
             opus: Option<u8>,
+            send_stamp: Option<u8>,
         }
         let mut session = Attrs::default();
         let mut ice_lite = false;
@@ -108,6 +112,14 @@ impl Description {
                         s.mid = Some(value.to_owned());
                     }
                 }
+                "extmap" => {
+                    // `ID[/direction] URI [attributes]`
+                    let mut parts = value.split_whitespace();
+                    let id = parts.next().and_then(|i| i.split('/').next()?.parse().ok());
+                    if parts.next() == Some(crate::media::SEND_STAMP_URI) {
+                        attrs.send_stamp = id.filter(|i| (1..=14).contains(i));
+                    }
+                }
                 "rtpmap" => {
                     let (pt, codec) = value.split_once(' ').unwrap_or((value, ""));
                     if codec.to_ascii_lowercase().starts_with("opus/48000")
@@ -142,6 +154,7 @@ impl Description {
             return Err(SdpError::Unusable("ICE credentials are too short".into()));
         }
         let opus_pt = a.opus.unwrap_or_default();
+        let send_stamp = a.send_stamp;
         Ok(Self {
             ice_ufrag,
             ice_pwd,
@@ -151,6 +164,7 @@ impl Description {
             sections: media.into_iter().map(|(s, _)| s).collect(),
             audio,
             opus_pt,
+            send_stamp,
         })
     }
 }
@@ -183,7 +197,8 @@ pub fn offer(local: &Local<'_>, session_id: u64) -> String {
         formats: OPUS_PT.to_string(),
         mid: Some("0".into()),
     }];
-    write(&sections, 0, OPUS_PT, "actpass", local, session_id)
+    let codec = (OPUS_PT, Some(crate::media::SEND_STAMP_ID));
+    write(&sections, 0, codec, "actpass", local, session_id)
 }
 
 /// Writes the answer to `offer`, as the DTLS server.
@@ -191,17 +206,18 @@ pub fn answer(offer: &Description, local: &Local<'_>, session_id: u64) -> String
     write(
         &offer.sections,
         offer.audio,
-        offer.opus_pt,
+        (offer.opus_pt, offer.send_stamp),
         "passive",
         local,
         session_id,
     )
 }
 
+/// Writes a description; `codec` is Opus's payload type and the send stamp's extension id.
 fn write(
     sections: &[Section],
     audio_index: usize,
-    pt: u8,
+    (pt, send_stamp): (u8, Option<u8>),
     setup: &str,
     local: &Local<'_>,
     session_id: u64,
@@ -251,6 +267,9 @@ fn write(
         if let Some(mid) = &section.mid {
             let _ = write!(sdp, "a=mid:{mid}\r\n");
         }
+        if let Some(id) = send_stamp {
+            let _ = write!(sdp, "a=extmap:{id} {}\r\n", crate::media::SEND_STAMP_URI);
+        }
         let _ = write!(
             sdp,
             "a=sendrecv\r\na=msid:softphone audio\r\na=rtcp-mux\r\na=rtpmap:{pt} opus/48000/2\r\n\
@@ -294,6 +313,8 @@ mod tests {
         assert_eq!(offer.setup, "actpass");
         assert_eq!(offer.opus_pt, 111);
         assert_eq!(offer.sections.len(), 2);
+        // A browser offers its own extensions, not ours: the answer carries none.
+        assert_eq!(offer.send_stamp, None);
         let local = Local {
             ice_ufrag: "anch",
             ice_pwd: "0123456789abcdefghijkl",
@@ -307,6 +328,10 @@ mod tests {
         assert!(sdp.contains("a=ice-lite\r\n"));
         assert!(sdp.contains("m=audio 9 UDP/TLS/RTP/SAVPF 111\r\n"));
         assert!(sdp.contains("a=setup:passive\r\n"));
+        assert!(
+            !sdp.contains("a=extmap"),
+            "nothing the browser did not offer"
+        );
         assert!(sdp.contains("m=video 0 UDP/TLS/RTP/SAVPF 96\r\n"));
         // Every line ends in CRLF, as RFC 8866 §5 requires.
         assert!(sdp.split("\r\n").all(|l| !l.contains('\n')));
@@ -355,6 +380,9 @@ mod tests {
         assert_eq!(back.setup, "passive");
         assert!(back.ice_lite);
         assert_eq!(back.fingerprint, "01:02");
+        // The send stamp is offered and answered with the offer's id.
+        assert_eq!(parsed.send_stamp, Some(crate::media::SEND_STAMP_ID));
+        assert_eq!(back.send_stamp, Some(crate::media::SEND_STAMP_ID));
     }
 
     #[test]

@@ -1,7 +1,8 @@
 //! Interop with a real browser: headless Chromium places a relay-only call through our TURN
 //! server (across an impaired path) to our media anchor, over our WebSocket/TLS signalling. The
-//! browser's own `getStats()` must show the connection and the media, and its jitter and loss
-//! figures must agree with ours (the two directions cross the same path model).
+//! browser's own `getStats()` must show the connection and the media — Opus its decoder plays,
+//! with an audio level — and its jitter and loss figures must agree with ours (the two
+//! directions cross the same path model).
 //!
 //! Needs Debian's `chromium` (`.ci/run` installs it); the test installs it when it runs as root
 //! and it is missing, and skips with a loud message only when that is impossible (on CI, `CI` set, it fails).
@@ -40,6 +41,7 @@ fn chromium() -> bool {
 }
 
 const PAGE: &str = r#"<!doctype html><meta charset="utf-8"><title>softphone interop</title>
+<audio id="remote" autoplay></audio>
 <script>
 const log = (o) => console.log('RESULT ' + JSON.stringify(o));
 (async () => {
@@ -48,6 +50,8 @@ const log = (o) => console.log('RESULT ' + JSON.stringify(o));
       iceServers: [{ urls: 'turn:TURN_ADDR?transport=udp', username: 'agent', credential: 'TURN_PASSWORD' }],
       iceTransportPolicy: 'relay', rtcpMuxPolicy: 'require' });
     const candidates = [];
+    // Played, as a softphone plays it: Chromium decodes what its audio output pulls.
+    pc.ontrack = (e) => { const a = document.getElementById('remote'); a.srcObject = e.streams[0] || new MediaStream([e.track]); a.play().catch(() => {}); };
     pc.onicecandidate = (e) => { if (e.candidate && e.candidate.candidate) candidates.push(e.candidate.toJSON()); };
     const media = await navigator.mediaDevices.getUserMedia({ audio: true });
     media.getTracks().forEach((t) => pc.addTrack(t, media));
@@ -75,7 +79,7 @@ const log = (o) => console.log('RESULT ' + JSON.stringify(o));
     const report = await pc.getStats();
     const stats = {};
     report.forEach((s) => {
-      if (s.type === 'inbound-rtp' && s.kind === 'audio') stats.inbound = { packetsReceived: s.packetsReceived, packetsLost: s.packetsLost, jitter: s.jitter, bytesReceived: s.bytesReceived };
+      if (s.type === 'inbound-rtp' && s.kind === 'audio') stats.inbound = { packetsReceived: s.packetsReceived, packetsLost: s.packetsLost, jitter: s.jitter, bytesReceived: s.bytesReceived, totalSamplesReceived: s.totalSamplesReceived, concealedSamples: s.concealedSamples, audioLevel: s.audioLevel, packetsDiscarded: s.packetsDiscarded };
       if (s.type === 'candidate-pair' && s.nominated && s.state === 'succeeded') stats.pair = { local: s.localCandidateId, remote: s.remoteCandidateId };
       if (s.type === 'transport') stats.dtlsState = s.dtlsState;
     });
@@ -155,6 +159,7 @@ fn chromium_calls_our_anchor_through_our_turn_server() {
             "--disable-sync",
             "--use-fake-device-for-media-stream",
             "--use-fake-ui-for-media-stream",
+            "--autoplay-policy=no-user-gesture-required",
             // Our signalling certificate is self-signed.
             "--ignore-certificate-errors",
             "--enable-logging=stderr",
@@ -215,6 +220,16 @@ fn chromium_calls_our_anchor_through_our_turn_server() {
     assert!(
         b_received > 300.0,
         "the browser received {b_received} packets"
+    );
+    // What it received is audio its Opus decoder plays: 960 samples a packet, and a level.
+    let samples = inbound["totalSamplesReceived"].as_f64().unwrap_or(0.0);
+    assert!(
+        samples >= 900.0 * b_received,
+        "the browser decoded {samples} samples from {b_received} packets"
+    );
+    assert!(
+        inbound["audioLevel"].as_f64().is_some_and(|l| l > 0.0),
+        "the browser hears our test signal: {inbound}"
     );
     // The browser → anchor stream, measured by us.
     let ours: reports::record::MediaStats =

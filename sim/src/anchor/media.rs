@@ -8,8 +8,10 @@
 //! - DTLS 1.2 server (`rtc::dtls`), the client's certificate checked against the offer's
 //!   `a=fingerprint` (RFC 8122 §5).
 //! - SRTP/SRTCP keyed from the handshake (RFC 5764 §4.2, `rtc::srtp`).
-//! - 20 ms frames on the shared frame grid, RTCP sender reports with a reception report of the
-//!   agent's stream every second (RFC 3550 §6.4), and the agent's stream measured.
+//! - 20 ms Opus frames on the shared frame grid (`loadgen::audio`), stamped in the header
+//!   extension when the offer asked for it, RTCP sender reports with a reception report of the
+//!   agent's stream every second (RFC 3550 §6.4), and the agent's stream measured: with its
+//!   send stamps from our agents, by arrival and RTP timestamps alone from any other client.
 //!
 //! - Consent (RFC 7675): a leg whose agent has sent no check the leg could answer for
 //!   [`CONSENT_TIMEOUT`] — a closed page, a dead agent — stops sending for good (only an ICE
@@ -46,7 +48,7 @@ use turn_server::wire::{self, Class, IntegrityKind, MessageBuilder, Method, Stun
 use loadgen::measure::MediaMeter;
 use loadgen::media::{
     Handshake, REPORT_INTERVAL, Reception, dtls_config, fingerprint, frame_packet, is_rtcp,
-    read_dtls, rtp_parts, sender_report,
+    read_dtls, rtp_parts, send_stamp, sender_report,
 };
 use loadgen::sdp::Description;
 
@@ -156,6 +158,8 @@ impl MediaServer {
     /// Binds a UDP socket on `ip` (port 0) and starts the server's thread, `anchor-media`.
     /// Media stamps count from `epoch`; `codec` is the E-model's.
     pub fn start(ip: std::net::IpAddr, epoch: Instant, codec: Codec) -> io::Result<Self> {
+        // The Opus loop, before the first leg sends.
+        loadgen::audio::prepare();
         let socket = UdpSocket::bind(SocketAddr::new(ip, 0))?;
         socket.set_nonblocking(true)?;
         let address = socket.local_addr()?;
@@ -258,6 +262,8 @@ struct Leg {
     next_frame: Option<Instant>,
     next_report: Option<Instant>,
     frames_sent: u64,
+    /// Opus bytes sent (the sender reports' octet count).
+    payload_bytes_sent: u64,
     wire_bytes_sent: u64,
     pacing: reports::Distribution,
     meter: MediaMeter,
@@ -353,6 +359,7 @@ impl Server {
             next_frame: None,
             next_report: None,
             frames_sent: 0,
+            payload_bytes_sent: 0,
             wire_bytes_sent: 0,
             pacing: reports::Distribution::new(reports::Unit::Micros),
             meter: MediaMeter::new(self.epoch),
@@ -530,11 +537,16 @@ impl Server {
         let Ok(plain) = inbound.decrypt_rtp(data) else {
             return false;
         };
-        let Some((seq, timestamp, ssrc, payload)) = rtp_parts(&plain) else {
+        let Some((seq, timestamp, ssrc, _)) = rtp_parts(&plain) else {
             return false;
         };
+        let stamp = leg
+            .spec
+            .offer
+            .send_stamp
+            .and_then(|id| send_stamp(&plain, id));
         leg.reception.on_rtp(ssrc, seq);
-        leg.meter.on_rtp(now, seq, timestamp, payload);
+        leg.meter.on_rtp(now, seq, timestamp, stamp);
         true
     }
 
@@ -639,11 +651,19 @@ fn send_frame(
         return;
     };
     let sent = now.saturating_duration_since(epoch);
-    let packet = frame_packet(leg.frames_sent, leg.spec.offer.opus_pt, leg.spec.ssrc, sent);
+    let offer = &leg.spec.offer;
+    let packet = frame_packet(
+        leg.frames_sent,
+        offer.opus_pt,
+        leg.spec.ssrc,
+        sent,
+        offer.send_stamp,
+    );
     let Ok(protected) = outbound.encrypt_rtp(&packet) else {
         return;
     };
     if transmit(socket, counters, leg, &protected, remote) {
+        leg.payload_bytes_sent += loadgen::audio::opus_frame(leg.frames_sent).len() as u64;
         leg.frames_sent += 1;
     }
 }
@@ -659,7 +679,7 @@ fn send_report(
     let Some(plain) = sender_report(
         now,
         leg.spec.ssrc,
-        leg.frames_sent,
+        (leg.frames_sent, leg.payload_bytes_sent),
         &mut leg.reception,
         &leg.meter,
     ) else {

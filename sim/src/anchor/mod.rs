@@ -66,6 +66,49 @@ pub struct AnchorStats {
     /// Calls ended by the anchor because their agent was gone: its leg lost consent and its
     /// signalling connection had closed.
     pub abandoned: AtomicU64,
+    /// What the anchor measured of each call that ended, whichever client placed it (the
+    /// latest [`MAX_ENDED`]; older ones are dropped and counted in `ended_dropped`).
+    pub ended_calls: std::sync::Mutex<std::collections::VecDeque<EndedCall>>,
+    /// Ended calls dropped from `ended_calls` past [`MAX_ENDED`].
+    pub ended_dropped: AtomicU64,
+}
+
+/// Ended calls the anchor keeps for whoever reads them (`sim serve`, tests).
+pub const MAX_ENDED: usize = 10_000;
+
+/// What the anchor measured of one call, on its own: the stream it received (RFC 3550
+/// interarrival jitter and loss from arrival times and RTP timestamps, one-way delay too when
+/// the client stamped its frames) and what it sent.
+#[derive(Debug, Clone, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct EndedCall {
+    /// The anchor's id of the call.
+    pub call_id: String,
+    /// The invite's `callContextToken`.
+    pub call_context_token: String,
+    /// How it ended: `bye`, `disconnectContact` (from the client), or `abandoned` (its leg
+    /// lost consent after its signalling closed).
+    pub ended_by: &'static str,
+    /// The client's stream as the anchor received it.
+    pub agent_to_anchor: reports::record::MediaStats,
+    /// Frames the anchor sent.
+    pub anchor_sent: u64,
+    /// Bytes the anchor sent, every header counted.
+    pub anchor_wire_bytes: u64,
+}
+
+impl AnchorStats {
+    /// Keeps an ended call, dropping the oldest past [`MAX_ENDED`].
+    fn keep(&self, call: EndedCall) {
+        let Ok(mut calls) = self.ended_calls.lock() else {
+            return;
+        };
+        if calls.len() == MAX_ENDED {
+            calls.pop_front();
+            self.ended_dropped.fetch_add(1, Ordering::Relaxed);
+        }
+        calls.push_back(call);
+    }
 }
 
 impl AnchorStats {
@@ -364,20 +407,38 @@ pub async fn serve(
                     let _ = req.reply.send(Err(RpcError::new(404, "call not found")));
                     continue;
                 };
-                calls.up.remove(&call_id);
+                let Some(call) = calls.up.remove(&call_id) else {
+                    continue;
+                };
                 calls.forget_closed(&mut gone);
                 stats.ended.fetch_add(1, Ordering::Relaxed);
                 let (tx, rx) = oneshot::channel();
-                media.close(call_id, tx);
-                let reply = req.reply;
+                media.close(call_id.clone(), tx);
+                let (reply, stats) = (req.reply, stats.clone());
+                let ended_by = if req.method == "bye" {
+                    "bye"
+                } else {
+                    "disconnectContact"
+                };
                 tokio::spawn(async move {
                     let result = match tokio::time::timeout(Duration::from_secs(1), rx).await {
-                        Ok(Ok((m, sent, wire_bytes, pacing))) => json!({
-                            "agentToAnchor": m,
-                            "anchorSent": sent,
-                            "anchorWireBytes": wire_bytes,
-                            "anchorPacing": pacing,
-                        }),
+                        Ok(Ok((m, sent, wire_bytes, pacing))) => {
+                            let result = json!({
+                                "agentToAnchor": m,
+                                "anchorSent": sent,
+                                "anchorWireBytes": wire_bytes,
+                                "anchorPacing": pacing,
+                            });
+                            stats.keep(EndedCall {
+                                call_id,
+                                call_context_token: call.token,
+                                ended_by,
+                                agent_to_anchor: m,
+                                anchor_sent: sent,
+                                anchor_wire_bytes: wire_bytes,
+                            });
+                            result
+                        }
                         _ => Value::Null,
                     };
                     let _ = reply.send(Ok(result));
@@ -391,12 +452,28 @@ pub async fn serve(
     drop(held);
 }
 
-/// Ends a call whose agent is gone (its leg lost consent, its signalling closed).
-fn abandon(calls: &mut Calls, call_id: &str, media: &MediaServer, stats: &AnchorStats) {
-    if calls.up.remove(call_id).is_some() {
-        stats.abandoned.fetch_add(1, Ordering::Relaxed);
-        // No one is left to hear the leg's figures.
-        let (tx, _) = oneshot::channel();
-        media.close(call_id.to_owned(), tx);
-    }
+/// Ends a call whose agent is gone (its leg lost consent, its signalling closed), keeping what
+/// the anchor measured of it.
+fn abandon(calls: &mut Calls, call_id: &str, media: &MediaServer, stats: &Arc<AnchorStats>) {
+    let Some(call) = calls.up.remove(call_id) else {
+        return;
+    };
+    stats.abandoned.fetch_add(1, Ordering::Relaxed);
+    let (tx, rx) = oneshot::channel();
+    media.close(call_id.to_owned(), tx);
+    let (stats, call_id) = (stats.clone(), call_id.to_owned());
+    tokio::spawn(async move {
+        if let Ok(Ok((m, sent, wire_bytes, _))) =
+            tokio::time::timeout(Duration::from_secs(1), rx).await
+        {
+            stats.keep(EndedCall {
+                call_id,
+                call_context_token: call.token,
+                ended_by: "abandoned",
+                agent_to_anchor: m,
+                anchor_sent: sent,
+                anchor_wire_bytes: wire_bytes,
+            });
+        }
+    });
 }
