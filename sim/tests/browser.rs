@@ -7,38 +7,13 @@
 //! Needs Debian's `chromium` (`.ci/run` installs it); the test installs it when it runs as root
 //! and it is missing, and skips with a loud message only when that is impossible (on CI, `CI` set, it fails).
 #![allow(clippy::disallowed_methods)] // real processes, real clock
+mod common;
 
-use std::io::Read;
-use std::path::Path as FsPath;
-use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use reports::emodel::Codec;
-use sim::anchor::AnchorBehaviour;
 use sim::netem::{JitterDistribution, Loss, Path, SegmentModel};
 use sim::relay::{UdpRelay, UdpRelayConfig};
-use sim::run::VendorSide;
 use sim::scenario::Policy;
-
-const CHROMIUM: &str = "/usr/bin/chromium";
-
-fn chromium() -> bool {
-    if FsPath::new(CHROMIUM).exists() {
-        return true;
-    }
-    // Install it when we can (root, Debian); CI installs it beforehand.
-    let _ = Command::new("apt-get")
-        .args([
-            "install",
-            "-y",
-            "-qq",
-            "--no-install-recommends",
-            "chromium",
-        ])
-        .env("DEBIAN_FRONTEND", "noninteractive")
-        .status();
-    FsPath::new(CHROMIUM).exists()
-}
 
 const PAGE: &str = r#"<!doctype html><meta charset="utf-8"><title>softphone interop</title>
 <audio id="remote" autoplay></audio>
@@ -98,27 +73,11 @@ const log = (o) => console.log('RESULT ' + JSON.stringify(o));
 
 #[test]
 fn chromium_calls_our_anchor_through_our_turn_server() {
-    if !chromium() {
-        // `.ci/run` installs chromium first: on CI a missing browser is a failure, not a skip.
-        assert!(
-            std::env::var_os("CI").is_none(),
-            "{CHROMIUM} is missing and could not be installed"
-        );
-        eprintln!(
-            "\n\n!!! SKIPPED: {CHROMIUM} is missing and could not be installed (run as root, or apt-get install chromium)\n"
-        );
+    if !common::chromium() {
         return;
     }
     // TURN, signalling, anchor: the vendor's side as `sim run` starts it.
-    let vendor = VendorSide::start(
-        3,
-        &["127.0.0.1".to_owned()],
-        "127.0.0.1:0".parse().unwrap(),
-        Instant::now(),
-        Codec::OPUS,
-        AnchorBehaviour::Answer,
-    )
-    .unwrap();
+    let vendor = common::browser_vendor_side(3);
     let turn = vendor.turn_addr();
 
     // The browser's path to TURN: σ = 10 ms normal jitter and 2 % loss each way.
@@ -147,57 +106,16 @@ fn chromium_calls_our_anchor_through_our_turn_server() {
         .replace("TALK_MS", &talk_ms.to_string());
     let page_path = dir.join("call.html");
     std::fs::write(&page_path, page).unwrap();
-    let mut child = Command::new(CHROMIUM)
-        .args([
-            "--headless",
-            "--no-sandbox",
-            "--disable-gpu",
-            "--disable-quic",
-            "--no-first-run",
-            "--disable-background-networking",
-            "--disable-component-update",
-            "--disable-sync",
-            "--use-fake-device-for-media-stream",
-            "--use-fake-ui-for-media-stream",
-            "--autoplay-policy=no-user-gesture-required",
-            // Our signalling certificate is self-signed.
-            "--ignore-certificate-errors",
-            "--enable-logging=stderr",
-            "--v=0",
-        ])
-        .arg(format!("--user-data-dir={}", dir.join("profile").display()))
-        .arg(format!("file://{}", page_path.display()))
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    // Bounded: the page closes itself; kill the browser after 60 s whatever happens.
-    let mut stderr = child.stderr.take().unwrap();
-    let reader = std::thread::spawn(move || {
-        let mut s = String::new();
-        let _ = stderr.read_to_string(&mut s);
-        s
-    });
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while Instant::now() < deadline && child.try_wait().unwrap().is_none() {
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    let _ = child.kill();
-    let _ = child.wait();
-    let log = reader.join().unwrap();
+    let (result, log) = common::run_page(
+        &format!("file://{}", page_path.display()),
+        &dir,
+        Duration::from_secs(60),
+    );
     relay.shutdown();
     vendor.stop();
-    let line = log.lines().find_map(|l| {
-        l.split_once("RESULT ")
-            .map(|(_, r)| r.trim_end_matches(['"', ')', ' ']).to_owned())
-    });
-    let Some(line) = line else {
+    let Some(result) = result else {
         panic!("no RESULT from the page; browser log:\n{log}")
     };
-    // Chromium logs `"RESULT {…}", source: file://… (N)`: cut at the JSON's end.
-    let json_end = line.rfind('}').map_or(line.len(), |i| i + 1);
-    let result: serde_json::Value =
-        serde_json::from_str(&line[..json_end]).unwrap_or_else(|e| panic!("{e}: {line}"));
     println!("{}", serde_json::to_string_pretty(&result).unwrap());
     assert!(result.get("error").is_none(), "{result}");
     assert_eq!(result["connected"], true);

@@ -33,3 +33,112 @@ pub(crate) fn talk(agent: &mut loadgen::peer::Peer, talk: std::time::Duration) {
         std::thread::sleep(Duration::from_millis(1));
     }
 }
+
+/// Debian's Chromium, which the browser interop tests drive headless.
+#[allow(dead_code)]
+pub(crate) const CHROMIUM: &str = "/usr/bin/chromium";
+
+/// Whether Chromium is there: installed now when it is not and we can (root, Debian). On CI
+/// (`CI` set, `.ci/run` installs it first) its absence is a failure; elsewhere the caller skips
+/// loudly.
+#[allow(dead_code)]
+pub(crate) fn chromium() -> bool {
+    use std::path::Path;
+    if !Path::new(CHROMIUM).exists() {
+        let _ = std::process::Command::new("apt-get")
+            .args([
+                "install",
+                "-y",
+                "-qq",
+                "--no-install-recommends",
+                "chromium",
+            ])
+            .env("DEBIAN_FRONTEND", "noninteractive")
+            .status();
+    }
+    let there = Path::new(CHROMIUM).exists();
+    assert!(
+        there || std::env::var_os("CI").is_none(),
+        "{CHROMIUM} is missing and could not be installed"
+    );
+    if !there {
+        eprintln!(
+            "\n\n!!! SKIPPED: {CHROMIUM} is missing and could not be installed (run as root, or \
+             apt-get install chromium)\n"
+        );
+    }
+    there
+}
+
+/// Opens `url` in headless Chromium (a fresh profile in `dir`, fake microphone, autoplay, our
+/// self-signed certificates accepted) and waits, at most `limit`, for the page to close itself.
+/// Returns the JSON of the page's last `console.log('RESULT ' + …)` line, and the browser's log.
+#[allow(dead_code, clippy::disallowed_methods)] // real processes, real clock
+pub(crate) fn run_page(
+    url: &str,
+    dir: &std::path::Path,
+    limit: std::time::Duration,
+) -> (Option<serde_json::Value>, String) {
+    use std::io::Read;
+    use std::process::{Command, Stdio};
+    use std::time::Instant;
+    let mut child = Command::new(CHROMIUM)
+        .args([
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-quic",
+            "--no-first-run",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+            "--use-fake-device-for-media-stream",
+            "--use-fake-ui-for-media-stream",
+            "--autoplay-policy=no-user-gesture-required",
+            // Our signalling and TURN certificates are self-signed.
+            "--ignore-certificate-errors",
+            "--enable-logging=stderr",
+            "--v=0",
+        ])
+        .arg(format!("--user-data-dir={}", dir.join("profile").display()))
+        .arg(url)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("chromium starts");
+    let mut stderr = child.stderr.take().expect("piped");
+    let reader = std::thread::spawn(move || {
+        let mut s = String::new();
+        let _ = stderr.read_to_string(&mut s);
+        s
+    });
+    let deadline = Instant::now() + limit;
+    while Instant::now() < deadline && child.try_wait().ok().flatten().is_none() {
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    let log = reader.join().unwrap_or_default();
+    // Chromium logs `"RESULT {…}", source: … (N)`: cut at the JSON's end.
+    let result = log.lines().rev().find_map(|l| {
+        let (_, r) = l.split_once("RESULT ")?;
+        let end = r.rfind('}')? + 1;
+        serde_json::from_str(&r[..end]).ok()
+    });
+    (result, log)
+}
+
+/// The vendor's side as `sim run` starts it, on loopback, named `127.0.0.1` (the address a
+/// browser's page is given), for a browser interop test.
+#[allow(dead_code, clippy::disallowed_methods)] // real clock
+pub(crate) fn browser_vendor_side(seed: u64) -> sim::run::VendorSide {
+    sim::run::VendorSide::start(
+        seed,
+        &["127.0.0.1".to_owned()],
+        "127.0.0.1:0".parse().expect("an address"),
+        std::time::Instant::now(),
+        reports::emodel::Codec::OPUS,
+        sim::anchor::AnchorBehaviour::Answer,
+    )
+    .expect("the vendor side starts")
+}
