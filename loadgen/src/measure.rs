@@ -232,9 +232,166 @@ impl MediaMeter {
     }
 }
 
+/// Our stream as the other side saw it, from its RTCP reception reports (RFC 3550 §6.4.1): what
+/// a server learns of a client it did not write (a browser), and our agents of the anchor.
+#[derive(Debug)]
+pub struct FarEndView {
+    ssrc: u32,
+    reports: u64,
+    /// The last report's extended highest sequence number and cumulative loss.
+    last: Option<(u32, u32)>,
+    /// Interarrival jitter, once a report.
+    jitter: Distribution,
+    /// Round-trip time, once a report that answers a sender report of ours (A − LSR − DLSR).
+    round_trip: Distribution,
+}
+
+impl FarEndView {
+    /// A view of the stream with `ssrc` (ours).
+    pub fn new(ssrc: u32) -> Self {
+        Self {
+            ssrc,
+            reports: 0,
+            last: None,
+            jitter: Distribution::new(Unit::Micros),
+            round_trip: Distribution::new(Unit::Micros),
+        }
+    }
+
+    /// Takes the reception report of our stream in a plain (decrypted) RTCP compound packet, if
+    /// it has one; `now_ntp` is the arrival time in NTP format (64 bits).
+    pub fn on_rtcp(&mut self, plain: &[u8], now_ntp: u64) {
+        use rtc::rtcp::receiver_report::ReceiverReport;
+        use rtc::rtcp::sender_report::SenderReport;
+        let Ok(packets) = rtc::rtcp::packet::unmarshal(&mut &plain[..]) else {
+            return;
+        };
+        for p in &packets {
+            let any = p.as_any();
+            let reports = if let Some(sr) = any.downcast_ref::<SenderReport>() {
+                &sr.reports
+            } else if let Some(rr) = any.downcast_ref::<ReceiverReport>() {
+                &rr.reports
+            } else {
+                continue;
+            };
+            for r in reports.iter().filter(|r| r.ssrc == self.ssrc) {
+                self.reports += 1;
+                self.last = Some((r.last_sequence_number, r.total_lost));
+                let ms = f64::from(r.jitter) * 1000.0 / f64::from(CLOCK_RATE);
+                self.jitter.record_ms(ms);
+                if r.last_sender_report != 0 {
+                    // Middle 32 bits of NTP time, in 1/65536 s (RFC 3550 §6.4.1).
+                    let arrival = (now_ntp >> 16) as u32;
+                    let rtt = arrival
+                        .wrapping_sub(r.last_sender_report)
+                        .wrapping_sub(r.delay);
+                    // A negative or absurd value (clock steps) is not a round trip.
+                    if rtt < 65536 * 10 {
+                        self.round_trip.record((u64::from(rtt) * 1_000_000) >> 16);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Reports taken so far.
+    pub fn reports(&self) -> u64 {
+        self.reports
+    }
+
+    /// The figures of our stream as the other side reported them, with the E-model's R and MOS
+    /// for `codec` (one-way delay taken as half the round trip); `None` without a report.
+    /// Bursts and late loss are not in reception reports: counted as none.
+    pub fn stats(
+        &self,
+        packets_sent: u64,
+        wire_bytes_sent: u64,
+        codec: Codec,
+    ) -> Option<MediaStats> {
+        let (highest, lost) = self.last?;
+        // Our first frame is sequence 0: the highest extended number + 1 were expected.
+        let expected = u64::from(highest) + 1;
+        let lost = u64::from(lost).min(expected);
+        let mut one_way = Distribution::new(Unit::Micros);
+        let rtt = self.round_trip.histogram();
+        for v in rtt.iter_recorded() {
+            one_way.record_n(v.value_iterated_to() / 2, v.count_at_value());
+        }
+        let ppl = 100.0 * lost as f64 / expected as f64;
+        let delay_ms = one_way.quantile(0.5).map_or(0.0, |us| us as f64 / 1000.0);
+        let model = EModel::DEFAULT
+            .with_codec(codec)
+            .with_mouth_to_ear_ms(delay_ms + PACKETISATION.as_secs_f64() * 1e3)
+            .with_loss(ppl, 1.0);
+        Some(MediaStats {
+            packets_sent,
+            wire_bytes_sent,
+            packets_expected: expected,
+            packets_received: expected - lost,
+            duplicates: 0,
+            packets_lost: lost,
+            late_lost: 0,
+            loss_bursts: std::collections::BTreeMap::new(),
+            jitter: self.jitter.clone(),
+            one_way_delay: one_way,
+            jitter_buffer_delay_ms: 0.0,
+            rtcp_reports: self.reports,
+            send_pacing_error: Distribution::new(Unit::Micros),
+            r_factor: model.r(),
+            mos: model.mos(),
+        })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_far_end_view_reads_reception_reports_of_our_stream() {
+        use rtc::rtcp::reception_report::ReceptionReport;
+        let report = |ssrc, highest, lost, jitter, lsr, dlsr| {
+            let rr = rtc::rtcp::receiver_report::ReceiverReport {
+                ssrc: 77,
+                reports: vec![ReceptionReport {
+                    ssrc,
+                    fraction_lost: 0,
+                    total_lost: lost,
+                    last_sequence_number: highest,
+                    jitter,
+                    last_sender_report: lsr,
+                    delay: dlsr,
+                }],
+                profile_extensions: bytes::Bytes::new(),
+            };
+            let packets: [Box<dyn rtc::rtcp::packet::Packet>; 1] = [Box::new(rr)];
+            rtc::rtcp::packet::marshal(&packets).unwrap()
+        };
+        let mut v = FarEndView::new(5);
+        // Another stream's report is not ours.
+        v.on_rtcp(&report(6, 10, 1, 48, 0, 0), 0);
+        assert_eq!(v.reports(), 0);
+        assert!(v.stats(100, 0, Codec::OPUS).is_none());
+        // 499 expected, 4 lost, 2 ms of jitter (96 ticks), a round trip of 100 ms: the report
+        // arrives 100 ms + the 0.5 s the far end held our sender report after it was sent.
+        let lsr: u32 = 0x0001_0000; // 1 s
+        let arrival_ntp = (u64::from(lsr) + 0x0000_8000 + 6554) << 16;
+        v.on_rtcp(&report(5, 498, 4, 96, lsr, 0x8000), arrival_ntp);
+        let s = v.stats(500, 80_000, Codec::OPUS).unwrap();
+        assert_eq!(
+            (s.packets_expected, s.packets_lost, s.packets_received),
+            (499, 4, 495)
+        );
+        assert_eq!(s.rtcp_reports, 1);
+        assert_eq!(s.jitter.quantile(0.5).map(|us| us / 100), Some(20), "2 ms");
+        let one_way = s.one_way_delay.quantile(0.5).unwrap();
+        assert!(
+            (49_000..=51_000).contains(&one_way),
+            "half of 100 ms: {one_way} µs"
+        );
+        assert!(s.mos > 3.5 && s.mos < 4.5, "{}", s.mos);
+    }
 
     /// Relative delays alternating 0 and 40 ms with a spike of 200 ms every 50 packets: a fixed
     /// 30 ms buffer loses every 40 ms packet; the adaptive one learns the 40 ms (its p95 over a

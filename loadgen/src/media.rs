@@ -410,7 +410,8 @@ impl Reception {
 /// Seconds from 1900 to 1970 (RFC 5905's era 0).
 const NTP_UNIX_OFFSET: u64 = 2_208_988_800;
 
-fn ntp_now() -> u64 {
+/// The wall clock now in NTP format (RFC 5905: seconds since 1900 in the high 32 bits).
+pub fn ntp_now() -> u64 {
     let since = SystemTime::now()
         .duration_since(SystemTime::UNIX_EPOCH)
         .unwrap_or_default();

@@ -106,7 +106,27 @@ fn a_full_ice_agent_connects_and_media_flows_both_ways() {
         agent.meter.rtcp_reports >= 1,
         "no sender report reached the agent"
     );
-    let (to_anchor, anchor_sent, wire_bytes, pacing) = close(&media);
+    let ended = close(&media);
+    // The agent's reception reports of the anchor's stream: the far end's view.
+    let far = ended
+        .far_end
+        .clone()
+        .expect("the agent's reception reports");
+    assert!(far.rtcp_reports >= 1, "{far:?}");
+    assert!(
+        far.packets_expected + 50 >= ended.frames_sent && far.packets_expected <= ended.frames_sent,
+        "the agent reported {} expected of {} sent (its last report is up to a second old)",
+        far.packets_expected,
+        ended.frames_sent
+    );
+    assert_eq!(far.packets_lost, 0);
+    assert!(ended.connected_after.is_some() && ended.first_rtp_after.is_some());
+    let (to_anchor, anchor_sent, wire_bytes, pacing) = (
+        ended.received,
+        ended.frames_sent,
+        ended.wire_bytes_sent,
+        ended.pacing,
+    );
     assert!(to_anchor.packets_received >= 100, "{to_anchor:?}");
     assert_eq!(to_anchor.packets_lost, 0);
     assert!(anchor_sent >= to_agent, "{anchor_sent} < {to_agent}");
@@ -174,7 +194,7 @@ fn a_leg_whose_agent_goes_away_stops_sending_when_consent_lapses() {
     // frames up to the lapse.
     let lapsed_at = started.elapsed();
     std::thread::sleep(Duration::from_secs(1));
-    let (_, anchor_sent, _, _) = close(&media);
+    let anchor_sent = close(&media).frames_sent;
     let most = u64::try_from(lapsed_at.as_millis() / 20).unwrap() + 5;
     assert!(
         anchor_sent <= most,

@@ -45,10 +45,10 @@ use rtc::shared::TransportProtocol;
 use rtc::srtp::context::Context;
 use turn_server::wire::{self, Class, IntegrityKind, MessageBuilder, Method, StunPacket, StunRepr};
 
-use loadgen::measure::MediaMeter;
+use loadgen::measure::{FarEndView, MediaMeter};
 use loadgen::media::{
     Handshake, REPORT_INTERVAL, Reception, dtls_config, fingerprint, frame_packet, is_rtcp,
-    read_dtls, rtp_parts, send_stamp, sender_report,
+    ntp_now, read_dtls, rtp_parts, send_stamp, sender_report,
 };
 use loadgen::sdp::Description;
 
@@ -74,9 +74,24 @@ pub enum LegEvent {
     },
 }
 
-/// What a leg hands back when its call ends: its measurement of the agent's stream, the frames
-/// and wire bytes it sent, and its pacing error.
-pub type Ended = (MediaStats, u64, u64, reports::Distribution);
+/// What a leg hands back when its call ends.
+#[derive(Debug, Clone)]
+pub struct Ended {
+    /// Its measurement of the agent's stream.
+    pub received: MediaStats,
+    /// Frames it sent.
+    pub frames_sent: u64,
+    /// Bytes it sent, every header counted.
+    pub wire_bytes_sent: u64,
+    /// Its pacing error.
+    pub pacing: reports::Distribution,
+    /// Its stream as the agent reported it in RTCP reception reports (`None` without one).
+    pub far_end: Option<MediaStats>,
+    /// How long after the leg opened its DTLS handshake completed (`None`: it never did).
+    pub connected_after: Option<Duration>,
+    /// When it received its first RTP packet, after it opened.
+    pub first_rtp_after: Option<Duration>,
+}
 
 /// A leg to open: the offer it answers and what the answer said.
 #[derive(Debug)]
@@ -268,6 +283,10 @@ struct Leg {
     pacing: reports::Distribution,
     meter: MediaMeter,
     reception: Reception,
+    /// The agent's reception reports of the leg's stream.
+    far_end: FarEndView,
+    opened: Instant,
+    first_rtp: Option<Instant>,
     failed: bool,
     /// When the leg last answered a check of the agent's (its opening, before the first).
     last_check: Instant,
@@ -350,6 +369,7 @@ impl Server {
         self.next_id += 1;
         self.by_ufrag.insert(spec.ice_ufrag.clone(), id);
         self.by_call.insert(spec.call_id.clone(), id);
+        let ssrc = spec.ssrc;
         let leg = Leg {
             spec,
             remote: None,
@@ -364,6 +384,9 @@ impl Server {
             pacing: reports::Distribution::new(reports::Unit::Micros),
             meter: MediaMeter::new(self.epoch),
             reception: Reception::default(),
+            far_end: FarEndView::new(ssrc),
+            opened: Instant::now(),
+            first_rtp: None,
             failed: false,
             last_check: Instant::now(),
             consent_lost: false,
@@ -391,13 +414,19 @@ impl Server {
         }
         let meter = std::mem::replace(&mut leg.meter, MediaMeter::new(self.epoch));
         let received = meter.received();
-        // What the agent sent is the agent's to report; it fills `packets_sent` in.
-        let _ = reply.send((
-            meter.finish(received, 0, self.codec),
-            leg.frames_sent,
-            leg.wire_bytes_sent,
-            leg.pacing,
-        ));
+        let since_open = |t: Option<Instant>| t.map(|t| t.saturating_duration_since(leg.opened));
+        let _ = reply.send(Ended {
+            // What the agent sent is the agent's to report: `packets_sent` is what arrived.
+            received: meter.finish(received, 0, self.codec),
+            frames_sent: leg.frames_sent,
+            wire_bytes_sent: leg.wire_bytes_sent,
+            far_end: leg
+                .far_end
+                .stats(leg.frames_sent, leg.wire_bytes_sent, self.codec),
+            connected_after: since_open(leg.connected),
+            first_rtp_after: since_open(leg.first_rtp),
+            pacing: leg.pacing,
+        });
     }
 
     /// Reads every datagram the socket holds.
@@ -532,6 +561,7 @@ impl Server {
             };
             leg.meter.rtcp_reports += 1;
             leg.reception.on_rtcp(now, &plain);
+            leg.far_end.on_rtcp(&plain, ntp_now());
             return true;
         }
         let Ok(plain) = inbound.decrypt_rtp(data) else {
@@ -545,6 +575,7 @@ impl Server {
             .offer
             .send_stamp
             .and_then(|id| send_stamp(&plain, id));
+        leg.first_rtp.get_or_insert(now);
         leg.reception.on_rtp(ssrc, seq);
         leg.meter.on_rtp(now, seq, timestamp, stamp);
         true

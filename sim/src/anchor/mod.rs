@@ -89,12 +89,41 @@ pub struct EndedCall {
     /// How it ended: `bye`, `disconnectContact` (from the client), or `abandoned` (its leg
     /// lost consent after its signalling closed).
     pub ended_by: &'static str,
+    /// When the invite arrived, milliseconds since the Unix epoch.
+    pub started_unix_ms: u64,
+    /// From the invite to the end, microseconds.
+    pub duration_us: u64,
+    /// From the invite to the leg's DTLS handshake done, microseconds (`None`: never).
+    pub connected_us: Option<u64>,
+    /// From the invite to the client's first RTP packet, microseconds.
+    pub first_rtp_us: Option<u64>,
     /// The client's stream as the anchor received it.
     pub agent_to_anchor: reports::record::MediaStats,
+    /// The anchor's stream as the client reported it in RTCP reception reports.
+    pub anchor_to_agent: Option<reports::record::MediaStats>,
     /// Frames the anchor sent.
     pub anchor_sent: u64,
     /// Bytes the anchor sent, every header counted.
     pub anchor_wire_bytes: u64,
+}
+
+impl EndedCall {
+    fn new(call_id: String, call: Call, ended_by: &'static str, e: media::Ended) -> Self {
+        let micros = |d: Duration| u64::try_from(d.as_micros()).unwrap_or(u64::MAX);
+        Self {
+            call_id,
+            call_context_token: call.token,
+            ended_by,
+            started_unix_ms: call.started_unix_ms,
+            duration_us: micros(call.invited.elapsed()),
+            connected_us: e.connected_after.map(micros),
+            first_rtp_us: e.first_rtp_after.map(micros),
+            agent_to_anchor: e.received,
+            anchor_to_agent: e.far_end,
+            anchor_sent: e.frames_sent,
+            anchor_wire_bytes: e.wire_bytes_sent,
+        }
+    }
 }
 
 impl AnchorStats {
@@ -137,6 +166,10 @@ struct Call {
     number: u64,
     /// Its leg lost the agent's consent (RFC 7675) and sends nothing more.
     consent_lost: bool,
+    /// When its invite came (the leg opens at the same moment).
+    invited: Instant,
+    /// The same, on the wall clock, milliseconds since the Unix epoch.
+    started_unix_ms: u64,
 }
 
 /// The calls up, found the ways the CCP's library names them: by our `callId`, by `contactId`
@@ -347,6 +380,10 @@ pub async fn serve(
                         contact,
                         number: next,
                         consent_lost: false,
+                        invited: Instant::now(),
+                        started_unix_ms: std::time::SystemTime::now()
+                            .duration_since(std::time::UNIX_EPOCH)
+                            .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX)),
                     },
                 );
                 stats.answered.fetch_add(1, Ordering::Relaxed);
@@ -422,21 +459,14 @@ pub async fn serve(
                 };
                 tokio::spawn(async move {
                     let result = match tokio::time::timeout(Duration::from_secs(1), rx).await {
-                        Ok(Ok((m, sent, wire_bytes, pacing))) => {
+                        Ok(Ok(ended)) => {
                             let result = json!({
-                                "agentToAnchor": m,
-                                "anchorSent": sent,
-                                "anchorWireBytes": wire_bytes,
-                                "anchorPacing": pacing,
+                                "agentToAnchor": ended.received,
+                                "anchorSent": ended.frames_sent,
+                                "anchorWireBytes": ended.wire_bytes_sent,
+                                "anchorPacing": ended.pacing,
                             });
-                            stats.keep(EndedCall {
-                                call_id,
-                                call_context_token: call.token,
-                                ended_by,
-                                agent_to_anchor: m,
-                                anchor_sent: sent,
-                                anchor_wire_bytes: wire_bytes,
-                            });
+                            stats.keep(EndedCall::new(call_id, call, ended_by, ended));
                             result
                         }
                         _ => Value::Null,
@@ -463,17 +493,8 @@ fn abandon(calls: &mut Calls, call_id: &str, media: &MediaServer, stats: &Arc<An
     media.close(call_id.to_owned(), tx);
     let (stats, call_id) = (stats.clone(), call_id.to_owned());
     tokio::spawn(async move {
-        if let Ok(Ok((m, sent, wire_bytes, _))) =
-            tokio::time::timeout(Duration::from_secs(1), rx).await
-        {
-            stats.keep(EndedCall {
-                call_id,
-                call_context_token: call.token,
-                ended_by: "abandoned",
-                agent_to_anchor: m,
-                anchor_sent: sent,
-                anchor_wire_bytes: wire_bytes,
-            });
+        if let Ok(Ok(ended)) = tokio::time::timeout(Duration::from_secs(1), rx).await {
+            stats.keep(EndedCall::new(call_id, call, "abandoned", ended));
         }
     });
 }
