@@ -150,6 +150,26 @@ pub fn sleep_until(deadline: Instant) -> PreciseSleep {
 /// would be.
 pub const FRAME_SLOT: Duration = Duration::from_micros(500);
 
+/// The media epoch every process on this host shares: the instant `CLOCK_MONOTONIC` (which
+/// `Instant` reads on Linux) was zero. Send stamps count from it, so an agent in one process
+/// and the anchor in another (`sim serve` and an external `loadgen`) read each other's stamps
+/// on the same timeline; two processes' epochs differ by the nanoseconds between two clock
+/// reads.
+#[allow(clippy::disallowed_methods)] // the edge's clock
+pub fn host_epoch() -> Instant {
+    static EPOCH: OnceLock<Instant> = OnceLock::new();
+    *EPOCH.get_or_init(|| {
+        let now = Instant::now();
+        let mono = rustix::time::clock_gettime(rustix::time::ClockId::Monotonic);
+        let since_zero = Duration::new(
+            u64::try_from(mono.tv_sec).unwrap_or(0),
+            u32::try_from(mono.tv_nsec).unwrap_or(0),
+        );
+        // Instants this far back are representable on Linux; elsewhere, this process's own.
+        now.checked_sub(since_zero).unwrap_or(now)
+    })
+}
+
 /// The first slot of the frame grid at or after `now`.
 pub fn next_slot(epoch: Instant, now: Instant) -> Instant {
     let since = now.saturating_duration_since(epoch).as_nanos();
@@ -185,6 +205,21 @@ impl Future for PreciseSleep {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    #[allow(clippy::disallowed_methods)]
+    fn the_host_epoch_is_monotonic_zero() {
+        let epoch = host_epoch();
+        assert_eq!(epoch, host_epoch(), "one epoch per process");
+        let mono = rustix::time::clock_gettime(rustix::time::ClockId::Monotonic);
+        let since = Instant::now().saturating_duration_since(epoch);
+        let expected = Duration::new(mono.tv_sec as u64, mono.tv_nsec as u32);
+        // The two reads are microseconds apart at most.
+        assert!(
+            since >= expected && since - expected < Duration::from_millis(5),
+            "{since:?} vs {expected:?}"
+        );
+    }
 
     #[test]
     fn slots_are_on_the_grid_and_not_before_now() {

@@ -5,7 +5,7 @@ use std::io::IsTerminal;
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, SystemTime};
 
 use anyhow::{Context, Result, anyhow, bail};
 use base64::Engine as _;
@@ -175,7 +175,8 @@ fn run(cli: &Cli) -> Result<u64> {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
-    let epoch = Instant::now();
+    // The host's media epoch: an anchor in another process (`sim serve`) reads our stamps on it.
+    let epoch = loadgen::clock::host_epoch();
     let endpoint = Endpoint {
         url: cli.signalling.clone(),
         addr: signalling_addr,

@@ -8,6 +8,7 @@
 //! - [`relay`]: the edge — UDP and TCP impairment relays and a TLS-inspecting proxy;
 //! - [`run`](mod@run): `sim run`, the whole path on one machine and the run folder;
 //! - [`report`]: re-render, merge and compare run folders;
+//! - [`serve`]: `sim serve --out`, the run folder of calls any client placed;
 //! - [`dns`]: the agents' name resolution under a site's DNS policy;
 //! - [`signalling`]: the JSON-RPC 2.0 over WebSocket/TLS endpoint;
 //! - [`bench`](mod@bench): the engine's throughput and the relay's added latency, measured.
@@ -23,5 +24,6 @@ pub mod relay;
 pub mod report;
 pub mod run;
 pub mod scenario;
+pub mod serve;
 mod service;
 pub mod signalling;

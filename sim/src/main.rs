@@ -57,6 +57,11 @@ enum Command {
         /// Where to write the signalling certificate (PEM) the agents must trust.
         #[arg(long, default_value = "sim-ca.pem")]
         ca_out: PathBuf,
+        /// A run folder for the calls any client places: `calls.jsonl` as each ends, the whole
+        /// folder (summary, report.html …) when the server stops. From the anchor's own
+        /// measurement of each call and the client's RTCP reports.
+        #[arg(long, value_name = "DIR")]
+        out: Option<PathBuf>,
     },
     /// Checks scenario files; prints every error as FILE:LINE:COLUMN: FIELD: MESSAGE.
     ///
@@ -152,7 +157,8 @@ fn main() -> ExitCode {
             listen,
             host,
             ca_out,
-        } => serve(listen, &host, &ca_out),
+            out,
+        } => serve(listen, &host, &ca_out, out.as_deref()),
         Command::Report { dirs, out, compare } => report(&dirs, out.as_deref(), compare),
         Command::Run {
             file,
@@ -260,12 +266,18 @@ fn report(dirs: &[PathBuf], out: Option<&std::path::Path>, compare: bool) -> Exi
     }
 }
 
-fn serve(listen: std::net::IpAddr, host: &str, ca_out: &std::path::Path) -> ExitCode {
+fn serve(
+    listen: std::net::IpAddr,
+    host: &str,
+    ca_out: &std::path::Path,
+    out: Option<&std::path::Path>,
+) -> ExitCode {
     let vendor = match sim::run::VendorSide::start(
         1,
         &[host.to_owned()],
         std::net::SocketAddr::new(listen, 0),
-        std::time::Instant::now(),
+        // Shared with agents in other processes, so their send stamps read on our timeline.
+        loadgen::clock::host_epoch(),
         reports::emodel::Codec::OPUS,
         sim::anchor::AnchorBehaviour::Answer,
     ) {
@@ -316,16 +328,82 @@ fn serve(listen: std::net::IpAddr, host: &str, ca_out: &std::path::Path) -> Exit
         tls(true).port(),
         tls(true).ip()
     );
+    let mut recorder = match out.map(sim::serve::Recorder::create).transpose() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!(
+                "sim serve: {}: {e}",
+                out.unwrap_or(std::path::Path::new("")).display()
+            );
+            return ExitCode::from(3);
+        }
+    };
+    if let Some(dir) = out {
+        println!("\nrecording every call in {}", dir.display());
+    }
     println!("\nserving; Ctrl-C stops");
     let stopped = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
-        .map(|rt| rt.block_on(tokio::signal::ctrl_c()));
+        .map(|rt| {
+            rt.block_on(async {
+                let ctrl_c = tokio::signal::ctrl_c();
+                tokio::pin!(ctrl_c);
+                loop {
+                    tokio::select! {
+                        _ = &mut ctrl_c => break,
+                        () = tokio::time::sleep(Duration::from_millis(250)) => {}
+                    }
+                    if let Some(r) = recorder.as_mut() {
+                        let seen = r.records().len();
+                        if let Err(e) = r.take(&vendor.anchor_stats) {
+                            eprintln!("sim serve: writing calls.jsonl: {e}");
+                        }
+                        for c in &r.records()[seen..] {
+                            println!("{}", ended_line(c));
+                        }
+                    }
+                }
+            });
+        });
     if let Err(e) = stopped {
         eprintln!("sim serve: {e}");
     }
+    let mut status = ExitCode::SUCCESS;
+    if let Some(r) = recorder {
+        match r.finish(&vendor) {
+            Ok((dir, file)) => println!(
+                "{} calls recorded; run folder {} (report.html, summary.md)",
+                file.summary.outcomes.attempts(),
+                dir.display()
+            ),
+            Err(e) => {
+                eprintln!("sim serve: writing the run folder: {e}");
+                status = ExitCode::from(3);
+            }
+        }
+    }
     vendor.stop();
-    ExitCode::SUCCESS
+    status
+}
+
+/// One line for a person about a call `sim serve` recorded.
+fn ended_line(r: &reports::CallRecord) -> String {
+    let a = r.agent_to_anchor.as_ref();
+    let received = a.map_or(0, |m| m.packets_received);
+    let loss = a.map_or(0.0, reports::record::MediaStats::loss_percent);
+    let jitter = a
+        .and_then(|m| m.jitter.quantile(0.5))
+        .map_or(0.0, |us| us as f64 / 1000.0);
+    let mos = a.map_or(0.0, |m| m.mos);
+    let how = match &r.failure {
+        Some(f) => format!("dropped ({})", f.class.as_str()),
+        None => "ended".to_owned(),
+    };
+    format!(
+        "{} {how}: received {received} packets, loss {loss:.1} %, jitter p50 {jitter:.1} ms, MOS {mos:.2}",
+        r.identity.call
+    )
 }
 
 fn bench(what: &BenchCommand) -> ExitCode {

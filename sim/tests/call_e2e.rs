@@ -354,3 +354,54 @@ fn after_a_panic_logout_the_contact_stays_up_until_the_agent_ends_it() {
     let down = r.anchor_to_agent.unwrap();
     assert!(down.packets_received >= 45, "{}", down.packets_received);
 }
+
+#[test]
+fn sim_serve_records_every_call_from_the_anchors_own_measurement() {
+    let s = stack(AnchorBehaviour::Answer, Some(Policy::default()));
+    let agents: Vec<_> = (0..2)
+        .map(|_| run(spec(&s, Duration::from_secs(2))))
+        .collect();
+    let dir = std::env::temp_dir().join(format!("sim-serve-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let mut recorder = sim::serve::Recorder::create(&dir).unwrap();
+    // The anchor keeps a call once its bye has been answered.
+    std::thread::sleep(Duration::from_millis(200));
+    assert_eq!(recorder.take(&s.vendor.anchor_stats).unwrap(), 2);
+    for (agent, served) in agents.iter().zip(recorder.records()) {
+        assert_eq!(served.outcome, Outcome::Completed);
+        served.check().unwrap();
+        // The anchor's measurement of the agent's stream is the one the agent's record holds.
+        let ours = served.agent_to_anchor.as_ref().unwrap();
+        let theirs = agent.agent_to_anchor.as_ref().unwrap();
+        assert_eq!(ours.packets_received, theirs.packets_received);
+        // The agent's view of the anchor's stream, from its reception reports: what the agent
+        // measured itself, up to its last report (sent once a second).
+        let reported = served.anchor_to_agent.as_ref().expect("reception reports");
+        let measured = agent.anchor_to_agent.as_ref().unwrap();
+        assert!(reported.rtcp_reports >= 1);
+        assert!(
+            reported.packets_expected <= measured.packets_expected
+                && reported.packets_expected + 55 >= measured.packets_expected,
+            "reported {} expected, measured {}",
+            reported.packets_expected,
+            measured.packets_expected
+        );
+        assert_eq!(reported.packets_lost, 0);
+        assert!(served.milestones.first_rtp_us.is_some());
+        assert!(served.milestones.dtls_connected_us.is_some());
+    }
+    let (dir, file) = recorder.finish(&s.vendor).unwrap();
+    assert_eq!(file.summary.outcomes.attempts(), 2);
+    let jsonl = std::fs::read_to_string(dir.join("calls.jsonl")).unwrap();
+    assert_eq!(jsonl.lines().count(), 2);
+    for f in [
+        "summary.json",
+        "summary.md",
+        "report.html",
+        "calls.csv",
+        "junit.xml",
+    ] {
+        assert!(dir.join(f).exists(), "{f}");
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -1,0 +1,154 @@
+//! `sim serve --out DIR`: a run folder for calls placed by any client — the CCP's softphone
+//! library in a browser, our `loadgen`, a third party's — from what the anchor measured on its
+//! own. Each call's record is appended to `calls.jsonl` as it ends; the whole folder (summary,
+//! CSV, JUnit, Markdown, HTML with charts) is written when the server stops.
+//!
+//! A record written here is the anchor's view: its clock starts when the invite arrives
+//! (`invite_sent_us` is 0), and of the milestones it knows only DTLS connected, the client's
+//! first RTP packet and the end. `agent_to_anchor` is the anchor's measurement of the client's
+//! stream (RFC 3550 jitter and loss from arrival times and RTP timestamps; delay too when the
+//! client stamped its frames); `anchor_to_agent` is the client's, from its RTCP reception
+//! reports (loss, jitter, and half the round trip as the one-way delay).
+
+use std::fs::File;
+use std::io::{self, Write as _};
+use std::path::{Path, PathBuf};
+
+use reports::output::SummaryFile;
+use reports::{
+    CallIdentity, CallKind, CallRecord, Failure, FailureClass, Milestones, Outcome, RunSummary,
+    SCHEMA_VERSION, SessionState, Shard,
+};
+
+use crate::anchor::{AnchorStats, EndedCall};
+use crate::run::VendorSide;
+
+/// The scenario name of a served run's records and summary.
+pub const SCENARIO: &str = "serve";
+
+/// Writes a served run's folder as calls end.
+#[derive(Debug)]
+pub struct Recorder {
+    dir: PathBuf,
+    run: String,
+    jsonl: File,
+    records: Vec<CallRecord>,
+}
+
+impl Recorder {
+    /// Creates `dir` (and its `calls.jsonl`, empty).
+    ///
+    /// # Errors
+    /// The folder or the file could not be created.
+    pub fn create(dir: &Path) -> io::Result<Self> {
+        std::fs::create_dir_all(dir)?;
+        let jsonl = File::create(dir.join("calls.jsonl"))?;
+        let run = dir
+            .file_name()
+            .map_or_else(|| SCENARIO.to_owned(), |n| n.to_string_lossy().into_owned());
+        Ok(Self {
+            dir: dir.to_owned(),
+            run,
+            jsonl,
+            records: Vec::new(),
+        })
+    }
+
+    /// Takes the calls that ended since the last time from the anchor, appends their records
+    /// to `calls.jsonl`, and returns how many.
+    ///
+    /// # Errors
+    /// `calls.jsonl` could not be written (the records are kept for the summary regardless).
+    pub fn take(&mut self, stats: &AnchorStats) -> io::Result<usize> {
+        let ended: Vec<EndedCall> = match stats.ended_calls.lock() {
+            Ok(mut calls) => calls.drain(..).collect(),
+            Err(_) => return Ok(0),
+        };
+        let mut written = Ok(());
+        for e in &ended {
+            let r = record(e, &self.run);
+            if written.is_ok() {
+                written = serde_json::to_string(&r)
+                    .map_err(io::Error::other)
+                    .and_then(|line| writeln!(self.jsonl, "{line}"));
+            }
+            self.records.push(r);
+        }
+        written.map(|()| ended.len())
+    }
+
+    /// The calls recorded so far.
+    pub fn records(&self) -> &[CallRecord] {
+        &self.records
+    }
+
+    /// Writes the rest of the folder: the summary against the 2 % threshold with the vendor
+    /// side's own counters, and every report.
+    ///
+    /// # Errors
+    /// The folder could not be written.
+    pub fn finish(mut self, vendor: &VendorSide) -> Result<(PathBuf, SummaryFile), String> {
+        self.take(&vendor.anchor_stats)
+            .map_err(|e| format!("{}: {e}", self.dir.join("calls.jsonl").display()))?;
+        let mut summary = RunSummary::new();
+        for r in &self.records {
+            // Invariant: records are built here with the units the crate chose.
+            let _ = summary.add(r);
+        }
+        let mut file = SummaryFile::new(SCENARIO, summary, 0.02, 0.95, false);
+        vendor.count_into(&mut file.components);
+        crate::report::write(&self.dir, &self.records, &file).map_err(|e| e.to_string())?;
+        Ok((self.dir, file))
+    }
+}
+
+/// The call record of a call the anchor ended.
+#[must_use]
+pub fn record(e: &EndedCall, run: &str) -> CallRecord {
+    let (outcome, failure) = if e.ended_by == "abandoned" {
+        (
+            Outcome::Dropped,
+            Some(Failure {
+                class: FailureClass::MediaTimeout,
+                detail: "the client went away: its signalling closed and its ICE checks stopped \
+                         (consent lapsed, RFC 7675)"
+                    .into(),
+                ccp_message: None,
+            }),
+        )
+    } else {
+        (Outcome::Completed, None)
+    };
+    CallRecord {
+        schema_version: SCHEMA_VERSION,
+        identity: CallIdentity {
+            run: run.to_owned(),
+            call: e.call_id.clone(),
+            agent: e.call_context_token.clone(),
+            scenario: SCENARIO.to_owned(),
+            site: "external".into(),
+            profile: "external".into(),
+            kind: CallKind::Inbound,
+            shard: Shard { index: 0, count: 1 },
+        },
+        started_unix_ms: e.started_unix_ms,
+        milestones: Milestones {
+            invite_sent_us: Some(0),
+            dtls_connected_us: e.connected_us,
+            first_rtp_us: e.first_rtp_us,
+            ended_us: Some(e.duration_us),
+            ..Milestones::default()
+        },
+        last_state: if failure.is_some() {
+            SessionState::Talking
+        } else {
+            SessionState::Disconnected
+        },
+        outcome,
+        failure,
+        ice: reports::record::IceCounters::default(),
+        relay_transport: None,
+        agent_to_anchor: Some(e.agent_to_anchor.clone()),
+        anchor_to_agent: e.anchor_to_agent.clone(),
+    }
+}
