@@ -357,6 +357,8 @@ impl Peer {
     /// Starts a TURN allocation on every configured server (a relay-only leg), or binds a UDP
     /// socket on loopback and offers it as a host candidate (a host leg).
     pub fn new(config: PeerConfig, ssrc: u32, now: Instant) -> Result<Self, LegError> {
+        // Before the leg's first frame is due (a no-op once the process has the loop).
+        crate::audio::prepare();
         // The answering side takes the DTLS server role (`a=setup:passive`, RFC 5763 §5): the
         // offerer sends its ClientHello once its own ICE has selected a pair. With the answerer
         // as client, 15 % of setups took ~200 ms longer from ICE to DTLS (the answerer's

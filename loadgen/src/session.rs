@@ -93,6 +93,9 @@ pub struct TurnServer {
 /// Runs one call to its end and returns its record. Never panics on network input: every
 /// failure becomes the record's failure class.
 pub async fn run_call(spec: CallSpec) -> CallRecord {
+    // The Opus loop is encoded once per process: before this call's clock starts, not in the
+    // middle of its first frame (a stall its own jitter figure would show).
+    crate::audio::prepare();
     let mut call = Call::new(&spec);
     let outcome = call.run(&spec).await;
     call.record(&spec, outcome)

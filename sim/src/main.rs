@@ -328,7 +328,8 @@ fn serve(
         tls(true).port(),
         tls(true).ip()
     );
-    let mut recorder = match out.map(sim::serve::Recorder::create).transpose() {
+    let recorder = out.map(|dir| sim::serve::Recorder::create(dir, &vendor));
+    let mut recorder = match recorder.transpose() {
         Ok(r) => r,
         Err(e) => {
             eprintln!(

@@ -36,11 +36,13 @@ pub struct Recorder {
 }
 
 impl Recorder {
-    /// Creates `dir` (and its `calls.jsonl`, empty).
+    /// Creates `dir` (and its `calls.jsonl`, empty) for the calls of `vendor`'s anchor, which
+    /// keeps its ended calls from now on.
     ///
     /// # Errors
     /// The folder or the file could not be created.
-    pub fn create(dir: &Path) -> io::Result<Self> {
+    pub fn create(dir: &Path, vendor: &VendorSide) -> io::Result<Self> {
+        vendor.anchor_stats.keep_ended_calls();
         std::fs::create_dir_all(dir)?;
         let jsonl = File::create(dir.join("calls.jsonl"))?;
         let run = dir

@@ -358,12 +358,12 @@ fn after_a_panic_logout_the_contact_stays_up_until_the_agent_ends_it() {
 #[test]
 fn sim_serve_records_every_call_from_the_anchors_own_measurement() {
     let s = stack(AnchorBehaviour::Answer, Some(Policy::default()));
+    let dir = std::env::temp_dir().join(format!("sim-serve-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let mut recorder = sim::serve::Recorder::create(&dir, &s.vendor).unwrap();
     let agents: Vec<_> = (0..2)
         .map(|_| run(spec(&s, Duration::from_secs(2))))
         .collect();
-    let dir = std::env::temp_dir().join(format!("sim-serve-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    let mut recorder = sim::serve::Recorder::create(&dir).unwrap();
     // The anchor keeps a call once its bye has been answered.
     std::thread::sleep(Duration::from_millis(200));
     assert_eq!(recorder.take(&s.vendor.anchor_stats).unwrap(), 2);

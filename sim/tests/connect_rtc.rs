@@ -157,6 +157,7 @@ fn fixture(name: &str) -> Option<Fixture> {
         return None;
     }
     let vendor = common::browser_vendor_side(5);
+    vendor.anchor_stats.keep_ended_calls();
     let dir = std::env::temp_dir().join(format!("sim-connect-rtc-{name}-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     Some(Fixture {

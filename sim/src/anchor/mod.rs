@@ -66,15 +66,20 @@ pub struct AnchorStats {
     /// Calls ended by the anchor because their agent was gone: its leg lost consent and its
     /// signalling connection had closed.
     pub abandoned: AtomicU64,
-    /// What the anchor measured of each call that ended, whichever client placed it (the
-    /// latest [`MAX_ENDED`]; older ones are dropped and counted in `ended_dropped`).
+    /// What the anchor measured of each call that ended, whichever client placed it, once
+    /// [`AnchorStats::keep_ended_calls`] asked for them (the latest [`MAX_ENDED`]; older ones
+    /// are dropped and counted in `ended_dropped`). A reader drains it (`sim serve`).
     pub ended_calls: std::sync::Mutex<std::collections::VecDeque<EndedCall>>,
+    /// Whether ended calls are kept: off by default, so that a run whose agents hold their own
+    /// records (`sim run`) keeps no second copy of each call's histograms.
+    keeping: std::sync::atomic::AtomicBool,
     /// Ended calls dropped from `ended_calls` past [`MAX_ENDED`].
     pub ended_dropped: AtomicU64,
 }
 
-/// Ended calls the anchor keeps for whoever reads them (`sim serve`, tests).
-pub const MAX_ENDED: usize = 10_000;
+/// Ended calls the anchor keeps for a reader that has not drained them yet (`sim serve` drains
+/// every 250 ms).
+pub const MAX_ENDED: usize = 1_000;
 
 /// What the anchor measured of one call, on its own: the stream it received (RFC 3550
 /// interarrival jitter and loss from arrival times and RTP timestamps, one-way delay too when
@@ -127,8 +132,16 @@ impl EndedCall {
 }
 
 impl AnchorStats {
-    /// Keeps an ended call, dropping the oldest past [`MAX_ENDED`].
+    /// From now on, keeps what the anchor measured of every call that ends in `ended_calls`.
+    pub fn keep_ended_calls(&self) {
+        self.keeping.store(true, Ordering::Relaxed);
+    }
+
+    /// Keeps an ended call if asked to, dropping the oldest past [`MAX_ENDED`].
     fn keep(&self, call: EndedCall) {
+        if !self.keeping.load(Ordering::Relaxed) {
+            return;
+        }
         let Ok(mut calls) = self.ended_calls.lock() else {
             return;
         };
