@@ -108,6 +108,35 @@ pub struct SignallingStats {
     pub unanswered: AtomicU64,
     /// Connections that ended with the close handshake.
     pub closed_cleanly: AtomicU64,
+    /// Connections refused at once past [`SignallingLimits`].
+    pub refused: AtomicU64,
+}
+
+/// What one client, or all, can make the endpoint hold.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SignallingLimits {
+    /// Connections at once, in all (default 10,000).
+    pub connections: usize,
+    /// Connections at once from one source address (default 1,000: one NAT address in front
+    /// of a contact centre's agents, as for the TURN server).
+    pub per_source: usize,
+    /// Time for the TLS handshake and the WebSocket upgrade together (default 10 s, the
+    /// library's own connect timeout).
+    pub handshake: std::time::Duration,
+    /// The largest message a client may send (default 1 MiB; an invite with its SDP is a few
+    /// kilobytes).
+    pub message_bytes: usize,
+}
+
+impl Default for SignallingLimits {
+    fn default() -> Self {
+        Self {
+            connections: 10_000,
+            per_source: 1_000,
+            handshake: std::time::Duration::from_secs(10),
+            message_bytes: 1 << 20,
+        }
+    }
 }
 
 impl SignallingStats {
@@ -121,6 +150,7 @@ impl SignallingStats {
             ("unknown_params", &self.unknown_params),
             ("unanswered", &self.unanswered),
             ("closed_cleanly", &self.closed_cleanly),
+            ("refused", &self.refused),
         ])
     }
 }
@@ -140,11 +170,22 @@ impl SignallingServer {
         key: PrivateKeyDer<'static>,
         app: mpsc::UnboundedSender<Signal>,
     ) -> io::Result<Self> {
+        Self::start_with_limits(listen, certs, key, app, SignallingLimits::default())
+    }
+
+    /// [`SignallingServer::start`] with other limits.
+    pub fn start_with_limits(
+        listen: SocketAddr,
+        certs: Vec<CertificateDer<'static>>,
+        key: PrivateKeyDer<'static>,
+        app: mpsc::UnboundedSender<Signal>,
+        limits: SignallingLimits,
+    ) -> io::Result<Self> {
         let acceptor = tls_acceptor_for(certs, key)?;
         let stats = Arc::new(SignallingStats::default());
         let s = stats.clone();
         let service = Service::start("signalling", listen, move |listener| {
-            serve(listener, acceptor, app, s)
+            serve(listener, acceptor, app, s, limits)
         })?;
         Ok(Self { stats, service })
     }
@@ -165,15 +206,63 @@ impl SignallingServer {
     }
 }
 
+/// Connections open, per source address.
+type Open = Arc<std::sync::Mutex<std::collections::HashMap<std::net::IpAddr, usize>>>;
+
+/// A connection's place in [`Open`], given back when it ends.
+struct Place {
+    open: Open,
+    ip: std::net::IpAddr,
+}
+
+impl Drop for Place {
+    fn drop(&mut self) {
+        if let Ok(mut open) = self.open.lock()
+            && let Some(n) = open.get_mut(&self.ip)
+        {
+            *n -= 1;
+            if *n == 0 {
+                open.remove(&self.ip);
+            }
+        }
+    }
+}
+
 async fn serve(
     listener: TcpListener,
     acceptor: TlsAcceptor,
     app: mpsc::UnboundedSender<Signal>,
     stats: Arc<SignallingStats>,
+    limits: SignallingLimits,
 ) {
     let mut next = 0u64;
+    let open: Open = Arc::default();
     loop {
-        let Ok((tcp, _)) = listener.accept().await else {
+        let Ok((tcp, peer)) = listener.accept().await else {
+            // Out of descriptors and the like: back off instead of spinning.
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            continue;
+        };
+        let place = {
+            let Ok(mut counts) = open.lock() else {
+                continue;
+            };
+            let total: usize = counts.values().sum();
+            let mine = counts.get(&peer.ip()).copied().unwrap_or(0);
+            if total >= limits.connections || mine >= limits.per_source {
+                None
+            } else {
+                counts.insert(peer.ip(), mine + 1);
+                Some(Place {
+                    open: open.clone(),
+                    ip: peer.ip(),
+                })
+            }
+        };
+        let Some(place) = place else {
+            // Refused at once, with a reset: nothing lingers.
+            stats.refused.fetch_add(1, Ordering::Relaxed);
+            let _ = socket2::SockRef::from(&tcp).set_linger(Some(std::time::Duration::ZERO));
             continue;
         };
         next += 1;
@@ -183,6 +272,7 @@ async fn serve(
             acceptor.clone(),
             app.clone(),
             stats.clone(),
+            (limits, place),
         ));
     }
 }
@@ -193,16 +283,20 @@ async fn connection(
     acceptor: TlsAcceptor,
     app: mpsc::UnboundedSender<Signal>,
     stats: Arc<SignallingStats>,
+    (limits, _place): (SignallingLimits, Place),
 ) {
     let _ = tcp.set_nodelay(true);
-    let ws = match acceptor.accept(tcp).await {
-        Ok(tls) => tokio_tungstenite::accept_async(tls).await,
-        Err(_) => {
-            stats.handshake_failures.fetch_add(1, Ordering::Relaxed);
-            return;
-        }
+    let config = tokio_tungstenite::tungstenite::protocol::WebSocketConfig::default()
+        .max_message_size(Some(limits.message_bytes))
+        .max_frame_size(Some(limits.message_bytes));
+    let handshake = async {
+        let tls = acceptor.accept(tcp).await.ok()?;
+        tokio_tungstenite::accept_async_with_config(tls, Some(config))
+            .await
+            .ok()
     };
-    let Ok(mut ws) = ws else {
+    // A client that opens the connection and says nothing is dropped at the deadline.
+    let Ok(Some(mut ws)) = tokio::time::timeout(limits.handshake, handshake).await else {
         stats.handshake_failures.fetch_add(1, Ordering::Relaxed);
         return;
     };

@@ -535,3 +535,58 @@ async fn our_agents_send_what_the_library_sends() {
         );
     }
 }
+
+#[tokio::test]
+async fn what_a_client_can_make_the_endpoint_hold_is_bounded() {
+    use sim::signalling::SignallingLimits;
+    use tokio::io::AsyncReadExt;
+    let (cert, key) = certificate();
+    let (tx, mut rx) = mpsc::unbounded_channel::<Signal>();
+    let limits = SignallingLimits {
+        per_source: 3,
+        handshake: Duration::from_millis(500),
+        ..SignallingLimits::default()
+    };
+    let server = SignallingServer::start_with_limits(
+        "127.0.0.1:0".parse().unwrap(),
+        vec![cert.clone()],
+        key,
+        tx,
+        limits,
+    )
+    .unwrap();
+    tokio::spawn(async move { while rx.recv().await.is_some() {} });
+    let addr = server.local_addr();
+    // Three silent connections from one address are held, a fourth is reset at once...
+    let mut silent = Vec::new();
+    for _ in 0..3 {
+        silent.push(tokio::net::TcpStream::connect(addr).await.unwrap());
+    }
+    let mut fourth = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let mut byte = [0u8; 1];
+    let refused = tokio::time::timeout(Duration::from_millis(300), fourth.read(&mut byte)).await;
+    assert!(
+        matches!(refused, Ok(Ok(0) | Err(_))),
+        "the fourth is closed at once: {refused:?}"
+    );
+    // ...and the silent ones are closed at the handshake deadline, which frees their places.
+    let started = std::time::Instant::now();
+    for s in &mut silent {
+        let end = tokio::time::timeout(Duration::from_secs(3), s.read(&mut byte)).await;
+        assert!(matches!(end, Ok(Ok(0) | Err(_))), "{end:?}");
+    }
+    let waited = started.elapsed();
+    assert!(waited < Duration::from_secs(2), "closed after {waited:?}");
+    // Their places are free again: a real client gets in.
+    let ep = Endpoint {
+        url: format!("wss://{NAME}:{}/rtc", addr.port()),
+        addr,
+        roots: vec![cert],
+    };
+    let client = SignallingClient::connect(&ep, Duration::from_secs(2), 1).await;
+    assert!(client.is_ok(), "{:?}", client.err());
+    let stats = server.stats();
+    assert_eq!(stats.refused.load(Ordering::Relaxed), 1);
+    assert_eq!(stats.handshake_failures.load(Ordering::Relaxed), 3);
+    server.shutdown();
+}
