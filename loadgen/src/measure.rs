@@ -13,40 +13,40 @@ use reports::{Distribution, Unit};
 
 use crate::peer::CLOCK_RATE;
 
-/// The send stamp of a frame: the send instant (after the call's epoch) and the frame number,
-/// carried in an RTP header extension (`media::SEND_STAMP_URI`). SRTP authenticates the header,
-/// so the network cannot alter it.
+/// The send stamp of a frame: its send instant after the host's media epoch
+/// (`clock::host_epoch`), carried in an RTP header extension (`media::SEND_STAMP_URI`); the
+/// frame's number is its RTP sequence number, extended by the receiver. SRTP authenticates the
+/// header, so the network cannot alter it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Stamp {
-    /// When the frame was sent, after the shared epoch.
+    /// When the frame was sent, after the shared epoch (microsecond resolution on the wire).
     pub sent: Duration,
-    /// The frame's number in its stream.
-    pub frame: u64,
 }
 
 impl Stamp {
-    /// Bytes a stamp takes: the send instant in nanoseconds and the frame number, each a
-    /// big-endian `u64` (the most a one-byte-header extension element holds, RFC 8285 §4.2).
-    pub const LEN: usize = 16;
+    /// Bytes a stamp takes: the send instant in microseconds, a big-endian 48-bit number (8.9
+    /// years after the host's boot). With its element header and padding the extension adds
+    /// 12 bytes a packet, what a browser's own extensions add.
+    pub const LEN: usize = 6;
 
     /// The stamp's bytes.
     #[must_use]
     pub fn to_bytes(&self) -> [u8; Self::LEN] {
-        let nanos = u64::try_from(self.sent.as_nanos()).unwrap_or(u64::MAX);
+        let micros = u64::try_from(self.sent.as_micros())
+            .unwrap_or(u64::MAX)
+            .min((1 << 48) - 1);
         let mut b = [0u8; Self::LEN];
-        b[..8].copy_from_slice(&nanos.to_be_bytes());
-        b[8..].copy_from_slice(&self.frame.to_be_bytes());
+        b.copy_from_slice(&micros.to_be_bytes()[2..]);
         b
     }
 
     /// Reads a stamp from an extension element's data; `None` when it is not one.
     pub fn from_bytes(data: &[u8]) -> Option<Self> {
         let data: &[u8; Self::LEN] = data.try_into().ok()?;
-        let nanos = u64::from_be_bytes(data[..8].try_into().ok()?);
-        let frame = u64::from_be_bytes(data[8..].try_into().ok()?);
+        let mut b = [0u8; 8];
+        b[2..].copy_from_slice(data);
         Some(Self {
-            sent: Duration::from_nanos(nanos),
-            frame,
+            sent: Duration::from_micros(u64::from_be_bytes(b)),
         })
     }
 }
@@ -412,10 +412,7 @@ mod tests {
                     0
                 };
                 let arrival = epoch + sent + Duration::from_millis(10 + extra);
-                let stamp = Stamp {
-                    sent,
-                    frame: u64::from(i),
-                };
+                let stamp = Stamp { sent };
                 m.on_rtp(arrival, i as u16, i * 960, Some(stamp));
             }
             m.finish(1000, 0, Codec::OPUS)
@@ -439,12 +436,19 @@ mod tests {
     #[test]
     fn stamps_round_trip() {
         let s = Stamp {
-            sent: Duration::from_nanos(123_456_789),
-            frame: 42,
+            sent: Duration::from_micros(123_456_789),
         };
         let b = s.to_bytes();
         assert_eq!(Stamp::from_bytes(&b), Some(s));
-        assert_eq!(Stamp::from_bytes(&b[..10]), None);
-        assert_eq!(&b[..8], &123_456_789u64.to_be_bytes());
+        assert_eq!(Stamp::from_bytes(&b[..5]), None);
+        assert_eq!(b, [0, 0, 0x07, 0x5B, 0xCD, 0x15]);
+        // Nanoseconds are dropped, not rounded into the next microsecond.
+        let fine = Stamp {
+            sent: Duration::from_nanos(1_999),
+        };
+        assert_eq!(
+            Stamp::from_bytes(&fine.to_bytes()).unwrap().sent,
+            Duration::from_micros(1)
+        );
     }
 }

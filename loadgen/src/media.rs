@@ -265,8 +265,8 @@ pub const SEND_STAMP_ID: u8 = 14;
 /// The one-byte-header extension profile (RFC 8285 §4.2).
 const ONE_BYTE_PROFILE: [u8; 2] = [0xBE, 0xDE];
 /// Extension bytes a stamped frame carries: the profile and length, one element (its header
-/// byte and 16 bytes of data), padded to a 32-bit word.
-const STAMP_EXTENSION_BYTES: usize = 4 + 20;
+/// byte and 6 bytes of data), padded to a 32-bit word.
+const STAMP_EXTENSION_BYTES: usize = 4 + 8;
 
 /// The plain RTP packet of frame number `frame`: 20 ms of Opus at 48 kHz ([`crate::audio`]),
 /// the marker on the first (a talkspurt begins, RFC 3551 §4.1), with its send stamp in the
@@ -288,11 +288,11 @@ pub fn frame_packet(
     packet.extend_from_slice(&ssrc.to_be_bytes());
     if let Some(id) = stamp_id {
         packet.extend_from_slice(&ONE_BYTE_PROFILE);
-        packet.extend_from_slice(&5u16.to_be_bytes());
+        packet.extend_from_slice(&2u16.to_be_bytes());
         // The element's header: its id and its length less one (RFC 8285 §4.2).
         packet.push((id << 4) | (Stamp::LEN as u8 - 1));
-        packet.extend_from_slice(&Stamp { sent, frame }.to_bytes());
-        packet.extend_from_slice(&[0; 3]);
+        packet.extend_from_slice(&Stamp { sent }.to_bytes());
+        packet.push(0);
     }
     packet.extend_from_slice(opus);
     packet
@@ -904,10 +904,7 @@ mod tests {
         );
         assert_eq!(packet.len(), 12 + STAMP_EXTENSION_BYTES + payload.len());
         let stamp = send_stamp(&packet, SEND_STAMP_ID).unwrap();
-        assert_eq!(
-            (stamp.sent, stamp.frame),
-            (Duration::from_millis(1400), 70_000)
-        );
+        assert_eq!(stamp.sent, Duration::from_millis(1400));
         assert_eq!(send_stamp(&packet, 3), None, "another id");
         // Not negotiated: no extension at all.
         let plain = frame_packet(1, 111, 5, Duration::ZERO, None);
@@ -919,17 +916,16 @@ mod tests {
     #[test]
     fn a_stamp_is_found_among_a_browsers_extensions() {
         // Chromium's audio level (id 1, 1 byte) and a transport-wide sequence (id 3, 2 bytes),
-        // padding, then ours.
-        let mut p = vec![0x90, 111, 0, 1, 0, 0, 0, 0, 0, 0, 0, 9, 0xbe, 0xde, 0, 7];
+        // padding, then ours: 5 + 2 + 7 bytes, padded to 4 words.
+        let mut p = vec![0x90, 111, 0, 1, 0, 0, 0, 0, 0, 0, 0, 9, 0xbe, 0xde, 0, 4];
         p.extend_from_slice(&[0x10, 0xAA, 0x31, 0x00, 0x05, 0, 0]);
-        p.push((SEND_STAMP_ID << 4) | 15);
+        p.push((SEND_STAMP_ID << 4) | 5);
         let stamp = Stamp {
             sent: Duration::from_micros(987_654),
-            frame: 7,
         };
         p.extend_from_slice(&stamp.to_bytes());
-        p.extend_from_slice(&[0, 0, 0, 0]);
-        assert_eq!(p.len(), 16 + 28);
+        p.extend_from_slice(&[0, 0]);
+        assert_eq!(p.len(), 16 + 16);
         p.extend_from_slice(b"opus");
         assert_eq!(send_stamp(&p, SEND_STAMP_ID), Some(stamp));
         assert_eq!(rtp_parts(&p).unwrap().3, b"opus");

@@ -130,10 +130,10 @@ fn a_full_ice_agent_connects_and_media_flows_both_ways() {
     assert!(to_anchor.packets_received >= 100, "{to_anchor:?}");
     assert_eq!(to_anchor.packets_lost, 0);
     assert!(anchor_sent >= to_agent, "{anchor_sent} < {to_agent}");
-    // Every frame counted with its headers: RTP 12, the stamp's extension 24 (our agent
+    // Every frame counted with its headers: RTP 12, the stamp's extension 12 (our agent
     // offered it), the Opus frame, SRTP's tag (at least 10), UDP and IP 28.
     let least: u64 = (0..anchor_sent)
-        .map(|f| loadgen::audio::opus_frame(f).len() as u64 + 12 + 24 + 10 + 28)
+        .map(|f| loadgen::audio::opus_frame(f).len() as u64 + 12 + 12 + 10 + 28)
         .sum();
     assert!(
         wire_bytes >= least,
