@@ -49,6 +49,10 @@ use crate::sdp::{self, Description, Local};
 
 /// RTCP report interval (browsers send about one a second for audio).
 pub const REPORT_INTERVAL: Duration = Duration::from_secs(1);
+/// `rtc`'s DTLS flight retransmission interval (its default, fixed), and how many times it
+/// resends a flight.
+const DTLS_RETRANSMIT: Duration = Duration::from_secs(1);
+const DTLS_RETRANSMITS: u32 = 7;
 /// ICE's check pacing, Ta (RFC 8445 §14.2), as browsers pace checks.
 const CHECK_INTERVAL: Duration = Duration::from_millis(50);
 /// Checks per pair before it fails: 20 × 50 ms keeps the 1 s window a lossy path needs.
@@ -482,6 +486,13 @@ pub struct MediaSession {
     dtls: Endpoint,
     /// The client's handshake configuration, until ICE selects a pair to start it on.
     dtls_client: Option<Arc<HandshakeConfig>>,
+    /// The handshake's last flight as sent, when it was sent, and how often it was sent again
+    /// by [`MediaSession::resend_stalled_flight`].
+    dtls_flight: (
+        Vec<(SocketAddr, SocketAddr, BytesMut)>,
+        Option<Instant>,
+        u32,
+    ),
     /// Local (a relay candidate is its own base) and remote address of the selected pair.
     selected: Option<(SocketAddr, SocketAddr)>,
     srtp: Option<(Context, Context)>,
@@ -541,6 +552,7 @@ impl MediaSession {
             payload_type: sdp::OPUS_PT,
             send_stamp: None,
             dtls_client: None,
+            dtls_flight: (Vec::new(), None, 0),
             selected: None,
             srtp: None,
             reception: Reception::default(),
@@ -741,11 +753,43 @@ impl MediaSession {
     }
 
     fn dtls_transmits(&mut self) {
+        let (mut flight, mut at) = (Vec::new(), None);
         while let Some(t) = self.dtls.poll_transmit() {
             if let Some((local, remote)) = self.selected {
+                at = Some(t.now);
+                flight.push((local, remote, t.message.clone()));
                 self.transmits.push_back((local, remote, t.message));
             }
         }
+        if !flight.is_empty() && self.srtp.is_none() {
+            self.dtls_flight = (flight, at, 0);
+        }
+    }
+
+    /// When the handshake's last flight must be sent again by us: `rtc`'s handshaker drops its
+    /// retransmit timer when the peer repeats an earlier flight (the peer's retransmission
+    /// crossing our flight on a lossy path) and then waits for ever, where RFC 6347 §4.2.4
+    /// has the flight sent again. `None` while its timer runs, once keyed, or after
+    /// [`DTLS_RETRANSMITS`] resends.
+    fn dtls_stalled(&self) -> Option<Instant> {
+        let (flight, sent_at, resent) = &self.dtls_flight;
+        if self.srtp.is_some()
+            || flight.is_empty()
+            || *resent >= DTLS_RETRANSMITS
+            || self.dtls.poll_timeout(&DTLS_PEER).is_some()
+        {
+            return None;
+        }
+        sent_at.map(|at| at + DTLS_RETRANSMIT * 2u32.pow((*resent).min(4)))
+    }
+
+    /// Sends the handshake's last flight again, as it was (a record the peer lost is new to it;
+    /// one it has is dropped by its replay window).
+    fn resend_stalled_flight(&mut self, now: Instant) {
+        let (flight, sent_at, resent) = &mut self.dtls_flight;
+        self.transmits.extend(flight.iter().cloned());
+        *sent_at = Some(now);
+        *resent += 1;
     }
 
     fn send(&mut self, protected: BytesMut) {
@@ -799,6 +843,7 @@ impl MediaSession {
         [
             self.ice.poll_timeout(),
             self.dtls.poll_timeout(&DTLS_PEER),
+            self.dtls_stalled(),
             self.next_report,
         ]
         .into_iter()
@@ -811,6 +856,9 @@ impl MediaSession {
         if self.ice.poll_timeout().is_some_and(|t| t <= now) {
             let _ = self.ice.handle_timeout(now);
             self.ice_events(now);
+        }
+        if self.dtls_stalled().is_some_and(|t| t <= now) {
+            self.resend_stalled_flight(now);
         }
         if self.srtp.is_none() && self.dtls.poll_timeout(&DTLS_PEER).is_some_and(|t| t <= now) {
             if self.dtls.handle_timeout(DTLS_PEER, now).is_err() {

@@ -143,6 +143,10 @@ struct Allocation {
     local: SocketAddr,
     relay: Option<SocketAddr>,
     permitted: HashSet<SocketAddr>,
+    /// CreatePermission transactions in flight, by peer: one per peer at a time, as a browser
+    /// asks (the TURN client would start a new one, with its own retransmissions, for every
+    /// datagram that waits for the permission).
+    requested: Vec<(rtc::stun::message::TransactionId, SocketAddr)>,
     /// Why the allocation failed.
     error: Option<LegError>,
     /// Datagrams the media plane sent through this relay.
@@ -200,6 +204,7 @@ impl Allocation {
             local,
             relay: None,
             permitted: HashSet::new(),
+            requested: Vec::new(),
             error: None,
             sent: 0,
         })
@@ -282,11 +287,28 @@ impl Allocation {
         }
     }
 
+    /// Asks for a permission for `addr` unless one is in place or asked for already.
     fn permit(&mut self, now: Instant, addr: SocketAddr) {
+        if self.permitted.contains(&addr) || self.requested.iter().any(|(_, a)| *a == addr) {
+            return;
+        }
         if let Some(relay) = self.relay
             && let Ok(mut r) = self.client.relay(relay)
+            && let Ok(Some(tx)) = r.create_permission(now, addr)
         {
-            let _ = r.create_permission(now, addr);
+            self.requested.push((tx, addr));
+        }
+    }
+
+    /// A CreatePermission transaction ended: granted (`Some(peer)`) or not.
+    fn permission_answered(
+        &mut self,
+        tx: rtc::stun::message::TransactionId,
+        granted: Option<SocketAddr>,
+    ) {
+        self.requested.retain(|(t, _)| *t != tx);
+        if let Some(peer) = granted {
+            self.permitted.insert(peer);
         }
     }
 
@@ -599,8 +621,11 @@ impl Peer {
             TurnEvent::TransactionTimeout(_) if a.relay.is_none() => {
                 a.error.get_or_insert(LegError::TurnUnreachable);
             }
-            TurnEvent::CreatePermissionResponse(_, peer) => {
-                a.permitted.insert(peer);
+            TurnEvent::CreatePermissionResponse(tx, peer) => a.permission_answered(tx, Some(peer)),
+            // Refused or unanswered (a stale nonce, loss): the next datagram for the peer asks
+            // again.
+            TurnEvent::CreatePermissionError(tx, _) | TurnEvent::TransactionTimeout(tx) => {
+                a.permission_answered(tx, None);
             }
             TurnEvent::DataIndicationOrChannelData(_, from, data) => {
                 let Some(relay) = a.relay else { return };

@@ -405,3 +405,49 @@ fn sim_serve_records_every_call_from_the_anchors_own_measurement() {
     }
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// CreatePermission requests the TURN server received.
+fn create_permissions(s: &Stack) -> u64 {
+    let mut c = reports::Components::new();
+    s.vendor.count_into(&mut c);
+    c.get("turn", "requests.create_permission")
+}
+
+#[test]
+fn one_create_permission_per_peer_as_a_browser_asks() {
+    // Clean: the one peer (the anchor) gets one CreatePermission, whatever the agent sends
+    // while it is in flight.
+    let s = stack(AnchorBehaviour::Answer, Some(Policy::default()));
+    let r = run(spec(&s, Duration::from_secs(1)));
+    assert_eq!(r.outcome, Outcome::Completed, "{:?}", r.failure);
+    assert_eq!(create_permissions(&s), 1, "one request, no duplicates");
+
+    // 80 ms each way and 5 % loss: ICE checks go every 50 ms while the request crosses, but
+    // only the one transaction and its retransmissions reach the server (each lost with 5 %,
+    // so more than three would take several losses in a row).
+    let mut s = stack(AnchorBehaviour::Answer, None);
+    let lossy = UdpRelay::start(UdpRelayConfig {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        upstream: s.turn,
+        path: Path::symmetric(vec![
+            SegmentModel::new()
+                .delay(Duration::from_millis(80))
+                .loss(sim::netem::Loss::Random(0.05)),
+        ]),
+        seed: 11,
+        policy: Policy::default(),
+        server_port: None,
+    })
+    .unwrap();
+    s.relay = Some(lossy);
+    let mut sp = spec(&s, Duration::from_secs(1));
+    sp.timeouts.ice_collection = Duration::from_secs(5);
+    sp.timeouts.invite_answer = Duration::from_secs(5);
+    let r = run(sp);
+    assert_eq!(r.outcome, Outcome::Completed, "{:?}", r.failure);
+    let n = create_permissions(&s);
+    assert!(
+        (1..=3).contains(&n),
+        "{n} CreatePermission requests for one peer"
+    );
+}
