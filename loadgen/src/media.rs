@@ -53,6 +53,58 @@ pub const REPORT_INTERVAL: Duration = Duration::from_secs(1);
 /// resends a flight.
 const DTLS_RETRANSMIT: Duration = Duration::from_secs(1);
 const DTLS_RETRANSMITS: u32 = 7;
+
+/// A DTLS handshake's last flight as sent, to send again when `rtc` stops doing so: its
+/// handshaker drops its retransmit timer when the peer repeats an earlier flight (the peer's
+/// retransmission crossing ours on a lossy path) and then waits for ever, where RFC 6347
+/// §4.2.4 has the flight sent again. Resent as it was (a record the peer lost is new to it;
+/// one it has is dropped by its replay window), backing off from 1 s, at most
+/// [`DTLS_RETRANSMITS`] times. Both ends keep one: the agent's leg and the anchor's.
+#[derive(Debug, Default)]
+pub struct FlightResend {
+    flight: Vec<(SocketAddr, SocketAddr, BytesMut)>,
+    sent_at: Option<Instant>,
+    resent: u32,
+}
+
+impl FlightResend {
+    /// `rtc` sent `flight` (local, remote, bytes) at `at`: the one to resend from now on.
+    pub fn sent(&mut self, at: Instant, flight: Vec<(SocketAddr, SocketAddr, BytesMut)>) {
+        if !flight.is_empty() {
+            *self = Self {
+                flight,
+                sent_at: Some(at),
+                resent: 0,
+            };
+        }
+    }
+
+    /// When the flight must be sent again: only while `rtc` has no retransmit timer and the
+    /// handshake is not `done`.
+    pub fn deadline(&self, rtc_timer: Option<Instant>, done: bool) -> Option<Instant> {
+        if done || rtc_timer.is_some() || self.flight.is_empty() || self.resent >= DTLS_RETRANSMITS
+        {
+            return None;
+        }
+        self.sent_at
+            .map(|at| at + DTLS_RETRANSMIT * 2u32.pow(self.resent.min(4)))
+    }
+
+    /// The flight to send again at `now`, when its deadline has come.
+    pub fn due(
+        &mut self,
+        now: Instant,
+        rtc_timer: Option<Instant>,
+        done: bool,
+    ) -> Option<&[(SocketAddr, SocketAddr, BytesMut)]> {
+        if self.deadline(rtc_timer, done)? > now {
+            return None;
+        }
+        self.sent_at = Some(now);
+        self.resent += 1;
+        Some(&self.flight)
+    }
+}
 /// ICE's check pacing, Ta (RFC 8445 §14.2), as browsers pace checks.
 const CHECK_INTERVAL: Duration = Duration::from_millis(50);
 /// Checks per pair before it fails: 20 × 50 ms keeps the 1 s window a lossy path needs.
@@ -486,13 +538,8 @@ pub struct MediaSession {
     dtls: Endpoint,
     /// The client's handshake configuration, until ICE selects a pair to start it on.
     dtls_client: Option<Arc<HandshakeConfig>>,
-    /// The handshake's last flight as sent, when it was sent, and how often it was sent again
-    /// by [`MediaSession::resend_stalled_flight`].
-    dtls_flight: (
-        Vec<(SocketAddr, SocketAddr, BytesMut)>,
-        Option<Instant>,
-        u32,
-    ),
+    /// The handshake's last flight, to send again if `rtc` stalls.
+    dtls_flight: FlightResend,
     /// Local (a relay candidate is its own base) and remote address of the selected pair.
     selected: Option<(SocketAddr, SocketAddr)>,
     srtp: Option<(Context, Context)>,
@@ -552,7 +599,7 @@ impl MediaSession {
             payload_type: sdp::OPUS_PT,
             send_stamp: None,
             dtls_client: None,
-            dtls_flight: (Vec::new(), None, 0),
+            dtls_flight: FlightResend::default(),
             selected: None,
             srtp: None,
             reception: Reception::default(),
@@ -761,35 +808,9 @@ impl MediaSession {
                 self.transmits.push_back((local, remote, t.message));
             }
         }
-        if !flight.is_empty() && self.srtp.is_none() {
-            self.dtls_flight = (flight, at, 0);
+        if let (Some(at), false) = (at, self.srtp.is_some()) {
+            self.dtls_flight.sent(at, flight);
         }
-    }
-
-    /// When the handshake's last flight must be sent again by us: `rtc`'s handshaker drops its
-    /// retransmit timer when the peer repeats an earlier flight (the peer's retransmission
-    /// crossing our flight on a lossy path) and then waits for ever, where RFC 6347 §4.2.4
-    /// has the flight sent again. `None` while its timer runs, once keyed, or after
-    /// [`DTLS_RETRANSMITS`] resends.
-    fn dtls_stalled(&self) -> Option<Instant> {
-        let (flight, sent_at, resent) = &self.dtls_flight;
-        if self.srtp.is_some()
-            || flight.is_empty()
-            || *resent >= DTLS_RETRANSMITS
-            || self.dtls.poll_timeout(&DTLS_PEER).is_some()
-        {
-            return None;
-        }
-        sent_at.map(|at| at + DTLS_RETRANSMIT * 2u32.pow((*resent).min(4)))
-    }
-
-    /// Sends the handshake's last flight again, as it was (a record the peer lost is new to it;
-    /// one it has is dropped by its replay window).
-    fn resend_stalled_flight(&mut self, now: Instant) {
-        let (flight, sent_at, resent) = &mut self.dtls_flight;
-        self.transmits.extend(flight.iter().cloned());
-        *sent_at = Some(now);
-        *resent += 1;
     }
 
     fn send(&mut self, protected: BytesMut) {
@@ -843,7 +864,8 @@ impl MediaSession {
         [
             self.ice.poll_timeout(),
             self.dtls.poll_timeout(&DTLS_PEER),
-            self.dtls_stalled(),
+            self.dtls_flight
+                .deadline(self.dtls.poll_timeout(&DTLS_PEER), self.srtp.is_some()),
             self.next_report,
         ]
         .into_iter()
@@ -857,8 +879,9 @@ impl MediaSession {
             let _ = self.ice.handle_timeout(now);
             self.ice_events(now);
         }
-        if self.dtls_stalled().is_some_and(|t| t <= now) {
-            self.resend_stalled_flight(now);
+        let (timer, keyed) = (self.dtls.poll_timeout(&DTLS_PEER), self.srtp.is_some());
+        if let Some(flight) = self.dtls_flight.due(now, timer, keyed) {
+            self.transmits.extend(flight.iter().cloned());
         }
         if self.srtp.is_none() && self.dtls.poll_timeout(&DTLS_PEER).is_some_and(|t| t <= now) {
             if self.dtls.handle_timeout(DTLS_PEER, now).is_err() {

@@ -47,8 +47,8 @@ use turn_server::wire::{self, Class, IntegrityKind, MessageBuilder, Method, Stun
 
 use loadgen::measure::{FarEndView, MediaMeter};
 use loadgen::media::{
-    Handshake, REPORT_INTERVAL, Reception, dtls_config, fingerprint, frame_packet, is_rtcp,
-    ntp_now, read_dtls, rtp_parts, send_stamp, sender_report,
+    FlightResend, Handshake, REPORT_INTERVAL, Reception, dtls_config, fingerprint, frame_packet,
+    is_rtcp, ntp_now, read_dtls, rtp_parts, send_stamp, sender_report,
 };
 use loadgen::sdp::Description;
 
@@ -285,6 +285,8 @@ struct Leg {
     reception: Reception,
     /// The agent's reception reports of the leg's stream.
     far_end: FarEndView,
+    /// The handshake's last flight, to send again if `rtc` stalls.
+    dtls_flight: FlightResend,
     opened: Instant,
     first_rtp: Option<Instant>,
     failed: bool,
@@ -385,6 +387,7 @@ impl Server {
             meter: MediaMeter::new(self.epoch),
             reception: Reception::default(),
             far_end: FarEndView::new(ssrc),
+            dtls_flight: FlightResend::default(),
             opened: Instant::now(),
             first_rtp: None,
             failed: false,
@@ -618,6 +621,20 @@ impl Server {
                         soonest(t);
                     }
                 }
+                // rtc stalled (no timer, the flight unanswered): the flight again, as it was.
+                let timer = leg.dtls.poll_timeout(&remote);
+                if let Some(flight) = leg.dtls_flight.due(now, timer, false) {
+                    let flight = flight.to_vec();
+                    for (_, to, bytes) in &flight {
+                        transmit(&self.socket, &self.counters, leg, bytes, *to);
+                    }
+                }
+                if let Some(t) = leg
+                    .dtls_flight
+                    .deadline(leg.dtls.poll_timeout(&remote), false)
+                {
+                    soonest(t);
+                }
                 continue;
             }
             if let Some(due) = leg.next_frame {
@@ -665,8 +682,15 @@ fn transmit(
 }
 
 fn flush_dtls(socket: &UdpSocket, counters: &MediaCounters, leg: &mut Leg) {
+    let (mut flight, mut at) = (Vec::new(), None);
     while let Some(t) = leg.dtls.poll_transmit() {
-        transmit(socket, counters, leg, &t.message, t.transport.peer_addr);
+        let to = t.transport.peer_addr;
+        transmit(socket, counters, leg, &t.message, to);
+        at = Some(t.now);
+        flight.push((t.transport.local_addr, to, t.message));
+    }
+    if let (Some(at), false) = (at, leg.srtp.is_some()) {
+        leg.dtls_flight.sent(at, flight);
     }
 }
 
