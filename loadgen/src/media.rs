@@ -59,7 +59,7 @@ const DTLS_RETRANSMITS: u32 = 7;
 /// retransmission crossing ours on a lossy path) and then waits for ever, where RFC 6347
 /// §4.2.4 has the flight sent again. Resent as it was (a record the peer lost is new to it;
 /// one it has is dropped by its replay window), backing off from 1 s, at most
-/// [`DTLS_RETRANSMITS`] times. Both ends keep one: the agent's leg and the anchor's.
+/// 7 times. Both ends keep one: the agent's leg and the anchor's.
 #[derive(Debug, Default)]
 pub struct FlightResend {
     flight: Vec<(SocketAddr, SocketAddr, BytesMut)>,
