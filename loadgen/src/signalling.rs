@@ -8,7 +8,7 @@
 //! `accept` {}; `bye` {callContextToken}. In persistent-connection mode the library adds
 //! `contactId`, `browserId`, `persistentConnection`, `peerConnectionId`, `peerConnectionToken`
 //! and `iceRestart`, and `connectContact` / `disconnectContact` name the contact by
-//! `contactId` ([`PCM_PARAMS`]). The server may send `bye` itself; the client answers `{}`.
+//! `contactId` ([`INVITE_PARAMS`]). The server may send `bye` itself; the client answers `{}`.
 //! Errors carry a code the agent maps to a failure class: 403 access denied, 486 busy, 404 call
 //! not found, 400 bad request, 408 request timeout, 409 idempotency, 500 internal, and JSON-RPC's
 //! own −32700 … −32600 for malformed requests.
@@ -48,19 +48,23 @@ pub struct Candidate {
     pub sdp_m_line_index: Option<u16>,
 }
 
-/// The parameters the library adds in persistent-connection mode (`signaling.js`), besides
-/// `sdp`, `candidates` and `callContextToken`.
-pub const PCM_PARAMS: [&str; 6] = [
+/// Every parameter the library's `invite` carries (`signaling.js`, in both modes): [`Invite`]'s
+/// three, then those persistent-connection mode adds. The server reads this list too.
+pub const INVITE_PARAMS: [&str; 10] = [
+    "sdp",
+    "candidates",
+    "callContextToken",
     "contactId",
     "browserId",
     "persistentConnection",
     "peerConnectionId",
     "iceRestart",
     "peerConnectionToken",
+    "allowExtendedPersistentConnection",
 ];
 
 /// `invite` parameters (the library's non-persistent shape; a server reads more, see
-/// [`PCM_PARAMS`]).
+/// [`INVITE_PARAMS`]).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Invite {

@@ -44,18 +44,7 @@ pub fn known_params(method: &str) -> &'static [&'static str] {
         "peerConnectionToken",
     ];
     match method {
-        "invite" => &[
-            "sdp",
-            "candidates",
-            "callContextToken",
-            "contactId",
-            "browserId",
-            "persistentConnection",
-            "peerConnectionId",
-            "iceRestart",
-            "peerConnectionToken",
-            "allowExtendedPersistentConnection",
-        ],
+        "invite" => &loadgen::signalling::INVITE_PARAMS,
         "accept" => &[PCM[0], PCM[1], PCM[2], PCM[3], "callId"],
         "bye" | "connectContact" => &[PCM[0], PCM[1], PCM[2], PCM[3], "callContextToken", "callId"],
         "disconnectContact" => &[PCM[0], PCM[2], PCM[3], "callContextToken", "callId"],
