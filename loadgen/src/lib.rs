@@ -4,8 +4,8 @@
 //! - [`audio`]: the Opus frames every leg sends (a speech-like test signal, looped);
 //! - [`clock`]: sleeping with microsecond precision (tokio's timers have 1 ms);
 //! - [`driver`]: a leg driven from async code by socket readiness and timers;
-//! - [`peer`]: one media leg — the media plane ([`media`]: ICE, DTLS-SRTP, RTP/RTCP, with the
-//!   offer/answer of [`sdp`]) glued to TURN clients;
+//! - [`peer`]: one media leg — the media plane ([`media`]: ICE, DTLS-SRTP ([`dtls`]), RTP/RTCP,
+//!   with the offer/answer of [`sdp`]) glued to TURN clients;
 //! - [`measure`]: what a receiver measures and the call record's media figures;
 //! - [`pair`]: both legs of a call on one thread, signalling in process (tests, calibration);
 //! - [`runner`]: many calls at a concurrency and ramp;
@@ -19,6 +19,7 @@
 pub mod audio;
 pub mod clock;
 pub mod driver;
+pub mod dtls;
 pub mod measure;
 pub mod media;
 pub mod pair;

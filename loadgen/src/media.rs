@@ -26,13 +26,9 @@ use std::time::{Duration, Instant, SystemTime};
 
 use bytes::{Bytes, BytesMut};
 use rtc::crypto::RTCCryptoProvider;
-use rtc::dtls::config::{
-    ClientAuthType, ConfigBuilder, ExtendedMasterSecretType, HandshakeConfig,
-    VerifyPeerCertificateFn,
-};
+use rtc::dtls::config::HandshakeConfig;
 use rtc::dtls::crypto::Certificate;
-use rtc::dtls::endpoint::{Endpoint, EndpointEvent};
-use rtc::dtls::extension::extension_use_srtp::SrtpProtectionProfile;
+use rtc::dtls::endpoint::Endpoint;
 use rtc::ice::candidate::{Candidate, CandidateType, unmarshal_candidate};
 use rtc::ice::mdns::MulticastDnsMode;
 use rtc::ice::network_type::NetworkType;
@@ -41,70 +37,14 @@ use rtc::ice::{Agent, AgentConfig, Event};
 use rtc::sansio::Protocol;
 use rtc::shared::{TransportContext, TransportMessage, TransportProtocol};
 use rtc::srtp::context::Context;
-use rtc::srtp::protection_profile::ProtectionProfile;
 
+use crate::dtls::{Expiry, FlightTimer, Handshake, dtls_config, read_dtls};
 use crate::measure::{MediaMeter, Stamp};
 use crate::peer::{CLOCK_RATE, FRAME_TICKS};
 use crate::sdp::{self, Description, Local};
 
 /// RTCP report interval (browsers send about one a second for audio).
 pub const REPORT_INTERVAL: Duration = Duration::from_secs(1);
-/// `rtc`'s DTLS flight retransmission interval (its default, fixed), and how many times it
-/// resends a flight.
-const DTLS_RETRANSMIT: Duration = Duration::from_secs(1);
-const DTLS_RETRANSMITS: u32 = 7;
-
-/// A DTLS handshake's last flight as sent, to send again when `rtc` stops doing so: its
-/// handshaker drops its retransmit timer when the peer repeats an earlier flight (the peer's
-/// retransmission crossing ours on a lossy path) and then waits for ever, where RFC 6347
-/// §4.2.4 has the flight sent again. Resent as it was (a record the peer lost is new to it;
-/// one it has is dropped by its replay window), backing off from 1 s, at most
-/// 7 times. Both ends keep one: the agent's leg and the anchor's.
-#[derive(Debug, Default)]
-pub struct FlightResend {
-    flight: Vec<(SocketAddr, SocketAddr, BytesMut)>,
-    sent_at: Option<Instant>,
-    resent: u32,
-}
-
-impl FlightResend {
-    /// `rtc` sent `flight` (local, remote, bytes) at `at`: the one to resend from now on.
-    pub fn sent(&mut self, at: Instant, flight: Vec<(SocketAddr, SocketAddr, BytesMut)>) {
-        if !flight.is_empty() {
-            *self = Self {
-                flight,
-                sent_at: Some(at),
-                resent: 0,
-            };
-        }
-    }
-
-    /// When the flight must be sent again: only while `rtc` has no retransmit timer and the
-    /// handshake is not `done`.
-    pub fn deadline(&self, rtc_timer: Option<Instant>, done: bool) -> Option<Instant> {
-        if done || rtc_timer.is_some() || self.flight.is_empty() || self.resent >= DTLS_RETRANSMITS
-        {
-            return None;
-        }
-        self.sent_at
-            .map(|at| at + DTLS_RETRANSMIT * 2u32.pow(self.resent.min(4)))
-    }
-
-    /// The flight to send again at `now`, when its deadline has come.
-    pub fn due(
-        &mut self,
-        now: Instant,
-        rtc_timer: Option<Instant>,
-        done: bool,
-    ) -> Option<&[(SocketAddr, SocketAddr, BytesMut)]> {
-        if self.deadline(rtc_timer, done)? > now {
-            return None;
-        }
-        self.sent_at = Some(now);
-        self.resent += 1;
-        Some(&self.flight)
-    }
-}
 /// ICE's check pacing, Ta (RFC 8445 §14.2), as browsers pace checks.
 const CHECK_INTERVAL: Duration = Duration::from_millis(50);
 /// Checks per pair before it fails: 20 × 50 ms keeps the 1 s window a lossy path needs.
@@ -156,134 +96,6 @@ pub fn fingerprint(crypto: &Arc<dyn RTCCryptoProvider>, der: &[u8]) -> Result<St
         .map(|b| format!("{b:02X}"))
         .collect::<Vec<_>>()
         .join(":"))
-}
-
-/// The DTLS configuration of a leg: its certificate, the SRTP profiles offered (AEAD AES-128-GCM,
-/// then AES-CM-128-HMAC-SHA1-80), extended master secret, and the peer's certificate accepted
-/// only if it hashes to `expected` (the fingerprint from the peer's SDP).
-pub fn dtls_config(
-    crypto: &Arc<dyn RTCCryptoProvider>,
-    certificate: &Certificate,
-    expected: &str,
-    is_client: bool,
-) -> Result<HandshakeConfig, String> {
-    let expected = expected.to_owned();
-    let hashing = crypto.clone();
-    // The DTLS layer accepts any certificate; this comparison is what authenticates the peer.
-    let verify: VerifyPeerCertificateFn = Arc::new(move |certs: &[Vec<u8>], _| {
-        let cert = certs
-            .first()
-            .ok_or(rtc::shared::error::Error::ErrNonCertificate)?;
-        match fingerprint(&hashing, cert) {
-            Ok(fp) if fp.eq_ignore_ascii_case(&expected) => Ok(()),
-            _ => Err(rtc::shared::error::Error::ErrNoMatchingCertificateFingerprint),
-        }
-    });
-    ConfigBuilder::default()
-        .with_crypto_provider(crypto.clone())
-        .with_certificates(vec![certificate.clone()])
-        .with_srtp_protection_profiles(vec![
-            SrtpProtectionProfile::Srtp_Aead_Aes_128_Gcm,
-            SrtpProtectionProfile::Srtp_Aes128_Cm_Hmac_Sha1_80,
-        ])
-        .with_client_auth(ClientAuthType::RequireAnyClientCert)
-        .with_insecure_skip_verify(true)
-        .with_verify_peer_certificate(Some(verify))
-        .with_extended_master_secret(ExtendedMasterSecretType::Require)
-        .build(is_client, None)
-        .map_err(|e| e.to_string())
-}
-
-/// The SRTP contexts (outbound, inbound) keyed by the finished handshake with `remote`.
-pub fn srtp_contexts(
-    dtls: &Endpoint,
-    remote: SocketAddr,
-    crypto: &Arc<dyn RTCCryptoProvider>,
-) -> Result<(Context, Context), String> {
-    let state = dtls
-        .get_connection_state(remote)
-        .ok_or("no DTLS connection")?;
-    let profile = match state.srtp_protection_profile() {
-        SrtpProtectionProfile::Srtp_Aead_Aes_128_Gcm => ProtectionProfile::AeadAes128Gcm,
-        SrtpProtectionProfile::Srtp_Aes128_Cm_Hmac_Sha1_80 => {
-            ProtectionProfile::Aes128CmHmacSha1_80
-        }
-        other => return Err(format!("SRTP profile {other:?} was not offered")),
-    };
-    let mut config = rtc::srtp::config::Config {
-        profile,
-        ..Default::default()
-    };
-    let material = state
-        .export_keying_material(
-            rtc::srtp::config::LABEL_EXTRACTOR_DTLS_SRTP,
-            &[],
-            config.keying_material_len(),
-        )
-        .map_err(|e| e.to_string())?;
-    config
-        .set_session_keys_from_keying_material(material.as_ref(), state.is_client())
-        .map_err(|e| e.to_string())?;
-    let keys = &config.keys;
-    let outbound = Context::new(
-        &keys.local_master_key,
-        &keys.local_master_salt,
-        profile,
-        None,
-        None,
-        crypto.crypto(),
-    )
-    .map_err(|e| e.to_string())?;
-    let inbound = Context::new(
-        &keys.remote_master_key,
-        &keys.remote_master_salt,
-        profile,
-        Some(rtc::srtp::option::srtp_replay_protection(64)),
-        Some(rtc::srtp::option::srtcp_replay_protection(64)),
-        crypto.crypto(),
-    )
-    .map_err(|e| e.to_string())?;
-    Ok((outbound, inbound))
-}
-
-/// What a DTLS record did to a leg's handshake.
-#[allow(missing_debug_implementations)] // SRTP contexts are not `Debug`
-pub enum Handshake {
-    /// Still going (or done earlier and going on with its records).
-    Going,
-    /// It just finished: the SRTP contexts (outbound, inbound) it keyed.
-    Keyed(Box<(Context, Context)>),
-    /// It failed before keying SRTP.
-    Failed,
-}
-
-/// Hands a DTLS record from `remote` to `dtls`; `keyed` when its SRTP is already keyed (an
-/// error then, such as a late retransmission, ends nothing).
-pub fn read_dtls(
-    dtls: &mut Endpoint,
-    now: Instant,
-    remote: SocketAddr,
-    data: BytesMut,
-    crypto: &Arc<dyn RTCCryptoProvider>,
-    keyed: bool,
-) -> Handshake {
-    match dtls.read(now, remote, None, data) {
-        Ok(events) => {
-            if events
-                .iter()
-                .any(|e| matches!(e, EndpointEvent::HandshakeComplete))
-            {
-                match srtp_contexts(dtls, remote, crypto) {
-                    Ok(contexts) => Handshake::Keyed(Box::new(contexts)),
-                    Err(_) => Handshake::Failed,
-                }
-            } else {
-                Handshake::Going
-            }
-        }
-        Err(_) if !keyed => Handshake::Failed,
-        Err(_) => Handshake::Going,
-    }
 }
 
 /// Sequence number, timestamp, SSRC and payload of a plain RTP packet (RFC 3550 §5.1).
@@ -538,8 +350,8 @@ pub struct MediaSession {
     dtls: Endpoint,
     /// The client's handshake configuration, until ICE selects a pair to start it on.
     dtls_client: Option<Arc<HandshakeConfig>>,
-    /// The handshake's last flight, to send again if `rtc` stalls.
-    dtls_flight: FlightResend,
+    /// When the handshake's flights go again.
+    dtls_timer: FlightTimer,
     /// Local (a relay candidate is its own base) and remote address of the selected pair.
     selected: Option<(SocketAddr, SocketAddr)>,
     srtp: Option<(Context, Context)>,
@@ -599,7 +411,7 @@ impl MediaSession {
             payload_type: sdp::OPUS_PT,
             send_stamp: None,
             dtls_client: None,
-            dtls_flight: FlightResend::default(),
+            dtls_timer: FlightTimer::default(),
             selected: None,
             srtp: None,
             reception: Reception::default(),
@@ -633,6 +445,7 @@ impl MediaSession {
         let config = dtls_config(&self.crypto, &self.certificate, &remote.fingerprint, false)
             .map_err(MediaError::Setup)?;
         self.dtls.set_server_config(Some(Arc::new(config)));
+        self.dtls_timer = FlightTimer::new(false);
         self.payload_type = remote.opus_pt;
         // Offered, so answered (sdp::answer echoes it).
         self.send_stamp = remote.send_stamp;
@@ -652,6 +465,7 @@ impl MediaSession {
             is_client,
         )
         .map_err(MediaError::Setup)?;
+        self.dtls_timer = FlightTimer::new(is_client);
         if is_client {
             self.dtls_client = Some(Arc::new(config));
         } else {
@@ -731,6 +545,9 @@ impl MediaSession {
     }
 
     fn on_dtls(&mut self, now: Instant, data: BytesMut) {
+        if self.srtp.is_none() {
+            self.dtls_timer.received(now, &data);
+        }
         let step = read_dtls(
             &mut self.dtls,
             now,
@@ -786,6 +603,8 @@ impl MediaSession {
                 }
                 Event::SelectedCandidatePairChange(local, remote) => {
                     self.selected = Some((local.base_addr(), remote.addr()));
+                    let rtt = self.pair_rtt(now, local.id(), remote.id());
+                    self.dtls_timer.set_rtt(rtt);
                     if let Some(config) = self.dtls_client.take() {
                         // The client's first flight, once there is a pair to send it on.
                         if self.dtls.connect(now, DTLS_PEER, config, None).is_err() {
@@ -809,8 +628,22 @@ impl MediaSession {
             }
         }
         if let (Some(at), false) = (at, self.srtp.is_some()) {
-            self.dtls_flight.sent(at, flight);
+            self.dtls_timer.sent(at, flight);
         }
+    }
+
+    /// ICE's round-trip estimate of the pair of candidates `local` and `remote` (their ids).
+    fn pair_rtt(&self, now: Instant, local: &str, remote: &str) -> Option<Duration> {
+        self.ice
+            .get_candidate_pairs_stats(now)
+            .into_iter()
+            .find(|p| p.local_candidate_id == local && p.remote_candidate_id == remote)
+            .map(|p| Duration::from_secs_f64(p.current_round_trip_time))
+    }
+
+    /// What the DTLS handshake got to (for a failure's detail): see [`FlightTimer::detail`].
+    pub fn dtls_progress(&self) -> String {
+        self.dtls_timer.detail()
     }
 
     fn send(&mut self, protected: BytesMut) {
@@ -863,9 +696,7 @@ impl MediaSession {
     pub fn poll_timeout(&mut self) -> Option<Instant> {
         [
             self.ice.poll_timeout(),
-            self.dtls.poll_timeout(&DTLS_PEER),
-            self.dtls_flight
-                .deadline(self.dtls.poll_timeout(&DTLS_PEER), self.srtp.is_some()),
+            self.dtls_timer.deadline(self.srtp.is_some()),
             self.next_report,
         ]
         .into_iter()
@@ -879,15 +710,17 @@ impl MediaSession {
             let _ = self.ice.handle_timeout(now);
             self.ice_events(now);
         }
-        let (timer, keyed) = (self.dtls.poll_timeout(&DTLS_PEER), self.srtp.is_some());
-        if let Some(flight) = self.dtls_flight.due(now, timer, keyed) {
-            self.transmits.extend(flight.iter().cloned());
-        }
-        if self.srtp.is_none() && self.dtls.poll_timeout(&DTLS_PEER).is_some_and(|t| t <= now) {
-            if self.dtls.handle_timeout(DTLS_PEER, now).is_err() {
-                self.events.push_back(MediaEvent::DtlsFailed);
+        let armed = self.dtls.poll_timeout(&DTLS_PEER).is_some();
+        match self.dtls_timer.on_timeout(now, self.srtp.is_some(), armed) {
+            Expiry::Nothing => {}
+            Expiry::Rtc => {
+                if self.dtls.handle_timeout(DTLS_PEER, now).is_err() {
+                    self.events.push_back(MediaEvent::DtlsFailed);
+                }
+                self.dtls_transmits();
             }
-            self.dtls_transmits();
+            Expiry::Resend(flight) => self.transmits.extend(flight),
+            Expiry::GaveUp => self.events.push_back(MediaEvent::DtlsFailed),
         }
         if let Some(due) = self.next_report.filter(|&t| t <= now) {
             self.next_report = Some(due + REPORT_INTERVAL);

@@ -531,6 +531,11 @@ impl Peer {
         self.flush(now);
     }
 
+    /// What the DTLS handshake got to: flights last sent and received, retransmissions.
+    pub fn dtls_progress(&self) -> String {
+        self.media.dtls_progress()
+    }
+
     /// Frames sent so far.
     pub fn frames_sent(&self) -> u64 {
         self.media.frames_sent()

@@ -273,11 +273,15 @@ impl Call {
         self.milestones.ice_connected_us = t.ice_connected.map(|i| micros(i - self.start));
         if !connected {
             let detail = driven.peer.error.clone();
+            let progress = driven.peer.dtls_progress();
             let _ = client.bye(&spec.identity.call, spec.timeouts.ack).await;
             return Err(if t.ice_connected.is_some() {
                 (
                     FailureClass::DtlsHandshakeFailure,
-                    format!("DTLS did not complete: {detail:?}"),
+                    match detail {
+                        Some(e) => format!("DTLS failed ({e:?}): {progress}"),
+                        None => format!("DTLS did not complete in time: {progress}"),
+                    },
                 )
             } else {
                 (

@@ -45,10 +45,11 @@ use rtc::shared::TransportProtocol;
 use rtc::srtp::context::Context;
 use turn_server::wire::{self, Class, IntegrityKind, MessageBuilder, Method, StunPacket, StunRepr};
 
+use loadgen::dtls::{Expiry, FlightTimer, Handshake, dtls_config, read_dtls};
 use loadgen::measure::{FarEndView, MediaMeter};
 use loadgen::media::{
-    FlightResend, Handshake, REPORT_INTERVAL, Reception, dtls_config, fingerprint, frame_packet,
-    is_rtcp, ntp_now, read_dtls, rtp_parts, send_stamp, sender_report,
+    REPORT_INTERVAL, Reception, fingerprint, frame_packet, is_rtcp, ntp_now, rtp_parts, send_stamp,
+    sender_report,
 };
 use loadgen::sdp::Description;
 
@@ -91,6 +92,9 @@ pub struct Ended {
     pub connected_after: Option<Duration>,
     /// When it received its first RTP packet, after it opened.
     pub first_rtp_after: Option<Duration>,
+    /// What its DTLS handshake got to, when it did not complete (flights last sent and
+    /// received, retransmissions: [`FlightTimer::detail`]).
+    pub dtls_progress: Option<String>,
 }
 
 /// A leg to open: the offer it answers and what the answer said.
@@ -285,8 +289,9 @@ struct Leg {
     reception: Reception,
     /// The agent's reception reports of the leg's stream.
     far_end: FarEndView,
-    /// The handshake's last flight, to send again if `rtc` stalls.
-    dtls_flight: FlightResend,
+    /// When the handshake's flights go again (no round-trip estimate: ICE-lite sends no checks
+    /// to time).
+    dtls_timer: FlightTimer,
     opened: Instant,
     first_rtp: Option<Instant>,
     failed: bool,
@@ -387,7 +392,7 @@ impl Server {
             meter: MediaMeter::new(self.epoch),
             reception: Reception::default(),
             far_end: FarEndView::new(ssrc),
-            dtls_flight: FlightResend::default(),
+            dtls_timer: FlightTimer::new(false),
             opened: Instant::now(),
             first_rtp: None,
             failed: false,
@@ -428,6 +433,7 @@ impl Server {
                 .stats(leg.frames_sent, leg.wire_bytes_sent, self.codec),
             connected_after: since_open(leg.connected),
             first_rtp_after: since_open(leg.first_rtp),
+            dtls_progress: leg.connected.is_none().then(|| leg.dtls_timer.detail()),
             pacing: leg.pacing,
         });
     }
@@ -525,6 +531,9 @@ impl Server {
             return;
         }
         let keyed = leg.srtp.is_some();
+        if !keyed {
+            leg.dtls_timer.received(now, data);
+        }
         let step = read_dtls(
             &mut leg.dtls,
             now,
@@ -608,31 +617,27 @@ impl Server {
                 if leg.failed {
                     continue;
                 }
-                if let Some(t) = leg.dtls.poll_timeout(&remote) {
-                    if t <= now {
-                        // Retransmissions exhausted: the handshake failed like any other.
+                let armed = leg.dtls.poll_timeout(&remote).is_some();
+                match leg.dtls_timer.on_timeout(now, false, armed) {
+                    Expiry::Nothing => {}
+                    Expiry::Rtc => {
                         if leg.dtls.handle_timeout(remote, now).is_err() {
                             leg.failed = true;
                             self.counters.dtls_failures.fetch_add(1, Ordering::Relaxed);
                         }
                         flush_dtls(&self.socket, &self.counters, leg);
                     }
-                    if let Some(t) = leg.dtls.poll_timeout(&remote) {
-                        soonest(t);
+                    Expiry::Resend(flight) => {
+                        for (_, to, bytes) in &flight {
+                            transmit(&self.socket, &self.counters, leg, bytes, *to);
+                        }
+                    }
+                    Expiry::GaveUp => {
+                        leg.failed = true;
+                        self.counters.dtls_failures.fetch_add(1, Ordering::Relaxed);
                     }
                 }
-                // rtc stalled (no timer, the flight unanswered): the flight again, as it was.
-                let timer = leg.dtls.poll_timeout(&remote);
-                if let Some(flight) = leg.dtls_flight.due(now, timer, false) {
-                    let flight = flight.to_vec();
-                    for (_, to, bytes) in &flight {
-                        transmit(&self.socket, &self.counters, leg, bytes, *to);
-                    }
-                }
-                if let Some(t) = leg
-                    .dtls_flight
-                    .deadline(leg.dtls.poll_timeout(&remote), false)
-                {
+                if let Some(t) = leg.dtls_timer.deadline(leg.failed) {
                     soonest(t);
                 }
                 continue;
@@ -690,7 +695,7 @@ fn flush_dtls(socket: &UdpSocket, counters: &MediaCounters, leg: &mut Leg) {
         flight.push((t.transport.local_addr, to, t.message));
     }
     if let (Some(at), false) = (at, leg.srtp.is_some()) {
-        leg.dtls_flight.sent(at, flight);
+        leg.dtls_timer.sent(at, flight);
     }
 }
 

@@ -110,6 +110,9 @@ pub struct EndedCall {
     pub anchor_sent: u64,
     /// Bytes the anchor sent, every header counted.
     pub anchor_wire_bytes: u64,
+    /// What the leg's DTLS handshake got to, when it did not complete.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub dtls_progress: Option<String>,
 }
 
 impl EndedCall {
@@ -127,6 +130,7 @@ impl EndedCall {
             anchor_to_agent: e.far_end,
             anchor_sent: e.frames_sent,
             anchor_wire_bytes: e.wire_bytes_sent,
+            dtls_progress: e.dtls_progress,
         }
     }
 }
@@ -478,6 +482,7 @@ pub async fn serve(
                                 "anchorSent": ended.frames_sent,
                                 "anchorWireBytes": ended.wire_bytes_sent,
                                 "anchorPacing": ended.pacing,
+                                "anchorDtls": ended.dtls_progress,
                             });
                             stats.keep(EndedCall::new(call_id, call, ended_by, ended));
                             result
