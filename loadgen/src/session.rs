@@ -619,6 +619,7 @@ impl Call {
             relay_transport,
             agent_to_anchor: self.anchor_half,
             anchor_to_agent,
+            recording: None,
         }
     }
 }

@@ -3,7 +3,9 @@
 //! The page carries everything inline — CSS, the charts as SVG — and fetches nothing: its
 //! Content-Security-Policy (`default-src 'none'`) forbids any request, it has no script, and
 //! its fonts are the reader's own (`system-ui`, then `sans-serif`). It can be mailed, attached
-//! to a ticket or opened from a file share as is.
+//! to a ticket or opened from a file share as is. The one exception: when the run recorded
+//! calls, the worst calls' rows carry an `<audio>` player of their recording, which the policy
+//! lets load from the run folder beside the page (`media-src 'self'`) and nothing else.
 //!
 //! Reading order: the verdict in words, the key figures, what went wrong with the vendor's
 //! remedy for each cause, the charts, the per-site and media tables, the calls worth a look
@@ -37,13 +39,19 @@ pub fn report_html(file: &SummaryFile, records: &[CallRecord], charts: &[Chart])
         file.scenario,
         verdict_word(verdict, s.outcomes.attempts())
     );
+    // Recordings play from the run folder beside the page: the one thing it may load.
+    let media = if records.iter().any(|r| r.recording.is_some()) {
+        "; media-src 'self'"
+    } else {
+        ""
+    };
     let _ = write!(
         page.out,
         "<!doctype html>\n<html lang=\"en\">\n<head>\n<meta charset=\"utf-8\">\n\
          <meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">\n\
          <link rel=\"icon\" href=\"data:,\">\n\
          <meta http-equiv=\"Content-Security-Policy\" content=\"default-src 'none'; \
-         style-src 'unsafe-inline'; img-src data:\">\n\
+         style-src 'unsafe-inline'; img-src data:{media}\">\n\
          <title>{} — softphone network test</title>\n<style>{CSS}</style>\n</head>\n\
          <body>\n<main>\n",
         esc(&title)
@@ -248,6 +256,19 @@ fn anchor(call: &str) -> String {
 }
 
 /// HTML-escapes text for element content and attribute values.
+/// A cell with a player for `r`'s recording (a path relative to the run folder), or a dash.
+fn listen(r: &CallRecord) -> String {
+    match &r.recording {
+        Some(path) => format!(
+            "<td class=\"listen\"><audio controls preload=\"metadata\" src=\"{}\"></audio> \
+             <a href=\"{}\">wav</a></td>",
+            esc(path),
+            esc(path)
+        ),
+        None => "<td>—</td>".to_owned(),
+    }
+}
+
 fn esc(s: &str) -> String {
     let mut out = String::with_capacity(s.len());
     for c in s.chars() {
@@ -1027,9 +1048,12 @@ fn outliers(page: &mut Page, records: &[CallRecord]) {
                 failed.len()
             );
         }
-        page.out.push_str(
+        let heard = failed.iter().any(|&i| records[i].recording.is_some());
+        let _ = writeln!(
+            page.out,
             "<table>\n<thead><tr><th>call</th><th>site</th><th>kind</th><th class=\"num\">started</th>\
-             <th>outcome</th><th>class</th><th>what was seen</th></tr></thead>\n<tbody>\n",
+             <th>outcome</th><th>class</th><th>what was seen</th>{}</tr></thead>\n<tbody>",
+            if heard { "<th>recording</th>" } else { "" }
         );
         for &i in &failed {
             let r = &records[i];
@@ -1041,12 +1065,13 @@ fn outliers(page: &mut Page, records: &[CallRecord]) {
             let _ = writeln!(
                 page.out,
                 "<tr><td>{link}</td><td class=\"site\">{}</td><td>{}</td><td class=\"num\">{}</td>\
-                 <td>{}</td><td><code>{class}</code></td><td class=\"detail\">{}</td></tr>",
+                 <td>{}</td><td><code>{class}</code></td><td class=\"detail\">{}</td>{}</tr>",
                 esc(&r.identity.site),
                 r.identity.kind.as_str(),
                 seconds_in(records, r),
                 r.outcome.as_str(),
-                esc(detail)
+                esc(detail),
+                if heard { listen(r) } else { String::new() }
             );
         }
         page.out.push_str("</tbody>\n</table>\n");
@@ -1067,14 +1092,26 @@ fn outliers(page: &mut Page, records: &[CallRecord]) {
         .collect();
     by_mos.sort_by(|a, b| a.1.total_cmp(&b.1).then(a.0.cmp(&b.0)));
     if !by_mos.is_empty() {
+        let heard = by_mos
+            .iter()
+            .take(WORST)
+            .any(|&(i, _)| records[i].recording.is_some());
         let _ = writeln!(
             page.out,
-            "<h3>Worst MOS ({} of {} calls with audio)</h3>\n<table>\n<thead><tr><th>call</th>\
+            "<h3>Worst MOS ({} of {} calls with audio)</h3>\n{}<table>\n<thead><tr><th>call</th>\
              <th>site</th><th>kind</th><th>relay</th><th class=\"num\">started</th><th class=\"num\">MOS</th>\
              <th class=\"num\">loss</th><th class=\"num\">jitter p95</th>\
-             <th class=\"num\">delay p50</th><th>worse direction</th></tr></thead>\n<tbody>",
+             <th class=\"num\">delay p50</th><th>worse direction</th>{}</tr></thead>\n<tbody>",
             by_mos.len().min(WORST),
-            by_mos.len()
+            by_mos.len(),
+            if heard {
+                "<p>Listen to what each call sounded like at the anchor: the customer on the \
+                 left, the agent on the right, loss and late packets concealed where they \
+                 happened.</p>\n"
+            } else {
+                ""
+            },
+            if heard { "<th>recording</th>" } else { "" }
         );
         for &(i, _) in by_mos.iter().take(WORST) {
             let r = &records[i];
@@ -1089,7 +1126,7 @@ fn outliers(page: &mut Page, records: &[CallRecord]) {
                 page.out,
                 "<tr><td>{link}</td><td>{}</td><td>{}</td><td>{}</td><td class=\"num\">{}</td>\
                  <td class=\"num\">{:.2}</td><td class=\"num\">{}</td><td class=\"num\">{}</td>\
-                 <td class=\"num\">{}</td><td>{}</td></tr>",
+                 <td class=\"num\">{}</td><td>{}</td>{}</tr>",
                 esc(&r.identity.site),
                 r.identity.kind.as_str(),
                 relay(r),
@@ -1098,7 +1135,8 @@ fn outliers(page: &mut Page, records: &[CallRecord]) {
                 pct(m.loss_percent() / 100.0),
                 ms(m.jitter.quantile(0.95)),
                 ms(m.one_way_delay.quantile(0.5)),
-                DIRECTIONS[k].name
+                DIRECTIONS[k].name,
+                if heard { listen(r) } else { String::new() }
             );
         }
         page.out.push_str("</tbody>\n</table>\n");
@@ -1279,6 +1317,8 @@ th { font-size: 12px; text-transform: uppercase; letter-spacing: .04em; color: v
   font-weight: 600; border-bottom: 2px solid var(--line); }
 .num { text-align: right; white-space: nowrap; }
 td.detail { color: #3c4043; font-size: 13px; }
+td.listen { white-space: nowrap; }
+td.listen audio { width: 11rem; height: 1.9rem; vertical-align: middle; }
 td.site { white-space: nowrap; }
 td.v-pass { color: #00785a; font-weight: 600; } td.v-fail { color: #b54d00; font-weight: 600; }
 td.v-inconclusive { color: #8a5e00; font-weight: 600; }

@@ -11,8 +11,9 @@ use crate::distribution::Distribution;
 
 /// The version of the [`CallRecord`] JSON layout. Bumped on any change a reader would notice;
 /// readers refuse versions they do not know rather than guess. Version 2 added
-/// [`CallRecord::relay_transport`]; version 1 records still read (without it).
-pub const SCHEMA_VERSION: u32 = 2;
+/// [`CallRecord::relay_transport`], version 3 [`CallRecord::recording`]; older records still
+/// read (without them).
+pub const SCHEMA_VERSION: u32 = 3;
 
 /// The oldest record version this build reads.
 pub const OLDEST_SCHEMA_VERSION: u32 = 1;
@@ -47,6 +48,10 @@ pub struct CallRecord {
     pub agent_to_anchor: Option<MediaStats>,
     /// Media received by the agent, sent by the anchor.
     pub anchor_to_agent: Option<MediaStats>,
+    /// The call's recording (a WAV file), relative to the run folder, when the scenario
+    /// records calls and this one connected; `None` otherwise, or before version 3.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub recording: Option<String>,
 }
 
 /// Who placed a call, in which run, through which path.

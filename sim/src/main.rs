@@ -280,6 +280,7 @@ fn serve(
         loadgen::clock::host_epoch(),
         reports::emodel::Codec::OPUS,
         sim::anchor::AnchorBehaviour::Answer,
+        None,
     ) {
         Ok(v) => v,
         Err(e) => {

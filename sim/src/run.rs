@@ -25,6 +25,7 @@ use reports::{
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use tokio::sync::mpsc;
 
+use crate::anchor::recording::{RECORDINGS, Recording};
 use crate::anchor::{AnchorBehaviour, AnchorConfig, AnchorStats};
 use crate::netem::Rng;
 use crate::relay::{
@@ -112,6 +113,10 @@ pub fn run(scenario: &Scenario, options: &RunOptions) -> Result<RunOutcome, RunE
     // One certificate for the signalling host and every TURN host (the `turns:` servers').
     let mut names = vec![signalling_host.clone()];
     names.extend(scenario.turn.urls.iter().map(|u| u.host.clone()));
+    let recording = scenario.recording.map(|sides| Recording {
+        dir: dir.join(RECORDINGS),
+        sides,
+    });
     let vendor = VendorSide::start(
         seed,
         &names,
@@ -119,6 +124,7 @@ pub fn run(scenario: &Scenario, options: &RunOptions) -> Result<RunOutcome, RunE
         epoch,
         codec,
         AnchorBehaviour::Answer,
+        recording,
     )?;
     let (cert, password) = (vendor.certificate.clone(), vendor.password.clone());
     let turn_tls = loadgen::signalling::tls_client_config(std::slice::from_ref(&cert))
@@ -219,6 +225,7 @@ pub fn run(scenario: &Scenario, options: &RunOptions) -> Result<RunOutcome, RunE
         jsonl: &mut jsonl,
         progress: &progress,
         records: Vec::with_capacity(plan.len()),
+        recording: scenario.recording.is_some(),
     };
     let load = Load {
         concurrency: scenario.agents.concurrency,
@@ -342,7 +349,8 @@ impl std::fmt::Debug for VendorSide {
 impl VendorSide {
     /// Starts the three on `bind` (port 0 each), one certificate for the signalling endpoint
     /// and the TURN server's TLS listener carrying `names`, the anchor behaving as `behaviour`
-    /// (tests inject the vendor side's faults through it).
+    /// (tests inject the vendor side's faults through it) and recording calls as `recording`
+    /// asks.
     pub fn start(
         seed: u64,
         names: &[String],
@@ -350,6 +358,7 @@ impl VendorSide {
         epoch: Instant,
         codec: EModelCodec,
         behaviour: AnchorBehaviour,
+        recording: Option<Recording>,
     ) -> Result<Self, RunError> {
         let password = format!(
             "{:016x}",
@@ -380,7 +389,7 @@ impl VendorSide {
             consent_timeout: crate::anchor::media::CONSENT_TIMEOUT,
         };
         let stats = anchor_stats.clone();
-        let media = crate::anchor::media::MediaServer::start(bind.ip(), epoch, codec)
+        let media = crate::anchor::media::MediaServer::start(bind.ip(), epoch, codec, recording)
             .map_err(io_err("starting the anchor's media server"))?;
         let media_counters = media.counters.clone();
         let anchor = std::thread::Builder::new()
@@ -465,6 +474,8 @@ struct RecordSink<'a> {
     jsonl: &'a mut File,
     progress: &'a Progress,
     records: Vec<CallRecord>,
+    /// The anchor records every call that connects.
+    recording: bool,
 }
 
 impl LoadEvents for RecordSink<'_> {
@@ -472,7 +483,13 @@ impl LoadEvents for RecordSink<'_> {
         self.progress.call_started();
     }
 
-    fn ended(&mut self, record: CallRecord) {
+    fn ended(&mut self, mut record: CallRecord) {
+        if self.recording && record.milestones.dtls_connected_us.is_some() {
+            record.recording = Some(format!(
+                "{RECORDINGS}/{}",
+                crate::anchor::recording::file_name(&record.identity.call)
+            ));
+        }
         // A write error must not lose the run: the record is kept for the summary regardless.
         if let Err(e) = append_record(self.jsonl, &record) {
             self.progress.note(&format!("calls.jsonl: {e}"));

@@ -152,5 +152,6 @@ pub fn record(e: &EndedCall, run: &str) -> CallRecord {
         relay_transport: None,
         agent_to_anchor: Some(e.agent_to_anchor.clone()),
         anchor_to_agent: e.anchor_to_agent.clone(),
+        recording: None,
     }
 }

@@ -29,7 +29,7 @@ struct Anchor {
 
 fn anchor() -> Anchor {
     let epoch = Instant::now();
-    let media = MediaServer::start([127, 0, 0, 1].into(), epoch, Codec::OPUS).unwrap();
+    let media = MediaServer::start([127, 0, 0, 1].into(), epoch, Codec::OPUS, None).unwrap();
     let (tx, rx) = mpsc::unbounded_channel();
     let stats = Arc::new(AnchorStats::default());
     let config = AnchorConfig {

@@ -30,7 +30,7 @@ fn call_with_consent(
     consent_timeout: Duration,
 ) -> (MediaServer, Peer) {
     let epoch = Instant::now();
-    let media = MediaServer::start([127, 0, 0, 1].into(), epoch, Codec::OPUS).unwrap();
+    let media = MediaServer::start([127, 0, 0, 1].into(), epoch, Codec::OPUS, None).unwrap();
     let now = Instant::now();
     let config = PeerConfig {
         turn: Vec::new(),
@@ -56,6 +56,7 @@ fn call_with_consent(
     );
     media.open(LegSpec {
         call_id: "call-1".into(),
+        call: "c1".into(),
         offer: parsed,
         ice_ufrag: UFRAG.into(),
         ice_pwd: PWD.into(),
@@ -227,7 +228,7 @@ fn binding_request(username: &str, key: &str, use_candidate: bool) -> Vec<u8> {
 #[test]
 fn checks_are_answered_only_with_the_legs_credentials() {
     let epoch = Instant::now();
-    let media = MediaServer::start([127, 0, 0, 1].into(), epoch, Codec::OPUS).unwrap();
+    let media = MediaServer::start([127, 0, 0, 1].into(), epoch, Codec::OPUS, None).unwrap();
     let agent_offer = "v=0\r\no=- 1 2 IN IP4 127.0.0.1\r\ns=-\r\nt=0 0\r\n\
         m=audio 9 UDP/TLS/RTP/SAVPF 111\r\nc=IN IP4 0.0.0.0\r\na=ice-ufrag:agnt\r\n\
         a=ice-pwd:abcdefghijklmnopqrstuvwx\r\na=fingerprint:sha-256 AA:BB\r\n\
@@ -235,6 +236,7 @@ fn checks_are_answered_only_with_the_legs_credentials() {
     let consent_timeout = CONSENT_TIMEOUT;
     media.open(LegSpec {
         call_id: "call-1".into(),
+        call: "c1".into(),
         offer: Description::parse(agent_offer).unwrap(),
         ice_ufrag: UFRAG.into(),
         ice_pwd: PWD.into(),

@@ -36,6 +36,7 @@ fn stack(behaviour: AnchorBehaviour, policy: Option<Policy>) -> Stack {
         epoch,
         Codec::OPUS,
         behaviour,
+        None,
     )
     .unwrap();
     let turn = vendor.turn_addr();

@@ -38,6 +38,10 @@ fn the_good_file_is_good() {
     assert_eq!(s.agents.concurrency, 10);
     assert_eq!(s.threshold, 0.02);
     assert_eq!(s.sites[0].path.segments.len(), 1);
+    assert_eq!(s.recording, None, "nothing recorded unless asked");
+    let recorded = format!("{GOOD}\n[recording]\nrecord = \"agent\"\n");
+    let s = Scenario::parse("good.toml", "good", &recorded).unwrap();
+    assert_eq!(s.recording, Some(sim::scenario::Sides::Agent));
 }
 
 #[test]
@@ -139,6 +143,21 @@ fn table_of_broken_files() {
             ),
             &[
                 "broken.toml:8:7: signalling.url: expected a secure WebSocket URL like wss://host:port/path, found wss://sig.example:https/",
+            ],
+        ),
+        (
+            "unknown recording side",
+            broken("[turn]", "[recording]\nrecord = \"everyone\"\n\n[turn]"),
+            &[
+                "broken.toml:8:10: recording.record: unknown side \"everyone\"; expected \"agent\", \"customer\" or \"both\"",
+            ],
+        ),
+        (
+            "recording without its sides",
+            broken("[turn]", "[recording]\nrecrod = \"both\"\n\n[turn]"),
+            &[
+                "broken.toml:7:1: recording.record: missing field `record`: which sides to record: record = \"agent\", \"customer\" or \"both\"",
+                "broken.toml:8:1: recording.recrod: unknown field `recrod` (did you mean `record`?); expected one of: record",
             ],
         ),
         (

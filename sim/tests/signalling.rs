@@ -438,6 +438,7 @@ async fn the_anchor_answers_accepts_and_ends_a_call_as_the_library_places_it() {
         std::time::Instant::now(),
         reports::emodel::Codec::OPUS,
         sim::anchor::AnchorBehaviour::Answer,
+        None,
     )
     .unwrap();
     let ep = Endpoint {

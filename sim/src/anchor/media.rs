@@ -53,6 +53,8 @@ use loadgen::media::{
 };
 use loadgen::sdp::Description;
 
+use super::recording::{Event as Recorded, Recorder, Recording};
+
 /// USE-CANDIDATE (RFC 8445 §16.1).
 const USE_CANDIDATE: u16 = 0x0025;
 /// Media frame interval.
@@ -102,6 +104,8 @@ pub struct Ended {
 pub struct LegSpec {
     /// The call's id.
     pub call_id: String,
+    /// The call as its agent names it (the invite's `callContextToken`): its recording's name.
+    pub call: String,
     /// The agent's offer.
     pub offer: Description,
     /// The leg's ICE username fragment (in the answer).
@@ -141,6 +145,15 @@ pub struct MediaCounters {
     pub after_close: AtomicU64,
     /// Legs that stopped sending because consent lapsed (the agent went away).
     pub consent_lost: AtomicU64,
+    /// Recordings started.
+    pub recordings: AtomicU64,
+    /// Recording events dropped because the recorder fell behind (the recordings conceal
+    /// what they missed: the machine was overloaded, not the network).
+    pub recording_dropped: AtomicU64,
+    /// Recordings that could not be written (a full disk, a missing folder).
+    pub recording_failed: AtomicU64,
+    /// Frames of the agent's side the recordings concealed (lost, late or undecodable).
+    pub recording_concealed: AtomicU64,
 }
 
 impl MediaCounters {
@@ -151,6 +164,10 @@ impl MediaCounters {
             ("after_close", &self.after_close),
             ("dtls_failures", &self.dtls_failures),
             ("consent_lost", &self.consent_lost),
+            ("recordings", &self.recordings),
+            ("recording_dropped", &self.recording_dropped),
+            ("recording_failed", &self.recording_failed),
+            ("recording_concealed", &self.recording_concealed),
             (reports::components::SEND_FAILED, &self.send_failed),
         ])
     }
@@ -175,8 +192,14 @@ fn other(e: impl std::fmt::Display) -> io::Error {
 
 impl MediaServer {
     /// Binds a UDP socket on `ip` (port 0) and starts the server's thread, `anchor-media`.
-    /// Media stamps count from `epoch`; `codec` is the E-model's.
-    pub fn start(ip: std::net::IpAddr, epoch: Instant, codec: Codec) -> io::Result<Self> {
+    /// Media stamps count from `epoch`; `codec` is the E-model's. With `recording`, every leg
+    /// that connects is recorded ([`recording`](super::recording)).
+    pub fn start(
+        ip: std::net::IpAddr,
+        epoch: Instant,
+        codec: Codec,
+        recording: Option<Recording>,
+    ) -> io::Result<Self> {
         // The Opus loop, before the first leg sends.
         loadgen::audio::prepare();
         let socket = UdpSocket::bind(SocketAddr::new(ip, 0))?;
@@ -192,6 +215,9 @@ impl MediaServer {
             rustix::event::EventfdFlags::NONBLOCK | rustix::event::EventfdFlags::CLOEXEC,
         )?);
         let counters = Arc::new(MediaCounters::default());
+        let recorder = recording
+            .map(|r| Recorder::start(r, counters.clone()))
+            .transpose()?;
         let (tx, rx) = mpsc::channel();
         let (events_tx, events) = tokio::sync::mpsc::unbounded_channel();
         let mut server = Server {
@@ -210,6 +236,7 @@ impl MediaServer {
             counters: counters.clone(),
             events: events_tx,
             buf: vec![0u8; 2048],
+            recorder,
         };
         let wake_fd = wake.clone();
         let thread = std::thread::Builder::new()
@@ -299,6 +326,8 @@ struct Leg {
     last_check: Instant,
     /// Consent lapsed: the leg sends nothing more.
     consent_lost: bool,
+    /// Its audio is being recorded.
+    recording: bool,
 }
 
 struct Server {
@@ -318,6 +347,8 @@ struct Server {
     counters: Arc<MediaCounters>,
     events: tokio::sync::mpsc::UnboundedSender<LegEvent>,
     buf: Vec<u8>,
+    /// Where connected legs' audio goes, when the run records.
+    recorder: Option<Recorder>,
 }
 
 /// IP and UDP header bytes of a datagram to `to`.
@@ -398,6 +429,7 @@ impl Server {
             failed: false,
             last_check: Instant::now(),
             consent_lost: false,
+            recording: false,
         };
         self.legs.insert(id, leg);
     }
@@ -410,6 +442,9 @@ impl Server {
             return;
         };
         self.by_ufrag.remove(&leg.spec.ice_ufrag);
+        if let (true, Some(r)) = (leg.recording, &self.recorder) {
+            r.send(Recorded::Stop { leg: id });
+        }
         if let Some(remote) = leg.remote {
             self.by_remote.remove(&remote);
             let now = Instant::now();
@@ -549,6 +584,13 @@ impl Server {
                 leg.connected = Some(now);
                 leg.next_frame = Some(loadgen::clock::next_slot(self.epoch, now));
                 leg.next_report = Some(now + REPORT_INTERVAL);
+                if let Some(r) = &self.recorder {
+                    r.send(Recorded::Start {
+                        leg: id,
+                        call: leg.spec.call.clone(),
+                    });
+                    leg.recording = true;
+                }
             }
             Handshake::Failed => {
                 leg.failed = true;
@@ -579,7 +621,7 @@ impl Server {
         let Ok(plain) = inbound.decrypt_rtp(data) else {
             return false;
         };
-        let Some((seq, timestamp, ssrc, _)) = rtp_parts(&plain) else {
+        let Some((seq, timestamp, ssrc, payload)) = rtp_parts(&plain) else {
             return false;
         };
         let stamp = leg
@@ -588,6 +630,13 @@ impl Server {
             .send_stamp
             .and_then(|id| send_stamp(&plain, id));
         leg.first_rtp.get_or_insert(now);
+        if let (true, Some(r)) = (leg.recording, &self.recorder) {
+            r.send(Recorded::Agent {
+                leg: id,
+                timestamp,
+                payload: payload.to_vec(),
+            });
+        }
         leg.reception.on_rtp(ssrc, seq);
         leg.meter.on_rtp(now, seq, timestamp, stamp);
         true
@@ -598,7 +647,7 @@ impl Server {
     fn due(&mut self, now: Instant) -> Option<Instant> {
         let mut next: Option<Instant> = None;
         let mut soonest = |t: Instant| next = Some(next.map_or(t, |n: Instant| n.min(t)));
-        for leg in self.legs.values_mut() {
+        for (&id, leg) in &mut self.legs {
             if leg.consent_lost {
                 continue;
             }
@@ -646,12 +695,19 @@ impl Server {
                 if due <= now {
                     let connected = leg.connected.unwrap_or(now);
                     let silent = leg.spec.silent_after.is_some_and(|d| now >= connected + d);
+                    let frame = leg.frames_sent;
                     if !silent {
                         leg.pacing.record(
                             u64::try_from(now.saturating_duration_since(due).as_micros())
                                 .unwrap_or(u64::MAX),
                         );
                         send_frame(&self.socket, &self.counters, self.epoch, now, remote, leg);
+                    }
+                    if let (true, Some(r)) = (leg.recording, &self.recorder) {
+                        r.send(Recorded::Tick {
+                            leg: id,
+                            customer: (leg.frames_sent > frame).then_some(frame),
+                        });
                     }
                     leg.next_frame = Some(due + FRAME);
                 }

@@ -5,6 +5,7 @@
 //! `bye` result so that the agent's record holds both directions.
 
 pub mod media;
+pub mod recording;
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
@@ -379,6 +380,7 @@ pub async fn serve(
                 // arrives at an unknown leg.
                 media.open(LegSpec {
                     call_id: call_id.clone(),
+                    call: invite.call_context_token.clone(),
                     offer,
                     ice_ufrag,
                     ice_pwd,

@@ -22,6 +22,7 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
 }
 use reader::{Source, Table, Value, closest, integer_value};
 
+pub use crate::anchor::recording::Sides;
 use crate::netem::{
     Jitter, JitterDistribution, Loss, Path, QueueLimit, Schedule, Segment, SegmentModel,
 };
@@ -46,6 +47,8 @@ pub struct Scenario {
     pub signalling_url: String,
     /// The sites, each with its share of the agents and its path.
     pub sites: Vec<Site>,
+    /// The sides of each call the anchor records (`[recording]`), or none.
+    pub recording: Option<Sides>,
 }
 
 /// Who calls, how many, how fast.
@@ -310,6 +313,33 @@ fn read_scenario(
         t.finish(src);
     }
 
+    let mut recording = None;
+    if let Some(v) = top.get("recording")
+        && let Some(mut t) = Table::from_value(src, v, "recording")
+    {
+        match t.string(src, "record") {
+            Some((r, span)) => match r.as_str() {
+                "agent" => recording = Some(Sides::Agent),
+                "customer" => recording = Some(Sides::Customer),
+                "both" => recording = Some(Sides::Both),
+                other => src.error(
+                    span,
+                    "recording.record",
+                    format!(
+                        "unknown side \"{other}\"; expected \"agent\", \"customer\" or \"both\""
+                    ),
+                ),
+            },
+            None if t.get("record").is_none() => t.missing(
+                src,
+                "record",
+                "which sides to record: record = \"agent\", \"customer\" or \"both\"",
+            ),
+            None => {}
+        }
+        t.finish(src);
+    }
+
     let segments = match top.get("segment") {
         Some(v) => Table::from_value(src, v, "segment")
             .map(|t| read_segments(src, &t))
@@ -347,6 +377,7 @@ fn read_scenario(
         turn: turn?,
         signalling_url,
         sites: sites?,
+        recording,
     })
 }
 

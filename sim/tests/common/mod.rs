@@ -139,6 +139,7 @@ pub(crate) fn browser_vendor_side(seed: u64) -> sim::run::VendorSide {
         std::time::Instant::now(),
         reports::emodel::Codec::OPUS,
         sim::anchor::AnchorBehaviour::Answer,
+        None,
     )
     .expect("the vendor side starts")
 }
