@@ -34,6 +34,9 @@ pub struct Timeouts {
     pub ack: Duration,
     /// ICE and DTLS after the answer.
     pub connect: Duration,
+    /// While talking, the signalling connection is pinged this often, and its pong awaited
+    /// as long: a connection stalled without a FIN or RST is found within twice this.
+    pub keepalive: Duration,
 }
 
 impl Default for Timeouts {
@@ -44,6 +47,7 @@ impl Default for Timeouts {
             invite_answer: Duration::from_secs(5),
             ack: Duration::from_secs(2),
             connect: Duration::from_secs(10),
+            keepalive: Duration::from_secs(10),
         }
     }
 }
@@ -382,6 +386,7 @@ impl Call {
             Busy(&'static MidCallStep, InFlight),
         }
         let mut signalling = Signalling::Idle(Box::new(client));
+        let mut last_keepalive = Instant::now();
         while Instant::now() < talk_end && !hung_up() {
             let due = talk_start + Duration::from_millis(20) * frame;
             signalling = match signalling {
@@ -401,6 +406,17 @@ impl Call {
                                 }),
                             )
                         }
+                        None if last_keepalive.elapsed() >= spec.timeouts.keepalive => {
+                            last_keepalive = Instant::now();
+                            let timeout = spec.timeouts.keepalive;
+                            Signalling::Busy(
+                                &KEEPALIVE,
+                                Box::pin(async move {
+                                    let result = c.keepalive(timeout).await.map(|()| Value::Null);
+                                    (*c, result)
+                                }),
+                            )
+                        }
                         None => Signalling::Idle(c),
                     }
                 }
@@ -414,8 +430,7 @@ impl Call {
                         let step = *step;
                         signalling = Signalling::Idle(Box::new(c));
                         if let Err(e) = result {
-                            let class = step.class.unwrap_or_else(|| e.class());
-                            signalling_failure = Some((class, format!("{}: {e}", step.method)));
+                            signalling_failure = Some(step.failure(&e, &spec.timeouts));
                             break;
                         }
                     }
@@ -453,8 +468,7 @@ impl Call {
             Signalling::Busy(step, request) => {
                 let (c, result) = request.await;
                 if let Err(e) = result {
-                    let class = step.class.unwrap_or_else(|| e.class());
-                    signalling_failure.get_or_insert((class, format!("{}: {e}", step.method)));
+                    signalling_failure.get_or_insert(step.failure(&e, &spec.timeouts));
                 }
                 c
             }
@@ -636,6 +650,31 @@ struct MidCallStep {
     method: &'static str,
     class: Option<FailureClass>,
 }
+
+impl MidCallStep {
+    /// The call's failure when this step's request failed with `e`.
+    fn failure(&self, e: &SignallingError, timeouts: &Timeouts) -> Fail {
+        let class = self.class.unwrap_or_else(|| e.class());
+        let detail = match e {
+            SignallingError::Timeout(_) if std::ptr::eq(self, &KEEPALIVE) => format!(
+                "keep-alive: no pong within {:?}: the signalling connection stalled with \
+                 nothing closing it (a proxy or firewall that drops idle connections silently)",
+                timeouts.keepalive
+            ),
+            _ => format!("{}: {e}", self.method),
+        };
+        (class, detail)
+    }
+}
+
+/// The signalling keep-alive while talking: a ping every [`Timeouts::keepalive`]; a missing
+/// pong means the signalling connection is gone although nothing closed it (a middlebox
+/// stalled it), and the call is dropped with its class.
+static KEEPALIVE: MidCallStep = MidCallStep {
+    thirds: 0,
+    method: "keep-alive",
+    class: Some(FailureClass::SignallingConnectionFailure),
+};
 
 /// The mid-call steps of each kind. Hold at a third and resume at two thirds (media keeps
 /// flowing: the customer hears hold music); a transfer or a conference brings in a third party

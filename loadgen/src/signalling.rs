@@ -249,6 +249,15 @@ pub fn request_id() -> String {
     uuid::Uuid::new_v4().to_string()
 }
 
+/// What [`SignallingClient::read_until`] waits for.
+#[derive(Debug, Clone, Copy)]
+enum Awaited<'a> {
+    /// The response of this request id.
+    Response(&'a str),
+    /// The pong of this ping payload.
+    Pong(&'a [u8]),
+}
+
 /// A connected signalling client.
 #[derive(Debug)]
 pub struct SignallingClient {
@@ -349,6 +358,33 @@ impl SignallingClient {
     }
 
     async fn read_response(&mut self, id: &str) -> Result<Response, SignallingError> {
+        self.read_until(Awaited::Response(id))
+            .await?
+            .ok_or_else(|| SignallingError::Protocol("a pong instead of a response".into()))
+    }
+
+    /// Sends a WebSocket ping (RFC 6455 §5.5.2) and waits up to `timeout` for its pong,
+    /// answering what the server asks meanwhile: the keep-alive that finds a connection a
+    /// middlebox stalled without closing it (no FIN, no RST), which no request may cross for
+    /// minutes. The server's WebSocket answers pings by itself, as every browser's does.
+    pub async fn keepalive(&mut self, timeout: Duration) -> Result<(), SignallingError> {
+        let payload = request_id().into_bytes();
+        self.ws
+            .send(Message::Ping(payload.clone().into()))
+            .await
+            .map_err(|e| SignallingError::Protocol(format!("send: {e}")))?;
+        match tokio::time::timeout(timeout, self.read_until(Awaited::Pong(&payload))).await {
+            Ok(result) => result.map(|_| ()),
+            Err(_) => Err(SignallingError::Timeout("keep-alive ping".into())),
+        }
+    }
+
+    /// Reads frames until the one `awaited` (a response, returned, or a pong), answering the
+    /// server's requests and skipping late answers to abandoned requests on the way.
+    async fn read_until(
+        &mut self,
+        awaited: Awaited<'_>,
+    ) -> Result<Option<Response>, SignallingError> {
         loop {
             let Some(frame) = self.ws.next().await else {
                 return Err(SignallingError::Protocol(
@@ -357,6 +393,9 @@ impl SignallingClient {
             };
             let text = match frame {
                 Ok(Message::Text(t)) => t,
+                Ok(Message::Pong(p)) if matches!(awaited, Awaited::Pong(want) if *want == *p) => {
+                    return Ok(None);
+                }
                 Ok(Message::Ping(_) | Message::Pong(_)) => continue,
                 Ok(Message::Close(_)) => {
                     return Err(SignallingError::Protocol(
@@ -387,12 +426,14 @@ impl SignallingClient {
                 )));
             }
             match response.id.as_str() {
-                Some(got) if got == id => return Ok(response),
+                Some(got) if matches!(awaited, Awaited::Response(id) if id == got) => {
+                    return Ok(Some(response));
+                }
                 // A late answer to an earlier request that timed out: skip it.
                 Some(got) if self.abandoned.iter().any(|a| a == got) => continue,
                 _ => {
                     return Err(SignallingError::Protocol(format!(
-                        "response id {}, expected {id:?}",
+                        "response id {}, expected {awaited:?}",
                         response.id
                     )));
                 }

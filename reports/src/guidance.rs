@@ -61,6 +61,9 @@ pub fn diagnose(class: FailureClass, detail: &str) -> Diagnosis {
     if mentions(&["certificate", "tls:", "unknownissuer", "badsignature"]) {
         return TLS_INSPECTION;
     }
+    if mentions(&["stalled"]) {
+        return SIGNALLING_STALLED;
+    }
     if mentions(&["websocket upgrade", "proxy"]) {
         return PROXY_WEBSOCKET;
     }
@@ -143,6 +146,20 @@ const PROXY_WEBSOCKET: Diagnosis = Diagnosis {
         amazonaws.com` and `*.transport.connect.{region}.amazonaws.com`, 443/TCP outbound) or let \
         it pass WebSocket upgrades. The vendor warns that proxy WebSocket handling may impact \
         functionality: test before production.",
+    references: &[OPTION_1],
+};
+
+const SIGNALLING_STALLED: Diagnosis = Diagnosis {
+    cause: "Signalling connection stalled mid-call",
+    explanation: "The signalling WebSocket opened and worked, then stopped carrying anything \
+        without being closed (no FIN, no RST): the softphone's keep-alive went unanswered while \
+        the media still flowed. A proxy or firewall dropped the connection's state on an idle \
+        or session timeout without telling either end.",
+    remedy: "Raise the idle and session timeouts of the proxies and firewalls on the path to \
+        the signalling domain (`rtc*.connect-telecom.{region}.amazonaws.com`, \
+        `*.transport.connect.{region}.amazonaws.com`, 443/TCP) above the longest call, or \
+        bypass the proxy for those names. The vendor warns that proxy WebSocket handling may \
+        impact functionality: test before production.",
     references: &[OPTION_1],
 };
 

@@ -152,6 +152,15 @@ fn every_failure_class_has_a_diagnosis() {
         .remedy
         .contains("certificate cache timeout")
     );
+    assert_eq!(
+        diagnose(
+            FailureClass::SignallingConnectionFailure,
+            "keep-alive: no pong within 10s: the signalling connection stalled with nothing \
+             closing it (a proxy or firewall that drops idle connections silently)"
+        )
+        .cause,
+        "Signalling connection stalled mid-call"
+    );
 }
 
 #[test]

@@ -691,6 +691,7 @@ fn path(file: &std::path::Path, site: Option<&str>) -> ExitCode {
         || p.inbound_udp_allow.is_some()
         || p.breaks_websocket_upgrade
         || p.tls_cache_expiry.is_some()
+        || p.stalls_websocket_after.is_some()
     {
         println!("policy: {p:?}");
     }

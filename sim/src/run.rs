@@ -172,6 +172,7 @@ pub fn run(scenario: &Scenario, options: &RunOptions) -> Result<RunOutcome, RunE
         let (mut upstream, mut roots) = (vendor.signalling_addr(), vec![cert.clone()]);
         let proxy = if site.policy.breaks_websocket_upgrade
             || site.policy.tls_cache_expiry.is_some()
+            || site.policy.stalls_websocket_after.is_some()
         {
             let ca = Arc::new(
                 InspectionCa::new().map_err(|e| io_err("inspection CA")(io::Error::other(e)))?,
@@ -184,6 +185,7 @@ pub fn run(scenario: &Scenario, options: &RunOptions) -> Result<RunOutcome, RunE
                 ca: ca.clone(),
                 breaks_websocket_upgrade: site.policy.breaks_websocket_upgrade,
                 cache_expiry: site.policy.tls_cache_expiry,
+                stalls_after: site.policy.stalls_websocket_after,
             })
             .map_err(io_err(format!("starting site {}'s proxy", site.name)))?;
             upstream = p.local_addr();
@@ -219,6 +221,7 @@ pub fn run(scenario: &Scenario, options: &RunOptions) -> Result<RunOutcome, RunE
         ice_collection: scenario.agents.timeouts.ice_collection,
         invite_answer: scenario.agents.timeouts.invite_answer,
         ack: scenario.agents.timeouts.ack,
+        keepalive: scenario.agents.timeouts.keepalive,
         ..Timeouts::default()
     };
     let mut sink = RecordSink {

@@ -71,6 +71,7 @@ fn proxy(
     ca: Arc<InspectionCa>,
     breaks: bool,
     expiry: Option<Duration>,
+    stall: Option<Duration>,
 ) -> InspectingProxy {
     InspectingProxy::start(InspectingProxyConfig {
         listen: "127.0.0.1:0".parse().unwrap(),
@@ -80,6 +81,7 @@ fn proxy(
         ca,
         breaks_websocket_upgrade: breaks,
         cache_expiry: expiry,
+        stalls_after: stall,
     })
     .unwrap()
 }
@@ -112,7 +114,7 @@ fn response_head(tls: &mut impl Read) -> String {
 fn relays_an_upgrade_through_its_own_certificate() {
     let (server, root) = signalling_server(1);
     let ca = Arc::new(InspectionCa::new().unwrap());
-    let p = proxy(server, root, ca.clone(), false, None);
+    let p = proxy(server, root, ca.clone(), false, None, None);
     let mut tls = agent(p.local_addr(), &ca);
     tls.write_all(UPGRADE).unwrap();
     assert!(response_head(&mut tls).starts_with("HTTP/1.1 101"));
@@ -129,7 +131,7 @@ fn relays_an_upgrade_through_its_own_certificate() {
 fn a_proxy_that_breaks_upgrades_answers_403() {
     let (server, root) = signalling_server(1);
     let ca = Arc::new(InspectionCa::new().unwrap());
-    let p = proxy(server, root, ca.clone(), true, None);
+    let p = proxy(server, root, ca.clone(), true, None, None);
     let mut tls = agent(p.local_addr(), &ca);
     tls.write_all(UPGRADE).unwrap();
     let head = response_head(&mut tls);
@@ -149,7 +151,7 @@ fn a_proxy_that_breaks_upgrades_answers_403() {
 fn an_agent_not_trusting_the_proxy_fails_its_handshake() {
     let (server, root) = signalling_server(1);
     let ca = Arc::new(InspectionCa::new().unwrap());
-    let p = proxy(server, root, ca, false, None);
+    let p = proxy(server, root, ca, false, None, None);
     let stranger = InspectionCa::new().unwrap();
     let mut tls = agent(p.local_addr(), &stranger);
     let err = tls
@@ -170,6 +172,7 @@ fn cache_expiry_renews_the_certificate_and_drops_open_connections() {
         ca.clone(),
         false,
         Some(Duration::from_millis(500)),
+        None,
     );
     let mut early = agent(p.local_addr(), &ca);
     early.write_all(UPGRADE).unwrap();
@@ -193,4 +196,43 @@ fn cache_expiry_renews_the_certificate_and_drops_open_connections() {
     p.shutdown();
     assert_eq!(stats.reset.load(std::sync::atomic::Ordering::Relaxed), 1);
     assert_eq!(stats.renewals.load(std::sync::atomic::Ordering::Relaxed), 1);
+}
+
+#[test]
+fn a_stalling_proxy_stops_relaying_without_closing() {
+    let (server, root) = signalling_server(1);
+    let ca = Arc::new(InspectionCa::new().unwrap());
+    let p = proxy(
+        server,
+        root,
+        ca.clone(),
+        false,
+        None,
+        Some(Duration::from_millis(600)),
+    );
+    let mut tls = agent(p.local_addr(), &ca);
+    tls.write_all(UPGRADE).unwrap();
+    assert!(response_head(&mut tls).starts_with("HTTP/1.1 101"));
+    tls.write_all(b"frame").unwrap();
+    let mut echo = [0u8; 5];
+    tls.read_exact(&mut echo).unwrap();
+    assert_eq!(&echo, b"frame", "relayed before the stall");
+    thread::sleep(Duration::from_millis(800));
+    // After it: what the agent sends goes nowhere, nothing comes back, and the connection is
+    // not closed either (the read times out: no FIN, no RST).
+    tls.sock
+        .set_read_timeout(Some(Duration::from_millis(700)))
+        .unwrap();
+    tls.write_all(b"again").unwrap();
+    match tls.read(&mut echo) {
+        Err(e)
+            if matches!(
+                e.kind(),
+                std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+            ) => {}
+        other => panic!("a stalled connection neither answers nor closes: {other:?}"),
+    }
+    let stats = p.stats();
+    p.shutdown();
+    assert_eq!(stats.stalled.load(std::sync::atomic::Ordering::Relaxed), 1);
 }

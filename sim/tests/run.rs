@@ -261,3 +261,41 @@ fn restricted_dns_and_stateless_firewall_fail_their_way() {
         std::fs::remove_dir_all(&dir2),
     );
 }
+
+#[test]
+fn a_stalled_signalling_connection_is_found_by_the_keep_alive() {
+    let dir = temp("stall");
+    let mut s = scenario(r#"policy = { stalls_websocket_after = "2s" }"#);
+    s.agents.call_duration = std::time::Duration::from_secs(8);
+    s.agents.timeouts.keepalive = std::time::Duration::from_secs(1);
+    let started = std::time::Instant::now();
+    run_in(&dir, &s);
+    let records = read_records(&dir.join("calls.jsonl")).unwrap().records;
+    assert_eq!(records.len(), 3);
+    for r in &records {
+        assert_eq!(r.outcome, Outcome::Dropped, "{r:?}");
+        let f = r.failure.as_ref().unwrap();
+        assert_eq!(f.class, FailureClass::SignallingConnectionFailure);
+        assert!(f.detail.contains("stalled"), "{}", f.detail);
+        // Connected before the stall, and dropped within two keep-alive periods of it (the
+        // stall counts from the WebSocket's opening, a little before the talking starts).
+        let hangup_s = r.milestones.hangup_us.unwrap() as f64 / 1e6;
+        let first_rtp_s = r.milestones.first_rtp_us.unwrap() as f64 / 1e6;
+        assert!(first_rtp_s < 2.0, "{first_rtp_s}");
+        assert!((2.0..4.5).contains(&hangup_s), "dropped at {hangup_s} s");
+    }
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(8),
+        "not left to run out"
+    );
+    let summary: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("summary.json")).unwrap()).unwrap();
+    let stalled: u64 = summary["components"]
+        .as_object()
+        .unwrap()
+        .iter()
+        .filter(|(k, _)| k.starts_with("proxy"))
+        .filter_map(|(_, v)| v["stalled"].as_u64())
+        .sum();
+    assert_eq!(stalled, 3, "{}", summary["components"]);
+}

@@ -177,6 +177,7 @@ async fn a_proxy_breaking_upgrades_is_a_connection_failure() {
         ca: ca.clone(),
         breaks_websocket_upgrade: true,
         cache_expiry: None,
+        stalls_after: None,
     })
     .unwrap();
     let through_proxy = Endpoint {

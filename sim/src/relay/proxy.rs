@@ -90,7 +90,13 @@ pub struct InspectingProxyConfig {
     pub breaks_websocket_upgrade: bool,
     /// Renew the certificate and reset every open connection this long after the start.
     pub cache_expiry: Option<Duration>,
+    /// Stop relaying each connection this long after it opened, silently: both ends stay
+    /// open and hear nothing more (no FIN, no RST) until [`STALL_HOLD`] has passed.
+    pub stalls_after: Option<Duration>,
 }
+
+/// How long a stalled connection is held open before the proxy forgets it (and closes it).
+pub const STALL_HOLD: Duration = Duration::from_secs(600);
 
 /// Counters of a proxy.
 #[derive(Debug, Default)]
@@ -109,6 +115,8 @@ pub struct ProxyStats {
     pub reset: AtomicU64,
     /// Certificate renewals.
     pub renewals: AtomicU64,
+    /// Connections stalled (relaying stopped without closing them).
+    pub stalled: AtomicU64,
 }
 
 impl ProxyStats {
@@ -122,6 +130,7 @@ impl ProxyStats {
             ("upstream_failed", &self.upstream_failed),
             ("reset", &self.reset),
             ("renewals", &self.renewals),
+            ("stalled", &self.stalled),
         ])
     }
 }
@@ -231,6 +240,7 @@ fn acceptor_for(shared: &Shared) -> io::Result<TlsAcceptor> {
 }
 
 async fn handle(agent: TcpStream, acceptor: TlsAcceptor, shared: Arc<Shared>) {
+    let opened = tokio::time::Instant::now();
     let Ok(mut agent) = acceptor.accept(agent).await else {
         shared.stats.tls_failed.fetch_add(1, Ordering::Relaxed);
         return;
@@ -267,7 +277,22 @@ async fn handle(agent: TcpStream, acceptor: TlsAcceptor, shared: Arc<Shared>) {
     if server.write_all(&head).await.is_err() {
         return;
     }
-    let _ = tokio::io::copy_bidirectional(&mut agent, &mut server).await;
+    let relay = tokio::io::copy_bidirectional(&mut agent, &mut server);
+    match shared.config.stalls_after {
+        None => {
+            let _ = relay.await;
+        }
+        Some(after) => {
+            if tokio::time::timeout_at(opened + after, relay)
+                .await
+                .is_err()
+            {
+                // Relaying stops; both connections stay open, unread and unwritten.
+                shared.stats.stalled.fetch_add(1, Ordering::Relaxed);
+                tokio::time::sleep(STALL_HOLD).await;
+            }
+        }
+    }
 }
 
 /// Reads up to the end of the HTTP request head (the blank line); what follows stays for the

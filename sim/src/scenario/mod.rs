@@ -92,6 +92,9 @@ pub struct Timeouts {
     pub invite_answer: Duration,
     /// `accept` and `bye` acknowledgement (2 s).
     pub ack: Duration,
+    /// The signalling keep-alive while talking: a ping this often, its pong awaited as long
+    /// (10 s).
+    pub keepalive: Duration,
 }
 
 impl Timeouts {
@@ -101,6 +104,7 @@ impl Timeouts {
         ice_collection: Duration::from_secs(8),
         invite_answer: Duration::from_secs(5),
         ack: Duration::from_secs(2),
+        keepalive: Duration::from_secs(10),
     };
 }
 
@@ -143,6 +147,10 @@ pub struct Policy {
     /// A TLS-inspecting proxy whose certificate cache expires this long after the run starts:
     /// TLS connections open then are reset.
     pub tls_cache_expiry: Option<Duration>,
+    /// A proxy that lets the signalling WebSocket's upgrade through, then stops relaying it
+    /// this long after it opened, silently: no FIN, no RST (an idle-timeout middlebox that
+    /// drops state without telling either end).
+    pub stalls_websocket_after: Option<Duration>,
 }
 
 /// A blocked protocol, optionally only on some server ports.
@@ -455,6 +463,9 @@ fn read_agents(src: &mut Source<'_>, mut t: Table<'_, '_>) -> Option<Agents> {
         }
         if let Some(d) = tt.duration(src, "ack", min, max) {
             timeouts.ack = d;
+        }
+        if let Some(d) = tt.duration(src, "keepalive", Duration::from_secs(1), max) {
+            timeouts.keepalive = d;
         }
         tt.finish(src);
     }
@@ -944,6 +955,14 @@ fn read_policy(src: &mut Source<'_>, mut t: Table<'_, '_>, mut policy: Policy) -
         Duration::from_secs(7 * 86_400),
     ) {
         policy.tls_cache_expiry = Some(d);
+    }
+    if let Some(d) = t.duration(
+        src,
+        "stalls_websocket_after",
+        Duration::from_secs(1),
+        Duration::from_secs(7 * 86_400),
+    ) {
+        policy.stalls_websocket_after = Some(d);
     }
     t.finish(src);
     policy
