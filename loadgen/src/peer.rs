@@ -126,6 +126,9 @@ pub enum LegError {
     Io(String),
 }
 
+/// The TURN client's first retransmission timeout, milliseconds: Chromium's.
+const TURN_INITIAL_RTO_MS: u64 = 250;
+
 /// How an allocation's TURN client reaches its server.
 #[derive(Debug)]
 enum Wire {
@@ -189,7 +192,12 @@ impl Allocation {
                 password: t.password.clone(),
                 realm: t.realm.clone(),
                 software: "softphone-sim".to_owned(),
-                rto_in_ms: 0,
+                // Chromium's first STUN/TURN retransmission timeout (WebRTC
+                // `p2p/base/stun_request.cc`, `STUN_INITIAL_RTO`); it doubles from there. rtc
+                // caps the doubling at 1.6 s and sends 7 times (RFC 8489 §6.2.1's Rc), where
+                // Chromium goes on to 8 s and 9 sends: within the 8 s ICE collection timeout the
+                // two send alike up to the fourth try.
+                rto_in_ms: TURN_INITIAL_RTO_MS,
                 allocation_refresh_interval_cap: None,
             },
             provider,
