@@ -62,6 +62,10 @@ enum Command {
         /// measurement of each call and the client's RTCP reports.
         #[arg(long, value_name = "DIR")]
         out: Option<PathBuf>,
+        /// Record every call that connects as DIR/recordings/<call>.wav (needs --out): the
+        /// agent's side, the customer's, or both (customer left, agent right).
+        #[arg(long, value_name = "SIDES", value_parser = ["agent", "customer", "both"], requires = "out")]
+        record: Option<String>,
     },
     /// Checks scenario files; prints every error as FILE:LINE:COLUMN: FIELD: MESSAGE.
     ///
@@ -158,7 +162,8 @@ fn main() -> ExitCode {
             host,
             ca_out,
             out,
-        } => serve(listen, &host, &ca_out, out.as_deref()),
+            record,
+        } => serve(listen, &host, &ca_out, out.as_deref(), record.as_deref()),
         Command::Report { dirs, out, compare } => report(&dirs, out.as_deref(), compare),
         Command::Run {
             file,
@@ -271,7 +276,19 @@ fn serve(
     host: &str,
     ca_out: &std::path::Path,
     out: Option<&std::path::Path>,
+    record: Option<&str>,
 ) -> ExitCode {
+    use sim::anchor::recording::{RECORDINGS, Recording, Sides};
+    let sides = match record {
+        Some("agent") => Some(Sides::Agent),
+        Some("customer") => Some(Sides::Customer),
+        Some(_) => Some(Sides::Both),
+        None => None,
+    };
+    let recording = sides.zip(out).map(|(sides, dir)| Recording {
+        dir: dir.join(RECORDINGS),
+        sides,
+    });
     let vendor = match sim::run::VendorSide::start(
         1,
         &[host.to_owned()],
@@ -280,7 +297,7 @@ fn serve(
         loadgen::clock::host_epoch(),
         reports::emodel::Codec::OPUS,
         sim::anchor::AnchorBehaviour::Answer,
-        None,
+        recording,
     ) {
         Ok(v) => v,
         Err(e) => {

@@ -107,7 +107,30 @@ impl Recorder {
 /// The call record of a call the anchor ended.
 #[must_use]
 pub fn record(e: &EndedCall, run: &str) -> CallRecord {
-    let (outcome, failure) = if e.ended_by == "abandoned" {
+    let failed = |class, detail: String| {
+        (
+            Outcome::Failed,
+            Some(Failure {
+                class,
+                detail,
+                ccp_message: None,
+            }),
+        )
+    };
+    let (outcome, failure) = if e.connected_us.is_none() {
+        // Never connected at the anchor: no check nominated a pair, or the handshake did not
+        // finish (what it got to says which).
+        match &e.dtls_progress {
+            Some(p) if !p.starts_with("no flight") => failed(
+                FailureClass::DtlsHandshakeFailure,
+                format!("DTLS did not complete at the anchor: {p}"),
+            ),
+            _ => failed(
+                FailureClass::IceConnectionFailed,
+                "no ICE check of the client's reached the anchor's leg".into(),
+            ),
+        }
+    } else if e.ended_by == "abandoned" {
         (
             Outcome::Dropped,
             Some(Failure {
@@ -141,17 +164,73 @@ pub fn record(e: &EndedCall, run: &str) -> CallRecord {
             ended_us: Some(e.duration_us),
             ..Milestones::default()
         },
-        last_state: if failure.is_some() {
-            SessionState::Talking
-        } else {
-            SessionState::Disconnected
+        last_state: match outcome {
+            Outcome::Completed => SessionState::Disconnected,
+            Outcome::Dropped => SessionState::Talking,
+            _ => SessionState::ConnectContact,
         },
         outcome,
         failure,
         ice: reports::record::IceCounters::default(),
         relay_transport: None,
-        agent_to_anchor: Some(e.agent_to_anchor.clone()),
+        // A call that never connected carried no media to measure.
+        agent_to_anchor: e.connected_us.is_some().then(|| e.agent_to_anchor.clone()),
         anchor_to_agent: e.anchor_to_agent.clone(),
-        recording: None,
+        recording: e.recording.clone(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[allow(clippy::disallowed_methods)] // a meter needs an epoch; no clock is read otherwise
+    fn ended(connected: bool, dtls: Option<&str>) -> EndedCall {
+        let stats = loadgen::measure::MediaMeter::new(std::time::Instant::now()).finish(
+            0,
+            0,
+            reports::emodel::Codec::OPUS,
+        );
+        EndedCall {
+            call_id: "a1".into(),
+            call_context_token: "c1".into(),
+            ended_by: "bye",
+            started_unix_ms: 1,
+            duration_us: 5_000_000,
+            connected_us: connected.then_some(300_000),
+            first_rtp_us: connected.then_some(320_000),
+            agent_to_anchor: stats,
+            anchor_to_agent: None,
+            anchor_sent: 0,
+            anchor_wire_bytes: 0,
+            dtls_progress: dtls.map(str::to_owned),
+            recording: connected.then(|| "recordings/c1.wav".to_owned()),
+        }
+    }
+
+    #[test]
+    fn a_call_the_anchor_never_connected_is_a_failure_with_what_it_got_to() {
+        let r = record(
+            &ended(
+                false,
+                Some("last sent flight 4 at 0.05 s (3 expiries of its timer)"),
+            ),
+            "run",
+        );
+        r.check().unwrap();
+        assert_eq!(r.outcome, Outcome::Failed);
+        let f = r.failure.unwrap();
+        assert_eq!(f.class, FailureClass::DtlsHandshakeFailure);
+        assert!(f.detail.contains("last sent flight 4"), "{}", f.detail);
+        assert_eq!(r.agent_to_anchor, None, "no media was measured");
+
+        let r = record(&ended(false, Some("no flight sent or received")), "run");
+        assert_eq!(r.failure.unwrap().class, FailureClass::IceConnectionFailed);
+
+        let r = record(&ended(true, None), "run");
+        r.check().unwrap();
+        assert_eq!(r.outcome, Outcome::Completed);
+        assert_eq!(r.recording.as_deref(), Some("recordings/c1.wav"));
+        assert!(r.agent_to_anchor.is_some());
     }
 }

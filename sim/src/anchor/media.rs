@@ -97,6 +97,8 @@ pub struct Ended {
     /// What its DTLS handshake got to, when it did not complete (flights last sent and
     /// received, retransmissions: [`FlightTimer::detail`]).
     pub dtls_progress: Option<String>,
+    /// Its recording, relative to the run folder, when the server records.
+    pub recording: Option<String>,
 }
 
 /// A leg to open: the offer it answers and what the answer said.
@@ -326,8 +328,8 @@ struct Leg {
     last_check: Instant,
     /// Consent lapsed: the leg sends nothing more.
     consent_lost: bool,
-    /// Its audio is being recorded.
-    recording: bool,
+    /// Its recording's path in the run folder, while its audio is recorded.
+    recording: Option<String>,
 }
 
 struct Server {
@@ -429,7 +431,7 @@ impl Server {
             failed: false,
             last_check: Instant::now(),
             consent_lost: false,
-            recording: false,
+            recording: None,
         };
         self.legs.insert(id, leg);
     }
@@ -442,7 +444,7 @@ impl Server {
             return;
         };
         self.by_ufrag.remove(&leg.spec.ice_ufrag);
-        if let (true, Some(r)) = (leg.recording, &self.recorder) {
+        if let (Some(_), Some(r)) = (&leg.recording, &self.recorder) {
             r.send(Recorded::Stop { leg: id });
         }
         if let Some(remote) = leg.remote {
@@ -469,6 +471,7 @@ impl Server {
             connected_after: since_open(leg.connected),
             first_rtp_after: since_open(leg.first_rtp),
             dtls_progress: leg.connected.is_none().then(|| leg.dtls_timer.detail()),
+            recording: leg.recording.take(),
             pacing: leg.pacing,
         });
     }
@@ -584,12 +587,8 @@ impl Server {
                 leg.connected = Some(now);
                 leg.next_frame = Some(loadgen::clock::next_slot(self.epoch, now));
                 leg.next_report = Some(now + REPORT_INTERVAL);
-                if let Some(r) = &self.recorder {
-                    r.send(Recorded::Start {
-                        leg: id,
-                        call: leg.spec.call.clone(),
-                    });
-                    leg.recording = true;
+                if let Some(r) = &mut self.recorder {
+                    leg.recording = Some(r.start_leg(id, &leg.spec.call));
                 }
             }
             Handshake::Failed => {
@@ -630,7 +629,7 @@ impl Server {
             .send_stamp
             .and_then(|id| send_stamp(&plain, id));
         leg.first_rtp.get_or_insert(now);
-        if let (true, Some(r)) = (leg.recording, &self.recorder) {
+        if let (Some(_), Some(r)) = (&leg.recording, &self.recorder) {
             r.send(Recorded::Agent {
                 leg: id,
                 timestamp,
@@ -703,7 +702,7 @@ impl Server {
                         );
                         send_frame(&self.socket, &self.counters, self.epoch, now, remote, leg);
                     }
-                    if let (true, Some(r)) = (leg.recording, &self.recorder) {
+                    if let (Some(_), Some(r)) = (&leg.recording, &self.recorder) {
                         r.send(Recorded::Tick {
                             leg: id,
                             customer: (leg.frames_sent > frame).then_some(frame),

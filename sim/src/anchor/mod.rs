@@ -114,6 +114,9 @@ pub struct EndedCall {
     /// What the leg's DTLS handshake got to, when it did not complete.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub dtls_progress: Option<String>,
+    /// The call's recording, relative to the run folder, when the anchor records.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub recording: Option<String>,
 }
 
 impl EndedCall {
@@ -132,6 +135,7 @@ impl EndedCall {
             anchor_sent: e.frames_sent,
             anchor_wire_bytes: e.wire_bytes_sent,
             dtls_progress: e.dtls_progress,
+            recording: e.recording,
         }
     }
 }

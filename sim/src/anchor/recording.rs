@@ -331,8 +331,8 @@ impl Wav {
 /// What the media thread tells the recorder.
 #[derive(Debug)]
 pub(crate) enum Event {
-    /// Leg `leg` connected: record it as `call`.
-    Start { leg: u64, call: String },
+    /// Leg `leg` connected: record it in the file `name`.
+    Start { leg: u64, name: String },
     /// One tick of the leg's frame clock, with the loop frame it sent (`None`: silent).
     Tick { leg: u64, customer: Option<u64> },
     /// One of the agent's RTP packets: its timestamp and Opus payload.
@@ -351,6 +351,8 @@ pub(crate) struct Recorder {
     queue: Option<mpsc::SyncSender<Event>>,
     thread: Option<JoinHandle<()>>,
     counters: Arc<MediaCounters>,
+    /// File names given so far: a second call with the same name gets its leg's number too.
+    names: HashSet<String>,
 }
 
 impl Recorder {
@@ -367,7 +369,21 @@ impl Recorder {
             queue: Some(tx),
             thread: Some(thread),
             counters,
+            names: HashSet::new(),
         })
+    }
+
+    /// Starts recording leg `leg`, named `call`; returns its file's path in the run folder
+    /// (`recordings/<name>.wav`).
+    pub(crate) fn start_leg(&mut self, leg: u64, call: &str) -> String {
+        let mut name = file_name(call);
+        if !self.names.insert(name.clone()) {
+            name = format!("{}-{leg}.wav", name.trim_end_matches(".wav"));
+            self.names.insert(name.clone());
+        }
+        let path = format!("{RECORDINGS}/{name}");
+        self.send(Event::Start { leg, name });
+        path
     }
 
     /// Queues `event`, or drops and counts it when the queue is full.
@@ -399,7 +415,6 @@ struct Open {
 
 fn record(recording: &Recording, events: &mpsc::Receiver<Event>, counters: &MediaCounters) {
     let mut open: HashMap<u64, Open> = HashMap::new();
-    let mut names: HashSet<String> = HashSet::new();
     let sides = recording.sides;
     let failed = |open: &mut HashMap<u64, Open>, leg: u64| {
         open.remove(&leg);
@@ -408,12 +423,7 @@ fn record(recording: &Recording, events: &mpsc::Receiver<Event>, counters: &Medi
     let (mut c, mut a) = ([0i16; FRAME], [0i16; FRAME]);
     while let Ok(event) = events.recv() {
         match event {
-            Event::Start { leg, call } => {
-                let mut name = file_name(&call);
-                if !names.insert(name.clone()) {
-                    name = format!("{}-{leg}.wav", name.trim_end_matches(".wav"));
-                    names.insert(name.clone());
-                }
+            Event::Start { leg, name } => {
                 match (
                     Track::new(),
                     Wav::create(&recording.dir.join(&name), sides.channels()),
