@@ -111,9 +111,10 @@ fn client_hello_cookie(message: &[u8]) -> bool {
         .is_some_and(|&cookie| cookie > 0)
 }
 
-/// What a handshake's timer asks for at [`FlightTimer::on_timeout`].
+/// What a handshake's timer decides at an expiry ([`FlightTimer::handle_timeout`] carries it
+/// out).
 #[derive(Debug)]
-pub enum Expiry {
+enum Expiry {
     /// Nothing is due.
     Nothing,
     /// `rtc` is to regenerate its flight: call its `handle_timeout` and send what it queues.
@@ -122,6 +123,20 @@ pub enum Expiry {
     Resend(Vec<Datagram>),
     /// The flight went unanswered [`MAX_TIMEOUTS`] times: the handshake failed.
     GaveUp,
+}
+
+/// What [`FlightTimer::handle_timeout`] did, for its caller to finish.
+#[derive(Debug)]
+pub enum Retransmission {
+    /// Nothing was due.
+    Nothing,
+    /// `rtc` regenerated its flight: send what its endpoint queued.
+    Regenerated,
+    /// Send these datagrams again, as they were last sent.
+    Resend(Vec<Datagram>),
+    /// The handshake failed (retransmissions spent, or `rtc` refused): send what its endpoint
+    /// queued, if anything, and give the leg up.
+    Failed,
 }
 
 /// The retransmission timer of one DTLS handshake's flights, as Chromium runs it (the
@@ -216,9 +231,29 @@ impl FlightTimer {
         self.sent.map(|(_, at)| at + self.timeout())
     }
 
+    /// Runs the timer at `now` for the handshake `dtls` holds with `remote`, unless it is
+    /// `done`: when a flight is due, has `rtc` regenerate it while it may, or hands back the
+    /// flight as last sent.
+    pub fn handle_timeout(
+        &mut self,
+        now: Instant,
+        done: bool,
+        dtls: &mut Endpoint,
+        remote: SocketAddr,
+    ) -> Retransmission {
+        let armed = dtls.poll_timeout(&remote).is_some();
+        match self.on_timeout(now, done, armed) {
+            Expiry::Nothing => Retransmission::Nothing,
+            Expiry::Rtc if dtls.handle_timeout(remote, now).is_err() => Retransmission::Failed,
+            Expiry::Rtc => Retransmission::Regenerated,
+            Expiry::Resend(flight) => Retransmission::Resend(flight),
+            Expiry::GaveUp => Retransmission::Failed,
+        }
+    }
+
     /// Runs the timer at `now`; `rtc_armed` when `rtc` holds a retransmit timer (it can
     /// regenerate the flight).
-    pub fn on_timeout(&mut self, now: Instant, done: bool, rtc_armed: bool) -> Expiry {
+    fn on_timeout(&mut self, now: Instant, done: bool, rtc_armed: bool) -> Expiry {
         if self.deadline(done).is_none_or(|t| t > now) {
             return Expiry::Nothing;
         }
@@ -565,22 +600,17 @@ mod tests {
             for to_client in [false, true] {
                 // The end that sends towards `!to_client`'s peer.
                 let end = if to_client { &mut server } else { &mut client };
-                let armed = end.dtls.poll_timeout(&end.peer).is_some();
-                let out = match end.timer.on_timeout(now, end.keyed || end.failed, armed) {
-                    Expiry::Nothing => continue,
-                    Expiry::Rtc => {
-                        if end.dtls.handle_timeout(end.peer, now).is_err() {
-                            end.failed = true;
-                        }
-                        end.flush(now)
-                    }
-                    Expiry::Resend(d) => {
+                let done = end.keyed || end.failed;
+                let out = match end.timer.handle_timeout(now, done, &mut end.dtls, end.peer) {
+                    Retransmission::Nothing => continue,
+                    Retransmission::Regenerated => end.flush(now),
+                    Retransmission::Resend(d) => {
                         end.note(&d);
                         d
                     }
-                    Expiry::GaveUp => {
+                    Retransmission::Failed => {
                         end.failed = true;
-                        continue;
+                        end.flush(now)
                     }
                 };
                 send(&mut wire, now, to_client, out);

@@ -38,7 +38,7 @@ use rtc::sansio::Protocol;
 use rtc::shared::{TransportContext, TransportMessage, TransportProtocol};
 use rtc::srtp::context::Context;
 
-use crate::dtls::{Expiry, FlightTimer, Handshake, dtls_config, read_dtls};
+use crate::dtls::{FlightTimer, Handshake, Retransmission, dtls_config, read_dtls};
 use crate::measure::{MediaMeter, Stamp};
 use crate::peer::{CLOCK_RATE, FRAME_TICKS};
 use crate::sdp::{self, Description, Local};
@@ -710,17 +710,18 @@ impl MediaSession {
             let _ = self.ice.handle_timeout(now);
             self.ice_events(now);
         }
-        let armed = self.dtls.poll_timeout(&DTLS_PEER).is_some();
-        match self.dtls_timer.on_timeout(now, self.srtp.is_some(), armed) {
-            Expiry::Nothing => {}
-            Expiry::Rtc => {
-                if self.dtls.handle_timeout(DTLS_PEER, now).is_err() {
-                    self.events.push_back(MediaEvent::DtlsFailed);
-                }
+        let done = self.srtp.is_some();
+        match self
+            .dtls_timer
+            .handle_timeout(now, done, &mut self.dtls, DTLS_PEER)
+        {
+            Retransmission::Nothing => {}
+            Retransmission::Regenerated => self.dtls_transmits(),
+            Retransmission::Resend(flight) => self.transmits.extend(flight),
+            Retransmission::Failed => {
+                self.events.push_back(MediaEvent::DtlsFailed);
                 self.dtls_transmits();
             }
-            Expiry::Resend(flight) => self.transmits.extend(flight),
-            Expiry::GaveUp => self.events.push_back(MediaEvent::DtlsFailed),
         }
         if let Some(due) = self.next_report.filter(|&t| t <= now) {
             self.next_report = Some(due + REPORT_INTERVAL);

@@ -430,7 +430,7 @@ impl Call {
                         let step = *step;
                         signalling = Signalling::Idle(Box::new(c));
                         if let Err(e) = result {
-                            signalling_failure = Some(step.failure(&e, &spec.timeouts));
+                            signalling_failure = Some(step.failure(&e));
                             break;
                         }
                     }
@@ -468,7 +468,7 @@ impl Call {
             Signalling::Busy(step, request) => {
                 let (c, result) = request.await;
                 if let Err(e) = result {
-                    signalling_failure.get_or_insert(step.failure(&e, &spec.timeouts));
+                    signalling_failure.get_or_insert(step.failure(&e));
                 }
                 c
             }
@@ -653,17 +653,9 @@ struct MidCallStep {
 
 impl MidCallStep {
     /// The call's failure when this step's request failed with `e`.
-    fn failure(&self, e: &SignallingError, timeouts: &Timeouts) -> Fail {
+    fn failure(&self, e: &SignallingError) -> Fail {
         let class = self.class.unwrap_or_else(|| e.class());
-        let detail = match e {
-            SignallingError::Timeout(_) if std::ptr::eq(self, &KEEPALIVE) => format!(
-                "keep-alive: no pong within {:?}: the signalling connection stalled with \
-                 nothing closing it (a proxy or firewall that drops idle connections silently)",
-                timeouts.keepalive
-            ),
-            _ => format!("{}: {e}", self.method),
-        };
-        (class, detail)
+        (class, format!("{}: {e}", self.method))
     }
 }
 

@@ -158,6 +158,9 @@ pub enum SignallingError {
     Rpc(RpcError),
     /// The server broke the protocol (not JSON-RPC, wrong id, closed mid-request).
     Protocol(String),
+    /// A keep-alive ping went unanswered this long: the connection is open but carries
+    /// nothing (a middlebox stalled it without a FIN or RST).
+    Stalled(Duration),
 }
 
 impl std::fmt::Display for SignallingError {
@@ -167,6 +170,11 @@ impl std::fmt::Display for SignallingError {
             Self::Timeout(m) => write!(f, "no answer to `{m}` in time"),
             Self::Rpc(e) => write!(f, "signalling error {}: {}", e.code, e.message),
             Self::Protocol(e) => write!(f, "signalling protocol violation: {e}"),
+            Self::Stalled(d) => write!(
+                f,
+                "no pong within {d:?}: the signalling connection stalled with nothing closing it \
+                 (a proxy or firewall that drops idle connections silently)"
+            ),
         }
     }
 }
@@ -177,7 +185,7 @@ impl SignallingError {
     /// The call failure class this error stands for (DESIGN §4).
     pub fn class(&self) -> FailureClass {
         match self {
-            Self::Connect(_) => FailureClass::SignallingConnectionFailure,
+            Self::Connect(_) | Self::Stalled(_) => FailureClass::SignallingConnectionFailure,
             Self::Rpc(e) if e.code == 403 => FailureClass::AccessDenied,
             Self::Rpc(e) if e.code == 486 => FailureClass::UserBusy,
             Self::Rpc(e) if e.code == 404 => FailureClass::CallNotFound,
@@ -375,7 +383,7 @@ impl SignallingClient {
             .map_err(|e| SignallingError::Protocol(format!("send: {e}")))?;
         match tokio::time::timeout(timeout, self.read_until(Awaited::Pong(&payload))).await {
             Ok(result) => result.map(|_| ()),
-            Err(_) => Err(SignallingError::Timeout("keep-alive ping".into())),
+            Err(_) => Err(SignallingError::Stalled(timeout)),
         }
     }
 

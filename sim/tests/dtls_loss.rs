@@ -3,7 +3,8 @@
 //! path to the same TURN server and anchor. Each call's handshake must complete within the
 //! session's 10 s connect timeout; the test prints both failure rates side by side and holds
 //! ours to the bound the retransmission schedule gives (at most 1 in 100, see
-//! `loadgen::dtls`'s tests for the arithmetic) and to no more than Chromium's plus that.
+//! `loadgen::dtls`'s tests for the arithmetic). Chromium's figures are the reference beside
+//! ours, printed, not judged.
 //!
 //! Needs Debian's `chromium`, like `browser.rs`.
 #![allow(clippy::disallowed_methods)] // real processes, real sockets, real clock
@@ -312,10 +313,6 @@ fn dtls_survives_random_loss_like_chromiums() {
             o.dtls_failed.len() <= 1,
             "{loss}: ours {:#?}",
             o.dtls_failed
-        );
-        assert!(
-            o.dtls_failed.len() <= c.dtls_failed.len() + 1,
-            "{loss}: ours {o:?}, Chromium {c:?}"
         );
     }
 }

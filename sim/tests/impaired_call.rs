@@ -1,11 +1,11 @@
 //! A real call whose agent leg crosses an impaired path (60 ms one way, 2 % random loss) through
 //! the UDP relay to our TURN server: the receivers measure the delay and loss the path applies.
 #![allow(clippy::disallowed_methods)] // real sockets, real clock
+mod common;
 
 use std::time::{Duration, Instant};
 
 use loadgen::pair::PairedCall;
-use loadgen::peer::{PeerConfig, TurnCredentials, TurnTransport};
 use reports::emodel::Codec;
 use sim::netem::{Loss, Path, SegmentModel};
 use sim::relay::{UdpRelay, UdpRelayConfig};
@@ -35,22 +35,7 @@ fn delay_and_loss_of_the_path_are_measured() {
     let epoch = Instant::now();
     // The agent reaches TURN through the impaired path; the anchor (the vendor's side) is a host
     // the agent's relay sends to.
-    let agent = PeerConfig {
-        turn: vec![TurnCredentials {
-            server: relay.local_addr(),
-            username: "agent".into(),
-            password: "agent-pw".into(),
-            realm: "sim.local".into(),
-            transport: TurnTransport::Udp,
-        }],
-        answering: false,
-        epoch,
-    };
-    let anchor = PeerConfig {
-        turn: Vec::new(),
-        answering: true,
-        epoch,
-    };
+    let (agent, anchor) = common::agent_and_anchor(relay.local_addr(), epoch);
     let mut call = PairedCall::new(agent, anchor).unwrap();
     call.connect(Duration::from_secs(15)).unwrap();
     let talk = Duration::from_secs(10);

@@ -4,11 +4,11 @@
 //! time is what the leg is given) while the server keeps real time, so the refresh arrives well
 //! inside the permission's lifetime there; the server counts every request.
 #![allow(clippy::disallowed_methods)] // real sockets, real clock
+mod common;
 
 use std::time::{Duration, Instant};
 
 use loadgen::pair::PairedCall;
-use loadgen::peer::{PeerConfig, TurnCredentials, TurnTransport};
 use turn_server::io::{self, Settings};
 
 fn create_permissions(server: &io::Running) -> u64 {
@@ -22,22 +22,7 @@ fn create_permissions(server: &io::Running) -> u64 {
 fn one_permission_per_peer_refreshed_before_it_expires() {
     let server = io::start(Settings::loopback("agent", "agent-pw", "sim.local")).unwrap();
     let epoch = Instant::now();
-    let agent = PeerConfig {
-        turn: vec![TurnCredentials {
-            server: server.bound.udp[0],
-            username: "agent".into(),
-            password: "agent-pw".into(),
-            realm: "sim.local".into(),
-            transport: TurnTransport::Udp,
-        }],
-        answering: false,
-        epoch,
-    };
-    let anchor = PeerConfig {
-        turn: Vec::new(),
-        answering: true,
-        epoch,
-    };
+    let (agent, anchor) = common::agent_and_anchor(server.bound.udp[0], epoch);
     let mut call = PairedCall::new(agent, anchor).unwrap();
     call.connect(Duration::from_secs(15)).unwrap();
     call.talk(Duration::from_millis(500));

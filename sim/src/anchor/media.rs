@@ -45,7 +45,7 @@ use rtc::shared::TransportProtocol;
 use rtc::srtp::context::Context;
 use turn_server::wire::{self, Class, IntegrityKind, MessageBuilder, Method, StunPacket, StunRepr};
 
-use loadgen::dtls::{Expiry, FlightTimer, Handshake, dtls_config, read_dtls};
+use loadgen::dtls::{FlightTimer, Handshake, Retransmission, dtls_config, read_dtls};
 use loadgen::measure::{FarEndView, MediaMeter};
 use loadgen::media::{
     REPORT_INTERVAL, Reception, fingerprint, frame_packet, is_rtcp, ntp_now, rtp_parts, send_stamp,
@@ -94,8 +94,9 @@ pub struct Ended {
     pub connected_after: Option<Duration>,
     /// When it received its first RTP packet, after it opened.
     pub first_rtp_after: Option<Duration>,
-    /// What its DTLS handshake got to, when it did not complete (flights last sent and
-    /// received, retransmissions: [`FlightTimer::detail`]).
+    /// What its DTLS handshake got to, when ICE nominated a pair but the handshake did not
+    /// complete (flights last sent and received, retransmissions: [`FlightTimer::detail`]);
+    /// `None` when it completed, or when no check ever nominated a pair.
     pub dtls_progress: Option<String>,
     /// Its recording, relative to the run folder, when the server records.
     pub recording: Option<String>,
@@ -470,7 +471,8 @@ impl Server {
                 .stats(leg.frames_sent, leg.wire_bytes_sent, self.codec),
             connected_after: since_open(leg.connected),
             first_rtp_after: since_open(leg.first_rtp),
-            dtls_progress: leg.connected.is_none().then(|| leg.dtls_timer.detail()),
+            dtls_progress: (leg.connected.is_none() && leg.remote.is_some())
+                .then(|| leg.dtls_timer.detail()),
             recording: leg.recording.take(),
             pacing: leg.pacing,
         });
@@ -665,24 +667,21 @@ impl Server {
                 if leg.failed {
                     continue;
                 }
-                let armed = leg.dtls.poll_timeout(&remote).is_some();
-                match leg.dtls_timer.on_timeout(now, false, armed) {
-                    Expiry::Nothing => {}
-                    Expiry::Rtc => {
-                        if leg.dtls.handle_timeout(remote, now).is_err() {
-                            leg.failed = true;
-                            self.counters.dtls_failures.fetch_add(1, Ordering::Relaxed);
-                        }
-                        flush_dtls(&self.socket, &self.counters, leg);
-                    }
-                    Expiry::Resend(flight) => {
+                match leg
+                    .dtls_timer
+                    .handle_timeout(now, false, &mut leg.dtls, remote)
+                {
+                    Retransmission::Nothing => {}
+                    Retransmission::Regenerated => flush_dtls(&self.socket, &self.counters, leg),
+                    Retransmission::Resend(flight) => {
                         for (_, to, bytes) in &flight {
                             transmit(&self.socket, &self.counters, leg, bytes, *to);
                         }
                     }
-                    Expiry::GaveUp => {
+                    Retransmission::Failed => {
                         leg.failed = true;
                         self.counters.dtls_failures.fetch_add(1, Ordering::Relaxed);
+                        flush_dtls(&self.socket, &self.counters, leg);
                     }
                 }
                 if let Some(t) = leg.dtls_timer.deadline(leg.failed) {

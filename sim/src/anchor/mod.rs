@@ -111,7 +111,8 @@ pub struct EndedCall {
     pub anchor_sent: u64,
     /// Bytes the anchor sent, every header counted.
     pub anchor_wire_bytes: u64,
-    /// What the leg's DTLS handshake got to, when it did not complete.
+    /// What the leg's DTLS handshake got to, when ICE nominated a pair but the handshake did
+    /// not complete.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub dtls_progress: Option<String>,
     /// The call's recording, relative to the run folder, when the anchor records.

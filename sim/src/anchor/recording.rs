@@ -261,6 +261,8 @@ struct Wav {
     file: BufWriter<File>,
     channels: u16,
     frames: u64,
+    /// One frame's bytes, reused.
+    bytes: Vec<u8>,
 }
 
 impl Wav {
@@ -269,6 +271,7 @@ impl Wav {
             file: BufWriter::new(File::create(path)?),
             channels,
             frames: 0,
+            bytes: Vec::with_capacity(FRAME * 4),
         };
         wav.header()?;
         Ok(wav)
@@ -300,7 +303,8 @@ impl Wav {
         customer: &[i16; FRAME],
         agent: &[i16; FRAME],
     ) -> io::Result<()> {
-        let mut bytes = Vec::with_capacity(FRAME * 4);
+        let bytes = &mut self.bytes;
+        bytes.clear();
         for i in 0..FRAME {
             match sides {
                 Sides::Agent => bytes.extend_from_slice(&agent[i].to_le_bytes()),
@@ -311,7 +315,7 @@ impl Wav {
                 }
             }
         }
-        self.file.write_all(&bytes)?;
+        self.file.write_all(&self.bytes)?;
         self.frames += 1;
         if self.frames.is_multiple_of(PATCH_EVERY) {
             self.patch()?;

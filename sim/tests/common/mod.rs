@@ -143,3 +143,31 @@ pub(crate) fn browser_vendor_side(seed: u64) -> sim::run::VendorSide {
     )
     .expect("the vendor side starts")
 }
+
+/// A call's two legs for a `PairedCall`: a relay-only agent allocating on the TURN server at
+/// `turn` (user `agent`, password `agent-pw`, realm `sim.local`), and the anchor, a host the
+/// agent's relay sends to.
+#[allow(dead_code)] // not every test file pairs legs
+pub(crate) fn agent_and_anchor(
+    turn: std::net::SocketAddr,
+    epoch: std::time::Instant,
+) -> (loadgen::peer::PeerConfig, loadgen::peer::PeerConfig) {
+    use loadgen::peer::{PeerConfig, TurnCredentials, TurnTransport};
+    let agent = PeerConfig {
+        turn: vec![TurnCredentials {
+            server: turn,
+            username: "agent".into(),
+            password: "agent-pw".into(),
+            realm: "sim.local".into(),
+            transport: TurnTransport::Udp,
+        }],
+        answering: false,
+        epoch,
+    };
+    let anchor = PeerConfig {
+        turn: Vec::new(),
+        answering: true,
+        epoch,
+    };
+    (agent, anchor)
+}
