@@ -29,8 +29,21 @@ pub struct DrivenPeer {
 impl DrivenPeer {
     /// Registers the peer's sockets with the current tokio runtime.
     pub fn new(peer: Peer) -> io::Result<Self> {
-        let readiness = peer
-            .fds()
+        let readiness = Self::register(&peer)?;
+        Ok(Self { peer, readiness })
+    }
+
+    /// Starts an ICE restart on the leg ([`Peer::restart_ice`]) and registers its new
+    /// sockets; returns the restart's offer.
+    pub fn restart_ice(&mut self, now: Instant) -> Result<String, crate::peer::LegError> {
+        let offer = self.peer.restart_ice(now)?;
+        self.readiness =
+            Self::register(&self.peer).map_err(|e| crate::peer::LegError::Io(e.to_string()))?;
+        Ok(offer)
+    }
+
+    fn register(peer: &Peer) -> io::Result<Vec<AsyncFd<OwnedFd>>> {
+        peer.fds()
             .into_iter()
             .map(|fd| {
                 // Deprecated because an arbitrary `AsRawFd` may be closed under the registration;
@@ -42,8 +55,7 @@ impl DrivenPeer {
                     Interest::READABLE | Interest::WRITABLE,
                 )
             })
-            .collect::<io::Result<_>>()?;
-        Ok(Self { peer, readiness })
+            .collect()
     }
 
     /// Waits until a socket is readable (or writable, while the peer has bytes to write).

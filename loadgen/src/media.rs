@@ -58,8 +58,11 @@ const DTLS_PEER: SocketAddr = SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::UNSPECI
 pub enum MediaEvent {
     /// ICE selected a pair.
     IceConnected,
-    /// ICE found no working pair, or lost it.
+    /// ICE found no working pair, or lost it for good.
     IceFailed,
+    /// The selected pair has heard nothing for ICE's disconnected timeout: the path is down,
+    /// perhaps only for a while (a browser's `iceConnectionState` `disconnected`).
+    IceDisconnected,
     /// The DTLS handshake finished and SRTP is keyed.
     Connected,
     /// The DTLS handshake failed (a certificate that does not match the fingerprint, an alert,
@@ -362,6 +365,8 @@ pub struct MediaSession {
     payload_bytes_sent: u64,
     transmits: VecDeque<(SocketAddr, SocketAddr, BytesMut)>,
     events: VecDeque<MediaEvent>,
+    /// When the last STUN message from the other side arrived (a check or its answer).
+    last_stun: Option<Instant>,
 }
 
 impl std::fmt::Debug for MediaSession {
@@ -420,6 +425,7 @@ impl MediaSession {
             payload_bytes_sent: 0,
             transmits: VecDeque::new(),
             events: VecDeque::new(),
+            last_stun: None,
         })
     }
 
@@ -476,6 +482,35 @@ impl MediaSession {
         self.start_checks(now, &remote)
     }
 
+    /// Starts an ICE restart (RFC 8445 §9, JSEP's `createOffer({iceRestart: true})`): fresh
+    /// credentials, the old candidates, pairs and selected pair gone, DTLS and SRTP kept (the
+    /// association carries on over whichever pair the new checks select). Returns the new
+    /// offer; checks start again at [`Self::accept_restart`].
+    pub fn restart_ice(&mut self, now: Instant) -> Result<String, MediaError> {
+        let (ufrag, pwd) = ice_credentials();
+        self.ice
+            .restart(now, ufrag.clone(), pwd.clone(), false)
+            .map_err(setup_error)?;
+        (self.ice_ufrag, self.ice_pwd) = (ufrag, pwd);
+        // Nothing is sent on the old pair: its path is the one that went down.
+        self.selected = None;
+        self.ice_events(now);
+        Ok(self.offer())
+    }
+
+    /// When the last STUN message from the other side arrived: while it keeps coming, the path
+    /// is up even if media is not.
+    pub fn last_stun(&self) -> Option<Instant> {
+        self.last_stun
+    }
+
+    /// Applies the answer to a restart's offer: checks start with the other side's new
+    /// credentials.
+    pub fn accept_restart(&mut self, now: Instant, answer: &str) -> Result<(), MediaError> {
+        let remote = Description::parse(answer)?;
+        self.start_checks(now, &remote)
+    }
+
     fn start_checks(&mut self, now: Instant, remote: &Description) -> Result<(), MediaError> {
         // An ICE-lite peer is always controlled (RFC 8445 §6.1.1).
         let controlling = self.controlling || remote.ice_lite;
@@ -522,6 +557,7 @@ impl MediaSession {
     ) -> Received {
         match data.first() {
             Some(0..=3) => {
+                self.last_stun = Some(now);
                 let _ = self.ice.handle_read(TransportMessage {
                     now,
                     transport: TransportContext {
@@ -600,6 +636,9 @@ impl MediaSession {
                 }
                 Event::ConnectionStateChange(ConnectionState::Failed) => {
                     self.events.push_back(MediaEvent::IceFailed);
+                }
+                Event::ConnectionStateChange(ConnectionState::Disconnected) => {
+                    self.events.push_back(MediaEvent::IceDisconnected);
                 }
                 Event::SelectedCandidatePairChange(local, remote) => {
                     self.selected = Some((local.base_addr(), remote.addr()));

@@ -105,6 +105,13 @@ pub struct LegTimes {
     pub connected: Option<Instant>,
     /// First RTP packet received.
     pub first_rtp: Option<Instant>,
+    /// Since when ICE has been disconnected (the selected pair heard nothing for the
+    /// disconnected timeout), until it connects again.
+    pub ice_disconnected: Option<Instant>,
+    /// When ICE last connected again after a disconnection.
+    pub ice_reconnected: Option<Instant>,
+    /// Times ICE went from connected to disconnected.
+    pub ice_connections_lost: u32,
 }
 
 /// Why a leg failed.
@@ -521,6 +528,51 @@ impl Peer {
             .map_err(err)
     }
 
+    /// Starts an ICE restart as a browser does it for `createOffer({iceRestart: true})` after
+    /// `setConfiguration` with the servers again: the old allocations are released (best
+    /// effort: their path may be the one that is down, and the server's lifetime ends them
+    /// otherwise), new ones start on every server, and the media plane takes fresh ICE
+    /// credentials, keeping DTLS and SRTP. Returns the new offer; the new relay candidates
+    /// come as the allocations succeed ([`Self::gathering_done`]), and [`Self::fds`] changes.
+    pub fn restart_ice(&mut self, now: Instant) -> Result<String, LegError> {
+        for a in &mut self.allocations {
+            if let Some(relay) = a.relay
+                && let Ok(mut r) = a.client.relay(relay)
+            {
+                let _ = r.close(now);
+            }
+            a.write();
+        }
+        self.allocations = self
+            .config
+            .turn
+            .iter()
+            .map(|t| Allocation::start(t, now))
+            .collect::<Result<_, _>>()?;
+        self.local_candidates.clear();
+        self.waiting.clear();
+        self.media.restart_ice(now).map_err(err)
+    }
+
+    /// When the remote's last STUN message (a check, or the answer to one) arrived.
+    pub fn last_stun(&self) -> Option<Instant> {
+        self.media.last_stun()
+    }
+
+    /// Applies the answer to a restart's offer and the remote's candidates in it.
+    pub fn accept_restart(
+        &mut self,
+        now: Instant,
+        answer: &str,
+        candidates: &[RTCIceCandidateInit],
+    ) -> Result<(), LegError> {
+        self.media.accept_restart(now, answer).map_err(err)?;
+        for c in candidates {
+            self.add_remote_candidate(now, c)?;
+        }
+        Ok(())
+    }
+
     /// Sends the frame scheduled for `due` (now, late by `now − due`).
     pub fn send_frame_due(&mut self, now: Instant, due: Instant) {
         self.pacing.record(
@@ -670,6 +722,15 @@ impl Peer {
             match event {
                 MediaEvent::IceConnected => {
                     self.times.ice_connected.get_or_insert(now);
+                    if self.times.ice_disconnected.take().is_some() {
+                        self.times.ice_reconnected = Some(now);
+                    }
+                }
+                MediaEvent::IceDisconnected => {
+                    if self.times.ice_disconnected.is_none() {
+                        self.times.ice_disconnected = Some(now);
+                        self.times.ice_connections_lost += 1;
+                    }
                 }
                 MediaEvent::IceFailed => {
                     self.error.get_or_insert(LegError::IceFailed);

@@ -19,7 +19,9 @@ use serde_json::{Value, json};
 
 use crate::driver::DrivenPeer;
 use crate::peer::{LegError, Peer, PeerConfig, TurnCredentials, TurnTransport};
-use crate::signalling::{Candidate, Endpoint, Invite, SignallingClient, SignallingError};
+use crate::signalling::{
+    Candidate, Endpoint, Invite, InviteAnswer, SignallingClient, SignallingError,
+};
 
 /// Session timeouts (the CCP's defaults: 10 s, 8 s, 5 s, 2 s).
 #[derive(Debug, Clone, Copy)]
@@ -35,7 +37,8 @@ pub struct Timeouts {
     /// ICE and DTLS after the answer.
     pub connect: Duration,
     /// While talking, the signalling connection is pinged this often, and its pong awaited
-    /// as long: a connection stalled without a FIN or RST is found within twice this.
+    /// twice as long (an outage that ICE survives must not end the call here): a connection
+    /// stalled without a FIN or RST is found within three times this.
     pub keepalive: Duration,
 }
 
@@ -118,6 +121,8 @@ struct Call {
     abandoned: bool,
     anchor_pacing: Option<reports::Distribution>,
     connected: bool,
+    /// ICE health and restarts while talking.
+    ice: IceCounters,
 }
 
 type Fail = (FailureClass, String);
@@ -139,6 +144,7 @@ impl Call {
             abandoned: false,
             anchor_pacing: None,
             connected: false,
+            ice: IceCounters::default(),
         }
     }
 
@@ -387,37 +393,66 @@ impl Call {
         }
         let mut signalling = Signalling::Idle(Box::new(client));
         let mut last_keepalive = Instant::now();
+        let mut restart = Restart::Idle;
+        let mut restarted_for: Option<Instant> = None;
         while Instant::now() < talk_end && !hung_up() {
             let due = talk_start + Duration::from_millis(20) * frame;
+            restart.progress(
+                Instant::now(),
+                driven,
+                spec,
+                (&mut self.ice, &mut restarted_for),
+            );
             signalling = match signalling {
                 Signalling::Idle(mut c) => {
-                    match steps.next_if(|st| talk_start.elapsed() >= spec.talk * st.thirds / 3) {
-                        Some(step) => {
-                            let mut params = json!({ "callId": call_id });
-                            if step.method == "transfer" || step.method == "conference" {
-                                params["target"] = json!("third-party");
+                    if let Some((step, params)) = restart.request(Instant::now(), driven, &call_id)
+                    {
+                        let timeout = if step.method == "invite" {
+                            spec.timeouts.invite_answer
+                        } else {
+                            spec.timeouts.ack
+                        };
+                        Signalling::Busy(
+                            step,
+                            Box::pin(async move {
+                                let result = c.call(step.method, params, timeout).await;
+                                (*c, result)
+                            }),
+                        )
+                    } else {
+                        match steps.next_if(|st| talk_start.elapsed() >= spec.talk * st.thirds / 3)
+                        {
+                            Some(step) => {
+                                let mut params = json!({ "callId": call_id });
+                                if step.method == "transfer" || step.method == "conference" {
+                                    params["target"] = json!("third-party");
+                                }
+                                let timeout = spec.timeouts.ack;
+                                Signalling::Busy(
+                                    step,
+                                    Box::pin(async move {
+                                        let result = c.call(step.method, params, timeout).await;
+                                        (*c, result)
+                                    }),
+                                )
                             }
-                            let timeout = spec.timeouts.ack;
-                            Signalling::Busy(
-                                step,
-                                Box::pin(async move {
-                                    let result = c.call(step.method, params, timeout).await;
-                                    (*c, result)
-                                }),
-                            )
+                            None if last_keepalive.elapsed() >= spec.timeouts.keepalive => {
+                                last_keepalive = Instant::now();
+                                // Twice the period: a network outage (a VPN rekey, a Wi-Fi
+                                // handover) delays the pong as long as it lasts without breaking
+                                // the connection, and ICE recovers the media from it.
+                                let timeout = spec.timeouts.keepalive * 2;
+                                Signalling::Busy(
+                                    &KEEPALIVE,
+                                    Box::pin(async move {
+                                        let result =
+                                            c.keepalive(timeout).await.map(|()| Value::Null);
+                                        (*c, result)
+                                    }),
+                                )
+                            }
+                            None => Signalling::Idle(c),
                         }
-                        None if last_keepalive.elapsed() >= spec.timeouts.keepalive => {
-                            last_keepalive = Instant::now();
-                            let timeout = spec.timeouts.keepalive;
-                            Signalling::Busy(
-                                &KEEPALIVE,
-                                Box::pin(async move {
-                                    let result = c.keepalive(timeout).await.map(|()| Value::Null);
-                                    (*c, result)
-                                }),
-                            )
-                        }
-                        None => Signalling::Idle(c),
                     }
                 }
                 busy @ Signalling::Busy(..) => busy,
@@ -429,7 +464,9 @@ impl Call {
                     (c, result) = request => {
                         let step = *step;
                         signalling = Signalling::Idle(Box::new(c));
-                        if let Err(e) = result {
+                        if restart.answered(Instant::now(), step, result.as_ref(), driven, &mut self.ice) {
+                            // A restart's request: its failure ends the restart, not the call.
+                        } else if let Err(e) = result {
                             signalling_failure = Some(step.failure(&e));
                             break;
                         }
@@ -448,19 +485,37 @@ impl Call {
                     .first_rtp_us
                     .get_or_insert(micros(first - self.start));
             }
-            let last = driven.peer.meter.last_arrival().unwrap_or(talk_start);
-            if now.saturating_duration_since(last) > spec.dead_air {
-                dropped = Some(format!(
-                    "no RTP for {:?}",
-                    now.saturating_duration_since(last)
-                ));
-                break;
+            let mut last = driven.peer.meter.last_arrival().unwrap_or(talk_start);
+            if let Restart::Done(at) = restart {
+                // Media needs the new pair nominated first: dead air counts from the restart.
+                last = last.max(at);
+            }
+            let silent = now.saturating_duration_since(last);
+            // Dead air drops the call when the path is up and the far end sends nothing. When
+            // the path itself is down (the checks go unanswered too), ICE's recovery decides:
+            // disconnected, then a restart; the call is lost when that fails.
+            let path_up = driven
+                .peer
+                .last_stun()
+                .is_some_and(|t| now.saturating_duration_since(t) < PATH_SILENT);
+            if silent > spec.dead_air {
+                if let Restart::Failed(why) = &restart {
+                    dropped = Some(format!(
+                        "no RTP for {silent:?}; the ICE restart failed: {why}"
+                    ));
+                    break;
+                }
+                if path_up && restart.settled() {
+                    dropped = Some(format!("no RTP for {silent:?}"));
+                    break;
+                }
             }
             if driven.peer.error.is_some() {
                 dropped = Some(format!("{:?}", driven.peer.error));
                 break;
             }
         }
+        finish_ice(&driven.peer, restarted_for, &mut self.ice);
         // A step still in flight when the talk time ends has its own timeout; the client it
         // holds is needed for `bye`.
         let mut client = match signalling {
@@ -629,7 +684,7 @@ impl Call {
             last_state,
             outcome,
             failure,
-            ice: IceCounters::default(),
+            ice: self.ice,
             relay_transport,
             agent_to_anchor: self.anchor_half,
             anchor_to_agent,
@@ -640,6 +695,251 @@ impl Call {
 
 fn micros(d: Duration) -> u64 {
     u64::try_from(d.as_micros()).unwrap_or(u64::MAX)
+}
+
+/// How long the leg may hear no STUN from the far end (a check or the answer to one) before
+/// its path counts as down: twice the agent's consent-check interval (`rtc`'s ICE keepalive,
+/// 2 s), so two checks in a row went unanswered.
+const PATH_SILENT: Duration = Duration::from_secs(4);
+/// The CCP waits this long in ICE `disconnected` before it restarts ICE (connect-rtc-js
+/// `ConnectedSubstate.retryInterval`): a path back within it needs no restart.
+pub const RESTART_AFTER: Duration = Duration::from_secs(3);
+/// Invite retries of a restart (connect-rtc-js `InviteAnswerSubstate.maxRetries`).
+pub const RESTART_INVITE_RETRIES: u32 = 3;
+/// Between a restart's invite attempts (`InviteAnswerSubstate.retryInterval`).
+const RESTART_RETRY_INTERVAL: Duration = Duration::from_secs(1);
+
+/// The ICE restart while talking, as connect-rtc-js runs it (`ConnectedSubstate` →
+/// `IceRestartSubstate` → `ConnectSignalingAndIceCollectionSubstate` → `InviteAnswerSubstate`
+/// → `AcceptSubstate`): ICE disconnected for [`RESTART_AFTER`] → a new offer with fresh
+/// credentials and new allocations (`createOffer({iceRestart: true})`) → once gathered, an
+/// `invite` with `iceRestart: true` naming the contact, retried [`RESTART_INVITE_RETRIES`]
+/// times → the answer applied and `accept` → checks on the new pair. One attempt per
+/// disconnection, no retry of a failed one (the library goes back to `ConnectedSubstate`).
+#[derive(Debug)]
+enum Restart {
+    /// None under way.
+    Idle,
+    /// The new allocations are gathering until `deadline` (the ICE collection timeout).
+    Gathering {
+        attempt: Attempt,
+        offer: String,
+        deadline: Instant,
+    },
+    /// An `invite` is in flight, or due at `retry_at`.
+    Inviting {
+        attempt: Attempt,
+        invite: Value,
+        retry_at: Option<Instant>,
+    },
+    /// The answer is applied; `accept` is due or in flight.
+    Accepting { attempt: Attempt, sent: bool },
+    /// The restart's signalling completed at this instant; ICE checks the new pair.
+    Done(Instant),
+    /// The restart failed, and why.
+    Failed(String),
+}
+
+/// One restart's bookkeeping.
+#[derive(Debug, Clone, Copy)]
+struct Attempt {
+    /// When it began.
+    started: Instant,
+    /// Invites retried.
+    retries: u32,
+}
+
+/// A restart's `invite` (its failure is the restart's, not the call's).
+static RESTART_INVITE: MidCallStep = MidCallStep {
+    thirds: 0,
+    method: "invite",
+    class: None,
+};
+/// A restart's `accept`.
+static RESTART_ACCEPT: MidCallStep = MidCallStep {
+    thirds: 0,
+    method: "accept",
+    class: None,
+};
+
+impl Restart {
+    /// Whether nothing is under way that could bring media back: no restart, or one whose
+    /// signalling is over.
+    fn settled(&self) -> bool {
+        matches!(self, Self::Idle | Self::Done(_) | Self::Failed(_))
+    }
+
+    /// Starts a restart when ICE has been disconnected for [`RESTART_AFTER`] (once per
+    /// disconnection), and moves on when the gathering is over.
+    /// `answered` is the disconnection the latest restart answered.
+    fn progress(
+        &mut self,
+        now: Instant,
+        driven: &mut DrivenPeer,
+        spec: &CallSpec,
+        (ice, answered): (&mut IceCounters, &mut Option<Instant>),
+    ) {
+        if let Some(since) = driven.peer.times.ice_disconnected
+            && now.saturating_duration_since(since) >= RESTART_AFTER
+            && self.settled()
+            && *answered != Some(since)
+        {
+            *answered = Some(since);
+            ice.restart_attempts += 1;
+            let attempt = Attempt {
+                started: now,
+                retries: 0,
+            };
+            *self = match driven.restart_ice(now) {
+                Ok(offer) => Self::Gathering {
+                    attempt,
+                    offer,
+                    deadline: now + spec.timeouts.ice_collection,
+                },
+                Err(e) => Self::Failed(format!("{e:?}")),
+            };
+        }
+    }
+
+    /// The restart's next signalling request, when one is due and the connection is idle.
+    fn request(
+        &mut self,
+        now: Instant,
+        driven: &DrivenPeer,
+        call_id: &str,
+    ) -> Option<(&'static MidCallStep, Value)> {
+        match self {
+            Self::Gathering {
+                attempt,
+                offer,
+                deadline,
+            } => {
+                if !driven.peer.gathering_done() && now < *deadline {
+                    return None;
+                }
+                let candidates: Vec<Candidate> = driven
+                    .peer
+                    .local_candidates()
+                    .iter()
+                    .cloned()
+                    .map(to_wire)
+                    .collect();
+                if candidates.is_empty() {
+                    *self = Self::Failed("no ICE candidate from the new allocations".into());
+                    return None;
+                }
+                // As the library sends it in persistent-connection mode: the contact named, no
+                // context token.
+                let invite = json!({
+                    "sdp": offer,
+                    "candidates": candidates,
+                    "callContextToken": null,
+                    "contactId": call_id,
+                    "persistentConnection": true,
+                    "iceRestart": true,
+                });
+                *self = Self::Inviting {
+                    attempt: *attempt,
+                    invite: invite.clone(),
+                    retry_at: None,
+                };
+                Some((&RESTART_INVITE, invite))
+            }
+            Self::Inviting {
+                invite, retry_at, ..
+            } => {
+                let at = (*retry_at)?;
+                if now < at {
+                    return None;
+                }
+                *retry_at = None;
+                Some((&RESTART_INVITE, invite.clone()))
+            }
+            Self::Accepting { sent, .. } if !*sent => {
+                *sent = true;
+                Some((&RESTART_ACCEPT, json!({})))
+            }
+            _ => None,
+        }
+    }
+
+    /// Takes the result of a signalling request; `true` when it was the restart's.
+    fn answered(
+        &mut self,
+        now: Instant,
+        step: &MidCallStep,
+        result: Result<&Value, &SignallingError>,
+        driven: &mut DrivenPeer,
+        ice: &mut IceCounters,
+    ) -> bool {
+        if std::ptr::eq(step, &RESTART_INVITE) {
+            let Self::Inviting {
+                attempt, retry_at, ..
+            } = self
+            else {
+                return true;
+            };
+            let applied = result.map_err(ToString::to_string).and_then(|v| {
+                let answer: InviteAnswer =
+                    serde_json::from_value(v.clone()).map_err(|e| format!("invite result: {e}"))?;
+                let candidates: Vec<_> = answer.candidates.into_iter().map(from_wire).collect();
+                if candidates.is_empty() {
+                    return Err("the answer carried no ICE candidate".into());
+                }
+                driven
+                    .peer
+                    .accept_restart(now, &answer.sdp, &candidates)
+                    .map_err(|e| format!("{e:?}"))
+            });
+            *self = match applied {
+                Ok(()) => Self::Accepting {
+                    attempt: *attempt,
+                    sent: false,
+                },
+                Err(_) if attempt.retries < RESTART_INVITE_RETRIES => {
+                    attempt.retries += 1;
+                    ice.restart_invite_retries += 1;
+                    *retry_at = Some(now + RESTART_RETRY_INTERVAL);
+                    return true;
+                }
+                Err(why) => Self::Failed(format!(
+                    "invite: {why} ({} retries)",
+                    RESTART_INVITE_RETRIES
+                )),
+            };
+            return true;
+        }
+        if std::ptr::eq(step, &RESTART_ACCEPT) {
+            let Self::Accepting { attempt, .. } = self else {
+                return true;
+            };
+            *self = match result {
+                Ok(_) => {
+                    ice.restart_successes += 1;
+                    ice.restart_time_ms = Some(millis(now - attempt.started));
+                    Self::Done(now)
+                }
+                Err(e) => Self::Failed(format!("accept: {e}")),
+            };
+            return true;
+        }
+        false
+    }
+}
+
+/// At the end of the talk time: ICE's counters, and how long the path took to come back after
+/// the disconnection a restart `answered`.
+fn finish_ice(peer: &Peer, answered: Option<Instant>, ice: &mut IceCounters) {
+    ice.connections_lost = peer.times.ice_connections_lost;
+    if let (Some(since), Some(back)) = (answered, peer.times.ice_reconnected)
+        && back > since
+    {
+        ice.recovered_ms = Some(millis(back - since));
+    }
+}
+
+fn millis(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
 }
 
 /// A signalling request a call kind makes while talking: sent at `thirds`/3 of the talk time;

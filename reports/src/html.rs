@@ -705,6 +705,9 @@ fn key_figures(page: &mut Page, file: &SummaryFile, records: &[CallRecord]) {
             }
         ),
     ));
+    if let Some(tile) = ice_tile(records) {
+        tiles.push(tile);
+    }
     let out = &mut page.out;
     out.push_str("<section class=\"tiles\" aria-label=\"key figures\">\n");
     for (k, v, sub) in tiles {
@@ -716,6 +719,41 @@ fn key_figures(page: &mut Page, file: &SummaryFile, records: &[CallRecord]) {
         );
     }
     out.push_str("</section>\n");
+}
+
+/// ICE paths lost mid-call and the restarts that brought them back (the CCP's session-report
+/// figures), when any call lost its path: restarts that succeeded of those attempted, and how
+/// long the path took to come back after `disconnected`.
+fn ice_tile(records: &[CallRecord]) -> Option<(String, String, String)> {
+    let lost: u64 = records
+        .iter()
+        .map(|r| u64::from(r.ice.connections_lost))
+        .sum();
+    if lost == 0 {
+        return None;
+    }
+    let attempts: u64 = records
+        .iter()
+        .map(|r| u64::from(r.ice.restart_attempts))
+        .sum();
+    let successes: u64 = records
+        .iter()
+        .map(|r| u64::from(r.ice.restart_successes))
+        .sum();
+    let mut back: Vec<u64> = records.iter().filter_map(|r| r.ice.recovered_ms).collect();
+    back.sort_unstable();
+    let secs = |ms: u64| format!("{:.1} s", ms as f64 / 1000.0);
+    let recovered = match (back.get(back.len() / 2), back.last()) {
+        (Some(&p50), Some(&max)) => {
+            format!(" · back in {} (median), {} at most", secs(p50), secs(max))
+        }
+        _ => String::new(),
+    };
+    Some((
+        "ICE restarts".into(),
+        format!("{successes} of {attempts}"),
+        format!("succeeded · path lost {lost}×{recovered}"),
+    ))
 }
 
 /// Failed calls grouped by their likely cause.

@@ -11,9 +11,10 @@ use crate::distribution::Distribution;
 
 /// The version of the [`CallRecord`] JSON layout. Bumped on any change a reader would notice;
 /// readers refuse versions they do not know rather than guess. Version 2 added
-/// [`CallRecord::relay_transport`], version 3 [`CallRecord::recording`]; older records still
+/// [`CallRecord::relay_transport`], version 3 [`CallRecord::recording`], version 4 the ICE restart's figures in
+/// [`IceCounters`]; older records still
 /// read (without them).
-pub const SCHEMA_VERSION: u32 = 3;
+pub const SCHEMA_VERSION: u32 = 4;
 
 /// The oldest record version this build reads.
 pub const OLDEST_SCHEMA_VERSION: u32 = 1;
@@ -468,8 +469,19 @@ pub struct IceCounters {
     pub connections_lost: u32,
     /// ICE restarts attempted.
     pub restart_attempts: u32,
-    /// ICE restarts that reconnected.
+    /// ICE restarts whose signalling completed (the CCP's `iceRestartSuccesses`).
     pub restart_successes: u32,
+    /// Invites a restart retried (the CCP's `iceRestartInviteRetries`).
+    #[serde(default)]
+    pub restart_invite_retries: u32,
+    /// From the restart's start to its `accept` acknowledged, ms (the CCP's
+    /// `iceRestartTimeMillis`); `None` without a successful restart.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub restart_time_ms: Option<u64>,
+    /// From ICE `disconnected` to connected again after a restart, ms: how long the path was
+    /// gone as the agent saw it (media resumes with it); `None` when it never came back.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub recovered_ms: Option<u64>,
 }
 
 /// The media figures of one direction of a call, measured at its receiver (DESIGN §6).

@@ -171,7 +171,13 @@ pub fn record(e: &EndedCall, run: &str) -> CallRecord {
         },
         outcome,
         failure,
-        ice: reports::record::IceCounters::default(),
+        // The anchor sees a browser's restarts (its invites), not their timing or its ICE
+        // state: those are the client's to report.
+        ice: reports::record::IceCounters {
+            restart_attempts: e.ice_restarts,
+            restart_successes: e.ice_restarts,
+            ..Default::default()
+        },
         relay_transport: None,
         // A call that never connected carried no media to measure.
         agent_to_anchor: e.connected_us.is_some().then(|| e.agent_to_anchor.clone()),
@@ -205,6 +211,7 @@ mod tests {
             anchor_wire_bytes: 0,
             dtls_progress: dtls.map(str::to_owned),
             recording: connected.then(|| "recordings/c1.wav".to_owned()),
+            ice_restarts: 0,
         }
     }
 

@@ -266,7 +266,7 @@ fn restricted_dns_and_stateless_firewall_fail_their_way() {
 fn a_stalled_signalling_connection_is_found_by_the_keep_alive() {
     let dir = temp("stall");
     let mut s = scenario(r#"policy = { stalls_websocket_after = "2s" }"#);
-    s.agents.call_duration = std::time::Duration::from_secs(8);
+    s.agents.call_duration = std::time::Duration::from_secs(12);
     s.agents.timeouts.keepalive = std::time::Duration::from_secs(1);
     let started = std::time::Instant::now();
     run_in(&dir, &s);
@@ -277,15 +277,15 @@ fn a_stalled_signalling_connection_is_found_by_the_keep_alive() {
         let f = r.failure.as_ref().unwrap();
         assert_eq!(f.class, FailureClass::SignallingConnectionFailure);
         assert!(f.detail.contains("stalled"), "{}", f.detail);
-        // Connected before the stall, and dropped within two keep-alive periods of it (the
+        // Connected before the stall, and dropped within three keep-alive periods of it (the
         // stall counts from the WebSocket's opening, a little before the talking starts).
         let hangup_s = r.milestones.hangup_us.unwrap() as f64 / 1e6;
         let first_rtp_s = r.milestones.first_rtp_us.unwrap() as f64 / 1e6;
         assert!(first_rtp_s < 2.0, "{first_rtp_s}");
-        assert!((2.0..4.5).contains(&hangup_s), "dropped at {hangup_s} s");
+        assert!((2.0..5.5).contains(&hangup_s), "dropped at {hangup_s} s");
     }
     assert!(
-        started.elapsed() < std::time::Duration::from_secs(8),
+        started.elapsed() < std::time::Duration::from_secs(12),
         "not left to run out"
     );
     let summary: serde_json::Value =

@@ -100,6 +100,8 @@ pub struct Ended {
     pub dtls_progress: Option<String>,
     /// Its recording, relative to the run folder, when the server records.
     pub recording: Option<String>,
+    /// ICE restarts the agent made on it.
+    pub ice_restarts: u32,
 }
 
 /// A leg to open: the offer it answers and what the answer said.
@@ -124,8 +126,22 @@ pub struct LegSpec {
     pub consent_timeout: Duration,
 }
 
+/// An ICE restart of a leg (RFC 8445 §9): the agent's new offer and the leg's new credentials.
+#[derive(Debug)]
+pub struct Restart {
+    /// The call.
+    pub call_id: String,
+    /// The agent's restart offer (its new ufrag and password).
+    pub offer: Description,
+    /// The leg's new ICE username fragment (in the answer).
+    pub ice_ufrag: String,
+    /// The leg's new ICE password (in the answer).
+    pub ice_pwd: String,
+}
+
 enum Command {
     Open(Box<LegSpec>),
+    Restart(Box<Restart>),
     Close {
         call_id: String,
         reply: tokio::sync::oneshot::Sender<Ended>,
@@ -283,6 +299,13 @@ impl MediaServer {
         self.send(Command::Open(Box::new(spec)));
     }
 
+    /// Restarts a leg's ICE: from now on it answers checks with its new credentials only and
+    /// takes the pair they nominate; DTLS and SRTP carry on, and a leg whose consent had
+    /// lapsed sends again (RFC 7675 §5.1: only a restart brings it back).
+    pub fn restart(&self, restart: Restart) {
+        self.send(Command::Restart(Box::new(restart)));
+    }
+
     /// Closes a call's leg; its figures arrive on `reply` (dropped if the call is unknown).
     pub fn close(&self, call_id: String, reply: tokio::sync::oneshot::Sender<Ended>) {
         self.send(Command::Close { call_id, reply });
@@ -331,6 +354,8 @@ struct Leg {
     consent_lost: bool,
     /// Its recording's path in the run folder, while its audio is recorded.
     recording: Option<String>,
+    /// ICE restarts the agent made.
+    restarts: u32,
 }
 
 struct Server {
@@ -365,6 +390,7 @@ impl Server {
             loop {
                 match commands.try_recv() {
                     Ok(Command::Open(spec)) => self.open(spec),
+                    Ok(Command::Restart(r)) => self.restart(*r),
                     Ok(Command::Close { call_id, reply }) => self.close(&call_id, reply),
                     Err(mpsc::TryRecvError::Empty) => break,
                     Err(mpsc::TryRecvError::Disconnected) => return,
@@ -433,8 +459,28 @@ impl Server {
             last_check: Instant::now(),
             consent_lost: false,
             recording: None,
+            restarts: 0,
         };
         self.legs.insert(id, leg);
+    }
+
+    fn restart(&mut self, r: Restart) {
+        let Some(&id) = self.by_call.get(&r.call_id) else {
+            return;
+        };
+        let Some(leg) = self.legs.get_mut(&id) else {
+            return;
+        };
+        self.by_ufrag.remove(&leg.spec.ice_ufrag);
+        self.by_ufrag.insert(r.ice_ufrag.clone(), id);
+        leg.spec.ice_ufrag = r.ice_ufrag;
+        leg.spec.ice_pwd = r.ice_pwd;
+        // The DTLS role, fingerprint and codec stay as the first offer agreed them.
+        leg.spec.offer.ice_ufrag = r.offer.ice_ufrag;
+        leg.spec.offer.ice_pwd = r.offer.ice_pwd;
+        leg.last_check = Instant::now();
+        leg.consent_lost = false;
+        leg.restarts += 1;
     }
 
     fn close(&mut self, call_id: &str, reply: tokio::sync::oneshot::Sender<Ended>) {
@@ -474,6 +520,7 @@ impl Server {
             dtls_progress: (leg.connected.is_none() && leg.remote.is_some())
                 .then(|| leg.dtls_timer.detail()),
             recording: leg.recording.take(),
+            ice_restarts: leg.restarts,
             pacing: leg.pacing,
         });
     }

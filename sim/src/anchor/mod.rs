@@ -64,6 +64,8 @@ pub struct AnchorStats {
     pub ended: AtomicU64,
     /// Invites that could not be answered (no socket, bad SDP).
     pub failed: AtomicU64,
+    /// ICE restarts answered (an agent's path went down mid-call and came back).
+    pub restarts: AtomicU64,
     /// Calls ended by the anchor because their agent was gone: its leg lost consent and its
     /// signalling connection had closed.
     pub abandoned: AtomicU64,
@@ -118,6 +120,8 @@ pub struct EndedCall {
     /// The call's recording, relative to the run folder, when the anchor records.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub recording: Option<String>,
+    /// ICE restarts the client made on the call.
+    pub ice_restarts: u32,
 }
 
 impl EndedCall {
@@ -137,6 +141,7 @@ impl EndedCall {
             anchor_wire_bytes: e.wire_bytes_sent,
             dtls_progress: e.dtls_progress,
             recording: e.recording,
+            ice_restarts: e.ice_restarts,
         }
     }
 }
@@ -172,6 +177,7 @@ impl AnchorStats {
             ("ended", &self.ended),
             ("failed", &self.failed),
             ("abandoned", &self.abandoned),
+            ("ice_restarts", &self.restarts),
         ])
     }
 }
@@ -187,6 +193,8 @@ struct Call {
     contact: Option<String>,
     /// Its number, in the order the invites came.
     number: u64,
+    /// Its leg's SSRC.
+    ssrc: u32,
     /// Its leg lost the agent's consent (RFC 7675) and sends nothing more.
     consent_lost: bool,
     /// When its invite came (the leg opens at the same moment).
@@ -312,6 +320,15 @@ pub async fn serve(
             }
         };
         match req.method.as_str() {
+            // An ICE restart names its contact and brings a new offer: the leg takes new
+            // credentials, the answer keeps everything else the call agreed.
+            "invite" if req.params.get("iceRestart").and_then(Value::as_bool) == Some(true) => {
+                let reply = restart(&req.params, &mut calls, req.connection, &media);
+                if reply.is_ok() {
+                    stats.restarts.fetch_add(1, Ordering::Relaxed);
+                }
+                let _ = req.reply.send(reply);
+            }
             "invite" => {
                 stats.invites.fetch_add(1, Ordering::Relaxed);
                 match config.behaviour {
@@ -403,6 +420,7 @@ pub async fn serve(
                         token: invite.call_context_token,
                         contact,
                         number: next,
+                        ssrc,
                         consent_lost: false,
                         invited: Instant::now(),
                         started_unix_ms: std::time::SystemTime::now()
@@ -505,6 +523,58 @@ pub async fn serve(
         }
     }
     drop(held);
+}
+
+/// Answers an ICE restart's invite for the call it names (RFC 8445 §9.1: both sides take new
+/// credentials; the DTLS role, fingerprint, SSRC and codec stay).
+fn restart(
+    params: &Value,
+    calls: &mut Calls,
+    connection: u64,
+    media: &MediaServer,
+) -> Result<Value, RpcError> {
+    let Some(call_id) = calls.find(params, connection) else {
+        return Err(RpcError::new(404, "call not found"));
+    };
+    let (ssrc, number) = (calls.up[&call_id].ssrc, calls.up[&call_id].number);
+    let invite = serde_json::from_value::<Invite>(params.clone())
+        .map_err(|_| RpcError::new(-32602, "invalid invite parameters"))?;
+    let offer = Description::parse(&invite.sdp)
+        .map_err(|e| RpcError::new(400, format!("cannot answer the ICE restart: {e}")))?;
+    let (ice_ufrag, ice_pwd) = loadgen::media::ice_credentials();
+    let audio = &offer.sections[offer.audio];
+    let answer = sdp::answer(
+        &offer,
+        &Local {
+            ice_ufrag: &ice_ufrag,
+            ice_pwd: &ice_pwd,
+            fingerprint: media.fingerprint(),
+            ssrc,
+            address: media.address(),
+            ice_lite: true,
+        },
+        number,
+    );
+    let candidates = vec![Candidate {
+        candidate: sdp::host_candidate(media.address()),
+        sdp_mid: audio.mid.clone(),
+        sdp_m_line_index: u16::try_from(offer.audio).ok(),
+    }];
+    if let Some(call) = calls.up.get_mut(&call_id) {
+        call.consent_lost = false;
+    }
+    media.restart(media::Restart {
+        call_id: call_id.clone(),
+        offer,
+        ice_ufrag,
+        ice_pwd,
+    });
+    serde_json::to_value(InviteAnswer {
+        call_id,
+        sdp: answer,
+        candidates,
+    })
+    .map_err(|e| RpcError::new(500, e.to_string()))
 }
 
 /// Ends a call whose agent is gone (its leg lost consent, its signalling closed), keeping what

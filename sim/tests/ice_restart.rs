@@ -1,0 +1,111 @@
+//! ICE restart end to end (`sim run`): a 12 s blackout mid-call takes the agents' ICE to
+//! `disconnected`, and they restart it as the CCP's library does (fresh credentials, new TURN
+//! allocations, an `invite` with `iceRestart: true`, `accept`), after which media comes back on
+//! the new pair and the call completes; a 2 s blackout beside it is ridden out without one.
+#![allow(clippy::disallowed_methods)] // real sockets, real clock
+
+use reports::Outcome;
+use reports::record::read_records;
+use sim::run::{RunOptions, run};
+use sim::scenario::Scenario;
+
+const SCENARIO: &str = r#"
+[run]
+seed = 21
+threshold = "50%"
+
+[agents]
+calls = 4
+concurrency = 4
+ramp = "20/s"
+call_duration = "30s"
+
+[turn]
+urls = ["turn:turn.sim.local:3478?transport=udp"]
+
+[segment.handover]
+profile = "office-lan"
+outages = [{ at = "6s", duration = "12s" }]
+
+[segment.rekey]
+profile = "office-lan"
+outages = [{ at = "6s", duration = "2s" }]
+
+[[site]]
+name = "wifi"
+share = 0.5
+path = ["handover"]
+
+[[site]]
+name = "vpn"
+share = 0.5
+path = ["rekey"]
+"#;
+
+#[test]
+fn a_long_outage_is_recovered_by_an_ice_restart_and_a_short_one_without() {
+    let dir = std::env::temp_dir().join(format!("sim-ice-restart-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let s = Scenario::parse("ice-restart.toml", "ice-restart", SCENARIO).unwrap();
+    run(
+        &s,
+        &RunOptions {
+            out: Some(dir.clone()),
+            plain_progress: true,
+            ..RunOptions::default()
+        },
+    )
+    .unwrap();
+    let records = read_records(&dir.join("calls.jsonl")).unwrap().records;
+    assert_eq!(records.len(), 4);
+    let mut restarted = 0;
+    for r in &records {
+        assert_eq!(r.outcome, Outcome::Completed, "{r:?}");
+        let lost = r.anchor_to_agent.as_ref().unwrap().packets_lost;
+        let ice = r.ice;
+        match r.identity.site.as_str() {
+            "wifi" => {
+                restarted += 1;
+                assert_eq!(ice.connections_lost, 1, "{ice:?}");
+                assert_eq!((ice.restart_attempts, ice.restart_successes), (1, 1));
+                assert_eq!(
+                    ice.restart_invite_retries, 0,
+                    "the path was back for the invite"
+                );
+                // ICE goes `disconnected` 5 s after the last check answered (3–7 s into the
+                // blackout: checks go every 2 s), restarts 3 s later, and its allocation's
+                // retransmission (250 ms doubling to 1.6 s) lands within 1.6 s of the path's
+                // return: connected again 12 − 7 = 5 s to 12 − 3 + 1.6 + 1 (signalling and
+                // checks) ≈ 11.6 s after the disconnection.
+                let recovered = ice.recovered_ms.unwrap();
+                assert!((5_000..12_000).contains(&recovered), "{recovered} ms");
+                // The restart's own time: from its start (the path still down for up to
+                // 12 − 6 = 6 s) to `accept`.
+                let restart = ice.restart_time_ms.unwrap();
+                assert!(restart < 8_000, "{restart} ms");
+                // The blackout's 600 frames at least, and what the recovery added (≤ 4 s).
+                assert!((600..=800).contains(&lost), "{lost} lost");
+            }
+            _ => {
+                // 2 s is within ICE's 5 s disconnected timeout, or at worst a disconnection
+                // healed before the 3 s the library waits: no restart.
+                assert_eq!(ice.restart_attempts, 0, "{ice:?}");
+                assert_eq!(ice.recovered_ms, None);
+                assert!((100..=150).contains(&lost), "{lost} lost");
+            }
+        }
+    }
+    assert!(restarted >= 1, "no call at the Wi-Fi site");
+    let summary: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("summary.json")).unwrap()).unwrap();
+    let restarts: u64 = summary["components"]
+        .as_object()
+        .unwrap()
+        .iter()
+        .filter(|(k, _)| k.starts_with("anchor"))
+        .filter_map(|(_, v)| v["ice_restarts"].as_u64())
+        .max()
+        .unwrap_or(0);
+    assert_eq!(restarts, restarted, "{}", summary["components"]);
+    let _ = std::fs::remove_dir_all(&dir);
+}
