@@ -327,6 +327,15 @@ impl Allocation {
         }
     }
 
+    /// Releases the allocation (a Refresh with lifetime 0, queued for [`Self::write`]).
+    fn release(&mut self, now: Instant) {
+        if let Some(relay) = self.relay
+            && let Ok(mut r) = self.client.relay(relay)
+        {
+            let _ = r.close(now);
+        }
+    }
+
     /// IP, transport and TURN framing bytes around a relayed datagram of `len` bytes.
     fn wire_overhead(&self, len: usize) -> u64 {
         match self.transport {
@@ -536,11 +545,7 @@ impl Peer {
     /// come as the allocations succeed ([`Self::gathering_done`]), and [`Self::fds`] changes.
     pub fn restart_ice(&mut self, now: Instant) -> Result<String, LegError> {
         for a in &mut self.allocations {
-            if let Some(relay) = a.relay
-                && let Ok(mut r) = a.client.relay(relay)
-            {
-                let _ = r.close(now);
-            }
+            a.release(now);
             a.write();
         }
         self.allocations = self
@@ -805,11 +810,7 @@ impl Peer {
         // allocation.
         self.flush(now);
         for a in &mut self.allocations {
-            if let Some(relay) = a.relay
-                && let Ok(mut r) = a.client.relay(relay)
-            {
-                let _ = r.close(now);
-            }
+            a.release(now);
         }
         self.flush(now);
     }

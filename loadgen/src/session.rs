@@ -382,93 +382,74 @@ impl Call {
         let mut dropped = None;
         let hung_up = || spec.hangup.as_ref().is_some_and(|h| *h.borrow());
         let mut signalling_failure: Option<Fail> = None;
-        // The signalling client is idle, or held by a mid-call request in flight: media keeps
-        // its pace while signalling answers.
-        type InFlight = std::pin::Pin<
-            Box<dyn Future<Output = (SignallingClient, Result<Value, SignallingError>)> + Send>,
-        >;
+        // The signalling client is idle, or held by a request in flight (a mid-call step's, the
+        // keep-alive's, or an ICE restart's): media keeps its pace while signalling answers.
         enum Signalling {
             Idle(Box<SignallingClient>),
-            Busy(&'static MidCallStep, InFlight),
+            Busy(Purpose, InFlight),
         }
         let mut signalling = Signalling::Idle(Box::new(client));
         let mut last_keepalive = Instant::now();
-        let mut restart = Restart::Idle;
-        let mut restarted_for: Option<Instant> = None;
+        let mut restart = IceRestart::default();
         while Instant::now() < talk_end && !hung_up() {
             let due = talk_start + Duration::from_millis(20) * frame;
-            restart.progress(
-                Instant::now(),
-                driven,
-                spec,
-                (&mut self.ice, &mut restarted_for),
-            );
+            restart.progress(Instant::now(), driven, spec, &mut self.ice);
             signalling = match signalling {
-                Signalling::Idle(mut c) => {
-                    if let Some((step, params)) = restart.request(Instant::now(), driven, &call_id)
+                Signalling::Idle(c) => {
+                    if let Some((method, params, timeout)) =
+                        restart.request(Instant::now(), driven, &call_id, &spec.timeouts)
                     {
-                        let timeout = if step.method == "invite" {
-                            spec.timeouts.invite_answer
-                        } else {
-                            spec.timeouts.ack
-                        };
+                        Signalling::Busy(Purpose::Restart, in_flight(c, method, params, timeout))
+                    } else if let Some(step) =
+                        steps.next_if(|st| talk_start.elapsed() >= spec.talk * st.thirds / 3)
+                    {
+                        let mut params = json!({ "callId": call_id });
+                        if step.method == "transfer" || step.method == "conference" {
+                            params["target"] = json!("third-party");
+                        }
+                        let request = in_flight(c, step.method, params, spec.timeouts.ack);
+                        Signalling::Busy(Purpose::Step(step), request)
+                    } else if last_keepalive.elapsed() >= spec.timeouts.keepalive {
+                        last_keepalive = Instant::now();
+                        // Twice the period: a network outage (a VPN rekey, a Wi-Fi handover)
+                        // delays the pong as long as it lasts without breaking the connection,
+                        // and ICE recovers the media from it.
+                        let timeout = spec.timeouts.keepalive * 2;
+                        let mut c = c;
                         Signalling::Busy(
-                            step,
+                            Purpose::Step(&KEEPALIVE),
                             Box::pin(async move {
-                                let result = c.call(step.method, params, timeout).await;
+                                let result = c.keepalive(timeout).await.map(|()| Value::Null);
                                 (*c, result)
                             }),
                         )
                     } else {
-                        match steps.next_if(|st| talk_start.elapsed() >= spec.talk * st.thirds / 3)
-                        {
-                            Some(step) => {
-                                let mut params = json!({ "callId": call_id });
-                                if step.method == "transfer" || step.method == "conference" {
-                                    params["target"] = json!("third-party");
-                                }
-                                let timeout = spec.timeouts.ack;
-                                Signalling::Busy(
-                                    step,
-                                    Box::pin(async move {
-                                        let result = c.call(step.method, params, timeout).await;
-                                        (*c, result)
-                                    }),
-                                )
-                            }
-                            None if last_keepalive.elapsed() >= spec.timeouts.keepalive => {
-                                last_keepalive = Instant::now();
-                                // Twice the period: a network outage (a VPN rekey, a Wi-Fi
-                                // handover) delays the pong as long as it lasts without breaking
-                                // the connection, and ICE recovers the media from it.
-                                let timeout = spec.timeouts.keepalive * 2;
-                                Signalling::Busy(
-                                    &KEEPALIVE,
-                                    Box::pin(async move {
-                                        let result =
-                                            c.keepalive(timeout).await.map(|()| Value::Null);
-                                        (*c, result)
-                                    }),
-                                )
-                            }
-                            None => Signalling::Idle(c),
-                        }
+                        Signalling::Idle(c)
                     }
                 }
                 busy @ Signalling::Busy(..) => busy,
             };
             let drive = driven.drive_until(talk_end, Some(due), |_| false);
-            if let Signalling::Busy(step, request) = &mut signalling {
+            if let Signalling::Busy(purpose, request) = &mut signalling {
                 tokio::select! {
                     _ = drive => {}
                     (c, result) = request => {
-                        let step = *step;
+                        let purpose = *purpose;
                         signalling = Signalling::Idle(Box::new(c));
-                        if restart.answered(Instant::now(), step, result.as_ref(), driven, &mut self.ice) {
-                            // A restart's request: its failure ends the restart, not the call.
-                        } else if let Err(e) = result {
-                            signalling_failure = Some(step.failure(&e));
-                            break;
+                        match purpose {
+                            // Its failure ends the restart, not the call.
+                            Purpose::Restart => restart.answered(
+                                Instant::now(),
+                                result.as_ref(),
+                                driven,
+                                &mut self.ice,
+                            ),
+                            Purpose::Step(step) => {
+                                if let Err(e) = result {
+                                    signalling_failure = Some(step.failure(&e));
+                                    break;
+                                }
+                            }
                         }
                     }
                 }
@@ -486,7 +467,7 @@ impl Call {
                     .get_or_insert(micros(first - self.start));
             }
             let mut last = driven.peer.meter.last_arrival().unwrap_or(talk_start);
-            if let Restart::Done(at) = restart {
+            if let Some(at) = restart.done_at() {
                 // Media needs the new pair nominated first: dead air counts from the restart.
                 last = last.max(at);
             }
@@ -499,7 +480,7 @@ impl Call {
                 .last_stun()
                 .is_some_and(|t| now.saturating_duration_since(t) < PATH_SILENT);
             if silent > spec.dead_air {
-                if let Restart::Failed(why) = &restart {
+                if let Some(why) = restart.failure() {
                     dropped = Some(format!(
                         "no RTP for {silent:?}; the ICE restart failed: {why}"
                     ));
@@ -515,19 +496,26 @@ impl Call {
                 break;
             }
         }
-        finish_ice(&driven.peer, restarted_for, &mut self.ice);
-        // A step still in flight when the talk time ends has its own timeout; the client it
+        // A request still in flight when the talk time ends has its own timeout; the client it
         // holds is needed for `bye`.
         let mut client = match signalling {
             Signalling::Idle(c) => *c,
-            Signalling::Busy(step, request) => {
+            Signalling::Busy(purpose, request) => {
                 let (c, result) = request.await;
-                if let Err(e) = result {
-                    signalling_failure.get_or_insert(step.failure(&e));
+                match purpose {
+                    Purpose::Restart => {
+                        restart.answered(Instant::now(), result.as_ref(), driven, &mut self.ice);
+                    }
+                    Purpose::Step(step) => {
+                        if let Err(e) = result {
+                            signalling_failure.get_or_insert(step.failure(&e));
+                        }
+                    }
                 }
                 c
             }
         };
+        restart.finish(&driven.peer, &mut self.ice);
 
         // CleanUp: `bye`, which our anchor answers with its measurement of the agent's stream.
         self.state = SessionState::CleanUp;
@@ -709,6 +697,33 @@ pub const RESTART_INVITE_RETRIES: u32 = 3;
 /// Between a restart's invite attempts (`InviteAnswerSubstate.retryInterval`).
 const RESTART_RETRY_INTERVAL: Duration = Duration::from_secs(1);
 
+/// A signalling request in flight while talking, with the client it holds.
+type InFlight = std::pin::Pin<
+    Box<dyn Future<Output = (SignallingClient, Result<Value, SignallingError>)> + Send>,
+>;
+
+/// `method` with `params` on `client`, waiting `timeout` for its answer.
+fn in_flight(
+    mut client: Box<SignallingClient>,
+    method: &'static str,
+    params: Value,
+    timeout: Duration,
+) -> InFlight {
+    Box::pin(async move {
+        let result = client.call(method, params, timeout).await;
+        (*client, result)
+    })
+}
+
+/// Whose request holds the signalling connection while talking.
+#[derive(Debug, Clone, Copy)]
+enum Purpose {
+    /// A mid-call step's or the keep-alive's: its failure fails the call.
+    Step(&'static MidCallStep),
+    /// The ICE restart's: its failure ends the restart.
+    Restart,
+}
+
 /// The ICE restart while talking, as connect-rtc-js runs it (`ConnectedSubstate` →
 /// `IceRestartSubstate` → `ConnectSignalingAndIceCollectionSubstate` → `InviteAnswerSubstate`
 /// → `AcceptSubstate`): ICE disconnected for [`RESTART_AFTER`] → a new offer with fresh
@@ -716,9 +731,18 @@ const RESTART_RETRY_INTERVAL: Duration = Duration::from_secs(1);
 /// `invite` with `iceRestart: true` naming the contact, retried [`RESTART_INVITE_RETRIES`]
 /// times → the answer applied and `accept` → checks on the new pair. One attempt per
 /// disconnection, no retry of a failed one (the library goes back to `ConnectedSubstate`).
-#[derive(Debug)]
-enum Restart {
+#[derive(Debug, Default)]
+struct IceRestart {
+    phase: Phase,
+    /// The disconnection the latest restart answered (one restart for each).
+    answered: Option<Instant>,
+}
+
+/// Where the restart is.
+#[derive(Debug, Default)]
+enum Phase {
     /// None under way.
+    #[default]
     Idle,
     /// The new allocations are gathering until `deadline` (the ICE collection timeout).
     Gathering {
@@ -749,67 +773,74 @@ struct Attempt {
     retries: u32,
 }
 
-/// A restart's `invite` (its failure is the restart's, not the call's).
-static RESTART_INVITE: MidCallStep = MidCallStep {
-    thirds: 0,
-    method: "invite",
-    class: None,
-};
-/// A restart's `accept`.
-static RESTART_ACCEPT: MidCallStep = MidCallStep {
-    thirds: 0,
-    method: "accept",
-    class: None,
-};
-
-impl Restart {
+impl IceRestart {
     /// Whether nothing is under way that could bring media back: no restart, or one whose
     /// signalling is over.
     fn settled(&self) -> bool {
-        matches!(self, Self::Idle | Self::Done(_) | Self::Failed(_))
+        matches!(self.phase, Phase::Idle | Phase::Done(_) | Phase::Failed(_))
+    }
+
+    /// When the latest restart's signalling completed.
+    fn done_at(&self) -> Option<Instant> {
+        match self.phase {
+            Phase::Done(at) => Some(at),
+            _ => None,
+        }
+    }
+
+    /// Why the latest restart failed.
+    fn failure(&self) -> Option<&str> {
+        match &self.phase {
+            Phase::Failed(why) => Some(why),
+            _ => None,
+        }
     }
 
     /// Starts a restart when ICE has been disconnected for [`RESTART_AFTER`] (once per
-    /// disconnection), and moves on when the gathering is over.
-    /// `answered` is the disconnection the latest restart answered.
+    /// disconnection).
     fn progress(
         &mut self,
         now: Instant,
         driven: &mut DrivenPeer,
         spec: &CallSpec,
-        (ice, answered): (&mut IceCounters, &mut Option<Instant>),
+        ice: &mut IceCounters,
     ) {
-        if let Some(since) = driven.peer.times.ice_disconnected
-            && now.saturating_duration_since(since) >= RESTART_AFTER
-            && self.settled()
-            && *answered != Some(since)
+        let Some(since) = driven.peer.times.ice_disconnected else {
+            return;
+        };
+        if now.saturating_duration_since(since) < RESTART_AFTER
+            || !self.settled()
+            || self.answered == Some(since)
         {
-            *answered = Some(since);
-            ice.restart_attempts += 1;
-            let attempt = Attempt {
-                started: now,
-                retries: 0,
-            };
-            *self = match driven.restart_ice(now) {
-                Ok(offer) => Self::Gathering {
-                    attempt,
-                    offer,
-                    deadline: now + spec.timeouts.ice_collection,
-                },
-                Err(e) => Self::Failed(format!("{e:?}")),
-            };
+            return;
         }
+        self.answered = Some(since);
+        ice.restart_attempts += 1;
+        let attempt = Attempt {
+            started: now,
+            retries: 0,
+        };
+        self.phase = match driven.restart_ice(now) {
+            Ok(offer) => Phase::Gathering {
+                attempt,
+                offer,
+                deadline: now + spec.timeouts.ice_collection,
+            },
+            Err(e) => Phase::Failed(format!("{e:?}")),
+        };
     }
 
-    /// The restart's next signalling request, when one is due and the connection is idle.
+    /// The restart's next signalling request (method, parameters, timeout), when one is due
+    /// and the connection is idle.
     fn request(
         &mut self,
         now: Instant,
         driven: &DrivenPeer,
         call_id: &str,
-    ) -> Option<(&'static MidCallStep, Value)> {
-        match self {
-            Self::Gathering {
+        timeouts: &Timeouts,
+    ) -> Option<(&'static str, Value, Duration)> {
+        match &mut self.phase {
+            Phase::Gathering {
                 attempt,
                 offer,
                 deadline,
@@ -825,7 +856,7 @@ impl Restart {
                     .map(to_wire)
                     .collect();
                 if candidates.is_empty() {
-                    *self = Self::Failed("no ICE candidate from the new allocations".into());
+                    self.phase = Phase::Failed("no ICE candidate from the new allocations".into());
                     return None;
                 }
                 // As the library sends it in persistent-connection mode: the contact named, no
@@ -838,103 +869,96 @@ impl Restart {
                     "persistentConnection": true,
                     "iceRestart": true,
                 });
-                *self = Self::Inviting {
+                self.phase = Phase::Inviting {
                     attempt: *attempt,
                     invite: invite.clone(),
                     retry_at: None,
                 };
-                Some((&RESTART_INVITE, invite))
+                Some(("invite", invite, timeouts.invite_answer))
             }
-            Self::Inviting {
+            Phase::Inviting {
                 invite, retry_at, ..
             } => {
-                let at = (*retry_at)?;
-                if now < at {
+                if now < (*retry_at)? {
                     return None;
                 }
                 *retry_at = None;
-                Some((&RESTART_INVITE, invite.clone()))
+                Some(("invite", invite.clone(), timeouts.invite_answer))
             }
-            Self::Accepting { sent, .. } if !*sent => {
+            Phase::Accepting { sent, .. } if !*sent => {
                 *sent = true;
-                Some((&RESTART_ACCEPT, json!({})))
+                Some(("accept", json!({}), timeouts.ack))
             }
             _ => None,
         }
     }
 
-    /// Takes the result of a signalling request; `true` when it was the restart's.
+    /// Takes the result of the restart's request in flight.
     fn answered(
         &mut self,
         now: Instant,
-        step: &MidCallStep,
         result: Result<&Value, &SignallingError>,
         driven: &mut DrivenPeer,
         ice: &mut IceCounters,
-    ) -> bool {
-        if std::ptr::eq(step, &RESTART_INVITE) {
-            let Self::Inviting {
+    ) {
+        match &mut self.phase {
+            Phase::Inviting {
                 attempt, retry_at, ..
-            } = self
-            else {
-                return true;
-            };
-            let applied = result.map_err(ToString::to_string).and_then(|v| {
-                let answer: InviteAnswer =
-                    serde_json::from_value(v.clone()).map_err(|e| format!("invite result: {e}"))?;
-                let candidates: Vec<_> = answer.candidates.into_iter().map(from_wire).collect();
-                if candidates.is_empty() {
-                    return Err("the answer carried no ICE candidate".into());
+            } => {
+                let applied = result.map_err(ToString::to_string).and_then(|v| {
+                    let answer: InviteAnswer = serde_json::from_value(v.clone())
+                        .map_err(|e| format!("invite result: {e}"))?;
+                    let candidates: Vec<_> = answer.candidates.into_iter().map(from_wire).collect();
+                    if candidates.is_empty() {
+                        return Err("the answer carried no ICE candidate".into());
+                    }
+                    driven
+                        .peer
+                        .accept_restart(now, &answer.sdp, &candidates)
+                        .map_err(|e| format!("{e:?}"))
+                });
+                match applied {
+                    Ok(()) => {
+                        self.phase = Phase::Accepting {
+                            attempt: *attempt,
+                            sent: false,
+                        };
+                    }
+                    Err(_) if attempt.retries < RESTART_INVITE_RETRIES => {
+                        attempt.retries += 1;
+                        ice.restart_invite_retries += 1;
+                        *retry_at = Some(now + RESTART_RETRY_INTERVAL);
+                    }
+                    Err(why) => {
+                        self.phase = Phase::Failed(format!(
+                            "invite: {why} ({RESTART_INVITE_RETRIES} retries)"
+                        ));
+                    }
                 }
-                driven
-                    .peer
-                    .accept_restart(now, &answer.sdp, &candidates)
-                    .map_err(|e| format!("{e:?}"))
-            });
-            *self = match applied {
-                Ok(()) => Self::Accepting {
-                    attempt: *attempt,
-                    sent: false,
-                },
-                Err(_) if attempt.retries < RESTART_INVITE_RETRIES => {
-                    attempt.retries += 1;
-                    ice.restart_invite_retries += 1;
-                    *retry_at = Some(now + RESTART_RETRY_INTERVAL);
-                    return true;
-                }
-                Err(why) => Self::Failed(format!(
-                    "invite: {why} ({} retries)",
-                    RESTART_INVITE_RETRIES
-                )),
-            };
-            return true;
+            }
+            Phase::Accepting { attempt, .. } => {
+                self.phase = match result {
+                    Ok(_) => {
+                        ice.restart_successes += 1;
+                        ice.restart_time_ms = Some(millis(now - attempt.started));
+                        Phase::Done(now)
+                    }
+                    Err(e) => Phase::Failed(format!("accept: {e}")),
+                };
+            }
+            _ => {}
         }
-        if std::ptr::eq(step, &RESTART_ACCEPT) {
-            let Self::Accepting { attempt, .. } = self else {
-                return true;
-            };
-            *self = match result {
-                Ok(_) => {
-                    ice.restart_successes += 1;
-                    ice.restart_time_ms = Some(millis(now - attempt.started));
-                    Self::Done(now)
-                }
-                Err(e) => Self::Failed(format!("accept: {e}")),
-            };
-            return true;
-        }
-        false
     }
-}
 
-/// At the end of the talk time: ICE's counters, and how long the path took to come back after
-/// the disconnection a restart `answered`.
-fn finish_ice(peer: &Peer, answered: Option<Instant>, ice: &mut IceCounters) {
-    ice.connections_lost = peer.times.ice_connections_lost;
-    if let (Some(since), Some(back)) = (answered, peer.times.ice_reconnected)
-        && back > since
-    {
-        ice.recovered_ms = Some(millis(back - since));
+    /// At the end of the talk time: ICE's counters, and how long the path took to come back
+    /// after the disconnection the latest restart answered.
+    fn finish(&self, peer: &Peer, ice: &mut IceCounters) {
+        ice.connections_lost = peer.times.ice_connections_lost;
+        if let (Some(since), Some(back)) = (self.answered, peer.times.ice_reconnected)
+            && back > since
+        {
+            ice.recovered_ms = Some(millis(back - since));
+        }
     }
 }
 

@@ -3,11 +3,9 @@
 //! allocations, an `invite` with `iceRestart: true`, `accept`), after which media comes back on
 //! the new pair and the call completes; a 2 s blackout beside it is ridden out without one.
 #![allow(clippy::disallowed_methods)] // real sockets, real clock
+mod common;
 
 use reports::Outcome;
-use reports::record::read_records;
-use sim::run::{RunOptions, run};
-use sim::scenario::Scenario;
 
 const SCENARIO: &str = r#"
 [run]
@@ -44,21 +42,9 @@ path = ["rekey"]
 
 #[test]
 fn a_long_outage_is_recovered_by_an_ice_restart_and_a_short_one_without() {
-    let dir = std::env::temp_dir().join(format!("sim-ice-restart-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    let s = Scenario::parse("ice-restart.toml", "ice-restart", SCENARIO).unwrap();
-    run(
-        &s,
-        &RunOptions {
-            out: Some(dir.clone()),
-            plain_progress: true,
-            ..RunOptions::default()
-        },
-    )
-    .unwrap();
-    let records = read_records(&dir.join("calls.jsonl")).unwrap().records;
+    let (dir, records) = common::run_scenario("ice-restart", SCENARIO);
     assert_eq!(records.len(), 4);
-    let mut restarted = 0;
+    let mut restarted = 0u64;
     for r in &records {
         assert_eq!(r.outcome, Outcome::Completed, "{r:?}");
         let lost = r.anchor_to_agent.as_ref().unwrap().packets_lost;
@@ -96,16 +82,7 @@ fn a_long_outage_is_recovered_by_an_ice_restart_and_a_short_one_without() {
         }
     }
     assert!(restarted >= 1, "no call at the Wi-Fi site");
-    let summary: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(dir.join("summary.json")).unwrap()).unwrap();
-    let restarts: u64 = summary["components"]
-        .as_object()
-        .unwrap()
-        .iter()
-        .filter(|(k, _)| k.starts_with("anchor"))
-        .filter_map(|(_, v)| v["ice_restarts"].as_u64())
-        .max()
-        .unwrap_or(0);
-    assert_eq!(restarts, restarted, "{}", summary["components"]);
+    let restarts = common::component_total(&dir, "anchor", "ice_restarts");
+    assert_eq!(restarts, restarted, "the anchor's count of restarts");
     let _ = std::fs::remove_dir_all(&dir);
 }

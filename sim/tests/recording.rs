@@ -4,11 +4,9 @@
 //! (two thirds of the talk time); the agent's side conceals as many frames as the anchor
 //! measured lost; and the report plays the worst calls' recordings.
 #![allow(clippy::disallowed_methods)] // real sockets, real clock
+mod common;
 
-use reports::record::read_records;
 use reports::{CallKind, Outcome};
-use sim::run::{RunOptions, run};
-use sim::scenario::Scenario;
 
 const TALK_S: f64 = 6.0;
 
@@ -66,20 +64,7 @@ path = ["lossy"]
 record = "both"
 "#
     );
-    let scenario = Scenario::parse("recording.toml", "recording", &text).unwrap();
-    let dir = std::env::temp_dir().join(format!("sim-recording-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    run(
-        &scenario,
-        &RunOptions {
-            out: Some(dir.clone()),
-            plain_progress: true,
-            ..RunOptions::default()
-        },
-    )
-    .unwrap();
-
-    let records = read_records(&dir.join("calls.jsonl")).unwrap().records;
+    let (dir, records) = common::run_scenario("recording", &text);
     assert_eq!(records.len(), 6);
     let mut lost = 0;
     let mut kinds = std::collections::BTreeSet::new();

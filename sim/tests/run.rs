@@ -1,6 +1,7 @@
 //! `sim run` end to end on small scenarios: the run folder's files, the verdict, and the site
 //! policies of the shipped situations giving their failure classes.
 #![allow(clippy::disallowed_methods)] // real sockets, real clock
+mod common;
 
 use reports::record::read_records;
 use reports::{FailureClass, Outcome, RelayTransport, Verdict};
@@ -288,14 +289,6 @@ fn a_stalled_signalling_connection_is_found_by_the_keep_alive() {
         started.elapsed() < std::time::Duration::from_secs(12),
         "not left to run out"
     );
-    let summary: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(dir.join("summary.json")).unwrap()).unwrap();
-    let stalled: u64 = summary["components"]
-        .as_object()
-        .unwrap()
-        .iter()
-        .filter(|(k, _)| k.starts_with("proxy"))
-        .filter_map(|(_, v)| v["stalled"].as_u64())
-        .sum();
-    assert_eq!(stalled, 3, "{}", summary["components"]);
+    let stalled = common::component_total(&dir, "proxy", "stalled");
+    assert_eq!(stalled, 3, "the proxies' count of stalls");
 }

@@ -380,24 +380,8 @@ pub async fn serve(
                 let call_id = format!("call-{next}");
                 let (ice_ufrag, ice_pwd) = loadgen::media::ice_credentials();
                 let ssrc = 0x4000_0000 | (next as u32 & 0x3fff_ffff);
-                let audio = &offer.sections[offer.audio];
-                let answer = sdp::answer(
-                    &offer,
-                    &Local {
-                        ice_ufrag: &ice_ufrag,
-                        ice_pwd: &ice_pwd,
-                        fingerprint: media.fingerprint(),
-                        ssrc,
-                        address: media.address(),
-                        ice_lite: true,
-                    },
-                    next,
-                );
-                let candidates = vec![Candidate {
-                    candidate: sdp::host_candidate(media.address()),
-                    sdp_mid: audio.mid.clone(),
-                    sdp_m_line_index: u16::try_from(offer.audio).ok(),
-                }];
+                let (answer, candidates) =
+                    answer_offer(&offer, &media, (&ice_ufrag, &ice_pwd), ssrc, next);
                 // The leg is open before the agent can have the answer, so no check of its
                 // arrives at an unknown leg.
                 media.open(LegSpec {
@@ -525,6 +509,33 @@ pub async fn serve(
     drop(held);
 }
 
+/// The anchor's answer to `offer` for a leg with ICE credentials `(ufrag, pwd)` and `ssrc` (the
+/// call's `number` as the SDP session id), and its one candidate: the media server's address,
+/// ICE-lite.
+fn answer_offer(
+    offer: &Description,
+    media: &MediaServer,
+    (ice_ufrag, ice_pwd): (&str, &str),
+    ssrc: u32,
+    number: u64,
+) -> (String, Vec<Candidate>) {
+    let local = Local {
+        ice_ufrag,
+        ice_pwd,
+        fingerprint: media.fingerprint(),
+        ssrc,
+        address: media.address(),
+        ice_lite: true,
+    };
+    let answer = sdp::answer(offer, &local, number);
+    let candidates = vec![Candidate {
+        candidate: sdp::host_candidate(media.address()),
+        sdp_mid: offer.sections[offer.audio].mid.clone(),
+        sdp_m_line_index: u16::try_from(offer.audio).ok(),
+    }];
+    (answer, candidates)
+}
+
 /// Answers an ICE restart's invite for the call it names (RFC 8445 §9.1: both sides take new
 /// credentials; the DTLS role, fingerprint, SSRC and codec stay).
 fn restart(
@@ -542,24 +553,7 @@ fn restart(
     let offer = Description::parse(&invite.sdp)
         .map_err(|e| RpcError::new(400, format!("cannot answer the ICE restart: {e}")))?;
     let (ice_ufrag, ice_pwd) = loadgen::media::ice_credentials();
-    let audio = &offer.sections[offer.audio];
-    let answer = sdp::answer(
-        &offer,
-        &Local {
-            ice_ufrag: &ice_ufrag,
-            ice_pwd: &ice_pwd,
-            fingerprint: media.fingerprint(),
-            ssrc,
-            address: media.address(),
-            ice_lite: true,
-        },
-        number,
-    );
-    let candidates = vec![Candidate {
-        candidate: sdp::host_candidate(media.address()),
-        sdp_mid: audio.mid.clone(),
-        sdp_m_line_index: u16::try_from(offer.audio).ok(),
-    }];
+    let (answer, candidates) = answer_offer(&offer, media, (&ice_ufrag, &ice_pwd), ssrc, number);
     if let Some(call) = calls.up.get_mut(&call_id) {
         call.consent_lost = false;
     }

@@ -171,3 +171,43 @@ pub(crate) fn agent_and_anchor(
     };
     (agent, anchor)
 }
+
+/// Runs the scenario `text` (named `name`) with `sim run` into a fresh folder under the
+/// temporary directory; returns the folder and its call records.
+#[allow(dead_code)] // not every test file runs scenarios
+pub(crate) fn run_scenario(
+    name: &str,
+    text: &str,
+) -> (std::path::PathBuf, Vec<reports::CallRecord>) {
+    let scenario = sim::scenario::Scenario::parse(&format!("{name}.toml"), name, text).unwrap();
+    let dir = std::env::temp_dir().join(format!("sim-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    sim::run::run(
+        &scenario,
+        &sim::run::RunOptions {
+            out: Some(dir.clone()),
+            plain_progress: true,
+            ..sim::run::RunOptions::default()
+        },
+    )
+    .unwrap();
+    let records = reports::record::read_records(&dir.join("calls.jsonl"))
+        .unwrap()
+        .records;
+    (dir, records)
+}
+
+/// The sum of `counter` over the components of the run in `dir` whose names start with
+/// `prefix` (from its `summary.json`).
+#[allow(dead_code)] // not every test file reads components
+pub(crate) fn component_total(dir: &std::path::Path, prefix: &str, counter: &str) -> u64 {
+    let summary: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("summary.json")).unwrap()).unwrap();
+    summary["components"]
+        .as_object()
+        .unwrap()
+        .iter()
+        .filter(|(k, _)| k.starts_with(prefix))
+        .filter_map(|(_, v)| v[counter].as_u64())
+        .sum()
+}
