@@ -33,10 +33,14 @@ impl DrivenPeer {
         Ok(Self { peer, readiness })
     }
 
-    /// Starts an ICE restart on the leg ([`Peer::restart_ice`]) and registers its new
-    /// sockets; returns the restart's offer.
-    pub fn restart_ice(&mut self, now: Instant) -> Result<String, crate::peer::LegError> {
-        let offer = self.peer.restart_ice(now)?;
+    /// Starts an ICE restart on the leg ([`Peer::restart_ice`]) with allocations on `turn`,
+    /// and registers its new sockets; returns the restart's offer.
+    pub fn restart_ice(
+        &mut self,
+        now: Instant,
+        turn: Vec<crate::peer::TurnCredentials>,
+    ) -> Result<String, crate::peer::LegError> {
+        let offer = self.peer.restart_ice(now, turn)?;
         self.readiness =
             Self::register(&self.peer).map_err(|e| crate::peer::LegError::Io(e.to_string()))?;
         Ok(offer)

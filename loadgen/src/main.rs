@@ -13,7 +13,7 @@ use clap::Parser;
 use hmac::{Hmac, Mac};
 use loadgen::peer::TurnTransport;
 use loadgen::runner::{Load, LoadEvents, run_calls};
-use loadgen::session::{CallSpec, Timeouts, TurnServer};
+use loadgen::session::{CallSpec, Timeouts, TurnName, TurnServer};
 use loadgen::signalling::{Endpoint, tls_client_config};
 use loadgen::turn_url::{Transport, TurnUrl};
 use reports::emodel::Codec;
@@ -157,7 +157,9 @@ fn run(cli: &Cli) -> Result<u64> {
         };
         turn.push(TurnServer {
             url: url.to_string(),
-            addr,
+            // Resolved once, before the calls start (a lookup inside them would block the
+            // agents' runtime): an ICE restart goes to the same address.
+            addr: TurnName::fixed(addr),
             transport,
         });
     }

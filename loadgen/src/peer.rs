@@ -540,14 +540,20 @@ impl Peer {
     /// Starts an ICE restart as a browser does it for `createOffer({iceRestart: true})` after
     /// `setConfiguration` with the servers again: the old allocations are released (best
     /// effort: their path may be the one that is down, and the server's lifetime ends them
-    /// otherwise), new ones start on every server, and the media plane takes fresh ICE
+    /// otherwise), new ones start on every server of `turn` (the names looked up again, so
+    /// possibly other nodes than before), and the media plane takes fresh ICE
     /// credentials, keeping DTLS and SRTP. Returns the new offer; the new relay candidates
     /// come as the allocations succeed ([`Self::gathering_done`]), and [`Self::fds`] changes.
-    pub fn restart_ice(&mut self, now: Instant) -> Result<String, LegError> {
+    pub fn restart_ice(
+        &mut self,
+        now: Instant,
+        turn: Vec<TurnCredentials>,
+    ) -> Result<String, LegError> {
         for a in &mut self.allocations {
             a.release(now);
             a.write();
         }
+        self.config.turn = turn;
         self.allocations = self
             .config
             .turn

@@ -5,6 +5,7 @@
 //! InviteAnswer → Accept → ConnectContact → Talking → CleanUp → Disconnected | Failed`
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use reports::emodel::Codec;
@@ -91,10 +92,62 @@ pub struct CallSpec {
 pub struct TurnServer {
     /// The URL (for the CCP's messages), e.g. `turn:turn.example.com:3478?transport=udp`.
     pub url: String,
-    /// Its address, or why its name did not resolve.
-    pub addr: Result<SocketAddr, String>,
+    /// Its name, looked up when the call gathers and again at each ICE restart.
+    pub addr: TurnName,
     /// UDP, TCP or TLS.
     pub transport: TurnTransport,
+}
+
+/// A TURN server's name as the agent resolves it: each lookup may answer differently (a
+/// load balancer's name rotates its addresses and drops a failed node's), so a browser that
+/// gathers again for an ICE restart may reach another node than the call started on.
+#[derive(Clone)]
+pub struct TurnName(Arc<dyn Fn() -> Result<SocketAddr, String> + Send + Sync>);
+
+impl TurnName {
+    /// A name that always resolves as `resolved` (an address, or why it does not resolve).
+    pub fn fixed(resolved: Result<SocketAddr, String>) -> Self {
+        Self(Arc::new(move || resolved.clone()))
+    }
+
+    /// A name looked up by `lookup` each time.
+    pub fn new(lookup: impl Fn() -> Result<SocketAddr, String> + Send + Sync + 'static) -> Self {
+        Self(Arc::new(lookup))
+    }
+
+    /// Looks the name up now.
+    pub fn resolve(&self) -> Result<SocketAddr, String> {
+        (self.0)()
+    }
+}
+
+impl std::fmt::Debug for TurnName {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("TurnName(..)")
+    }
+}
+
+/// Looks up every TURN server of `spec` now: the credentials of those that resolve, and each
+/// URL with its answer (for a failure's detail).
+fn resolve_turn(spec: &CallSpec) -> (Vec<TurnCredentials>, String) {
+    let mut servers = Vec::new();
+    let mut answers = Vec::new();
+    for t in &spec.turn {
+        match t.addr.resolve() {
+            Ok(server) => {
+                answers.push(format!("{} ({server})", t.url));
+                servers.push(TurnCredentials {
+                    server,
+                    username: spec.turn_username.clone(),
+                    password: spec.turn_password.clone(),
+                    realm: spec.turn_realm.clone(),
+                    transport: t.transport.clone(),
+                });
+            }
+            Err(e) => answers.push(format!("{} ({e})", t.url)),
+        }
+    }
+    (servers, answers.join(", "))
 }
 
 /// Runs one call to its end and returns its record. Never panics on network input: every
@@ -123,6 +176,8 @@ struct Call {
     connected: bool,
     /// ICE health and restarts while talking.
     ice: IceCounters,
+    /// Each TURN URL and what its name resolved to when the call gathered.
+    turn_answers: String,
 }
 
 type Fail = (FailureClass, String);
@@ -145,6 +200,7 @@ impl Call {
             anchor_pacing: None,
             connected: false,
             ice: IceCounters::default(),
+            turn_answers: String::new(),
         }
     }
 
@@ -158,20 +214,10 @@ impl Call {
         self.state = SessionState::CreateOffer;
         // A TURN name that does not resolve gives nothing to allocate from: its candidates
         // never come.
+        let (turn, answers) = resolve_turn(spec);
+        self.turn_answers = answers;
         let config = PeerConfig {
-            turn: spec
-                .turn
-                .iter()
-                .filter_map(|t| {
-                    Some(TurnCredentials {
-                        server: *t.addr.as_ref().ok()?,
-                        username: spec.turn_username.clone(),
-                        password: spec.turn_password.clone(),
-                        realm: spec.turn_realm.clone(),
-                        transport: t.transport.clone(),
-                    })
-                })
-                .collect(),
+            turn,
             answering: false,
             epoch: spec.epoch,
         };
@@ -209,15 +255,7 @@ impl Call {
                     FailureClass::IceCollectionTimeout,
                     format!(
                         "no relay candidate within {:?} from {}",
-                        spec.timeouts.ice_collection,
-                        spec.turn
-                            .iter()
-                            .map(|t| match &t.addr {
-                                Ok(a) => format!("{} ({a})", t.url),
-                                Err(e) => format!("{} ({e})", t.url),
-                            })
-                            .collect::<Vec<_>>()
-                            .join(", ")
+                        spec.timeouts.ice_collection, self.turn_answers
                     ),
                 ),
             });
@@ -820,7 +858,9 @@ impl IceRestart {
             started: now,
             retries: 0,
         };
-        self.phase = match driven.restart_ice(now) {
+        // A browser gathers anew: the TURN names are looked up again.
+        let (servers, _) = resolve_turn(spec);
+        self.phase = match driven.restart_ice(now, servers) {
             Ok(offer) => Phase::Gathering {
                 attempt,
                 offer,

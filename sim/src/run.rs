@@ -14,7 +14,7 @@ use std::time::{Duration, Instant, SystemTime};
 use indicatif::{ProgressBar, ProgressStyle};
 use loadgen::peer::TurnTransport;
 use loadgen::runner::{Load, LoadEvents, run_calls};
-use loadgen::session::{CallSpec, Timeouts, TurnServer};
+use loadgen::session::{CallSpec, Timeouts, TurnName, TurnServer};
 use loadgen::signalling::Endpoint;
 use reports::emodel::Codec as EModelCodec;
 use reports::output::SummaryFile;
@@ -32,7 +32,7 @@ use crate::relay::{
     InspectingProxy, InspectingProxyConfig, InspectionCa, TcpRelay, TcpRelayConfig, UdpRelay,
     UdpRelayConfig,
 };
-use crate::scenario::{Codec, Scenario, Transport, TurnUrl};
+use crate::scenario::{Codec, FaultKind, Scenario, Transport, TurnUrl};
 use crate::signalling::SignallingServer;
 
 /// Overrides of the scenario from the command line (DESIGN §7).
@@ -117,7 +117,7 @@ pub fn run(scenario: &Scenario, options: &RunOptions) -> Result<RunOutcome, RunE
         dir: dir.join(RECORDINGS),
         sides,
     });
-    let vendor = VendorSide::start(
+    let mut vendor = VendorSide::start(
         seed,
         &names,
         loopback(),
@@ -126,6 +126,7 @@ pub fn run(scenario: &Scenario, options: &RunOptions) -> Result<RunOutcome, RunE
         AnchorBehaviour::Answer,
         recording,
     )?;
+    vendor.add_turn_nodes(scenario.turn.nodes)?;
     let (cert, password) = (vendor.certificate.clone(), vendor.password.clone());
     let turn_tls = loadgen::signalling::tls_client_config(std::slice::from_ref(&cert))
         .map_err(|e| io_err("TURN TLS client")(io::Error::other(e)))?;
@@ -146,29 +147,47 @@ pub fn run(scenario: &Scenario, options: &RunOptions) -> Result<RunOutcome, RunE
                 server_port: Some(server_port),
             })
         };
-        // One path per TURN URL, to the server's listener of that transport. The firewall sees
-        // the port in the agents' URL (3478, 443), not the port our server happens to have.
+        // One path per TURN URL and node, to the node's listener of that transport. The
+        // firewall sees the port in the agents' URL (3478, 443), not the port our server
+        // happens to have.
         let mut media = Vec::new();
         for url in &scenario.turn.urls {
-            let why = format!("starting site {}'s path to {url}", site.name);
-            let upstream = vendor.turn_listener(url);
-            media.push(match url.transport {
-                Transport::Udp => TurnPath::Udp(
-                    UdpRelay::start(UdpRelayConfig {
-                        listen: loopback(),
-                        upstream,
-                        path: site.path.clone(),
-                        seed: site_seed,
-                        policy: site.policy.clone(),
-                        server_port: Some(url.port),
-                    })
-                    .map_err(io_err(why))?,
-                ),
-                Transport::Tcp => {
-                    TurnPath::Stream(stream_path(upstream, url.port).map_err(io_err(why))?)
-                }
-            });
+            let mut nodes = Vec::new();
+            for node in 0..usize::from(scenario.turn.nodes) {
+                let why = format!("starting site {}'s path to {url}", site.name);
+                let upstream = vendor.turn_node_listener(node, url);
+                nodes.push(match url.transport {
+                    Transport::Udp => TurnPath::Udp(
+                        UdpRelay::start(UdpRelayConfig {
+                            listen: loopback(),
+                            upstream,
+                            path: site.path.clone(),
+                            seed: site_seed,
+                            policy: site.policy.clone(),
+                            server_port: Some(url.port),
+                        })
+                        .map_err(io_err(why))?,
+                    ),
+                    Transport::Tcp => {
+                        TurnPath::Stream(stream_path(upstream, url.port).map_err(io_err(why))?)
+                    }
+                });
+            }
+            media.push(nodes);
         }
+        // Each URL's name, as this site's agents resolve it: a node leaves the DNS when its
+        // fault says.
+        let names = media
+            .iter()
+            .map(|nodes| {
+                let entries = nodes
+                    .iter()
+                    .enumerate()
+                    .map(|(i, path)| (path.local_addr(), dns_removal(scenario, epoch, i)))
+                    .collect();
+                Arc::new(crate::dns::NodeName::new(entries))
+            })
+            .collect();
         let (mut upstream, mut roots) = (vendor.signalling_addr(), vec![cert.clone()]);
         let proxy = if site.policy.breaks_websocket_upgrade
             || site.policy.tls_cache_expiry.is_some()
@@ -201,13 +220,15 @@ pub fn run(scenario: &Scenario, options: &RunOptions) -> Result<RunOutcome, RunE
         sites.push(SitePlumbing {
             name: site.name.clone(),
             media,
+            names,
             control,
             proxy,
             roots,
         });
     }
 
-    // The calls.
+    // The calls, and the faults at their times.
+    let faults = schedule_faults(scenario, &vendor, epoch);
     let plan = plan_calls(scenario, seed, calls);
     let mut jsonl =
         File::create(dir.join("calls.jsonl")).map_err(io_err("creating calls.jsonl"))?;
@@ -268,10 +289,16 @@ pub fn run(scenario: &Scenario, options: &RunOptions) -> Result<RunOutcome, RunE
                     .turn
                     .urls
                     .iter()
-                    .zip(&plumbing.media)
-                    .map(|(url, path)| TurnServer {
+                    .zip(&plumbing.names)
+                    .map(|(url, name)| TurnServer {
                         url: url.to_string(),
-                        addr: crate::dns::resolve(&site.policy, &url.host, path.local_addr()),
+                        addr: match crate::dns::resolve(&site.policy, &url.host, name.clone()) {
+                            Ok(name) => {
+                                let host = url.host.clone();
+                                TurnName::new(move || name.resolve(&host, Instant::now()))
+                            }
+                            Err(e) => TurnName::fixed(Err(e)),
+                        },
                         transport: match (url.transport, url.secure) {
                             (Transport::Udp, _) => TurnTransport::Udp,
                             (Transport::Tcp, false) => TurnTransport::Tcp,
@@ -297,6 +324,7 @@ pub fn run(scenario: &Scenario, options: &RunOptions) -> Result<RunOutcome, RunE
         &mut sink,
     ));
     let records = sink.records;
+    drop(faults);
     progress.finish();
 
     let mut summary = RunSummary::new();
@@ -325,7 +353,10 @@ pub fn run(scenario: &Scenario, options: &RunOptions) -> Result<RunOutcome, RunE
 /// The vendor's side of every call — TURN server, signalling endpoint and media anchor — as
 /// `sim run` starts it, and as `sim serve` offers it to an external `loadgen`.
 pub struct VendorSide {
-    turn: turn_server::io::Running,
+    /// The TURN nodes behind the TURN names (one unless the scenario asks for more).
+    turn: Vec<turn_server::io::Running>,
+    /// The TURN servers' TLS certificate and key (PEM), for the nodes added later.
+    turn_tls: (String, String),
     signalling: SignallingServer,
     anchor: std::thread::JoinHandle<()>,
     /// The signalling endpoint's certificate (self-signed for its host name).
@@ -369,11 +400,8 @@ impl VendorSide {
         );
         let ck = rcgen::generate_simple_self_signed(names.to_vec())
             .map_err(|e| io_err("certificate")(io::Error::other(e)))?;
-        let turn = start_turn(
-            &password,
-            bind,
-            (ck.cert.pem(), ck.signing_key.serialize_pem()),
-        )?;
+        let turn_tls = (ck.cert.pem(), ck.signing_key.serialize_pem());
+        let turn = vec![start_turn(&password, bind, turn_tls.clone())?];
         let certificate: CertificateDer<'static> = ck.cert.der().clone();
         let certificate_pem = ck.cert.pem();
         let (to_anchor, requests) = mpsc::unbounded_channel();
@@ -408,6 +436,7 @@ impl VendorSide {
             .map_err(io_err("starting the anchor"))?;
         Ok(Self {
             turn,
+            turn_tls,
             signalling,
             anchor,
             certificate,
@@ -426,16 +455,27 @@ impl VendorSide {
     /// second at most (a panicking agent never releases its own).
     pub fn count_into(&self, components: &mut Components) {
         let settled = Instant::now() + Duration::from_secs(1);
-        let snapshot = loop {
-            match self.turn.handle().snapshot_blocking() {
-                Some(s) if s.gauges.allocations > 0 && Instant::now() < settled => {
-                    std::thread::sleep(Duration::from_millis(10));
+        for (i, node) in self.turn.iter().enumerate() {
+            let snapshot = loop {
+                match node.handle().snapshot_blocking() {
+                    // A failed node's allocations are never released: its counts are final.
+                    Some(s)
+                        if s.gauges.allocations > 0
+                            && !s.faults.unresponsive
+                            && Instant::now() < settled =>
+                    {
+                        std::thread::sleep(Duration::from_millis(10));
+                    }
+                    last => break last,
                 }
-                last => break last,
+            };
+            if let Some(snapshot) = snapshot {
+                let name = match self.turn.len() {
+                    1 => "turn".to_owned(),
+                    _ => format!("turn node {}", i + 1),
+                };
+                components.add(&name, snapshot.totals());
             }
-        };
-        if let Some(snapshot) = snapshot {
-            components.add("turn", snapshot.totals());
         }
         components.add("signalling", self.signalling.stats().totals());
         let mut anchor = self.anchor_stats.totals();
@@ -443,14 +483,35 @@ impl VendorSide {
         components.add("anchor", anchor);
     }
 
-    /// The TURN server's UDP address.
-    pub fn turn_addr(&self) -> SocketAddr {
-        self.turn.bound.udp[0]
+    /// Starts TURN nodes until there are `nodes` (the first is started with the rest), each
+    /// with the same users, certificate and quotas, on the first's address and port 0.
+    pub fn add_turn_nodes(&mut self, nodes: u8) -> Result<(), RunError> {
+        let bind = SocketAddr::new(self.turn_addr().ip(), 0);
+        while self.turn.len() < usize::from(nodes) {
+            let node = start_turn(&self.password, bind, self.turn_tls.clone())?;
+            self.turn.push(node);
+        }
+        Ok(())
     }
 
-    /// The TURN server's listener for `url`'s transport (UDP, TCP or TLS).
+    /// The control handle of TURN node `node` (from 0), for the scenario's faults.
+    pub fn turn_handle(&self, node: usize) -> Option<turn_server::io::Handle> {
+        self.turn.get(node).map(turn_server::io::Running::handle)
+    }
+
+    /// The first TURN node's UDP address.
+    pub fn turn_addr(&self) -> SocketAddr {
+        self.turn[0].bound.udp[0]
+    }
+
+    /// The first TURN node's listener for `url`'s transport (UDP, TCP or TLS).
     pub fn turn_listener(&self, url: &TurnUrl) -> SocketAddr {
-        let b = &self.turn.bound;
+        self.turn_node_listener(0, url)
+    }
+
+    /// TURN node `node`'s (from 0) listener for `url`'s transport.
+    pub fn turn_node_listener(&self, node: usize, url: &TurnUrl) -> SocketAddr {
+        let b = &self.turn[node].bound;
         match (url.transport, url.secure) {
             (Transport::Udp, _) => b.udp[0],
             (Transport::Tcp, false) => b.tcp[0],
@@ -468,7 +529,9 @@ impl VendorSide {
         // Closing the endpoint closes the anchor's request channel, which ends the anchor.
         self.signalling.shutdown();
         let _ = self.anchor.join();
-        let _ = self.turn.stop();
+        for node in self.turn {
+            let _ = node.stop();
+        }
     }
 }
 
@@ -531,7 +594,10 @@ impl TurnPath {
 
 struct SitePlumbing {
     name: String,
-    media: Vec<TurnPath>,
+    /// Per TURN URL, per node: the site's path to it.
+    media: Vec<Vec<TurnPath>>,
+    /// Per TURN URL: its name as the site resolves it.
+    names: Vec<Arc<crate::dns::NodeName>>,
     control: TcpRelay,
     proxy: Option<InspectingProxy>,
     roots: Vec<CertificateDer<'static>>,
@@ -540,8 +606,14 @@ struct SitePlumbing {
 impl SitePlumbing {
     /// Adds what the site's paths (and its inspecting proxy) counted to `components`.
     fn count_into(&self, urls: &[TurnUrl], components: &mut Components) {
-        for (url, path) in urls.iter().zip(&self.media) {
-            components.add(&format!("path {} → {url}", self.name), path.totals());
+        for (url, nodes) in urls.iter().zip(&self.media) {
+            for (i, path) in nodes.iter().enumerate() {
+                let name = match nodes.len() {
+                    1 => format!("path {} → {url}", self.name),
+                    _ => format!("path {} → {url} node {}", self.name, i + 1),
+                };
+                components.add(&name, path.totals());
+            }
         }
         components.add(
             &format!("path {} → signalling", self.name),
@@ -551,6 +623,70 @@ impl SitePlumbing {
             components.add(&format!("proxy {}", self.name), proxy.stats().totals());
         }
     }
+}
+
+/// When the DNS stops answering TURN node `node`'s address: its first failure's, if any.
+fn dns_removal(scenario: &Scenario, epoch: Instant, node: usize) -> Option<Instant> {
+    scenario
+        .faults
+        .iter()
+        .filter_map(|f| match f.kind {
+            FaultKind::TurnNodeDown {
+                node: n,
+                dns_removed_after,
+                ..
+            } if usize::from(n) == node => Some(epoch + f.at + dns_removed_after),
+            FaultKind::TurnNodeDown { .. } => None,
+        })
+        .min()
+}
+
+/// Carries out the scenario's faults at their times (from `epoch`) on their own thread,
+/// until they are done or the returned sender is dropped (the run ended first).
+fn schedule_faults(
+    scenario: &Scenario,
+    vendor: &VendorSide,
+    epoch: Instant,
+) -> Option<std::sync::mpsc::Sender<()>> {
+    let mut due: Vec<(Instant, turn_server::io::Handle, turn_server::Faults)> = scenario
+        .faults
+        .iter()
+        .filter_map(|f| match f.kind {
+            FaultKind::TurnNodeDown {
+                node,
+                reset_streams,
+                ..
+            } => Some((
+                epoch + f.at,
+                vendor.turn_handle(usize::from(node))?,
+                turn_server::Faults {
+                    unresponsive: true,
+                    drop_streams: reset_streams,
+                    ..Default::default()
+                },
+            )),
+        })
+        .collect();
+    if due.is_empty() {
+        return None;
+    }
+    due.sort_by_key(|(at, ..)| *at);
+    let (stop, stopped) = std::sync::mpsc::channel::<()>();
+    let spawned = std::thread::Builder::new()
+        .name("faults".into())
+        .spawn(move || {
+            for (at, handle, faults) in due {
+                let wait = at.saturating_duration_since(Instant::now());
+                if !matches!(
+                    stopped.recv_timeout(wait),
+                    Err(std::sync::mpsc::RecvTimeoutError::Timeout)
+                ) {
+                    return;
+                }
+                handle.set_faults(faults);
+            }
+        });
+    spawned.is_ok().then_some(stop)
 }
 
 fn loopback() -> SocketAddr {

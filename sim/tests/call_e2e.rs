@@ -7,7 +7,7 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use loadgen::peer::TurnTransport;
-use loadgen::session::{CallSpec, Timeouts, TurnServer, run_call};
+use loadgen::session::{CallSpec, Timeouts, TurnName, TurnServer, run_call};
 use loadgen::signalling::Endpoint;
 use reports::emodel::Codec;
 use reports::{CallIdentity, CallKind, FailureClass, Outcome, Shard};
@@ -80,7 +80,7 @@ fn spec(s: &Stack, talk: Duration) -> CallSpec {
         signalling: Ok(s.endpoint.clone()),
         turn: vec![TurnServer {
             url: "turn:turn.sim.local:3478?transport=udp".into(),
-            addr: Ok(s.relay.as_ref().map_or(s.turn, UdpRelay::local_addr)),
+            addr: TurnName::fixed(Ok(s.relay.as_ref().map_or(s.turn, UdpRelay::local_addr))),
             transport: TurnTransport::Udp,
         }],
         turn_username: "agent".into(),
@@ -200,7 +200,9 @@ fn blocked_udp_3478_is_an_ice_collection_timeout_with_the_ccp_message() {
 fn an_unresolvable_turn_name_is_an_ice_collection_timeout() {
     let s = stack(AnchorBehaviour::Answer, None);
     let mut sp = spec(&s, Duration::from_secs(1));
-    sp.turn[0].addr = Err("turn.sim.local: the site's DNS does not resolve this name".into());
+    sp.turn[0].addr = TurnName::fixed(Err(
+        "turn.sim.local: the site's DNS does not resolve this name".into(),
+    ));
     let r = run(sp);
     // Signalling connected in its own time, not when ICE collection gave up beside it.
     assert!(

@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use loadgen::peer::TurnTransport;
 use loadgen::runner::{Load, LoadEvents, run_calls};
-use loadgen::session::{CallSpec, Timeouts, TurnServer};
+use loadgen::session::{CallSpec, Timeouts, TurnName, TurnServer};
 use loadgen::signalling::Endpoint;
 use reports::emodel::Codec;
 use reports::{CallIdentity, CallKind, CallRecord, FailureClass, Outcome, Shard};
@@ -174,7 +174,7 @@ fn our_calls(vendor: &sim::run::VendorSide, relay: &UdpRelay, level: usize) -> T
         signalling: Ok(endpoint.clone()),
         turn: vec![TurnServer {
             url: "turn:127.0.0.1:3478?transport=udp".into(),
-            addr: Ok(relay.local_addr()),
+            addr: TurnName::fixed(Ok(relay.local_addr())),
             transport: TurnTransport::Udp,
         }],
         turn_username: "agent".into(),

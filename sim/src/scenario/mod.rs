@@ -49,6 +49,8 @@ pub struct Scenario {
     pub sites: Vec<Site>,
     /// The sides of each call the anchor records (`[recording]`), or none.
     pub recording: Option<Sides>,
+    /// Faults at set times (`[[fault]]`), in the file's order.
+    pub faults: Vec<Fault>,
 }
 
 /// Who calls, how many, how fast.
@@ -113,6 +115,35 @@ impl Timeouts {
 pub struct Turn {
     /// Its URLs, in the order the agent tries them.
     pub urls: Vec<TurnUrl>,
+    /// How many TURN servers the names resolve to (a load balancer's addresses, each a node
+    /// of its own); each lookup answers one, in turn, among those still answered.
+    pub nodes: u8,
+}
+
+/// Something that goes wrong at a set time in the run (`[[fault]]`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Fault {
+    /// When, from the run's start.
+    pub at: Duration,
+    /// What.
+    pub kind: FaultKind,
+}
+
+/// What a [`Fault`] does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FaultKind {
+    /// A TURN node (index from 0) fails: it answers nothing and relays nothing from then on,
+    /// and the DNS stops answering its address `dns_removed_after` later (a load balancer's
+    /// health check). `reset_streams` closes its TCP/TLS connections (a crashed host's RSTs);
+    /// without it they hang open (a hung process).
+    TurnNodeDown {
+        /// Which node.
+        node: u8,
+        /// Whether its TCP/TLS connections are reset.
+        reset_streams: bool,
+        /// The delay before the DNS stops answering it.
+        dns_removed_after: Duration,
+    },
 }
 
 pub use loadgen::turn_url::{Transport, TurnUrl};
@@ -348,6 +379,11 @@ fn read_scenario(
         t.finish(src);
     }
 
+    let faults = match (top.get("fault"), &turn) {
+        (Some(v), Some(turn)) => read_faults(src, v, turn),
+        (Some(_), None) | (None, _) => Some(Vec::new()),
+    };
+
     let segments = match top.get("segment") {
         Some(v) => Table::from_value(src, v, "segment")
             .map(|t| read_segments(src, &t))
@@ -386,7 +422,79 @@ fn read_scenario(
         signalling_url,
         sites: sites?,
         recording,
+        faults: faults?,
     })
+}
+
+fn read_faults(src: &mut Source<'_>, v: &Value<'_>, turn: &Turn) -> Option<Vec<Fault>> {
+    let DeValue::Array(items) = v.get_ref() else {
+        src.error(v.span(), "fault", "expected [[fault]] tables");
+        return None;
+    };
+    let mut faults = Vec::new();
+    let mut complete = true;
+    for (i, item) in items.iter().enumerate() {
+        let p = format!("fault[{i}]");
+        let Some(mut t) = Table::from_value(src, item, &p) else {
+            complete = false;
+            continue;
+        };
+        let at = t.duration(src, "at", Duration::ZERO, Duration::from_secs(24 * 3600));
+        if at.is_none() && t.get("at").is_none() {
+            t.missing(
+                src,
+                "at",
+                "when the fault happens, from the run's start, e.g. at = \"40s\"",
+            );
+        }
+        let kind = match t.string(src, "kind") {
+            Some((k, _)) if k == "turn_node_down" => {
+                let nodes = i64::from(turn.nodes);
+                let node = t.integer(src, "node", 1..=nodes);
+                if node.is_none() && t.get("node").is_none() {
+                    t.missing(
+                        src,
+                        "node",
+                        &format!("which TURN node fails, 1 to {nodes} (turn.nodes)"),
+                    );
+                }
+                let reset_streams = t.boolean(src, "reset_streams").unwrap_or(true);
+                let dns_removed_after = t
+                    .duration(
+                        src,
+                        "dns_removed_after",
+                        Duration::ZERO,
+                        Duration::from_secs(3600),
+                    )
+                    .unwrap_or(Duration::ZERO);
+                node.map(|n| FaultKind::TurnNodeDown {
+                    node: (n - 1) as u8,
+                    reset_streams,
+                    dns_removed_after,
+                })
+            }
+            Some((other, span)) => {
+                src.error(
+                    span,
+                    &t.path("kind"),
+                    format!("unknown fault \"{other}\"; expected \"turn_node_down\""),
+                );
+                None
+            }
+            None => {
+                if t.get("kind").is_none() {
+                    t.missing(src, "kind", "what fails, e.g. kind = \"turn_node_down\"");
+                }
+                None
+            }
+        };
+        t.finish(src);
+        match (at, kind) {
+            (Some(at), Some(kind)) => faults.push(Fault { at, kind }),
+            _ => complete = false,
+        }
+    }
+    complete.then_some(faults)
 }
 
 fn read_agents(src: &mut Source<'_>, mut t: Table<'_, '_>) -> Option<Agents> {
@@ -523,8 +631,9 @@ fn read_turn(src: &mut Source<'_>, mut t: Table<'_, '_>) -> Option<Turn> {
             }
         },
     };
+    let nodes = t.integer(src, "nodes", 1..=8).unwrap_or(1) as u8;
     t.finish(src);
-    Some(Turn { urls: urls? })
+    Some(Turn { urls: urls?, nodes })
 }
 
 fn read_segments(src: &mut Source<'_>, t: &Table<'_, '_>) -> BTreeMap<String, Segment> {

@@ -1,0 +1,88 @@
+//! A TURN node fails end to end (`sim run`): the TURN name resolves to two nodes, one dies
+//! mid-call, and the DNS drops it 3 s later. The calls on it lose media, go ICE
+//! `disconnected`, and restart ICE as the CCP's library does; the restart looks the name up
+//! again, gets the live node, and the call completes there. Calls on the live node never
+//! notice; calls that start after the DNS dropped the dead node all go to the live one.
+#![allow(clippy::disallowed_methods)] // real sockets, real clock
+mod common;
+
+use reports::Outcome;
+
+const SCENARIO: &str = r#"
+[run]
+seed = 5
+threshold = "50%"
+
+[agents]
+calls = 16
+concurrency = 8
+ramp = "8/s"
+call_duration = "20s"
+
+[turn]
+urls = ["turn:turn.sim.local:3478?transport=udp"]
+nodes = 2
+
+[[fault]]
+at = "6s"
+kind = "turn_node_down"
+node = 1
+dns_removed_after = "3s"
+
+[[site]]
+name = "hq"
+path = ["office-lan"]
+"#;
+
+#[test]
+fn calls_on_a_failed_turn_node_move_to_the_live_one_by_ice_restart() {
+    let (dir, records) = common::run_scenario("turn-node-failure", SCENARIO);
+    assert_eq!(records.len(), 16);
+    // The first 8 calls start within a second, their lookups alternating between the two
+    // nodes: 4 on each. The last 8 start as those end (≈ 21 s in), after node 1 left the DNS.
+    let (mut moved, mut untouched) = (0, 0);
+    for r in &records {
+        assert_eq!(r.outcome, Outcome::Completed, "{r:?}");
+        let ice = r.ice;
+        let index: u32 = r.identity.call[1..].parse().unwrap();
+        if ice.restart_attempts == 0 {
+            untouched += 1;
+            assert_eq!(ice.connections_lost, 0, "{ice:?}");
+            continue;
+        }
+        moved += 1;
+        assert!(
+            index < 8,
+            "{} started after the fault: {ice:?}",
+            r.identity.call
+        );
+        assert_eq!(ice.connections_lost, 1, "{ice:?}");
+        assert_eq!((ice.restart_attempts, ice.restart_successes), (1, 1));
+        assert_eq!(ice.restart_invite_retries, 0, "signalling was never down");
+        // The live node answers the restart's allocation at once: allocation, invite, answer
+        // and accept over loopback.
+        let restart = ice.restart_time_ms.unwrap();
+        assert!(restart < 2_000, "{restart} ms");
+        // ICE is `disconnected` 5 s after the last answered check (3–7 s after the fault:
+        // checks go every 2 s), restarts 3 s later, and is connected again within the
+        // restart's time and one round of checks.
+        let recovered = ice.recovered_ms.unwrap();
+        assert!((3_000..6_000).contains(&recovered), "{recovered} ms");
+        // Media was gone from the fault to the recovery: 3 + 3 s to 7 + 6 s, 300–650 frames.
+        let lost = r.anchor_to_agent.as_ref().unwrap().packets_lost;
+        assert!((300..=650).contains(&lost), "{lost} lost");
+    }
+    assert_eq!(
+        (moved, untouched),
+        (4, 12),
+        "calls moved by a restart, calls untouched"
+    );
+    // Node 1 held the 4 calls' first allocations; node 2 the other 4, the 4 restarts' and the
+    // 8 later calls'.
+    let created =
+        |node| common::component_total(&dir, &format!("turn node {node}"), "allocations_created");
+    assert_eq!((created(1), created(2)), (4, 16));
+    assert!(common::component_total(&dir, "turn node 1", "dropped.fault") > 0);
+    assert_eq!(common::component_total(&dir, "anchor", "ice_restarts"), 4);
+    let _ = std::fs::remove_dir_all(&dir);
+}
