@@ -504,12 +504,7 @@ impl Call {
                     .first_rtp_us
                     .get_or_insert(micros(first - self.start));
             }
-            let mut last = driven.peer.meter.last_arrival().unwrap_or(talk_start);
-            if let Some(at) = restart.done_at() {
-                // Media needs the new pair nominated first: dead air counts from the restart.
-                last = last.max(at);
-            }
-            let silent = now.saturating_duration_since(last);
+            let silent = restart.dead_air(now, driven, talk_start);
             // Dead air drops the call when the path is up and the far end sends nothing. When
             // the path itself is down (the checks go unanswered too), ICE's recovery decides:
             // disconnected, then a restart; the call is lost when that fails.
@@ -553,6 +548,21 @@ impl Call {
                 c
             }
         };
+        // A talk time that ends in dead air while ICE is still recovering (the path down, a
+        // restart under way or not yet begun) is a dropped call: the customer hung up on
+        // silence, whatever the restart would have done next.
+        let silent = restart.dead_air(Instant::now(), driven, talk_start);
+        if dropped.is_none() && signalling_failure.is_none() && !hung_up() && silent > spec.dead_air
+        {
+            let why = match restart.failure() {
+                Some(why) => format!("the ICE restart failed: {why}"),
+                None if restart.settled() => "the path was down, ICE not restarted yet".to_owned(),
+                None => "the ICE restart was still under way".to_owned(),
+            };
+            dropped = Some(format!(
+                "the talk time ended after {silent:?} without RTP; {why}"
+            ));
+        }
         restart.finish(&driven.peer, &mut self.ice);
 
         // CleanUp: `bye`, which our anchor answers with its measurement of the agent's stream.
@@ -832,6 +842,16 @@ impl IceRestart {
             Phase::Failed(why) => Some(why),
             _ => None,
         }
+    }
+
+    /// How long the call has had no RTP at `now` (talking since `talk_start`): media needs
+    /// the new pair nominated first, so after a restart dead air counts from its end.
+    fn dead_air(&self, now: Instant, driven: &DrivenPeer, talk_start: Instant) -> Duration {
+        let mut last = driven.peer.meter.last_arrival().unwrap_or(talk_start);
+        if let Some(at) = self.done_at() {
+            last = last.max(at);
+        }
+        now.saturating_duration_since(last)
     }
 
     /// Starts a restart when ICE has been disconnected for [`RESTART_AFTER`] (once per

@@ -86,3 +86,52 @@ fn calls_on_a_failed_turn_node_move_to_the_live_one_by_ice_restart() {
     assert_eq!(common::component_total(&dir, "anchor", "ice_restarts"), 4);
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn until_the_dns_drops_a_dead_node_calls_and_restarts_sent_to_it_fail() {
+    // Node 1 dies at 3 s and stays in the DNS: the rotation keeps sending every other
+    // lookup to it. Calls start at 0, 2, 4 and 6 s (ramp 0.5/s): the first has 3 s to connect
+    // even on a loaded machine.
+    let text = SCENARIO
+        .replace("calls = 16", "calls = 4")
+        .replace("concurrency = 8", "concurrency = 4")
+        .replace("ramp = \"8/s\"", "ramp = \"0.5/s\"")
+        .replace("call_duration = \"20s\"", "call_duration = \"15s\"")
+        .replace("at = \"6s\"", "at = \"3s\"")
+        .replace("dns_removed_after = \"3s\"", "dns_removed_after = \"1h\"");
+    let (dir, mut records) = common::run_scenario("turn-node-in-dns", &text);
+    records.sort_by(|a, b| a.identity.call.cmp(&b.identity.call));
+    let outcomes: Vec<_> = records.iter().map(|r| r.outcome).collect();
+    // c0: node 1, up when it gathered; its restart's lookup (the fifth) answers node 1 again.
+    // c1, c3: node 2. c2: node 1, already dead when it gathered.
+    assert_eq!(
+        outcomes,
+        [
+            Outcome::Dropped,
+            Outcome::Completed,
+            Outcome::Failed,
+            Outcome::Completed
+        ],
+        "{records:#?}"
+    );
+    let dropped = records[0].failure.as_ref().unwrap();
+    assert_eq!(dropped.class, reports::FailureClass::MediaTimeout);
+    assert!(dropped.detail.contains("ICE restart"), "{dropped:?}");
+    assert_eq!(
+        (
+            records[0].ice.restart_attempts,
+            records[0].ice.restart_successes
+        ),
+        (1, 0)
+    );
+    let failed = records[2].failure.as_ref().unwrap();
+    assert!(
+        matches!(
+            failed.class,
+            reports::FailureClass::TurnAllocationFailure
+                | reports::FailureClass::IceCollectionTimeout
+        ),
+        "{failed:?}"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
