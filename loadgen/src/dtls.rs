@@ -154,10 +154,20 @@ pub struct FlightTimer {
     rtc_timeouts: u32,
     /// Flights sent again, in all.
     retransmissions: u32,
-    /// The peer's latest flight, and when it came.
+    /// The peer's latest flight, and when its latest datagram came.
     received: Option<(u8, Instant)>,
+    /// The peer sent again a flight this end had answered: the answer was lost, and goes
+    /// again now (RFC 6347 §4.2.4), not at the next expiry.
+    repeated: bool,
+    /// Flights sent again because the peer repeated its own.
+    answered_repeats: u32,
     gave_up: bool,
 }
+
+/// Datagrams of one flight arrive together; a datagram of the same flight this long after the
+/// previous one is the peer's retransmission (half Chromium's shortest first timeout: no peer
+/// repeats a flight sooner).
+const REPEAT_GAP: Duration = Duration::from_millis(25);
 
 impl FlightTimer {
     /// The timer of a handshake in which this end is the client (`is_client`) or the server,
@@ -201,6 +211,7 @@ impl FlightTimer {
         } else {
             self.timeouts = 0;
             self.rtc_timeouts = 0;
+            self.repeated = false;
         }
         self.sent = Some((flight, now));
         self.datagrams = datagrams;
@@ -210,6 +221,13 @@ impl FlightTimer {
     pub fn received(&mut self, now: Instant, datagram: &[u8]) {
         if let Some(flight) = flight_of(datagram, !self.is_client) {
             self.started.get_or_insert(now);
+            let repeat = self.received.is_some_and(|(last, at)| {
+                last == flight && now.saturating_duration_since(at) >= REPEAT_GAP
+            });
+            // A repeat of the flight our latest one answers: the peer never got ours.
+            if repeat && self.sent.is_some_and(|(ours, _)| ours > flight) {
+                self.repeated = true;
+            }
             self.received = Some((flight, now));
         }
     }
@@ -228,7 +246,13 @@ impl FlightTimer {
         if done || self.gave_up {
             return None;
         }
-        self.sent.map(|(_, at)| at + self.timeout())
+        self.sent.map(|(_, at)| {
+            if self.repeated {
+                at
+            } else {
+                at + self.timeout()
+            }
+        })
     }
 
     /// Runs the timer at `now` for the handshake `dtls` holds with `remote`, unless it is
@@ -257,7 +281,12 @@ impl FlightTimer {
         if self.deadline(done).is_none_or(|t| t > now) {
             return Expiry::Nothing;
         }
-        self.timeouts += 1;
+        // Answering the peer's repeat is not an expiry: the timer keeps its backoff.
+        if std::mem::take(&mut self.repeated) {
+            self.answered_repeats += 1;
+        } else {
+            self.timeouts += 1;
+        }
         if self.timeouts > MAX_TIMEOUTS {
             self.gave_up = true;
             return Expiry::GaveUp;
@@ -298,8 +327,10 @@ impl FlightTimer {
             String::new()
         };
         format!(
-            "{sent}; {received}; {} retransmissions in all, first timeout {} ms{gave_up}",
+            "{sent}; {received}; {} retransmissions in all ({} answering the peer's), first \
+             timeout {} ms{gave_up}",
             self.retransmissions,
+            self.answered_repeats,
             self.initial.as_millis()
         )
     }
@@ -711,6 +742,47 @@ mod tests {
         let mut done = FlightTimer::new(false);
         done.sent(t0, vec![(SERVER, CLIENT, BytesMut::from(&hello[..]))]);
         assert_eq!(done.deadline(true), None);
+    }
+
+    #[test]
+    fn a_repeat_of_the_flight_answered_sends_the_answer_again_at_once() {
+        // One record of a handshake message of `kind`, epoch 0.
+        let record = |kind: u8| {
+            let d = [22, 0xfe, 0xfd, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1, kind];
+            (SERVER, CLIENT, BytesMut::from(&d[..]))
+        };
+        let (server_hello, key_exchange) = (record(2), record(16));
+        assert_eq!(flight_of(&server_hello.2, false), Some(4));
+        assert_eq!(flight_of(&key_exchange.2, true), Some(5));
+        let t0 = Instant::now();
+        let ms = Duration::from_millis;
+        let mut timer = FlightTimer::new(true);
+        timer.set_rtt(Some(ms(100)));
+        timer.received(t0, &server_hello.2);
+        timer.sent(t0 + ms(1), vec![key_exchange.clone()]);
+        let due = t0 + ms(201);
+        assert_eq!(timer.deadline(false), Some(due));
+        // The flight's second datagram, just behind the first: not a repeat.
+        timer.received(t0 + ms(3), &server_hello.2);
+        assert_eq!(timer.deadline(false), Some(due));
+        // The server's retransmission (its timer expired: flight 5 was lost): flight 5 goes
+        // again now, and the timer's backoff stays where it was.
+        let repeat = t0 + ms(150);
+        timer.received(repeat, &server_hello.2);
+        assert!(timer.deadline(false).is_some_and(|t| t <= repeat));
+        match timer.on_timeout(repeat, false, false) {
+            Expiry::Resend(d) => assert_eq!(&d[0].2[..], &key_exchange.2[..]),
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(timer.deadline(false), Some(repeat + ms(200)));
+        assert!(
+            timer.detail().contains("(1 answering the peer's)"),
+            "{}",
+            timer.detail()
+        );
+        // Once done, the peer's repeats are `rtc`'s to answer.
+        timer.received(repeat + ms(100), &server_hello.2);
+        assert_eq!(timer.deadline(true), None);
     }
 
     #[test]
