@@ -83,22 +83,178 @@ pub fn test_signal(samples: usize) -> Vec<f32> {
         .collect()
 }
 
+/// What a leg sends: the speech-like test signal, or a conference party's test tone.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Signal {
+    /// The speech-like loop ([`test_signal`]).
+    #[default]
+    Speech,
+    /// A sine at this many hertz ([`tone`]).
+    Tone(u32),
+}
+
+/// The test tones of a conference's three parties, hertz: multiples of 50 Hz, so that each
+/// falls on its own bin of a 20 ms frame's spectrum ([`ToneMeter`]) and none leaks into
+/// another's; none a harmonic of another, all inside narrowband telephony's 300–3,400 Hz.
+pub const AGENT_TONE: u32 = 800;
+/// The customer's tone.
+pub const CUSTOMER_TONE: u32 = 500;
+/// The third party's tone.
+pub const THIRD_PARTY_TONE: u32 = 1300;
+/// A test tone's amplitude: −20 dBFS, two of them mixed stay far from clipping.
+pub const TONE_AMPLITUDE: f32 = 0.1;
+
+/// Samples `first..first + out.len()` of a `hz` tone at [`TONE_AMPLITUDE`].
+pub fn tone(hz: u32, first: u64, out: &mut [f32]) {
+    let step = 2.0 * PI * f64::from(hz) / f64::from(SAMPLE_RATE);
+    for (i, x) in out.iter_mut().enumerate() {
+        // The phase from the sample index modulo a period of whole cycles: exact however long
+        // the stream runs (every tone here completes whole cycles in one second).
+        let n = (first + i as u64) % u64::from(SAMPLE_RATE);
+        *x = TONE_AMPLITUDE * (step * n as f64).sin() as f32;
+    }
+}
+
+/// An encoded loop of frames: each an Opus payload.
+type Frames = &'static [Vec<u8>];
+
+/// Encoded tone loops, one per frequency asked for (a handful in a process).
+static TONE_LOOPS: std::sync::Mutex<Vec<(u32, Frames)>> = std::sync::Mutex::new(Vec::new());
+
+/// The Opus payload of frame number `frame` of a stream of `signal`.
+#[must_use]
+pub fn frame(signal: Signal, frame: u64) -> &'static [u8] {
+    let hz = match signal {
+        Signal::Speech => return opus_frame(frame),
+        Signal::Tone(hz) => hz,
+    };
+    let loop_frames = {
+        let mut loops = TONE_LOOPS
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        match loops.iter().find(|(f, _)| *f == hz) {
+            Some((_, frames)) => *frames,
+            None => {
+                let mut pcm = vec![0f32; 3 * LOOP_FRAMES * FRAME_SAMPLES];
+                tone(hz, 0, &mut pcm);
+                // Leaked on purpose: each tone's loop lives as long as the process.
+                let frames: Frames = Vec::leak(encode_loop_of(&pcm));
+                loops.push((hz, frames));
+                frames
+            }
+        }
+    };
+    &loop_frames[usize::try_from(frame % LOOP_FRAMES as u64).unwrap_or(0)]
+}
+
+/// One Opus encoder as every leg configures it (VoIP, [`BITRATE`]).
+pub fn encoder() -> Option<opus_pure::OpusEncoder> {
+    let mut encoder =
+        opus_pure::OpusEncoder::new(SAMPLE_RATE as i32, 1, opus_pure::Application::Voip).ok()?;
+    encoder.bitrate_bps = BITRATE;
+    Some(encoder)
+}
+
+/// Encodes one 20 ms frame of `pcm` with `encoder` into a payload (a frame the decoder
+/// conceals, if the encoder refuses it).
+pub fn encode_frame(encoder: Option<&mut opus_pure::OpusEncoder>, pcm: &[f32]) -> Vec<u8> {
+    let mut out = vec![0u8; opus_pure::MAX_PACKET_BYTES];
+    match encoder.map(|e| e.encode(pcm, FRAME_SAMPLES, &mut out)) {
+        Some(Ok(n)) => {
+            out.truncate(n);
+            out
+        }
+        _ => SILENCE.to_vec(),
+    }
+}
+
+/// The level of test tones in what a party hears: the power in each tone's bin of every
+/// 20 ms frame (Goertzel's recurrence), averaged over the frames measured.
+#[derive(Debug, Clone)]
+pub struct ToneMeter {
+    /// Per tone: its frequency and the sum over frames of its amplitude squared.
+    tones: Vec<(u32, f64)>,
+    frames: u64,
+}
+
+impl ToneMeter {
+    /// A meter of `tones` (hertz, multiples of 50).
+    pub fn new(tones: &[u32]) -> Self {
+        Self {
+            tones: tones.iter().map(|&hz| (hz, 0.0)).collect(),
+            frames: 0,
+        }
+    }
+
+    /// Measures one frame of [`FRAME_SAMPLES`] samples.
+    pub fn frame(&mut self, pcm: &[f32]) {
+        let n = pcm.len() as f64;
+        for (hz, sum) in &mut self.tones {
+            let w = 2.0 * PI * f64::from(*hz) / f64::from(SAMPLE_RATE);
+            let coeff = 2.0 * w.cos();
+            let (mut s1, mut s2) = (0.0f64, 0.0f64);
+            for &x in pcm {
+                let s0 = f64::from(x) + coeff * s1 - s2;
+                s2 = s1;
+                s1 = s0;
+            }
+            let power = s1 * s1 + s2 * s2 - coeff * s1 * s2;
+            // A sine of amplitude A on the bin gives power (A·N/2)².
+            *sum += 4.0 * power / (n * n);
+        }
+        self.frames += 1;
+    }
+
+    /// Frames measured.
+    pub fn frames(&self) -> u64 {
+        self.frames
+    }
+
+    /// A meter of the three conference tones.
+    pub fn conference() -> Self {
+        Self::new(&[AGENT_TONE, CUSTOMER_TONE, THIRD_PARTY_TONE])
+    }
+
+    /// The three conference tones' levels, for the record (a tone not measured reads −120).
+    pub fn heard(&self) -> reports::Heard {
+        let levels = self.levels();
+        let level = |hz| {
+            levels
+                .iter()
+                .find(|(h, _)| *h == hz)
+                .map_or(-120.0, |(_, db)| *db)
+        };
+        reports::Heard {
+            agent_db: level(AGENT_TONE),
+            customer_db: level(CUSTOMER_TONE),
+            third_party_db: level(THIRD_PARTY_TONE),
+            frames: self.frames,
+        }
+    }
+
+    /// Each tone's mean level in dBFS (a full-scale sine is 0 dBFS; −120 for none).
+    pub fn levels(&self) -> Vec<(u32, f64)> {
+        self.tones
+            .iter()
+            .map(|&(hz, sum)| {
+                let mean = sum / self.frames.max(1) as f64;
+                (hz, (10.0 * mean.max(1e-12).log10()).max(-120.0))
+            })
+            .collect()
+    }
+}
+
 /// Three passes of the loop through one encoder; the middle pass's frames.
 fn encode_loop() -> Vec<Vec<u8>> {
-    let signal = test_signal(3 * LOOP_FRAMES * FRAME_SAMPLES);
-    let encoder = opus_pure::OpusEncoder::new(SAMPLE_RATE as i32, 1, opus_pure::Application::Voip);
-    // A fixed configuration that is valid: the encoder cannot refuse it.
-    let Ok(mut encoder) = encoder else {
-        return vec![SILENCE.to_vec(); LOOP_FRAMES];
-    };
-    encoder.bitrate_bps = BITRATE;
-    let mut out = vec![0u8; opus_pure::MAX_PACKET_BYTES];
+    encode_loop_of(&test_signal(3 * LOOP_FRAMES * FRAME_SAMPLES))
+}
+
+/// The middle pass of three passes of a loop (`signal`, three loops long) through one encoder.
+fn encode_loop_of(signal: &[f32]) -> Vec<Vec<u8>> {
+    let mut encoder = encoder();
     let frames: Vec<Vec<u8>> = signal
         .chunks(FRAME_SAMPLES)
-        .map(|pcm| match encoder.encode(pcm, FRAME_SAMPLES, &mut out) {
-            Ok(n) => out[..n].to_vec(),
-            Err(_) => SILENCE.to_vec(),
-        })
+        .map(|pcm| encode_frame(encoder.as_mut(), pcm))
         .collect();
     frames[LOOP_FRAMES..2 * LOOP_FRAMES].to_vec()
 }
@@ -162,6 +318,36 @@ mod tests {
         let toc = opus_frame(1)[0];
         assert!(toc >> 3 < 16, "config {} is a speech mode", toc >> 3);
         assert_eq!(toc & 0x04, 0, "mono");
+    }
+
+    #[test]
+    fn a_tone_meter_finds_each_tone_of_a_mix_and_nothing_of_the_others() {
+        // Two parties' tones, through the codec: each at its level, the third absent.
+        let frames = (0..LOOP_FRAMES as u64).map(|f| {
+            let (a, b) = (
+                frame(Signal::Tone(CUSTOMER_TONE), f),
+                frame(Signal::Tone(THIRD_PARTY_TONE), f),
+            );
+            (a, b)
+        });
+        let (mut ca, mut cb) = (Vec::new(), Vec::new());
+        for (a, b) in frames {
+            ca.push(a);
+            cb.push(b);
+        }
+        let (da, db) = (decode(ca), decode(cb));
+        let mix: Vec<f32> = da.iter().zip(&db).map(|(a, b)| a + b).collect();
+        let mut meter = ToneMeter::new(&[CUSTOMER_TONE, AGENT_TONE, THIRD_PARTY_TONE]);
+        // The codec's first frames settle; measure the rest.
+        for f in mix.chunks(FRAME_SAMPLES).skip(5) {
+            meter.frame(f);
+        }
+        let levels = meter.levels();
+        let level = |hz| levels.iter().find(|(h, _)| *h == hz).unwrap().1;
+        // −20 dBFS sent; Opus at 32 kbit/s keeps a steady tone within a dB or two.
+        assert!((level(CUSTOMER_TONE) + 20.0).abs() < 3.0, "{levels:?}");
+        assert!((level(THIRD_PARTY_TONE) + 20.0).abs() < 3.0, "{levels:?}");
+        assert!(level(AGENT_TONE) < -45.0, "{levels:?}");
     }
 
     #[test]

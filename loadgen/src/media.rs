@@ -139,17 +139,17 @@ const ONE_BYTE_PROFILE: [u8; 2] = [0xBE, 0xDE];
 /// byte and 6 bytes of data), padded to a 32-bit word.
 const STAMP_EXTENSION_BYTES: usize = 4 + 8;
 
-/// The plain RTP packet of frame number `frame`: 20 ms of Opus at 48 kHz ([`crate::audio`]),
-/// the marker on the first (a talkspurt begins, RFC 3551 §4.1), with its send stamp in the
-/// header extension `stamp_id` when the call negotiated one.
+/// The plain RTP packet of frame number `frame`, carrying `opus` (20 ms of Opus at 48 kHz,
+/// [`crate::audio`]), the marker on the first (a talkspurt begins, RFC 3551 §4.1), with its
+/// send stamp in the header extension `stamp_id` when the call negotiated one.
 pub fn frame_packet(
     frame: u64,
+    opus: &[u8],
     payload_type: u8,
     ssrc: u32,
     sent: Duration,
     stamp_id: Option<u8>,
 ) -> Vec<u8> {
-    let opus = crate::audio::opus_frame(frame);
     let mut packet = Vec::with_capacity(12 + STAMP_EXTENSION_BYTES + opus.len());
     packet.push(if stamp_id.is_some() { 0x90 } else { 0x80 });
     packet.push(payload_type | if frame == 0 { 0x80 } else { 0 });
@@ -367,6 +367,40 @@ pub struct MediaSession {
     events: VecDeque<MediaEvent>,
     /// When the last STUN message from the other side arrived (a check or its answer).
     last_stun: Option<Instant>,
+    /// What it sends.
+    signal: crate::audio::Signal,
+    /// What it hears, decoded and measured, while it listens for test tones.
+    listener: Option<Listener>,
+}
+
+/// Decodes a leg's incoming audio in arrival order and measures test tones in it.
+struct Listener {
+    decoder: Option<opus_pure::OpusDecoder>,
+    pcm: Vec<f32>,
+    meter: crate::audio::ToneMeter,
+    /// Frames still to decode before measuring: those already on their way when it began,
+    /// and the decoder's settling.
+    skip: u32,
+}
+
+/// Frames a listener decodes before it measures (200 ms).
+const LISTEN_AFTER: u32 = 10;
+
+impl Listener {
+    fn hear(&mut self, payload: &[u8]) {
+        let Some(decoder) = &mut self.decoder else {
+            return;
+        };
+        if let Ok(n) = decoder.decode(payload, self.pcm.len(), &mut self.pcm)
+            && n == crate::audio::FRAME_SAMPLES
+        {
+            if self.skip > 0 {
+                self.skip -= 1;
+            } else {
+                self.meter.frame(&self.pcm[..n]);
+            }
+        }
+    }
 }
 
 impl std::fmt::Debug for MediaSession {
@@ -426,7 +460,30 @@ impl MediaSession {
             transmits: VecDeque::new(),
             events: VecDeque::new(),
             last_stun: None,
+            signal: crate::audio::Signal::Speech,
+            listener: None,
         })
+    }
+
+    /// Sends `signal` from the next frame on.
+    pub fn set_signal(&mut self, signal: crate::audio::Signal) {
+        self.signal = signal;
+    }
+
+    /// From now on, decodes what arrives and measures the level of each conference tone in
+    /// it ([`crate::audio::ToneMeter`]).
+    pub fn listen(&mut self) {
+        self.listener = Some(Listener {
+            decoder: opus_pure::OpusDecoder::new(crate::audio::SAMPLE_RATE as i32, 1).ok(),
+            pcm: vec![0.0; 5760],
+            meter: crate::audio::ToneMeter::conference(),
+            skip: LISTEN_AFTER,
+        });
+    }
+
+    /// What the listener measured of the conference tones.
+    pub fn heard(&self) -> Option<reports::Heard> {
+        self.listener.as_ref().map(|l| l.meter.heard())
     }
 
     fn local(&self) -> Local<'_> {
@@ -619,9 +676,12 @@ impl MediaSession {
         let Ok(plain) = inbound.decrypt_rtp(data) else {
             return Received::Other;
         };
-        let Some((seq, timestamp, ssrc, _)) = rtp_parts(&plain) else {
+        let Some((seq, timestamp, ssrc, payload)) = rtp_parts(&plain) else {
             return Received::Other;
         };
+        if let Some(listener) = &mut self.listener {
+            listener.hear(payload);
+        }
         let stamp = self.send_stamp.and_then(|id| send_stamp(&plain, id));
         self.reception.on_rtp(ssrc, seq);
         meter.on_rtp(now, seq, timestamp, stamp);
@@ -697,8 +757,10 @@ impl MediaSession {
         let Some((outbound, _)) = &mut self.srtp else {
             return false;
         };
+        let opus = crate::audio::frame(self.signal, self.frames_sent);
         let packet = frame_packet(
             self.frames_sent,
+            opus,
             self.payload_type,
             self.ssrc,
             sent,
@@ -707,7 +769,7 @@ impl MediaSession {
         let Ok(protected) = outbound.encrypt_rtp(&packet) else {
             return false;
         };
-        self.payload_bytes_sent += crate::audio::opus_frame(self.frames_sent).len() as u64;
+        self.payload_bytes_sent += opus.len() as u64;
         self.frames_sent += 1;
         self.send(protected);
         true
@@ -831,6 +893,7 @@ mod tests {
     fn a_frame_carries_opus_and_reads_back_with_its_stamp() {
         let packet = frame_packet(
             70_000,
+            crate::audio::opus_frame(70_000),
             111,
             5,
             Duration::from_millis(1400),
@@ -851,7 +914,7 @@ mod tests {
         assert_eq!(stamp.sent, Duration::from_millis(1400));
         assert_eq!(send_stamp(&packet, 3), None, "another id");
         // Not negotiated: no extension at all.
-        let plain = frame_packet(1, 111, 5, Duration::ZERO, None);
+        let plain = frame_packet(1, crate::audio::opus_frame(1), 111, 5, Duration::ZERO, None);
         assert_eq!(plain[0], 0x80);
         assert_eq!(send_stamp(&plain, SEND_STAMP_ID), None);
         assert_eq!(rtp_parts(&plain).unwrap().3, crate::audio::opus_frame(1));

@@ -565,6 +565,21 @@ impl Peer {
         self.media.restart_ice(now).map_err(err)
     }
 
+    /// Sends `signal` from the next frame on (`MediaSession::set_signal`).
+    pub fn set_signal(&mut self, signal: crate::audio::Signal) {
+        self.media.set_signal(signal);
+    }
+
+    /// Measures the conference tones in what arrives from now on (`MediaSession::listen`).
+    pub fn listen(&mut self) {
+        self.media.listen();
+    }
+
+    /// The conference tones' levels in what arrived since [`Self::listen`].
+    pub fn heard(&self) -> Option<reports::Heard> {
+        self.media.heard()
+    }
+
     /// When the remote's last STUN message (a check, or the answer to one) arrived.
     pub fn last_stun(&self) -> Option<Instant> {
         self.media.last_stun()

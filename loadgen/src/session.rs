@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use reports::emodel::Codec;
-use reports::record::{CcpEndpoints, IceCounters, MediaStats};
+use reports::record::{CcpEndpoints, ConferenceAudio, IceCounters, MediaStats};
 use reports::{
     CallIdentity, CallRecord, Failure, FailureClass, Milestones, Outcome, SCHEMA_VERSION,
     SessionState,
@@ -178,6 +178,16 @@ struct Call {
     ice: IceCounters,
     /// Each TURN URL and what its name resolved to when the call gathered.
     turn_answers: String,
+    /// What the anchor's conference parties heard (a conference's `bye` result).
+    anchor_conference: Option<AnchorConference>,
+}
+
+/// The anchor's half of a conference's audio check, in its `bye` result.
+#[derive(Debug, Clone, Copy, serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct AnchorConference {
+    customer_heard: reports::Heard,
+    third_party_heard: reports::Heard,
 }
 
 type Fail = (FailureClass, String);
@@ -201,6 +211,7 @@ impl Call {
             connected: false,
             ice: IceCounters::default(),
             turn_answers: String::new(),
+            anchor_conference: None,
         }
     }
 
@@ -229,6 +240,13 @@ impl Call {
         self.milestones.local_description_us = self.at();
         let mut driven = DrivenPeer::new(peer)
             .map_err(|e| (FailureClass::IceCollectionTimeout, e.to_string()))?;
+        // A conference's parties each send a test tone, so that what each hears of the others
+        // can be measured (`CallRecord::conference`).
+        if spec.identity.kind == reports::CallKind::Conference {
+            driven
+                .peer
+                .set_signal(crate::audio::Signal::Tone(crate::audio::AGENT_TONE));
+        }
         let result = self.converse(spec, &mut driven, &offer, resolved).await;
         // However the call ended, the leg's own figures go into the record.
         self.peer = Some(driven);
@@ -487,6 +505,10 @@ impl Call {
                                     signalling_failure = Some(step.failure(&e));
                                     break;
                                 }
+                                if step.method == "conference" {
+                                    // The anchor mixes from now on.
+                                    driven.peer.listen();
+                                }
                             }
                         }
                     }
@@ -644,6 +666,9 @@ impl Call {
                 m.send_pacing_error = peer.pacing.clone();
                 m
             });
+        self.anchor_conference = v
+            .get("anchorConference")
+            .and_then(|c| serde_json::from_value::<AnchorConference>(c.clone()).ok());
         self.anchor_sent = v.get("anchorSent").and_then(Value::as_u64);
         self.anchor_wire_bytes = v.get("anchorWireBytes").and_then(Value::as_u64);
         self.anchor_pacing = v
@@ -690,6 +715,16 @@ impl Call {
             .as_ref()
             .filter(|_| self.connected)
             .and_then(|d| d.peer.relay_transport());
+        let conference = self
+            .peer
+            .as_ref()
+            .and_then(|d| d.peer.heard())
+            .zip(self.anchor_conference)
+            .map(|(agent_heard, anchor)| ConferenceAudio {
+                agent_heard,
+                customer_heard: anchor.customer_heard,
+                third_party_heard: anchor.third_party_heard,
+            });
         let anchor_to_agent = self.peer.take().and_then(|mut d| {
             if !abandoned {
                 d.peer.close(Instant::now());
@@ -725,6 +760,7 @@ impl Call {
             agent_to_anchor: self.anchor_half,
             anchor_to_agent,
             recording: None,
+            conference,
         }
     }
 }

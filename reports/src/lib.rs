@@ -37,8 +37,8 @@ pub mod verdict;
 pub use components::Components;
 pub use distribution::{Distribution, Unit};
 pub use record::{
-    CallIdentity, CallKind, CallRecord, Failure, FailureClass, MediaStats, Milestones, Outcome,
-    RelayTransport, SCHEMA_VERSION, SessionState, SetupPhase, Shard,
+    CallIdentity, CallKind, CallRecord, ConferenceAudio, Failure, FailureClass, Heard, MediaStats,
+    Milestones, Outcome, RelayTransport, SCHEMA_VERSION, SessionState, SetupPhase, Shard,
 };
 pub use summary::{DirectionSummary, OutcomeCounts, RunSummary};
 pub use verdict::{ErrorRate, ProportionTest, Verdict};

@@ -11,10 +11,10 @@ use crate::distribution::Distribution;
 
 /// The version of the [`CallRecord`] JSON layout. Bumped on any change a reader would notice;
 /// readers refuse versions they do not know rather than guess. Version 2 added
-/// [`CallRecord::relay_transport`], version 3 [`CallRecord::recording`], version 4 the ICE restart's figures in
-/// [`IceCounters`]; older records still
-/// read (without them).
-pub const SCHEMA_VERSION: u32 = 4;
+/// [`CallRecord::relay_transport`], version 3 [`CallRecord::recording`], version 4 the ICE
+/// restart's figures in [`IceCounters`], version 5 [`CallRecord::conference`]; older records
+/// still read (without them).
+pub const SCHEMA_VERSION: u32 = 5;
 
 /// The oldest record version this build reads.
 pub const OLDEST_SCHEMA_VERSION: u32 = 1;
@@ -53,6 +53,39 @@ pub struct CallRecord {
     /// records calls and this one connected; `None` otherwise, or before version 3.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub recording: Option<String>,
+    /// What each party of a conference heard, when the call became one; `None` otherwise,
+    /// or before version 5.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub conference: Option<ConferenceAudio>,
+}
+
+/// What each of a conference's three parties heard of each party's test tone, measured in
+/// the audio that party decoded once the anchor mixed (a party hears the other two, never
+/// itself).
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConferenceAudio {
+    /// What the agent heard: measured by the agent.
+    pub agent_heard: Heard,
+    /// What the customer heard: measured at the anchor, after the customer's own codec.
+    pub customer_heard: Heard,
+    /// What the third party heard: measured at the anchor, after its own codec.
+    pub third_party_heard: Heard,
+}
+
+/// The level (dBFS, mean over the frames measured; a full-scale sine is 0, nothing is −120)
+/// of each party's test tone in what one party heard.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Heard {
+    /// The agent's tone.
+    pub agent_db: f64,
+    /// The customer's tone.
+    pub customer_db: f64,
+    /// The third party's tone.
+    pub third_party_db: f64,
+    /// 20 ms frames measured.
+    pub frames: u64,
 }
 
 /// Who placed a call, in which run, through which path.

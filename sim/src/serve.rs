@@ -183,6 +183,8 @@ pub fn record(e: &EndedCall, run: &str) -> CallRecord {
         agent_to_anchor: e.connected_us.is_some().then(|| e.agent_to_anchor.clone()),
         anchor_to_agent: e.anchor_to_agent.clone(),
         recording: e.recording.clone(),
+        // A browser's conference is heard in the browser: the anchor alone cannot say.
+        conference: None,
     }
 }
 

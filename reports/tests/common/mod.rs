@@ -49,6 +49,7 @@ pub fn completed_call(n: u32) -> CallRecord {
         agent_to_anchor: Some(media(500, 0, &[5_000, 5_200, 4_900])),
         anchor_to_agent: Some(media(500, 0, &[5_100])),
         recording: None,
+        conference: None,
     }
 }
 

@@ -102,6 +102,8 @@ pub struct Ended {
     pub recording: Option<String>,
     /// ICE restarts the agent made on it.
     pub ice_restarts: u32,
+    /// What the customer and the third party heard, when the call became a conference.
+    pub conference: Option<(reports::Heard, reports::Heard)>,
 }
 
 /// A leg to open: the offer it answers and what the answer said.
@@ -142,6 +144,7 @@ pub struct Restart {
 enum Command {
     Open(Box<LegSpec>),
     Restart(Box<Restart>),
+    Conference(String),
     Close {
         call_id: String,
         reply: tokio::sync::oneshot::Sender<Ended>,
@@ -306,6 +309,13 @@ impl MediaServer {
         self.send(Command::Restart(Box::new(restart)));
     }
 
+    /// Makes a call a conference: from the next frame on, its leg sends the agent a mix of the
+    /// customer and a third party, and each of those hears the other and the agent
+    /// ([`super::bridge`]).
+    pub fn conference(&self, call_id: String) {
+        self.send(Command::Conference(call_id));
+    }
+
     /// Closes a call's leg; its figures arrive on `reply` (dropped if the call is unknown).
     pub fn close(&self, call_id: String, reply: tokio::sync::oneshot::Sender<Ended>) {
         self.send(Command::Close { call_id, reply });
@@ -356,6 +366,8 @@ struct Leg {
     recording: Option<String>,
     /// ICE restarts the agent made.
     restarts: u32,
+    /// The conference it is in, once the call became one.
+    bridge: Option<Box<super::bridge::Bridge>>,
 }
 
 struct Server {
@@ -391,6 +403,16 @@ impl Server {
                 match commands.try_recv() {
                     Ok(Command::Open(spec)) => self.open(spec),
                     Ok(Command::Restart(r)) => self.restart(*r),
+                    Ok(Command::Conference(call_id)) => {
+                        if let Some(leg) = self
+                            .by_call
+                            .get(&call_id)
+                            .and_then(|id| self.legs.get_mut(id))
+                        {
+                            leg.bridge
+                                .get_or_insert_with(|| Box::new(super::bridge::Bridge::new()));
+                        }
+                    }
                     Ok(Command::Close { call_id, reply }) => self.close(&call_id, reply),
                     Err(mpsc::TryRecvError::Empty) => break,
                     Err(mpsc::TryRecvError::Disconnected) => return,
@@ -460,6 +482,7 @@ impl Server {
             consent_lost: false,
             recording: None,
             restarts: 0,
+            bridge: None,
         };
         self.legs.insert(id, leg);
     }
@@ -521,6 +544,7 @@ impl Server {
                 .then(|| leg.dtls_timer.detail()),
             recording: leg.recording.take(),
             ice_restarts: leg.restarts,
+            conference: leg.bridge.as_ref().map(|b| b.heard()),
             pacing: leg.pacing,
         });
     }
@@ -678,6 +702,9 @@ impl Server {
             .send_stamp
             .and_then(|id| send_stamp(&plain, id));
         leg.first_rtp.get_or_insert(now);
+        if let Some(bridge) = &mut leg.bridge {
+            bridge.agent_frame(payload);
+        }
         if let (Some(_), Some(r)) = (&leg.recording, &self.recorder) {
             r.send(Recorded::Agent {
                 leg: id,
@@ -813,8 +840,14 @@ fn send_frame(
     };
     let sent = now.saturating_duration_since(epoch);
     let offer = &leg.spec.offer;
+    // The customer's voice, or in a conference the bridge's mix for the agent.
+    let mixed = leg.bridge.as_mut().map(|b| b.mix());
+    let opus = mixed
+        .as_deref()
+        .unwrap_or_else(|| loadgen::audio::opus_frame(leg.frames_sent));
     let packet = frame_packet(
         leg.frames_sent,
+        opus,
         offer.opus_pt,
         leg.spec.ssrc,
         sent,
@@ -823,8 +856,9 @@ fn send_frame(
     let Ok(protected) = outbound.encrypt_rtp(&packet) else {
         return;
     };
+    let payload_bytes = opus.len() as u64;
     if transmit(socket, counters, leg, &protected, remote) {
-        leg.payload_bytes_sent += loadgen::audio::opus_frame(leg.frames_sent).len() as u64;
+        leg.payload_bytes_sent += payload_bytes;
         leg.frames_sent += 1;
     }
 }

@@ -4,6 +4,7 @@
 //! stream back to the agent, measures the agent's stream, and hands its measurement back in the
 //! `bye` result so that the agent's record holds both directions.
 
+mod bridge;
 pub mod media;
 pub mod recording;
 
@@ -456,12 +457,19 @@ pub async fn serve(
                         format!("{} refused by the anchor", req.method),
                     )),
                     _ if !known => Err(RpcError::new(404, "call not found")),
-                    _ => Ok(json!({ "state": match req.method.as_str() {
-                        "hold" => "held",
-                        "resume" => "connected",
-                        "transfer" => "transferred",
-                        _ => "conferenced",
-                    }})),
+                    _ => {
+                        if req.method == "conference"
+                            && let Some(id) = calls.find(&req.params, req.connection)
+                        {
+                            media.conference(id);
+                        }
+                        Ok(json!({ "state": match req.method.as_str() {
+                            "hold" => "held",
+                            "resume" => "connected",
+                            "transfer" => "transferred",
+                            _ => "conferenced",
+                        }}))
+                    }
                 };
                 let _ = req.reply.send(reply);
             }
@@ -486,13 +494,19 @@ pub async fn serve(
                 tokio::spawn(async move {
                     let result = match tokio::time::timeout(Duration::from_secs(1), rx).await {
                         Ok(Ok(ended)) => {
-                            let result = json!({
+                            let mut result = json!({
                                 "agentToAnchor": ended.received,
                                 "anchorSent": ended.frames_sent,
                                 "anchorWireBytes": ended.wire_bytes_sent,
                                 "anchorPacing": ended.pacing,
                                 "anchorDtls": ended.dtls_progress,
                             });
+                            if let Some((customer, third_party)) = ended.conference {
+                                result["anchorConference"] = json!({
+                                    "customerHeard": customer,
+                                    "thirdPartyHeard": third_party,
+                                });
+                            }
                             stats.keep(EndedCall::new(call_id, call, ended_by, ended));
                             result
                         }
