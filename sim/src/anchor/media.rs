@@ -311,7 +311,7 @@ impl MediaServer {
 
     /// Makes a call a conference: from the next frame on, its leg sends the agent a mix of the
     /// customer and a third party, and each of those hears the other and the agent
-    /// ([`super::bridge`]).
+    /// (the anchor's `bridge` module).
     pub fn conference(&self, call_id: String) {
         self.send(Command::Conference(call_id));
     }
