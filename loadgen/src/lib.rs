@@ -6,6 +6,7 @@
 //! - [`driver`]: a leg driven from async code by socket readiness and timers;
 //! - [`peer`]: one media leg — the media plane ([`media`]: ICE, DTLS-SRTP ([`dtls`]), RTP/RTCP,
 //!   with the offer/answer of [`sdp`]) glued to TURN clients;
+//! - [`lateness`]: how late this process's own senders were, as they send;
 //! - [`measure`]: what a receiver measures and the call record's media figures;
 //! - [`pair`]: both legs of a call on one thread, signalling in process (tests, calibration);
 //! - [`runner`]: many calls at a concurrency and ramp;
@@ -20,6 +21,7 @@ pub mod audio;
 pub mod clock;
 pub mod driver;
 pub mod dtls;
+pub mod lateness;
 pub mod measure;
 pub mod media;
 pub mod pair;

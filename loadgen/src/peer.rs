@@ -601,9 +601,10 @@ impl Peer {
 
     /// Sends the frame scheduled for `due` (now, late by `now − due`).
     pub fn send_frame_due(&mut self, now: Instant, due: Instant) {
-        self.pacing.record(
-            u64::try_from(now.saturating_duration_since(due).as_micros()).unwrap_or(u64::MAX),
-        );
+        let late = now.saturating_duration_since(due);
+        self.pacing
+            .record(u64::try_from(late.as_micros()).unwrap_or(u64::MAX));
+        crate::lateness::record(crate::lateness::Sender::Agents, late);
         self.send_frame(now);
     }
 

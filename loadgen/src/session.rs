@@ -699,6 +699,7 @@ impl Call {
                         class,
                         detail,
                         ccp_message: class.ccp_message(endpoints),
+                        own_lateness: None,
                     }),
                 )
             }

@@ -132,7 +132,7 @@ pub fn comparison_html(before: (&str, &SummaryFile), after: (&str, &SummaryFile)
             _ if f.error_rate.attempts == 0 => "unsure",
             Verdict::Pass => "pass",
             Verdict::Fail => "fail",
-            Verdict::Inconclusive => "unsure",
+            Verdict::Inconclusive | Verdict::Invalid => "unsure",
         };
         let _ = writeln!(
             out,
@@ -303,6 +303,7 @@ fn verdict_word(v: Verdict, attempts: u64) -> &'static str {
         Verdict::Pass => "PASS",
         Verdict::Fail => "FAIL",
         Verdict::Inconclusive => "INCONCLUSIVE",
+        Verdict::Invalid => "INVALID",
     }
 }
 
@@ -468,6 +469,15 @@ fn verdict_section(page: &mut Page, file: &SummaryFile) {
                 pct(e.lower)
             ),
         ),
+        Verdict::Invalid => (
+            "invalid",
+            "The simulator itself fell behind: this run cannot judge the network.".to_owned(),
+            format!(
+                "{counted}. Its own components were late (below), so its failures and jitter \
+                 may be its own. Place fewer calls at once on this machine, or shard the load \
+                 over machines."
+            ),
+        ),
         Verdict::Inconclusive => {
             let settle = match file.calls_needed {
                 Some(n) => format!(
@@ -515,6 +525,19 @@ fn verdict_section(page: &mut Page, file: &SummaryFile) {
     for warning in file.warnings() {
         let _ = writeln!(out, "<p class=\"note warning\">{}</p>", esc(&warning));
     }
+    let spans = &file.own_lateness.spans;
+    if !spans.is_empty() {
+        let _ = writeln!(
+            out,
+            "<details class=\"note\"><summary>When the simulator's own components were late \
+             ({} stretches)</summary><ul>",
+            spans.len()
+        );
+        for span in spans.iter().take(crate::output::LATE_SPANS_SHOWN) {
+            let _ = writeln!(out, "<li>{}</li>", esc(&span.describe()));
+        }
+        out.push_str("</ul></details>\n");
+    }
     let _ = writeln!(
         out,
         "<p class=\"method\">Error rate = (failed + dropped) ÷ calls, with its {conf} Wilson \
@@ -534,6 +557,7 @@ fn gauge(file: &SummaryFile) -> String {
         Verdict::Pass => "#009e73",
         Verdict::Fail => "#d55e00",
         Verdict::Inconclusive => "#b07800",
+        Verdict::Invalid => "#6b6b6b",
     };
     let mut svg = format!(
         "<svg class=\"gauge\" viewBox=\"0 0 {w} {h}\" role=\"img\" aria-label=\"error rate {} \
@@ -1314,6 +1338,8 @@ h3 { font-size: 16px; margin: 22px 0 8px; }
   border-left: 10px solid var(--unsure); background: #fdf8ec; }
 .verdict.pass { border-color: var(--pass); background: #eef8f4; }
 .verdict.fail { border-color: var(--fail); background: #fcf1ea; }
+.verdict.invalid { border-color: #6b6b6b; background: #f2f2f2; }
+.verdict.invalid .word { color: #4a4a4a; }
 .verdict .word { margin: 0; font-size: 32px; font-weight: 800; letter-spacing: .05em;
   line-height: 1.1; }
 .verdict.pass .word { color: #00785a; } .verdict.fail .word { color: #b54d00; }

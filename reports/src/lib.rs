@@ -8,7 +8,8 @@
 //! - [`jitter`]: RFC 3550 §6.4.1 interarrival jitter;
 //! - [`loss`]: loss from RTP sequence numbers (RFC 3550 A.1), with loss bursts;
 //! - [`emodel`]: the ITU-T G.107 E-model, R and MOS;
-//! - [`verdict`]: the error rate's Wilson score interval and the verdict against a threshold.
+//! - [`verdict`]: the error rate's Wilson score interval and the verdict against a threshold;
+//! - [`overload`]: when the simulator itself fell behind, which makes a run's verdict invalid.
 //!
 //! ```
 //! use reports::{ErrorRate, Verdict};
@@ -30,12 +31,15 @@ pub mod html;
 pub mod jitter;
 pub mod loss;
 pub mod output;
+pub mod overload;
 pub mod record;
 pub mod summary;
 pub mod verdict;
 
 pub use components::Components;
 pub use distribution::{Distribution, Unit};
+pub use output::SummaryFile;
+pub use overload::{LateCause, LateSpan, OwnLateness};
 pub use record::{
     CallIdentity, CallKind, CallRecord, ConferenceAudio, Failure, FailureClass, Heard, MediaStats,
     Milestones, Outcome, RelayTransport, SCHEMA_VERSION, SessionState, SetupPhase, Shard,

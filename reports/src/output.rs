@@ -7,13 +7,14 @@ use std::fmt::Write as _;
 use serde::{Deserialize, Serialize};
 
 use crate::components::{Components, send_failure_warning};
+use crate::overload::OwnLateness;
 use crate::record::{CallRecord, FailureClass, SetupPhase};
 use crate::summary::RunSummary;
 use crate::verdict::{ErrorRate, Verdict};
 
-/// Version of the `summary.json` layout. Version 2 added `components`; version 1 files still
-/// read (with no components).
-pub const SUMMARY_FILE_VERSION: u32 = 2;
+/// Version of the `summary.json` layout. Version 2 added `components`, version 3
+/// `own_lateness` and the verdict `invalid`; older files still read (without them).
+pub const SUMMARY_FILE_VERSION: u32 = 3;
 /// Version of the `calls.csv` columns.
 pub const CSV_VERSION: u32 = 2;
 
@@ -28,7 +29,8 @@ pub struct SummaryFile {
     pub threshold: f64,
     /// The error rate and its interval.
     pub error_rate: ErrorRate,
-    /// Pass, fail or inconclusive.
+    /// Pass, fail or inconclusive; invalid when the simulator's own components fell behind
+    /// ([`SummaryFile::own_faults`]).
     pub verdict: Verdict,
     /// Attempts in total that would settle the verdict at the observed rate (`null`: none would).
     pub calls_needed: Option<u64>,
@@ -39,6 +41,9 @@ pub struct SummaryFile {
     /// What the simulator's own components counted (empty when not recorded).
     #[serde(default)]
     pub components: Components,
+    /// When the simulator's own components were late (empty when not monitored).
+    #[serde(default)]
+    pub own_lateness: OwnLateness,
 }
 
 impl SummaryFile {
@@ -61,21 +66,52 @@ impl SummaryFile {
             interrupted,
             summary,
             components: Components::new(),
+            own_lateness: OwnLateness::default(),
         }
     }
 
-    /// What a reader must know before trusting the figures, worst first: the load generator
-    /// kept poor time, or the simulator's own components failed to send. Every output (the
-    /// Markdown, the HTML report, the terminal) shows these same warnings.
+    /// Why this run's figures cannot judge the network, worst first: the load generator's
+    /// senders kept poor time over the run, the process was starved of CPU, or the simulator's
+    /// own components failed to send. Empty when it kept up.
     #[must_use]
-    pub fn warnings(&self) -> Vec<String> {
-        let mut warnings = Vec::new();
+    pub fn own_faults(&self) -> Vec<String> {
+        let mut faults = Vec::new();
         if let Some(p99) = self.summary.generator_lateness_us() {
-            warnings.push(crate::summary::generator_lateness_warning(p99));
+            faults.push(crate::summary::generator_lateness_warning(p99));
+        }
+        if let Some(starved) = self.own_lateness.starved() {
+            faults.push(starved);
         }
         let failures = self.components.send_failures();
         if !failures.is_empty() {
-            warnings.push(send_failure_warning(&failures));
+            faults.push(send_failure_warning(&failures));
+        }
+        faults
+    }
+
+    /// Sets the verdict once the components and the own lateness are in: the error rate's
+    /// against the threshold, or [`Verdict::Invalid`] when [`SummaryFile::own_faults`] has any.
+    pub fn settle_verdict(&mut self) {
+        self.verdict = if self.own_faults().is_empty() {
+            self.error_rate.verdict(self.threshold)
+        } else {
+            Verdict::Invalid
+        };
+    }
+
+    /// What a reader must know before trusting the figures, worst first: the
+    /// [`own faults`](SummaryFile::own_faults) that make the run invalid, then how many calls
+    /// failed while a component of the simulator was late. Every output (the Markdown, the
+    /// HTML report, the terminal) shows these same warnings.
+    #[must_use]
+    pub fn warnings(&self) -> Vec<String> {
+        let mut warnings = self.own_faults();
+        let late = self.summary.failed_while_late;
+        if late > 0 {
+            warnings.push(format!(
+                "{late} of the {} failed or dropped calls began failing while one of the                  simulator's own components was late (their records say which): those                  failures may be the simulator's, not the network's.",
+                self.error_rate.errors
+            ));
         }
         warnings
     }
@@ -291,17 +327,16 @@ fn duration_s(r: &CallRecord) -> f64 {
     r.milestones.ended_us.unwrap_or(0) as f64 / 1e6
 }
 
+/// How many of the simulator's late stretches a page for a person lists.
+pub const LATE_SPANS_SHOWN: usize = 20;
+
 /// `summary.md`: the verdict and its figures, to paste into a ticket.
 pub fn summary_md(file: &SummaryFile) -> String {
     let s = &file.summary;
     let e = &file.error_rate;
     let pct = |x: f64| format!("{:.2} %", x * 100.0);
     let mut out = String::new();
-    let verdict = match file.verdict {
-        Verdict::Pass => "PASS",
-        Verdict::Fail => "FAIL",
-        Verdict::Inconclusive => "INCONCLUSIVE",
-    };
+    let verdict = file.verdict.as_str().to_uppercase();
     let _ = writeln!(out, "# {}: {verdict}\n", file.scenario);
     let _ = writeln!(
         out,
@@ -320,6 +355,14 @@ pub fn summary_md(file: &SummaryFile) -> String {
                 out,
                 "\nThe interval straddles the threshold: about **{n} calls** in all ({} more) would settle it if errors continue at this rate.",
                 n.saturating_sub(e.attempts)
+            );
+        }
+        (Verdict::Invalid, _) => {
+            let _ = writeln!(
+                out,
+                "\nThe simulator's own components fell behind (see the warnings below): its \
+                 figures carry its own lateness, so this run neither passes nor fails the \
+                 network. Place fewer calls at once on this machine, or shard the load."
             );
         }
         (Verdict::Inconclusive, None) => {
@@ -436,6 +479,22 @@ pub fn summary_md(file: &SummaryFile) -> String {
     for warning in file.warnings() {
         let _ = writeln!(out, "\n> **Warning:** {warning}");
     }
+    let spans = &file.own_lateness.spans;
+    if !spans.is_empty() {
+        let _ = writeln!(
+            out,
+            "\nWhen the simulator's own components were late ({} stretches{}):\n",
+            spans.len(),
+            if spans.len() > LATE_SPANS_SHOWN {
+                format!(", the first {LATE_SPANS_SHOWN} shown; all in summary.json")
+            } else {
+                String::new()
+            }
+        );
+        for span in spans.iter().take(LATE_SPANS_SHOWN) {
+            let _ = writeln!(out, "- {}", span.describe());
+        }
+    }
     if !file.components.is_empty() {
         let _ = writeln!(
             out,
@@ -496,6 +555,49 @@ mod tests {
         assert!(md.contains("| south | 200 | 20 | 0 | 10.00 % |"), "{md}");
         // One site: no site table.
         assert!(!summary_md(&file(&[("hq", 10, 0)])).contains("| site |"));
+    }
+
+    #[test]
+    fn a_run_whose_simulator_fell_behind_is_invalid_whatever_its_error_rate() {
+        use crate::overload::{LateCause, LateSpan};
+        // 400 calls at 5 %: a fail on its error rate alone.
+        let mut f = file(&[("north", 200, 0), ("south", 180, 20)]);
+        f.settle_verdict();
+        assert_eq!(f.verdict, Verdict::Fail);
+        // A saturated agents' thread for 1.5 s: below the starved limit, still the network's.
+        let span = |from: u64, to: u64| LateSpan {
+            from_unix_ms: from,
+            to_unix_ms: to,
+            component: "thread sim (agents)".into(),
+            cause: LateCause::Saturated,
+            worst: "100 % of a core busy".into(),
+        };
+        f.own_lateness.window_ms = 500;
+        f.own_lateness.spans.push(span(10_000, 11_500));
+        f.settle_verdict();
+        assert_eq!(f.verdict, Verdict::Fail);
+        // Another second: 2.5 s starved in all.
+        f.own_lateness.spans.push(span(20_000, 21_000));
+        f.settle_verdict();
+        assert_eq!(f.verdict, Verdict::Invalid);
+        let md = summary_md(&f);
+        assert!(md.starts_with("# branches: INVALID\n"), "{md}");
+        assert!(md.contains("neither passes nor fails the network"), "{md}");
+        assert!(md.contains("starved of CPU for 2.5 s in all"), "{md}");
+        assert!(
+            md.contains("- thread sim (agents) 00:00:10.0–00:00:11.5 (1.5 s): thread saturated"),
+            "{md}"
+        );
+        // Failed sends alone make it invalid too; a clean run gets its error rate's verdict.
+        let mut g = file(&[("hq", 200, 0)]);
+        g.components
+            .add("anchor", [(crate::components::SEND_FAILED, 3)]);
+        g.settle_verdict();
+        assert_eq!(g.verdict, Verdict::Invalid);
+        let mut clean = file(&[("hq", 200, 0)]);
+        clean.settle_verdict();
+        assert_eq!(clean.verdict, clean.error_rate.verdict(clean.threshold));
+        assert!(clean.own_faults().is_empty());
     }
 
     #[test]

@@ -12,9 +12,9 @@ use crate::distribution::Distribution;
 /// The version of the [`CallRecord`] JSON layout. Bumped on any change a reader would notice;
 /// readers refuse versions they do not know rather than guess. Version 2 added
 /// [`CallRecord::relay_transport`], version 3 [`CallRecord::recording`], version 4 the ICE
-/// restart's figures in [`IceCounters`], version 5 [`CallRecord::conference`]; older records
-/// still read (without them).
-pub const SCHEMA_VERSION: u32 = 5;
+/// restart's figures in [`IceCounters`], version 5 [`CallRecord::conference`], version 6
+/// [`Failure::own_lateness`]; older records still read (without them).
+pub const SCHEMA_VERSION: u32 = 6;
 
 /// The oldest record version this build reads.
 pub const OLDEST_SCHEMA_VERSION: u32 = 1;
@@ -248,6 +248,11 @@ pub struct Failure {
     pub detail: String,
     /// The message the CCP would show or log, when it has one ([`FailureClass::ccp_message`]).
     pub ccp_message: Option<String>,
+    /// When the failure began while one of the simulator's own components was late, which and
+    /// how ([`crate::overload::LateSpan::describe`]): the failure may be the simulator's, not
+    /// the network's. `None` otherwise, or before version 6.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub own_lateness: Option<String>,
 }
 
 /// The failure classes of DESIGN §4. A call carries exactly one, or none.

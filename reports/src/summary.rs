@@ -35,6 +35,10 @@ pub struct RunSummary {
     pub outcomes: OutcomeCounts,
     /// Failed and dropped calls by failure class.
     pub failures: BTreeMap<FailureClass, u64>,
+    /// Failed and dropped calls whose failure began while one of the simulator's own
+    /// components was late ([`crate::Failure::own_lateness`]).
+    #[serde(default)]
+    pub failed_while_late: u64,
     /// Outcomes per call kind.
     pub by_kind: BTreeMap<CallKind, OutcomeCounts>,
     /// Outcomes per site.
@@ -215,6 +219,7 @@ impl RunSummary {
             last_end_unix_ms: None,
             outcomes: OutcomeCounts::default(),
             failures: BTreeMap::new(),
+            failed_while_late: 0,
             by_kind: BTreeMap::new(),
             by_site: BTreeMap::new(),
             setup: SetupPhase::ALL
@@ -255,6 +260,7 @@ impl RunSummary {
         self.outcomes.count(r.outcome);
         if let Some(f) = &r.failure {
             *self.failures.entry(f.class).or_default() += 1;
+            self.failed_while_late += u64::from(f.own_lateness.is_some());
         }
         self.by_kind.entry(id.kind).or_default().count(r.outcome);
         self.by_site
@@ -283,6 +289,7 @@ impl RunSummary {
         self.first_start_unix_ms = min_opt(self.first_start_unix_ms, o.first_start_unix_ms);
         self.last_end_unix_ms = self.last_end_unix_ms.max(o.last_end_unix_ms);
         self.outcomes.add(&o.outcomes);
+        self.failed_while_late += o.failed_while_late;
         for (class, n) in &o.failures {
             *self.failures.entry(*class).or_default() += n;
         }

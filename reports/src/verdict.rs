@@ -102,6 +102,10 @@ pub enum Verdict {
     Fail,
     /// The interval straddles the threshold: more calls are needed to tell.
     Inconclusive,
+    /// The simulator's own components fell behind (late senders, a starved process, failed
+    /// sends): its figures carry its own lateness, so the run neither passes nor fails the
+    /// network ([`crate::SummaryFile::own_faults`] says why).
+    Invalid,
 }
 
 impl Verdict {
@@ -111,6 +115,7 @@ impl Verdict {
             Self::Pass => "pass",
             Self::Fail => "fail",
             Self::Inconclusive => "inconclusive",
+            Self::Invalid => "invalid",
         }
     }
 }

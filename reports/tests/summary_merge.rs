@@ -55,6 +55,7 @@ fn summary_counts_outcomes_classes_and_phases() {
         class: reports::FailureClass::IceCollectionTimeout,
         detail: "no relay candidate in 8 s".into(),
         ccp_message: None,
+        own_lateness: None,
     });
     calls[3].milestones.first_rtp_us = None;
     let s = RunSummary::from_records(&calls).unwrap();

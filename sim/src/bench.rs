@@ -258,31 +258,6 @@ pub struct CallsCost {
     pub dir: std::path::PathBuf,
 }
 
-/// The CPU time each thread of this process used so far, summed by thread name
-/// (`/proc/self/task/*/stat`: user + system time).
-pub fn thread_cpu() -> std::io::Result<BTreeMap<String, Duration>> {
-    let tick = rustix::param::clock_ticks_per_second().max(1);
-    let mut by_name = BTreeMap::new();
-    for task in std::fs::read_dir("/proc/self/task")? {
-        let Ok(stat) = std::fs::read_to_string(task?.path().join("stat")) else {
-            continue; // the thread ended meanwhile
-        };
-        // `pid (comm) state …`: comm may hold spaces and parentheses, so cut at the last ')'.
-        let (Some(open), Some(close)) = (stat.find('('), stat.rfind(')')) else {
-            continue;
-        };
-        let name = stat[open + 1..close].to_owned();
-        let fields: Vec<&str> = stat[close + 1..].split_whitespace().collect();
-        // After the comm: state is field 3, utime field 14 and stime field 15 (proc(5)).
-        let ticks = |i: usize| fields.get(i - 3).and_then(|f| f.parse::<u64>().ok());
-        if let (Some(user), Some(system)) = (ticks(14), ticks(15)) {
-            *by_name.entry(name).or_insert(Duration::ZERO) +=
-                Duration::from_secs_f64((user + system) as f64 / tick as f64);
-        }
-    }
-    Ok(by_name)
-}
-
 /// `VmHWM` and `VmRSS` of this process, bytes.
 fn memory() -> (u64, u64) {
     let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
@@ -294,20 +269,6 @@ fn memory() -> (u64, u64) {
             .map_or(0, |kb| kb * 1024)
     };
     (field("VmHWM:"), field("VmRSS:"))
-}
-
-/// The component a thread belongs to, by its name.
-fn component(thread: &str) -> &'static str {
-    match thread {
-        // The agents' runtime runs on the thread that called `run` (the program's main one).
-        "sim" => "agents",
-        // Its media server, and the control task that answers the signalling.
-        "anchor" | "anchor-media" => "anchor",
-        "turn-server" => "turn-server",
-        "udp-relay" => "udp-relay",
-        "precise-timer" => "precise-timer",
-        _ => "other",
-    }
 }
 
 /// Places `concurrency` calls at once for `duration` each over a path with no impairment (the
@@ -357,9 +318,15 @@ path = ["loopback"]
         .name("bench-sampler".into())
         .spawn(move || {
             thread::sleep(start_at);
-            let (t0, a) = (Instant::now(), thread_cpu().unwrap_or_default());
+            let (t0, a) = (
+                Instant::now(),
+                crate::overload::thread_cpu().unwrap_or_default(),
+            );
             thread::sleep(window);
-            let (t1, b) = (Instant::now(), thread_cpu().unwrap_or_default());
+            let (t1, b) = (
+                Instant::now(),
+                crate::overload::thread_cpu().unwrap_or_default(),
+            );
             let wall = (t1 - t0).as_secs_f64();
             let mut cores: BTreeMap<String, f64> = BTreeMap::new();
             for (name, used) in &b {
@@ -367,8 +334,9 @@ path = ["loopback"]
                     continue;
                 }
                 let before = a.get(name).copied().unwrap_or(Duration::ZERO);
-                *cores.entry(component(name).to_owned()).or_default() +=
-                    used.saturating_sub(before).as_secs_f64() / wall;
+                *cores
+                    .entry(crate::overload::component(name).to_owned())
+                    .or_default() += used.saturating_sub(before).as_secs_f64() / wall;
             }
             cores
         })
@@ -409,41 +377,4 @@ path = ["loopback"]
         },
         dir: outcome.dir,
     })
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn this_threads_cpu_time_is_read_and_grows_with_work() {
-        let name = "cpu-probe";
-        // Spin until the kernel has counted 50 ms of this thread (it counts in clock ticks),
-        // or give up after 10 s of wall time: reading works if the count moves at all.
-        let spent = thread::Builder::new()
-            .name(name.into())
-            .spawn(move || {
-                let before = thread_cpu().unwrap()[name];
-                let start = Instant::now();
-                let mut x = 0u64;
-                loop {
-                    for _ in 0..100_000 {
-                        x = std::hint::black_box(x.wrapping_mul(31).wrapping_add(7));
-                    }
-                    let spent = thread_cpu().unwrap()[name].saturating_sub(before);
-                    if spent >= Duration::from_millis(50)
-                        || start.elapsed() > Duration::from_secs(10)
-                    {
-                        return spent;
-                    }
-                }
-            })
-            .unwrap()
-            .join()
-            .unwrap();
-        assert!(spent >= Duration::from_millis(50), "{spent:?}");
-        assert_eq!(component("sim"), "agents");
-        assert_eq!(component("udp-relay"), "udp-relay");
-        assert_eq!(component("tokio-runtime-worker"), "other");
-    }
 }

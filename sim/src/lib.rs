@@ -7,6 +7,7 @@
 //! - [`scenario`]: scenario files, parsed with every error reported at once;
 //! - [`relay`]: the edge — UDP and TCP impairment relays and a TLS-inspecting proxy;
 //! - [`run`](mod@run): `sim run`, the whole path on one machine and the run folder;
+//! - [`overload`]: the simulator's own components watched as a run goes (late, starved);
 //! - [`report`]: re-render, merge and compare run folders;
 //! - [`serve`]: `sim serve --out`, the run folder of calls any client placed;
 //! - [`dns`]: the agents' name resolution under a site's DNS policy;
@@ -19,6 +20,7 @@ pub mod anchor;
 pub mod bench;
 pub mod dns;
 pub mod netem;
+pub mod overload;
 pub mod profiles;
 pub mod relay;
 pub mod report;

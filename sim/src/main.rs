@@ -25,7 +25,8 @@ enum Command {
     /// writes the run folder, and says whether the network passes.
     ///
     /// Exit status: 0 pass, 1 fail, 2 inconclusive (the error rate's interval straddles the
-    /// threshold), 3 configuration error or a component that could not start.
+    /// threshold), 3 configuration error or a component that could not start, 4 invalid (the
+    /// simulator's own components fell behind: no verdict on the network).
     Run {
         /// The scenario file.
         file: PathBuf,
@@ -203,11 +204,25 @@ fn main() -> ExitCode {
                         e.upper * 100.0,
                         s.threshold * 100.0
                     );
-                    if let (reports::Verdict::Inconclusive, Some(n)) = (s.verdict, s.calls_needed) {
-                        println!("about {n} calls in all would settle it at this error rate");
+                    match (s.verdict, s.calls_needed) {
+                        (reports::Verdict::Inconclusive, Some(n)) => {
+                            println!("about {n} calls in all would settle it at this error rate");
+                        }
+                        (reports::Verdict::Invalid, _) => println!(
+                            "invalid: the simulator's own components fell behind, so this run \
+                             neither passes nor fails the network (exit status 4)"
+                        ),
+                        _ => {}
                     }
                     for warning in s.warnings() {
                         println!("warning: {warning}");
+                    }
+                    let spans = &s.own_lateness.spans;
+                    for span in spans.iter().take(5) {
+                        println!("late: {}", span.describe());
+                    }
+                    if spans.len() > 5 {
+                        println!("late: … {} more in summary.json", spans.len() - 5);
                     }
                     println!("run folder: {}", outcome.dir.display());
                     ExitCode::from(sim::run::exit_code(s.verdict))

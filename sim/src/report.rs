@@ -118,8 +118,11 @@ pub fn render(dir: &Path, out: &Path) -> Result<SummaryFile, ReportError> {
         s.error_rate.confidence,
         s.interrupted || run.truncated.is_some(),
     );
-    // The components' counters were taken from the running simulator: no record holds them.
+    // The components' counters and lateness were taken from the running simulator: no record
+    // holds them.
     file.components = s.components.clone();
+    file.own_lateness = s.own_lateness.clone();
+    file.settle_verdict();
     write(out, &run.records, &file)?;
     if out != dir {
         copy_records(&run.records, out)?;
@@ -139,6 +142,7 @@ pub fn merge(dirs: &[PathBuf], out: &Path) -> Result<SummaryFile, ReportError> {
     let mut records = Vec::new();
     let mut interrupted = false;
     let mut components = reports::Components::new();
+    let mut own_lateness = reports::OwnLateness::default();
     for run in &runs {
         let s = &run.summary;
         if s.threshold != threshold || s.error_rate.confidence != confidence {
@@ -158,6 +162,7 @@ pub fn merge(dirs: &[PathBuf], out: &Path) -> Result<SummaryFile, ReportError> {
         records.extend(run.records.iter().cloned());
         interrupted |= s.interrupted || run.truncated.is_some();
         components.merge(&s.components);
+        own_lateness.merge(&s.own_lateness);
     }
     let names: Vec<&str> = summary.scenarios.iter().map(String::as_str).collect();
     let mut file = SummaryFile::new(
@@ -168,18 +173,24 @@ pub fn merge(dirs: &[PathBuf], out: &Path) -> Result<SummaryFile, ReportError> {
         interrupted,
     );
     file.components = components;
+    file.own_lateness = own_lateness;
+    file.settle_verdict();
     write(out, &records, &file)?;
     copy_records(&records, out)?;
     Ok(file)
 }
 
-fn copy_records(records: &[CallRecord], out: &Path) -> Result<(), ReportError> {
+/// Writes `records` as `out`'s `calls.jsonl`, through a temporary file renamed over it, so
+/// that a file already there stays whole until the new one is.
+pub(crate) fn copy_records(records: &[CallRecord], out: &Path) -> Result<(), ReportError> {
     let path = out.join("calls.jsonl");
-    let mut f = fs::File::create(&path).map_err(|e| file_err(&path, e))?;
+    let tmp = out.join("calls.jsonl.tmp");
+    let mut f = std::io::BufWriter::new(fs::File::create(&tmp).map_err(|e| file_err(&tmp, e))?);
     for r in records {
-        reports::record::append_record(&mut f, r).map_err(|e| file_err(&path, e))?;
+        reports::record::append_record(&mut f, r).map_err(|e| file_err(&tmp, e))?;
     }
-    Ok(())
+    drop(f);
+    fs::rename(&tmp, &path).map_err(|e| file_err(&path, e))
 }
 
 /// Compares run `a` (before) with run `b` (after): error rates with their intervals, whether

@@ -28,6 +28,7 @@ use tokio::sync::mpsc;
 use crate::anchor::recording::{RECORDINGS, Recording};
 use crate::anchor::{AnchorBehaviour, AnchorConfig, AnchorStats};
 use crate::netem::Rng;
+use crate::overload::Monitor;
 use crate::relay::{
     InspectingProxy, InspectingProxyConfig, InspectionCa, TcpRelay, TcpRelayConfig, UdpRelay,
     UdpRelayConfig,
@@ -227,6 +228,25 @@ pub fn run(scenario: &Scenario, options: &RunOptions) -> Result<RunOutcome, RunE
         });
     }
 
+    // The simulator's own components watched while the calls run: the sites' paths, the
+    // anchor and the signalling endpoint, read live. (The TURN nodes' counters go through
+    // their event loops; their failed sends are counted at the end.)
+    let mut live: Vec<LiveCounters> = sites
+        .iter()
+        .flat_map(|site| site.counters(&scenario.turn.urls))
+        .collect();
+    let (media, signalling) = (vendor.media_counters.clone(), vendor.signalling.stats());
+    live.push(("anchor".into(), Box::new(move || media.totals())));
+    live.push(("signalling".into(), Box::new(move || signalling.totals())));
+    let monitor = Monitor::start(move || {
+        let mut components = Components::new();
+        for (name, read) in &live {
+            components.add(name, read());
+        }
+        components
+    })
+    .map_err(io_err("starting the overload monitor"))?;
+
     // The calls, and the faults at their times.
     let faults = schedule_faults(scenario, &vendor, epoch);
     let plan = plan_calls(scenario, seed, calls);
@@ -323,9 +343,17 @@ pub fn run(scenario: &Scenario, options: &RunOptions) -> Result<RunOutcome, RunE
         },
         &mut sink,
     ));
-    let records = sink.records;
+    let mut records = sink.records;
     drop(faults);
+    let own_lateness = monitor.finish();
     progress.finish();
+    // Failures that began while the simulator was late say so: calls.jsonl, appended as the
+    // calls ended, is written again with the marks (a crash before this keeps the unmarked
+    // one).
+    if own_lateness.mark(&mut records) > 0 {
+        crate::report::copy_records(&records, &dir)
+            .map_err(|e| io_err("writing calls.jsonl")(io::Error::other(e)))?;
+    }
 
     let mut summary = RunSummary::new();
     for r in &records {
@@ -343,6 +371,8 @@ pub fn run(scenario: &Scenario, options: &RunOptions) -> Result<RunOutcome, RunE
     for site in &sites {
         site.count_into(&scenario.turn.urls, &mut file.components);
     }
+    file.own_lateness = own_lateness;
+    file.settle_verdict();
     write_outputs(&dir, &records, &file)?;
 
     drop(sites);
@@ -583,13 +613,6 @@ impl TurnPath {
             Self::Stream(r) => r.local_addr(),
         }
     }
-
-    fn totals(&self) -> Vec<(&'static str, u64)> {
-        match self {
-            Self::Udp(r) => r.stats().totals(),
-            Self::Stream(r) => r.stats().totals(),
-        }
-    }
 }
 
 struct SitePlumbing {
@@ -603,24 +626,50 @@ struct SitePlumbing {
     roots: Vec<CertificateDer<'static>>,
 }
 
+/// A component's name and a reader of its live counters.
+type LiveCounters = (String, Box<dyn Fn() -> Vec<(&'static str, u64)> + Send>);
+
 impl SitePlumbing {
-    /// Adds what the site's paths (and its inspecting proxy) counted to `components`.
-    fn count_into(&self, urls: &[TurnUrl], components: &mut Components) {
+    /// The site's paths (and its inspecting proxy), each with a reader of its counters.
+    fn counters(&self, urls: &[TurnUrl]) -> Vec<LiveCounters> {
+        let mut out: Vec<LiveCounters> = Vec::new();
         for (url, nodes) in urls.iter().zip(&self.media) {
             for (i, path) in nodes.iter().enumerate() {
                 let name = match nodes.len() {
                     1 => format!("path {} → {url}", self.name),
                     _ => format!("path {} → {url} node {}", self.name, i + 1),
                 };
-                components.add(&name, path.totals());
+                out.push(match path {
+                    TurnPath::Udp(r) => {
+                        let stats = r.stats();
+                        (name, Box::new(move || stats.totals()))
+                    }
+                    TurnPath::Stream(r) => {
+                        let stats = r.stats();
+                        (name, Box::new(move || stats.totals()))
+                    }
+                });
             }
         }
-        components.add(
-            &format!("path {} → signalling", self.name),
-            self.control.stats().totals(),
-        );
+        let control = self.control.stats();
+        out.push((
+            format!("path {} → signalling", self.name),
+            Box::new(move || control.totals()),
+        ));
         if let Some(proxy) = &self.proxy {
-            components.add(&format!("proxy {}", self.name), proxy.stats().totals());
+            let stats = proxy.stats();
+            out.push((
+                format!("proxy {}", self.name),
+                Box::new(move || stats.totals()),
+            ));
+        }
+        out
+    }
+
+    /// Adds what the site's paths (and its inspecting proxy) counted to `components`.
+    fn count_into(&self, urls: &[TurnUrl], components: &mut Components) {
+        for (name, read) in self.counters(urls) {
+            components.add(&name, read());
         }
     }
 }
@@ -947,6 +996,7 @@ pub fn exit_code(verdict: Verdict) -> u8 {
         Verdict::Pass => 0,
         Verdict::Fail => 1,
         Verdict::Inconclusive => 2,
+        Verdict::Invalid => 4,
     }
 }
 

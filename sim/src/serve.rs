@@ -99,6 +99,7 @@ impl Recorder {
         }
         let mut file = SummaryFile::new(SCENARIO, summary, 0.02, 0.95, false);
         vendor.count_into(&mut file.components);
+        file.settle_verdict();
         crate::report::write(&self.dir, &self.records, &file).map_err(|e| e.to_string())?;
         Ok((self.dir, file))
     }
@@ -114,6 +115,7 @@ pub fn record(e: &EndedCall, run: &str) -> CallRecord {
                 class,
                 detail,
                 ccp_message: None,
+                own_lateness: None,
             }),
         )
     };
@@ -139,6 +141,7 @@ pub fn record(e: &EndedCall, run: &str) -> CallRecord {
                          (consent lapsed, RFC 7675)"
                     .into(),
                 ccp_message: None,
+                own_lateness: None,
             }),
         )
     } else {

@@ -159,6 +159,7 @@ pub fn arb_record() -> impl Strategy<Value = CallRecord> {
                     class,
                     detail: "test".into(),
                     ccp_message: None,
+                    own_lateness: None,
                 });
                 r.milestones = Milestones {
                     local_media_us: m[0],

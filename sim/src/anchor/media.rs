@@ -769,10 +769,10 @@ impl Server {
                     let silent = leg.spec.silent_after.is_some_and(|d| now >= connected + d);
                     let frame = leg.frames_sent;
                     if !silent {
-                        leg.pacing.record(
-                            u64::try_from(now.saturating_duration_since(due).as_micros())
-                                .unwrap_or(u64::MAX),
-                        );
+                        let late = now.saturating_duration_since(due);
+                        leg.pacing
+                            .record(u64::try_from(late.as_micros()).unwrap_or(u64::MAX));
+                        loadgen::lateness::record(loadgen::lateness::Sender::Anchor, late);
                         send_frame(&self.socket, &self.counters, self.epoch, now, remote, leg);
                     }
                     if let (Some(_), Some(r)) = (&leg.recording, &self.recorder) {
