@@ -1194,3 +1194,175 @@ fn failure_classes(file: &SummaryFile) -> Result<Chart, ChartError> {
         svg,
     })
 }
+
+/// The charts of a capacity sweep ([`crate::capacity`]): the error rate with its interval, and
+/// MOS p5, at each value swept, with the threshold, the target and the knee.
+pub fn sweep_charts(sweep: &crate::capacity::SweepFile) -> Result<Vec<Chart>, ChartError> {
+    use crate::capacity::PointStatus;
+    let points = &sweep.points;
+    if points.is_empty() {
+        return Ok(Vec::new());
+    }
+    let (lo, hi) = points.iter().fold((f64::MAX, f64::MIN), |(a, b), p| {
+        (a.min(p.value), b.max(p.value))
+    });
+    let pad = ((hi - lo) * 0.05).max(hi.abs() * 0.01).max(1e-6);
+    let (x0, x1) = (lo - pad, hi + pad);
+    let unit = if sweep.unit.is_empty() {
+        String::new()
+    } else {
+        format!(" ({})", sweep.unit)
+    };
+    let x_desc = format!("{}{unit}", sweep.field);
+    let knee = sweep.knee.as_ref().map(|k| k.value);
+    let colour = |s: PointStatus| match s {
+        PointStatus::Good => GREEN_,
+        PointStatus::Bad => VERMILION,
+        PointStatus::Unsure => ORANGE,
+        PointStatus::Invalid => GREY,
+    };
+    let status_entries = |mut entries: Vec<(Mark, String)>| {
+        entries.extend([
+            (Mark::Dot(GREEN_), "carries calls".to_owned()),
+            (Mark::Dot(VERMILION), "does not".to_owned()),
+            (Mark::Dot(ORANGE), "too few calls to tell".to_owned()),
+            (Mark::Dot(GREY), "simulator fell behind".to_owned()),
+        ]);
+        if let Some(k) = &sweep.knee {
+            entries.push((Mark::Dashed(INK), format!("knee: {}", k.written)));
+        }
+        entries
+    };
+
+    let threshold = sweep.threshold * 100.0;
+    let top = points
+        .iter()
+        .map(|p| p.error_rate.upper * 100.0)
+        .fold(threshold * 2.5, f64::max)
+        .clamp(1.0, 100.0);
+    let title = "Error rate at each value";
+    let entries = status_entries(vec![(
+        Mark::Dashed(VERMILION),
+        format!("threshold {}", plain_pct(threshold)),
+    )]);
+    let legend_h = legend_height(&entries, 3);
+    let error_svg = draw("sweep-error-rate", 380 + legend_h, |root| {
+        let (plot, key) = root.split_vertically(380);
+        let mut chart = framed(&plot, title).build_cartesian_2d(x0..x1, 0.0..top)?;
+        mesh!(chart)
+            .x_desc(x_desc.as_str())
+            .y_desc("error rate, with its interval")
+            .x_label_formatter(&|v| tick(*v, 2))
+            .y_label_formatter(&|v| format!("{} %", tick(*v, 1)))
+            .draw()?;
+        for p in points {
+            let c = colour(p.status);
+            let (l, u) = (
+                p.error_rate.lower * 100.0,
+                (p.error_rate.upper * 100.0).min(top),
+            );
+            chart.draw_series(std::iter::once(PathElement::new(
+                vec![(p.value, l), (p.value, u)],
+                c.stroke_width(2),
+            )))?;
+            chart.draw_series(std::iter::once(Circle::new(
+                (p.value, p.error_rate.rate * 100.0),
+                5,
+                c.filled(),
+            )))?;
+        }
+        chart.draw_series(DashedLineSeries::new(
+            [(x0, threshold), (x1, threshold)],
+            8,
+            5,
+            VERMILION.stroke_width(2),
+        ))?;
+        if let Some(k) = knee {
+            chart.draw_series(DashedLineSeries::new(
+                [(k, 0.0), (k, top)],
+                6,
+                4,
+                INK.stroke_width(1),
+            ))?;
+        }
+        legend(&key, &entries, 3)
+    })?;
+
+    let mos: Vec<(f64, f64, PointStatus)> = points
+        .iter()
+        .filter_map(|p| p.mos_p5.map(|m| (p.value, m, p.status)))
+        .collect();
+    let mut out = vec![Chart {
+        id: "sweep-error-rate",
+        title: title.to_owned(),
+        caption: format!(
+            "Each point is one run of the scenario at that value of {}: the dot is its error \
+             rate, the bar its {:.0} % Wilson interval. A value carries calls when the whole bar \
+             lies below the dashed threshold and MOS p5 holds (next chart).",
+            sweep.field,
+            points[0].error_rate.confidence * 100.0
+        ),
+        svg: error_svg,
+    }];
+    if !mos.is_empty() {
+        let title = "MOS p5 at each value";
+        let low = mos
+            .iter()
+            .map(|m| m.1)
+            .fold(sweep.mos_target, f64::min)
+            .min(sweep.mos_target - 0.3)
+            .max(1.0);
+        let entries = status_entries(vec![(
+            Mark::Dashed(VERMILION),
+            format!("target {}", sweep.mos_target),
+        )]);
+        let legend_h = legend_height(&entries, 3);
+        let svg = draw("sweep-mos", 380 + legend_h, |root| {
+            let (plot, key) = root.split_vertically(380);
+            let mut chart = framed(&plot, title).build_cartesian_2d(x0..x1, (low - 0.1)..4.6)?;
+            mesh!(chart)
+                .x_desc(x_desc.as_str())
+                .y_desc("MOS p5, the worse direction")
+                .x_label_formatter(&|v| tick(*v, 2))
+                .y_label_formatter(&|v| tick(*v, 1))
+                .draw()?;
+            chart.draw_series(LineSeries::new(
+                mos.iter().map(|m| (m.0, m.1)),
+                GREY.stroke_width(1),
+            ))?;
+            for (x, y, s) in &mos {
+                chart.draw_series(std::iter::once(Circle::new(
+                    (*x, *y),
+                    5,
+                    colour(*s).filled(),
+                )))?;
+            }
+            chart.draw_series(DashedLineSeries::new(
+                [(x0, sweep.mos_target), (x1, sweep.mos_target)],
+                8,
+                5,
+                VERMILION.stroke_width(2),
+            ))?;
+            if let Some(k) = knee {
+                chart.draw_series(DashedLineSeries::new(
+                    [(k, low - 0.1), (k, 4.6)],
+                    6,
+                    4,
+                    INK.stroke_width(1),
+                ))?;
+            }
+            legend(&key, &entries, 3)
+        })?;
+        out.push(Chart {
+            id: "sweep-mos",
+            title: title.to_owned(),
+            caption: format!(
+                "MOS p5 (ITU-T G.107 E-model, the worst 5 % of streams) of the worse direction at \
+                 each value; a value carries calls only while it stays at or above {}.",
+                sweep.mos_target
+            ),
+            svg,
+        });
+    }
+    Ok(out)
+}

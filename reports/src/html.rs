@@ -77,21 +77,11 @@ pub fn report_html(file: &SummaryFile, records: &[CallRecord], charts: &[Chart])
 pub fn comparison_html(before: (&str, &SummaryFile), after: (&str, &SummaryFile)) -> String {
     let (a, b) = (before.1, after.1);
     let (ea, eb) = (&a.error_rate, &b.error_rate);
-    let mut out = String::new();
-    let _ = write!(
-        out,
-        "<!doctype html>\n<html lang=\"en\">\n<head>\n<meta charset=\"utf-8\">\n\
-         <meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">\n\
-         <link rel=\"icon\" href=\"data:,\">\n\
-         <meta http-equiv=\"Content-Security-Policy\" content=\"default-src 'none'; \
-         style-src 'unsafe-inline'; img-src data:\">\n\
-         <title>{} → {} — softphone network test comparison</title>\n<style>{CSS}</style>\n\
-         </head>\n<body>\n<main>\n<header>\n<p class=\"kicker\">Softphone network test · \
-         comparison</p>\n<h1>{} → {}</h1>\n</header>\n",
-        esc(before.0),
-        esc(after.0),
-        esc(before.0),
-        esc(after.0)
+    let heading = format!("{} → {}", before.0, after.0);
+    let mut out = page_head(
+        &format!("{heading} — softphone network test comparison"),
+        "comparison",
+        &heading,
     );
     let sentence = match crate::verdict::ProportionTest::new(
         eb.errors,
@@ -220,6 +210,23 @@ pub fn comparison_html(before: (&str, &SummaryFile), after: (&str, &SummaryFile)
     }
     out.push_str("</tbody>\n</table>\n</main>\n</body>\n</html>\n");
     out
+}
+
+/// The head of a page that loads nothing (inline style, images as data), up to its header.
+fn page_head(title: &str, kicker: &str, heading: &str) -> String {
+    format!(
+        "<!doctype html>\n<html lang=\"en\">\n<head>\n<meta charset=\"utf-8\">\n\
+         <meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">\n\
+         <link rel=\"icon\" href=\"data:,\">\n\
+         <meta http-equiv=\"Content-Security-Policy\" content=\"default-src 'none'; \
+         style-src 'unsafe-inline'; img-src data:\">\n\
+         <title>{}</title>\n<style>{CSS}</style>\n\
+         </head>\n<body>\n<main>\n<header>\n<p class=\"kicker\">Softphone network test · \
+         {}</p>\n<h1>{}</h1>\n</header>\n",
+        esc(title),
+        esc(kicker),
+        esc(heading)
+    )
 }
 
 #[derive(Default)]
@@ -1411,3 +1418,97 @@ footer .files { color: var(--muted); }
   #records { display: none; }
 }
 "#;
+
+/// `sweep.html`: a capacity sweep's answer, its points and charts
+/// ([`crate::capacity::SweepFile`]).
+pub fn sweep_html(sweep: &crate::capacity::SweepFile, charts: &[Chart]) -> String {
+    use crate::capacity::{PointStatus, bandwidth_arithmetic};
+    let mut out = page_head(
+        &format!("{} — capacity sweep of {}", sweep.scenario, sweep.field),
+        "capacity sweep",
+        &format!("{}: {}", sweep.scenario, sweep.field),
+    );
+    let class = if sweep.knee.is_some() {
+        "pass"
+    } else {
+        "unsure"
+    };
+    let _ = writeln!(
+        out,
+        "<section id=\"verdict\" class=\"verdict {class}\">\n<p class=\"headline\">{}</p>\n\
+         <p>{} points of {} calls each, threshold {}, MOS p5 target {}. A value carries calls \
+         when its error rate's whole interval lies below the threshold and its MOS p5 holds; \
+         the knee is the last such value before the first that does not.</p>\n</section>",
+        esc(&sweep.answer),
+        sweep.points.len(),
+        sweep.calls_per_point,
+        threshold_pct(sweep.threshold),
+        sweep.mos_target
+    );
+    let concurrency = sweep.field.ends_with("concurrency");
+    out.push_str(
+        "<section id=\"points\">\n<h2>Points</h2>\n<table>\n<thead><tr><th>value</th>\
+         <th>carries calls?</th><th>error rate (interval)</th><th>MOS p5</th>\
+         <th>set-up p95</th><th>per call, each way</th>",
+    );
+    if concurrency {
+        out.push_str("<th>all calls, each way</th>");
+    }
+    out.push_str("<th>run</th></tr></thead>\n<tbody>\n");
+    for p in &sweep.points {
+        let status = match p.status {
+            PointStatus::Good => "yes",
+            PointStatus::Bad => "no",
+            PointStatus::Unsure => "too few calls to tell",
+            PointStatus::Invalid => "invalid: the simulator fell behind",
+        };
+        let e = &p.error_rate;
+        let kbit = p
+            .bits_per_second_per_call
+            .map_or("–".to_owned(), |b| format!("{:.1} kbit/s", b / 1e3));
+        let _ = write!(
+            out,
+            "<tr><td>{}{}</td><td>{status}</td><td>{} ({} – {})</td><td>{}</td><td>{}</td>\
+             <td>{kbit}</td>",
+            esc(&p.written),
+            if p.refined { " (bisection)" } else { "" },
+            pct(e.rate),
+            pct(e.lower),
+            pct(e.upper),
+            p.mos_p5.map_or("–".to_owned(), |m| format!("{m:.2}")),
+            p.setup_p95_ms
+                .map_or("–".to_owned(), |m| format!("{m:.0} ms")),
+        );
+        if concurrency {
+            let total = p.bits_per_second_per_call.map_or("–".to_owned(), |b| {
+                format!("{:.2} Mbit/s", b * p.value / 1e6)
+            });
+            let _ = write!(out, "<td>{total}</td>");
+        }
+        let _ = writeln!(
+            out,
+            "<td><a href=\"{0}/report.html\">{0}</a></td></tr>",
+            esc(&p.run)
+        );
+    }
+    out.push_str("</tbody>\n</table>\n");
+    let at = sweep
+        .knee
+        .as_ref()
+        .and_then(|k| sweep.points.iter().find(|p| p.value == k.value))
+        .or(sweep.points.first());
+    if let Some(text) = at.and_then(bandwidth_arithmetic) {
+        let _ = writeln!(
+            out,
+            "<p class=\"method\">Bandwidth at {}: {}.</p>",
+            esc(&at.map_or(String::new(), |p| p.written.clone())),
+            esc(&text)
+        );
+    }
+    out.push_str("</section>\n");
+    let mut page = Page::default();
+    charts_section(&mut page, charts);
+    out.push_str(&page.out);
+    out.push_str("</main>\n</body>\n</html>\n");
+    out
+}

@@ -9,6 +9,7 @@
 //! - [`loss`]: loss from RTP sequence numbers (RFC 3550 A.1), with loss bursts;
 //! - [`emodel`]: the ITU-T G.107 E-model, R and MOS;
 //! - [`verdict`]: the error rate's Wilson score interval and the verdict against a threshold;
+//! - [`capacity`]: capacity sweeps, their knee and answer;
 //! - [`overload`]: when the simulator itself fell behind, which makes a run's verdict invalid.
 //!
 //! ```
@@ -22,6 +23,7 @@
 #![deny(missing_docs)]
 #![forbid(unsafe_code)]
 
+pub mod capacity;
 pub mod charts;
 pub mod components;
 pub mod distribution;

@@ -9,6 +9,7 @@
 //! - [`run`](mod@run): `sim run`, the whole path on one machine and the run folder;
 //! - [`overload`]: the simulator's own components watched as a run goes (late, starved);
 //! - [`report`]: re-render, merge and compare run folders;
+//! - [`sweep`]: `sim sweep`, a scenario at each value of one field, and its knee;
 //! - [`serve`]: `sim serve --out`, the run folder of calls any client placed;
 //! - [`dns`]: the agents' name resolution under a site's DNS policy;
 //! - [`signalling`]: the JSON-RPC 2.0 over WebSocket/TLS endpoint;
@@ -29,3 +30,4 @@ pub mod scenario;
 pub mod serve;
 mod service;
 pub mod signalling;
+pub mod sweep;

@@ -46,6 +46,49 @@ enum Command {
         #[arg(long)]
         plain: bool,
     },
+    /// Runs a scenario at each value of one field (short runs, then bisection near the knee)
+    /// and writes a capacity report: sweep.json, sweep.html and charts, with each point's run
+    /// folder under points/.
+    ///
+    /// Exit status: 0 when a knee was found, 2 when none was (no value carried calls, or too
+    /// few calls per point to tell), 3 a bad range, a value the scenario refuses, or a run
+    /// that could not start.
+    Sweep {
+        /// The scenario file.
+        file: PathBuf,
+        /// The field and its range: FIELD=FROM..TO, e.g. agents.concurrency=10..100,
+        /// segment.hub-uplink-2m.rate=1Mbit..10Mbit, segment.branch-wan.loss=0%..5%,
+        /// site.hq.share=0.1..0.9.
+        #[arg(long, value_name = "FIELD=FROM..TO")]
+        vary: String,
+        /// The step between values, in the range's unit (default: ten values).
+        #[arg(long)]
+        step: Option<String>,
+        /// The sweep's folder (default: runs/<scenario>-sweep-<UTC timestamp>/).
+        #[arg(long)]
+        out: Option<PathBuf>,
+        /// Calls per point (default: the scenario's, raised to what a clean point needs to
+        /// prove its error rate below the threshold, and to the concurrency when swept).
+        #[arg(long)]
+        calls: Option<u32>,
+        /// Overrides the talk time of each call (e.g. 5s).
+        #[arg(long, value_parser = sim::scenario::parse_duration)]
+        duration: Option<Duration>,
+        /// The MOS p5 a value must keep to carry calls.
+        #[arg(long, default_value_t = reports::capacity::DEFAULT_MOS_TARGET)]
+        mos_target: f64,
+        /// Bisection steps near the knee after the grid.
+        #[arg(long, default_value_t = 3)]
+        refine: u32,
+        /// Plain progress lines instead of progress bars.
+        #[arg(long)]
+        plain: bool,
+        /// The sweep measures this machine (a scenario with no impairment, such as
+        /// scenarios/capacity-200.toml, over agents.concurrency): keep its knee as the
+        /// machine's capacity, which `sim run` warns against.
+        #[arg(long)]
+        machine: bool,
+    },
     /// Serves the vendor side alone — TURN server, signalling endpoint, media anchor — for a
     /// `loadgen` running elsewhere; prints the `loadgen` command line and waits for Ctrl-C.
     Serve {
@@ -166,6 +209,67 @@ fn main() -> ExitCode {
             record,
         } => serve(listen, &host, &ca_out, out.as_deref(), record.as_deref()),
         Command::Report { dirs, out, compare } => report(&dirs, out.as_deref(), compare),
+        Command::Sweep {
+            file,
+            vary,
+            step,
+            out,
+            calls,
+            duration,
+            mos_target,
+            refine,
+            plain,
+            machine,
+        } => {
+            let vary = match sim::sweep::Vary::parse(&vary, step.as_deref()) {
+                Ok(v) if machine && v.field != "agents.concurrency" => {
+                    eprintln!(
+                        "sim sweep --machine: sweep agents.concurrency, not {}",
+                        v.field
+                    );
+                    return ExitCode::from(3);
+                }
+                Ok(v) => v,
+                Err(e) => {
+                    eprintln!("sim sweep: {e}");
+                    return ExitCode::from(3);
+                }
+            };
+            let out = out.unwrap_or_else(|| {
+                let stem = file
+                    .file_stem()
+                    .map_or("scenario".into(), |s| s.to_string_lossy().into_owned());
+                PathBuf::from("runs").join(format!("{stem}-sweep-{}", sim::run::utc_now_stamp()))
+            });
+            let options = sim::sweep::SweepOptions {
+                out: out.clone(),
+                calls,
+                call_duration: duration,
+                mos_target,
+                refine,
+                plain_progress: plain,
+            };
+            match sim::sweep::sweep(&file, &vary, &options) {
+                Ok(sweep) => {
+                    println!("{}", sweep.answer);
+                    if machine {
+                        match sim::sweep::MachineCapacity::from_sweep(&sweep).map(|m| m.store()) {
+                            Some(Ok(path)) => {
+                                println!("this machine's capacity kept in {}", path.display());
+                            }
+                            Some(Err(e)) => eprintln!("sim sweep: {e}"),
+                            None => eprintln!("sim sweep: no knee, so no capacity kept"),
+                        }
+                    }
+                    println!("capacity report: {}", out.join("sweep.html").display());
+                    ExitCode::from(if sweep.knee.is_some() { 0 } else { 2 })
+                }
+                Err(e) => {
+                    eprintln!("sim sweep: {e}");
+                    ExitCode::from(3)
+                }
+            }
+        }
         Command::Run {
             file,
             out,
@@ -181,6 +285,12 @@ fn main() -> ExitCode {
                     return ExitCode::from(3);
                 }
             };
+            let stored = sim::sweep::MachineCapacity::load();
+            if let Some(w) =
+                sim::sweep::MachineCapacity::warning(stored.as_ref(), scenario.agents.concurrency)
+            {
+                eprintln!("warning: {w}");
+            }
             let options = sim::run::RunOptions {
                 out,
                 seed,

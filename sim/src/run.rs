@@ -842,6 +842,11 @@ fn write_outputs(dir: &FsPath, records: &[CallRecord], file: &SummaryFile) -> Re
         .map_err(|e| io_err("writing the run folder")(io::Error::other(e)))
 }
 
+/// Now as `YYYYMMDDTHHMMSSZ` in UTC, as run folders are named.
+pub fn utc_now_stamp() -> String {
+    utc_stamp(SystemTime::now())
+}
+
 /// `YYYYMMDDTHHMMSSZ` in UTC.
 fn utc_stamp(t: SystemTime) -> String {
     let ms = t
