@@ -12,6 +12,7 @@
 use serde::{Deserialize, Serialize};
 
 use crate::output::SummaryFile;
+use crate::record::SetupPhase;
 use crate::summary::DirectionSummary;
 use crate::verdict::{ErrorRate, Verdict};
 
@@ -140,11 +141,7 @@ impl SweepPoint {
                 .setup
                 .iter()
                 .filter(|(p, _)| {
-                    !matches!(
-                        p,
-                        crate::record::SetupPhase::SignallingConnect
-                            | crate::record::SetupPhase::IceCollection
-                    )
+                    !matches!(p, SetupPhase::SignallingConnect | SetupPhase::IceCollection)
                 })
                 .filter_map(|(_, d)| d.quantile(0.95))
                 .collect();
@@ -232,15 +229,21 @@ fn larger_is_worse(points: &[SweepPoint]) -> bool {
     }
 }
 
-/// The knee of `points` (sorted by value): walking from the good end, the last good point
-/// before the first bad or invalid one.
-pub fn knee(points: &[SweepPoint], threshold: f64, mos_target: f64) -> Option<Knee> {
+/// Whether larger values are worse, and the points walked from the good end.
+fn from_good_end(points: &[SweepPoint]) -> (bool, Vec<&SweepPoint>) {
     let worse = larger_is_worse(points);
-    let ordered: Vec<&SweepPoint> = if worse {
+    let ordered = if worse {
         points.iter().collect()
     } else {
         points.iter().rev().collect()
     };
+    (worse, ordered)
+}
+
+/// The knee of `points` (sorted by value): walking from the good end, the last good point
+/// before the first bad or invalid one.
+pub fn knee(points: &[SweepPoint], threshold: f64, mos_target: f64) -> Option<Knee> {
+    let (worse, ordered) = from_good_end(points);
     let mut last_good = None;
     for (i, p) in ordered.iter().enumerate() {
         match p.status {
@@ -265,12 +268,7 @@ pub fn knee(points: &[SweepPoint], threshold: f64, mos_target: f64) -> Option<Kn
 /// The pair of adjacent points, by value, between which the knee lies (the good one first):
 /// where bisection should look next. `None` when no good point borders a bad one.
 pub fn knee_bracket(points: &[SweepPoint]) -> Option<(f64, f64)> {
-    let worse = larger_is_worse(points);
-    let ordered: Vec<&SweepPoint> = if worse {
-        points.iter().collect()
-    } else {
-        points.iter().rev().collect()
-    };
+    let (_, ordered) = from_good_end(points);
     ordered.windows(2).find_map(|w| {
         (w[0].status == PointStatus::Good
             && matches!(w[1].status, PointStatus::Bad | PointStatus::Invalid))

@@ -88,7 +88,10 @@ pub fn write(out: &Path, records: &[CallRecord], file: &SummaryFile) -> Result<(
 
 /// Writes each chart as `<dir>/<id>.svg`, and removes the SVG files of charts this report no
 /// longer has (a re-render after a change must not leave a stale chart beside the new ones).
-fn write_charts(dir: &Path, charts: &[reports::charts::Chart]) -> Result<(), ReportError> {
+pub(crate) fn write_charts(
+    dir: &Path,
+    charts: &[reports::charts::Chart],
+) -> Result<(), ReportError> {
     fs::create_dir_all(dir).map_err(|e| file_err(dir, e))?;
     let keep: Vec<String> = charts.iter().map(|c| format!("{}.svg", c.id)).collect();
     for entry in fs::read_dir(dir).map_err(|e| file_err(dir, e))?.flatten() {

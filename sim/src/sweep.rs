@@ -379,15 +379,11 @@ pub fn write(out: &Path, sweep: &SweepFile) -> Result<(), SweepError> {
         path: path.display().to_string(),
         message: e.to_string(),
     };
-    let charts_dir = out.join("charts");
-    std::fs::create_dir_all(&charts_dir).map_err(|e| err(&charts_dir, &e))?;
+    std::fs::create_dir_all(out).map_err(|e| err(out, &e))?;
     let json = serde_json::to_string_pretty(sweep).map_err(|e| err(out, &e))?;
     std::fs::write(out.join("sweep.json"), json).map_err(|e| err(&out.join("sweep.json"), &e))?;
     let charts = reports::charts::sweep_charts(sweep).map_err(|e| err(out, &e))?;
-    for c in &charts {
-        let path = charts_dir.join(format!("{}.svg", c.id));
-        std::fs::write(&path, &c.svg).map_err(|e| err(&path, &e))?;
-    }
+    crate::report::write_charts(&out.join("charts"), &charts).map_err(|e| err(out, &e))?;
     let html = reports::html::sweep_html(sweep, &charts);
     std::fs::write(out.join("sweep.html"), html).map_err(|e| err(&out.join("sweep.html"), &e))
 }
