@@ -170,6 +170,55 @@ pub fn host_epoch() -> Instant {
     })
 }
 
+/// The environment variable that moves the media epoch to a wall-clock instant, for agents and
+/// anchors on different machines (see [`media_epoch`]).
+pub const MEDIA_EPOCH_ENV: &str = "SIM_MEDIA_EPOCH";
+
+/// This process's media epoch: [`host_epoch`], unless `SIM_MEDIA_EPOCH` gives a Unix time in
+/// seconds; then that instant as this host's wall clock reads it. Every machine of a test given
+/// the same value counts send stamps from the same instant, as well as their clocks agree (NTP
+/// or PTP: one-way delay across machines is as right as their synchronisation). Monotonic
+/// clocks start at each machine's boot, so without it one-way delay across machines is void.
+///
+/// # Errors
+/// The value is not a whole number of seconds, lies in the future, or so far back (8.9 years)
+/// that stamps, 48 bits of microseconds, would not hold it.
+pub fn media_epoch() -> Result<Instant, String> {
+    match std::env::var(MEDIA_EPOCH_ENV) {
+        Ok(v) => epoch_at_unix(&v, wall_clock_since_unix()),
+        Err(_) => Ok(host_epoch()),
+    }
+}
+
+#[allow(clippy::disallowed_methods)] // the edge's clock
+fn wall_clock_since_unix() -> (Instant, Duration) {
+    let unix = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    (Instant::now(), unix)
+}
+
+/// The instant Unix time `value` was, given that `unix` had passed since 1970 at `now`.
+fn epoch_at_unix(value: &str, (now, unix): (Instant, Duration)) -> Result<Instant, String> {
+    let bad = |why: &str| format!("{MEDIA_EPOCH_ENV}={value}: {why}");
+    let secs: u64 = value
+        .trim()
+        .parse()
+        .map_err(|_| bad("expected a Unix time in whole seconds, e.g. `date +%s`"))?;
+    let ago = unix
+        .checked_sub(Duration::from_secs(secs))
+        .ok_or_else(|| bad("in the future by this host's clock"))?;
+    let span = Duration::from_micros((1 << 48) - 1);
+    // A day's margin: a shift-long test must not reach the stamps' end.
+    if ago + Duration::from_secs(86_400) > span {
+        return Err(bad(
+            "more than 8.9 years ago, beyond what a send stamp holds; take the test's day",
+        ));
+    }
+    now.checked_sub(ago)
+        .ok_or_else(|| bad("before this host's clock can count"))
+}
+
 /// The first slot of the frame grid at or after `now`.
 pub fn next_slot(epoch: Instant, now: Instant) -> Instant {
     let since = now.saturating_duration_since(epoch).as_nanos();
@@ -219,6 +268,26 @@ mod tests {
             since >= expected && since - expected < Duration::from_millis(5),
             "{since:?} vs {expected:?}"
         );
+    }
+
+    #[test]
+    fn a_wall_clock_epoch_is_that_unix_instant_on_this_host() {
+        let now = Instant::now() + Duration::from_secs(1_000_000);
+        let unix = Duration::from_secs(1_796_600_000);
+        let epoch = epoch_at_unix("1796590000", (now, unix)).unwrap();
+        assert_eq!(now - epoch, Duration::from_secs(10_000));
+        for (value, says) in [
+            ("soon", "whole seconds"),
+            ("1.5", "whole seconds"),
+            ("1796600001", "future"),
+            ("1000000000", "8.9 years"),
+        ] {
+            let e = epoch_at_unix(value, (now, unix)).unwrap_err();
+            assert!(
+                e.contains(says) && e.contains(MEDIA_EPOCH_ENV),
+                "{value}: {e}"
+            );
+        }
     }
 
     #[test]

@@ -17,6 +17,7 @@ use loadgen::session::{CallSpec, Timeouts, TurnName, TurnServer};
 use loadgen::signalling::{Endpoint, tls_client_config};
 use loadgen::turn_url::{Transport, TurnUrl};
 use reports::emodel::Codec;
+use reports::output::SummaryFile;
 use reports::record::append_record;
 use reports::{CallIdentity, CallKind, CallRecord, Outcome, RunSummary, Shard};
 use rustls::pki_types::CertificateDer;
@@ -74,9 +75,17 @@ struct Cli {
     #[arg(long, default_value_t = 10.0)]
     duration: f64,
     /// Where the call records go (JSON Lines, appended per call).
-    #[arg(long, default_value = "calls.jsonl")]
+    #[arg(long, default_value = "calls.jsonl", conflicts_with = "folder")]
     out: PathBuf,
-    /// This generator's shard, INDEX/COUNT (default: JOB_COMPLETION_INDEX/1 when set, else 0/1).
+    /// Write a run folder instead: DIR/calls.jsonl as calls end, DIR/summary.json at the end,
+    /// so that `sim report` renders it or merges the folders of several shards exactly.
+    #[arg(long, value_name = "DIR")]
+    folder: Option<PathBuf>,
+    /// The error-rate threshold the folder's verdict is judged against, in percent.
+    #[arg(long, default_value_t = 2.0)]
+    threshold: f64,
+    /// This generator's shard, INDEX/COUNT (default: JOB_COMPLETION_INDEX/LOADGEN_SHARDS when
+    /// a Kubernetes Indexed Job sets the index, else 0/1).
     #[arg(long)]
     shard: Option<String>,
     /// The run's name in the records.
@@ -99,7 +108,13 @@ fn shard(arg: Option<&str>) -> Result<Shard> {
     let text = match arg {
         Some(s) => s.to_owned(),
         None => match std::env::var("JOB_COMPLETION_INDEX") {
-            Ok(i) => format!("{i}/1"),
+            Ok(i) => match std::env::var("LOADGEN_SHARDS") {
+                Ok(n) => format!("{i}/{n}"),
+                Err(_) => bail!(
+                    "JOB_COMPLETION_INDEX is {i} but LOADGEN_SHARDS (the Job's completions) is not \
+                     set: set it, or give --shard INDEX/COUNT"
+                ),
+            },
             Err(_) => return Ok(Shard::WHOLE),
         },
     };
@@ -169,16 +184,30 @@ fn run(cli: &Cli) -> Result<u64> {
         _ => bail!("give --turn-password or --turn-secret"),
     };
 
+    if !(cli.threshold > 0.0 && cli.threshold < 100.0) {
+        bail!(
+            "--threshold {}: expected a percentage above 0 and below 100",
+            cli.threshold
+        );
+    }
+    let records = match &cli.folder {
+        Some(dir) => {
+            std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+            dir.join("calls.jsonl")
+        }
+        None => cli.out.clone(),
+    };
     let mut out = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
-        .open(&cli.out)
-        .with_context(|| format!("opening {}", cli.out.display()))?;
+        .open(&records)
+        .with_context(|| format!("opening {}", records.display()))?;
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
-    // The host's media epoch: an anchor in another process (`sim serve`) reads our stamps on it.
-    let epoch = loadgen::clock::host_epoch();
+    // The media epoch an anchor in another process (`sim serve`), on this host or (with
+    // SIM_MEDIA_EPOCH) on another, reads our stamps on.
+    let epoch = loadgen::clock::media_epoch().map_err(|e| anyhow!(e))?;
     let endpoint = Endpoint {
         url: cli.signalling.clone(),
         addr: signalling_addr,
@@ -236,8 +265,29 @@ fn run(cli: &Cli) -> Result<u64> {
         rate.lower * 100.0,
         rate.upper * 100.0,
         if interrupted { ", interrupted" } else { "" },
-        cli.out.display()
+        records.display()
     );
+    if let Some(dir) = &cli.folder {
+        let errors = o.errors();
+        // The records' scenario, as `sim report` names a merge of them.
+        let file = SummaryFile::new(
+            "loadgen",
+            sink.summary,
+            cli.threshold / 100.0,
+            0.95,
+            interrupted,
+        );
+        let path = dir.join("summary.json");
+        let text = serde_json::to_string_pretty(&file)?;
+        std::fs::write(&path, text).with_context(|| format!("writing {}", path.display()))?;
+        println!(
+            "verdict {}; run folder {} (sim report {} renders it)",
+            file.verdict.as_str(),
+            dir.display(),
+            dir.display()
+        );
+        return Ok(errors);
+    }
     Ok(o.errors())
 }
 

@@ -25,7 +25,7 @@ pub struct Stamp {
 
 impl Stamp {
     /// Bytes a stamp takes: the send instant in microseconds, a big-endian 48-bit number (8.9
-    /// years after the host's boot). With its element header and padding the extension adds
+    /// years after the media epoch: the host's boot, or `SIM_MEDIA_EPOCH`). With its element header and padding the extension adds
     /// 12 bytes a packet, what a browser's own extensions add.
     pub const LEN: usize = 6;
 

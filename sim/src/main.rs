@@ -101,6 +101,20 @@ enum Command {
         /// Where to write the signalling certificate (PEM) the agents must trust.
         #[arg(long, default_value = "sim-ca.pem")]
         ca_out: PathBuf,
+        /// The signalling endpoint's port (default: one the OS picks). A deployment behind a
+        /// Service fixes it.
+        #[arg(long, default_value_t = 0)]
+        signalling_port: u16,
+        /// The certificate chain (PEM) of the signalling endpoint and the TURN server's TLS
+        /// listener, e.g. a Kubernetes TLS Secret's tls.crt (default: self-signed for --host).
+        #[arg(long, value_name = "FILE", requires = "key")]
+        cert: Option<PathBuf>,
+        /// The private key (PEM) of --cert.
+        #[arg(long, value_name = "FILE", requires = "cert")]
+        key: Option<PathBuf>,
+        /// The TURN password of user `agent` (default: one picked at start).
+        #[arg(long, env = "SIM_TURN_PASSWORD", hide_env_values = true)]
+        turn_password: Option<String>,
         /// A run folder for the calls any client places: `calls.jsonl` as each ends, the whole
         /// folder (summary, report.html …) when the server stops. From the anchor's own
         /// measurement of each call and the client's RTCP reports.
@@ -205,9 +219,42 @@ fn main() -> ExitCode {
             listen,
             host,
             ca_out,
+            signalling_port,
+            cert,
+            key,
+            turn_password,
             out,
             record,
-        } => serve(listen, &host, &ca_out, out.as_deref(), record.as_deref()),
+        } => {
+            let identity = match (cert, key) {
+                (Some(cert), Some(key)) => {
+                    let read = |p: &PathBuf| {
+                        std::fs::read_to_string(p).map_err(|e| format!("{}: {e}", p.display()))
+                    };
+                    match read(&cert).and_then(|c| Ok((c, read(&key)?))) {
+                        Ok(pems) => Some(pems),
+                        Err(e) => {
+                            eprintln!("sim serve: {e}");
+                            return ExitCode::from(3);
+                        }
+                    }
+                }
+                _ => None,
+            };
+            let deployed = sim::run::Deployed {
+                signalling_port,
+                identity,
+                password: turn_password,
+            };
+            serve(
+                listen,
+                &host,
+                &ca_out,
+                &deployed,
+                out.as_deref(),
+                record.as_deref(),
+            )
+        }
         Command::Report { dirs, out, compare } => report(&dirs, out.as_deref(), compare),
         Command::Sweep {
             file,
@@ -400,6 +447,7 @@ fn serve(
     listen: std::net::IpAddr,
     host: &str,
     ca_out: &std::path::Path,
+    deployed: &sim::run::Deployed,
     out: Option<&std::path::Path>,
     record: Option<&str>,
 ) -> ExitCode {
@@ -414,15 +462,24 @@ fn serve(
         dir: dir.join(RECORDINGS),
         sides,
     });
+    // Shared with agents in other processes, so their send stamps read on our timeline (on
+    // other machines too, with SIM_MEDIA_EPOCH).
+    let epoch = match loadgen::clock::media_epoch() {
+        Ok(e) => e,
+        Err(e) => {
+            eprintln!("sim serve: {e}");
+            return ExitCode::from(3);
+        }
+    };
     let vendor = match sim::run::VendorSide::start(
         1,
         &[host.to_owned()],
         std::net::SocketAddr::new(listen, 0),
-        // Shared with agents in other processes, so their send stamps read on our timeline.
-        loadgen::clock::host_epoch(),
+        epoch,
         reports::emodel::Codec::OPUS,
         sim::anchor::AnchorBehaviour::Answer,
         recording,
+        deployed,
     ) {
         Ok(v) => v,
         Err(e) => {
@@ -485,17 +542,20 @@ fn serve(
     if let Some(dir) = out {
         println!("\nrecording every call in {}", dir.display());
     }
-    println!("\nserving; Ctrl-C stops");
+    println!("\nserving; Ctrl-C (or SIGTERM, as Kubernetes stops a pod) stops");
     let stopped = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
-        .map(|rt| {
+        .and_then(|rt| {
             rt.block_on(async {
                 let ctrl_c = tokio::signal::ctrl_c();
                 tokio::pin!(ctrl_c);
+                let mut term =
+                    tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
                 loop {
                     tokio::select! {
                         _ = &mut ctrl_c => break,
+                        _ = term.recv() => break,
                         () = tokio::time::sleep(Duration::from_millis(250)) => {}
                     }
                     if let Some(r) = recorder.as_mut() {
@@ -508,7 +568,8 @@ fn serve(
                         }
                     }
                 }
-            });
+                Ok::<(), std::io::Error>(())
+            })
         });
     if let Err(e) = stopped {
         eprintln!("sim serve: {e}");

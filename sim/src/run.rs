@@ -22,6 +22,7 @@ use reports::record::append_record;
 use reports::{
     CallIdentity, CallKind, CallRecord, Components, FailureClass, RunSummary, Shard, Verdict,
 };
+use rustls::pki_types::pem::PemObject as _;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use tokio::sync::mpsc;
 
@@ -126,6 +127,7 @@ pub fn run(scenario: &Scenario, options: &RunOptions) -> Result<RunOutcome, RunE
         codec,
         AnchorBehaviour::Answer,
         recording,
+        &Deployed::default(),
     )?;
     vendor.add_turn_nodes(scenario.turn.nodes)?;
     let (cert, password) = (vendor.certificate.clone(), vendor.password.clone());
@@ -380,6 +382,20 @@ pub fn run(scenario: &Scenario, options: &RunOptions) -> Result<RunOutcome, RunE
     Ok(RunOutcome { dir, summary: file })
 }
 
+/// What a deployed vendor side (`sim serve` in a Kubernetes Deployment, say) fixes that a run
+/// leaves to chance: agents on other machines reach it through a Service's port, trust the
+/// certificate they were given, and know the TURN password.
+#[derive(Debug, Clone, Default)]
+pub struct Deployed {
+    /// The signalling endpoint's port (0: the OS picks one).
+    pub signalling_port: u16,
+    /// The certificate chain and private key (PEM) of the signalling endpoint and the TURN
+    /// server's TLS listener (default: self-signed for the host names at start).
+    pub identity: Option<(String, String)>,
+    /// The TURN password of user `agent` (default: derived from the seed).
+    pub password: Option<String>,
+}
+
 /// The vendor's side of every call — TURN server, signalling endpoint and media anchor — as
 /// `sim run` starts it, and as `sim serve` offers it to an external `loadgen`.
 pub struct VendorSide {
@@ -389,7 +405,8 @@ pub struct VendorSide {
     turn_tls: (String, String),
     signalling: SignallingServer,
     anchor: std::thread::JoinHandle<()>,
-    /// The signalling endpoint's certificate (self-signed for its host name).
+    /// The signalling endpoint's certificate (self-signed for its host name, or the first of
+    /// the chain it was given).
     pub certificate: CertificateDer<'static>,
     /// The same, PEM-encoded, for agents outside this process.
     pub certificate_pem: String,
@@ -411,10 +428,11 @@ impl std::fmt::Debug for VendorSide {
 }
 
 impl VendorSide {
-    /// Starts the three on `bind` (port 0 each), one certificate for the signalling endpoint
-    /// and the TURN server's TLS listener carrying `names`, the anchor behaving as `behaviour`
-    /// (tests inject the vendor side's faults through it) and recording calls as `recording`
-    /// asks.
+    /// Starts the three on `bind` (port 0 each, unless `deployed` fixes the signalling port),
+    /// one certificate for the signalling endpoint and the TURN server's TLS listener carrying
+    /// `names` (unless `deployed` gives one), the anchor behaving as `behaviour` (tests inject
+    /// the vendor side's faults through it) and recording calls as `recording` asks.
+    #[allow(clippy::too_many_arguments)]
     pub fn start(
         seed: u64,
         names: &[String],
@@ -423,22 +441,44 @@ impl VendorSide {
         codec: EModelCodec,
         behaviour: AnchorBehaviour,
         recording: Option<Recording>,
+        deployed: &Deployed,
     ) -> Result<Self, RunError> {
-        let password = format!(
-            "{:016x}",
-            Rng::for_stream(seed, &[PASSWORD_STREAM]).next_u64()
-        );
-        let ck = rcgen::generate_simple_self_signed(names.to_vec())
-            .map_err(|e| io_err("certificate")(io::Error::other(e)))?;
-        let turn_tls = (ck.cert.pem(), ck.signing_key.serialize_pem());
+        let password = deployed.password.clone().unwrap_or_else(|| {
+            format!(
+                "{:016x}",
+                Rng::for_stream(seed, &[PASSWORD_STREAM]).next_u64()
+            )
+        });
+        let (chain_pem, key_pem) = match &deployed.identity {
+            Some(pems) => pems.clone(),
+            None => {
+                let ck = rcgen::generate_simple_self_signed(names.to_vec())
+                    .map_err(|e| io_err("certificate")(io::Error::other(e)))?;
+                (ck.cert.pem(), ck.signing_key.serialize_pem())
+            }
+        };
+        let bad_pem = |what: &str, e: rustls::pki_types::pem::Error| {
+            io_err(format!("reading the {what}"))(io::Error::other(e.to_string()))
+        };
+        let chain: Vec<CertificateDer<'static>> =
+            CertificateDer::pem_slice_iter(chain_pem.as_bytes())
+                .collect::<Result<_, _>>()
+                .map_err(|e| bad_pem("certificate chain", e))?;
+        let Some(certificate) = chain.first().cloned() else {
+            return Err(io_err("reading the certificate chain")(io::Error::other(
+                "no certificate in it",
+            )));
+        };
+        let key = PrivateKeyDer::from_pem_slice(key_pem.as_bytes())
+            .map_err(|e| bad_pem("private key", e))?;
+        let turn_tls = (chain_pem.clone(), key_pem);
         let turn = vec![start_turn(&password, bind, turn_tls.clone())?];
-        let certificate: CertificateDer<'static> = ck.cert.der().clone();
-        let certificate_pem = ck.cert.pem();
+        let certificate_pem = chain_pem;
         let (to_anchor, requests) = mpsc::unbounded_channel();
         let signalling = SignallingServer::start(
-            bind,
-            vec![certificate.clone()],
-            PrivateKeyDer::Pkcs8(ck.signing_key.serialize_der().into()),
+            SocketAddr::new(bind.ip(), deployed.signalling_port),
+            chain,
+            key,
             to_anchor,
         )
         .map_err(io_err("starting the signalling endpoint"))?;

@@ -37,6 +37,7 @@ fn stack(behaviour: AnchorBehaviour, policy: Option<Policy>) -> Stack {
         Codec::OPUS,
         behaviour,
         None,
+        &sim::run::Deployed::default(),
     )
     .unwrap();
     let turn = vendor.turn_addr();

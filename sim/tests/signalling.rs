@@ -440,6 +440,7 @@ async fn the_anchor_answers_accepts_and_ends_a_call_as_the_library_places_it() {
         reports::emodel::Codec::OPUS,
         sim::anchor::AnchorBehaviour::Answer,
         None,
+        &sim::run::Deployed::default(),
     )
     .unwrap();
     let ep = Endpoint {

@@ -140,6 +140,7 @@ pub(crate) fn browser_vendor_side(seed: u64) -> sim::run::VendorSide {
         reports::emodel::Codec::OPUS,
         sim::anchor::AnchorBehaviour::Answer,
         None,
+        &sim::run::Deployed::default(),
     )
     .expect("the vendor side starts")
 }
