@@ -91,6 +91,9 @@ pub enum SweepError {
         /// The run's error.
         source: RunError,
     },
+    /// A value asks for more calls at once than the scenario's ramp and talk time ever hold.
+    #[error("{0}")]
+    Unreachable(String),
     /// The sweep's files could not be written.
     #[error("writing {path}: {message}")]
     Write {
@@ -99,6 +102,27 @@ pub enum SweepError {
         /// What went wrong.
         message: String,
     },
+}
+
+/// Why `scenario`'s concurrency is never reached, if it is not: calls start at most `ramp` a
+/// second and each talks `talk` (the sweep's `--duration`, else the scenario's), so no more than
+/// ramp × talk are up at once (set-up time adds a little; it is not counted on).
+fn unreachable(scenario: &Scenario, talk: Option<Duration>) -> Option<String> {
+    let a = &scenario.agents;
+    let talk = talk.unwrap_or(a.call_duration);
+    let held = a.ramp_per_second * talk.as_secs_f64();
+    let wanted = f64::from(a.concurrency);
+    (held < wanted).then(|| {
+        format!(
+            "{} calls at once are never up: calls start at {}/s and talk {:.1} s, so about {:.0} \
+             are up at once; give --duration {:.0}s or more, or raise agents.ramp",
+            a.concurrency,
+            a.ramp_per_second,
+            talk.as_secs_f64(),
+            held,
+            (wanted / a.ramp_per_second).ceil()
+        )
+    })
 }
 
 /// A number and the unit written after it: `2.5Mbit` → (2.5, `Mbit`), `40` → (40, ``).
@@ -285,6 +309,18 @@ pub fn sweep(
         .iter()
         .map(|&v| parse(v))
         .collect::<Result<Vec<_>, _>>()?;
+    // The largest value first: its remedy covers the others.
+    for (v, scenario) in grid.iter().zip(&scenarios).rev() {
+        if let Some(why) = unreachable(scenario, options.call_duration) {
+            let why = format!("{} = {}: {why}", vary.field, vary.written(*v));
+            // A concurrency sweep whose points never reach their value measures the ramp.
+            if vary.field == "agents.concurrency" {
+                return Err(SweepError::Unreachable(why));
+            }
+            eprintln!("warning: {why}");
+            break;
+        }
+    }
     let first = &scenarios[0];
     let needed = capacity::calls_to_prove(first.threshold, first.confidence);
     let base_calls = options.calls.unwrap_or_else(|| {
@@ -502,6 +538,20 @@ impl MachineCapacity {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_concurrency_the_ramp_and_talk_time_never_reach_is_named() {
+        let text = "[run]\nseed = 1\n[agents]\ncalls = 200\nconcurrency = 100\nramp = \"10/s\"\n\
+                    call_duration = \"20s\"\n[turn]\nurls = [\"turn:turn.sim.local:3478\"]\n\
+                    [[site]]\nname = \"hq\"\npath = [\"office-lan\"]\n";
+        let scenario = Scenario::parse("t.toml", "t", text).unwrap();
+        assert_eq!(unreachable(&scenario, None), None, "10/s × 20 s holds 200");
+        let why = unreachable(&scenario, Some(Duration::from_secs(5))).unwrap();
+        assert!(
+            why.contains("about 50") && why.contains("--duration 10s"),
+            "{why}"
+        );
+    }
 
     #[test]
     fn a_range_is_read_with_its_unit_and_gives_its_grid() {
