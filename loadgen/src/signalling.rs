@@ -196,6 +196,18 @@ impl SignallingError {
     }
 }
 
+/// The read buffer of a signalling WebSocket, at each end (what one read asks of TLS). At
+/// tungstenite's default, 128 KiB, the two ends' buffers were half of a call's memory; a
+/// JSON-RPC message is a few KiB (an SDP offer about 2), and a longer one still arrives whole,
+/// over several reads.
+pub const WEBSOCKET_READ_BUFFER: usize = 4096;
+
+/// The WebSocket settings of both ends of the signalling connection.
+pub fn websocket_config() -> tokio_tungstenite::tungstenite::protocol::WebSocketConfig {
+    tokio_tungstenite::tungstenite::protocol::WebSocketConfig::default()
+        .read_buffer_size(WEBSOCKET_READ_BUFFER)
+}
+
 /// A TLS client configuration trusting only `roots` (the signalling endpoint's, a `turns:`
 /// server's).
 pub fn tls_client_config(
@@ -317,9 +329,13 @@ impl SignallingClient {
             .connect(name, tcp)
             .await
             .map_err(|e| format!("TLS: {e}"))?;
-        let (ws, _) = tokio_tungstenite::client_async(endpoint.url.as_str(), tls)
-            .await
-            .map_err(|e| format!("WebSocket upgrade: {e}"))?;
+        let (ws, _) = tokio_tungstenite::client_async_with_config(
+            endpoint.url.as_str(),
+            tls,
+            Some(websocket_config()),
+        )
+        .await
+        .map_err(|e| format!("WebSocket upgrade: {e}"))?;
         Ok(Self {
             ws,
             abandoned: Vec::new(),

@@ -275,7 +275,7 @@ async fn connection(
     (limits, _place): (SignallingLimits, Place),
 ) {
     let _ = tcp.set_nodelay(true);
-    let config = tokio_tungstenite::tungstenite::protocol::WebSocketConfig::default()
+    let config = loadgen::signalling::websocket_config()
         .max_message_size(Some(limits.message_bytes))
         .max_frame_size(Some(limits.message_bytes));
     let handshake = async {

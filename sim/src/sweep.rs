@@ -276,6 +276,14 @@ impl Vary {
             toml_edit::value(self.written(v))
         };
         table.insert(last, value);
+        // A concurrency above the scenario's calls needs as many calls (each point places at
+        // least that many anyway); the scenario would refuse it otherwise.
+        if self.field == "agents.concurrency" {
+            let calls = table.get("calls").and_then(toml_edit::Item::as_integer);
+            if calls.is_some_and(|c| (c as f64) < v) {
+                table.insert("calls", toml_edit::value(v as i64));
+            }
+        }
         Ok(doc.to_string())
     }
 }
@@ -546,6 +554,10 @@ mod tests {
                     [[site]]\nname = \"hq\"\npath = [\"office-lan\"]\n";
         let scenario = Scenario::parse("t.toml", "t", text).unwrap();
         assert_eq!(unreachable(&scenario, None), None, "10/s × 20 s holds 200");
+        // Past the scenario's calls, the calls rise with it.
+        let vary = Vary::parse("agents.concurrency=100..300", Some("100")).unwrap();
+        let edited = Scenario::parse("t.toml", "t", &vary.apply(text, 300.0).unwrap()).unwrap();
+        assert_eq!((edited.agents.concurrency, edited.agents.calls), (300, 300));
         let why = unreachable(&scenario, Some(Duration::from_secs(5))).unwrap();
         assert!(
             why.contains("about 50") && why.contains("--duration 10s"),
