@@ -24,6 +24,7 @@ pub mod dtls;
 pub mod lateness;
 pub mod measure;
 pub mod media;
+pub mod overload;
 pub mod pair;
 pub mod peer;
 pub mod runner;

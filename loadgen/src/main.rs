@@ -93,10 +93,21 @@ struct Cli {
     run: String,
 }
 
+/// How the calls went, for the exit status.
+enum Finished {
+    /// Every call completed.
+    Clean,
+    /// Some failed or dropped.
+    Errors,
+    /// This generator fell behind: neither pass nor fail.
+    Invalid,
+}
+
 fn main() -> ExitCode {
     match run(&Cli::parse()) {
-        Ok(0) => ExitCode::SUCCESS,
-        Ok(_) => ExitCode::from(1),
+        Ok(Finished::Clean) => ExitCode::SUCCESS,
+        Ok(Finished::Errors) => ExitCode::from(1),
+        Ok(Finished::Invalid) => ExitCode::from(4),
         Err(e) => {
             eprintln!("loadgen: {e:#}");
             ExitCode::from(3)
@@ -128,7 +139,7 @@ fn shard(arg: Option<&str>) -> Result<Shard> {
     Ok(Shard { index, count })
 }
 
-fn run(cli: &Cli) -> Result<u64> {
+fn run(cli: &Cli) -> Result<Finished> {
     let shard = shard(cli.shard.as_deref())?;
     let roots: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(&cli.ca)
         .and_then(Iterator::collect)
@@ -190,7 +201,7 @@ fn run(cli: &Cli) -> Result<u64> {
             cli.threshold
         );
     }
-    let records = match &cli.folder {
+    let records_path = match &cli.folder {
         Some(dir) => {
             std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
             dir.join("calls.jsonl")
@@ -200,8 +211,8 @@ fn run(cli: &Cli) -> Result<u64> {
     let mut out = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
-        .open(&records)
-        .with_context(|| format!("opening {}", records.display()))?;
+        .open(&records_path)
+        .with_context(|| format!("opening {}", records_path.display()))?;
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
@@ -215,11 +226,15 @@ fn run(cli: &Cli) -> Result<u64> {
     };
     let mut sink = Sink {
         out: &mut out,
-        summary: RunSummary::new(),
+        records: Vec::new(),
         ended: 0,
         total: cli.calls,
         tty: std::io::stderr().is_terminal(),
     };
+    // This generator's own lateness, watched as it goes: a shard on an overloaded machine must
+    // not pass or fail the network (it has no other component's counters to read).
+    let monitor = loadgen::overload::Monitor::start(reports::Components::new)
+        .context("starting the overload monitor")?;
     let talk = Duration::from_secs_f64(cli.duration.max(0.0));
     let interrupted = runtime.block_on(run_calls(
         cli.calls,
@@ -253,8 +268,16 @@ fn run(cli: &Cli) -> Result<u64> {
         },
         &mut sink,
     ));
-    let o = &sink.summary.outcomes;
-    let rate = sink.summary.error_rate(0.95);
+    let own_lateness = monitor.finish();
+    let mut records = std::mem::take(&mut sink.records);
+    // Failures that began while this generator was late say so in their records, written again.
+    if own_lateness.mark(&mut records) > 0 {
+        reports::record::rewrite_records(&records_path, &records)
+            .with_context(|| format!("writing {}", records_path.display()))?;
+    }
+    let summary = RunSummary::from_records(&records).map_err(|e| anyhow!("{e}"))?;
+    let o = &summary.outcomes;
+    let rate = summary.error_rate(0.95);
     println!(
         "{} calls: {} completed, {} failed, {} dropped; error rate {:.2} % (95 % interval {:.2}–{:.2} %){}; records in {}",
         o.attempts(),
@@ -265,18 +288,17 @@ fn run(cli: &Cli) -> Result<u64> {
         rate.lower * 100.0,
         rate.upper * 100.0,
         if interrupted { ", interrupted" } else { "" },
-        records.display()
+        records_path.display()
     );
+    let errors = o.errors();
+    // The records' scenario, as `sim report` names a merge of them.
+    let mut file = SummaryFile::new("loadgen", summary, cli.threshold / 100.0, 0.95, interrupted);
+    file.own_lateness = own_lateness;
+    file.settle_verdict();
+    for note in file.terminal_notes(5) {
+        println!("{note}");
+    }
     if let Some(dir) = &cli.folder {
-        let errors = o.errors();
-        // The records' scenario, as `sim report` names a merge of them.
-        let file = SummaryFile::new(
-            "loadgen",
-            sink.summary,
-            cli.threshold / 100.0,
-            0.95,
-            interrupted,
-        );
         let path = dir.join("summary.json");
         let text = serde_json::to_string_pretty(&file)?;
         std::fs::write(&path, text).with_context(|| format!("writing {}", path.display()))?;
@@ -286,9 +308,14 @@ fn run(cli: &Cli) -> Result<u64> {
             dir.display(),
             dir.display()
         );
-        return Ok(errors);
     }
-    Ok(o.errors())
+    Ok(if file.verdict == reports::Verdict::Invalid {
+        Finished::Invalid
+    } else if errors > 0 {
+        Finished::Errors
+    } else {
+        Finished::Clean
+    })
 }
 
 /// coturn's `use-auth-secret` credentials: username `expiry:user`, password
@@ -308,7 +335,8 @@ fn time_limited(secret: &str, user: &str, valid: Duration) -> Result<(String, St
 
 struct Sink<'a> {
     out: &'a mut std::fs::File,
-    summary: RunSummary,
+    /// Every record, for the overload marks at the end.
+    records: Vec<CallRecord>,
     ended: u32,
     total: u32,
     tty: bool,
@@ -322,7 +350,6 @@ impl LoadEvents for Sink<'_> {
             eprintln!("writing a record: {e}");
         }
         self.ended += 1;
-        let _ = self.summary.add(&record);
         let class = record
             .failure
             .as_ref()
@@ -341,6 +368,7 @@ impl LoadEvents for Sink<'_> {
         } else {
             eprintln!("{line}");
         }
+        self.records.push(record);
     }
 
     fn interrupted(&mut self) {

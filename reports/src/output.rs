@@ -99,6 +99,42 @@ impl SummaryFile {
         };
     }
 
+    /// The lines a terminal shows under the verdict, as `sim run` and `loadgen` print them: how
+    /// many calls would settle an inconclusive run, why an invalid one is neither pass nor fail,
+    /// the [`warnings`](SummaryFile::warnings), and the first late stretches (`late_shown`).
+    #[must_use]
+    pub fn terminal_notes(&self, late_shown: usize) -> Vec<String> {
+        let mut notes = Vec::new();
+        match (self.verdict, self.calls_needed) {
+            (Verdict::Inconclusive, Some(n)) => {
+                notes.push(format!(
+                    "about {n} calls in all would settle it at this error rate"
+                ));
+            }
+            (Verdict::Invalid, _) => notes.push(
+                "invalid: the simulator's own components fell behind, so this run neither \
+                 passes nor fails the network (exit status 4)"
+                    .into(),
+            ),
+            _ => {}
+        }
+        notes.extend(self.warnings().into_iter().map(|w| format!("warning: {w}")));
+        let spans = &self.own_lateness.spans;
+        notes.extend(
+            spans
+                .iter()
+                .take(late_shown)
+                .map(|span| format!("late: {}", span.describe())),
+        );
+        if spans.len() > late_shown {
+            notes.push(format!(
+                "late: … {} more in summary.json",
+                spans.len() - late_shown
+            ));
+        }
+        notes
+    }
+
     /// What a reader must know before trusting the figures, worst first: the
     /// [`own faults`](SummaryFile::own_faults) that make the run invalid, then how many calls
     /// failed while a component of the simulator was late. Every output (the Markdown, the

@@ -612,6 +612,23 @@ pub fn append_record(out: &mut impl Write, record: &CallRecord) -> io::Result<()
     out.flush()
 }
 
+/// Writes `records` as the JSON Lines file `path`, through a temporary file beside it renamed
+/// over it, so that a file already there stays whole until the new one is.
+///
+/// # Errors
+/// The temporary file could not be written or renamed.
+pub fn rewrite_records(path: &Path, records: &[CallRecord]) -> io::Result<()> {
+    let mut tmp = path.as_os_str().to_owned();
+    tmp.push(".tmp");
+    let tmp = PathBuf::from(tmp);
+    let mut f = io::BufWriter::new(std::fs::File::create(&tmp)?);
+    for r in records {
+        append_record(&mut f, r)?;
+    }
+    drop(f);
+    std::fs::rename(&tmp, path)
+}
+
 /// The records of a JSON Lines file, and the damaged last line if a run died writing it.
 #[derive(Debug, Clone, PartialEq)]
 pub struct RecordFile {

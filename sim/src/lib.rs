@@ -21,7 +21,8 @@ pub mod anchor;
 pub mod bench;
 pub mod dns;
 pub mod netem;
-pub mod overload;
+/// The overload monitor lives with the agents (a `loadgen` shard runs it too).
+pub use loadgen::overload;
 pub mod profiles;
 pub mod relay;
 pub mod report;

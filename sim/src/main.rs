@@ -361,25 +361,8 @@ fn main() -> ExitCode {
                         e.upper * 100.0,
                         s.threshold * 100.0
                     );
-                    match (s.verdict, s.calls_needed) {
-                        (reports::Verdict::Inconclusive, Some(n)) => {
-                            println!("about {n} calls in all would settle it at this error rate");
-                        }
-                        (reports::Verdict::Invalid, _) => println!(
-                            "invalid: the simulator's own components fell behind, so this run \
-                             neither passes nor fails the network (exit status 4)"
-                        ),
-                        _ => {}
-                    }
-                    for warning in s.warnings() {
-                        println!("warning: {warning}");
-                    }
-                    let spans = &s.own_lateness.spans;
-                    for span in spans.iter().take(5) {
-                        println!("late: {}", span.describe());
-                    }
-                    if spans.len() > 5 {
-                        println!("late: … {} more in summary.json", spans.len() - 5);
+                    for note in s.terminal_notes(5) {
+                        println!("{note}");
                     }
                     println!("run folder: {}", outcome.dir.display());
                     ExitCode::from(sim::run::exit_code(s.verdict))

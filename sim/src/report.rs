@@ -187,13 +187,7 @@ pub fn merge(dirs: &[PathBuf], out: &Path) -> Result<SummaryFile, ReportError> {
 /// that a file already there stays whole until the new one is.
 pub(crate) fn copy_records(records: &[CallRecord], out: &Path) -> Result<(), ReportError> {
     let path = out.join("calls.jsonl");
-    let tmp = out.join("calls.jsonl.tmp");
-    let mut f = std::io::BufWriter::new(fs::File::create(&tmp).map_err(|e| file_err(&tmp, e))?);
-    for r in records {
-        reports::record::append_record(&mut f, r).map_err(|e| file_err(&tmp, e))?;
-    }
-    drop(f);
-    fs::rename(&tmp, &path).map_err(|e| file_err(&path, e))
+    reports::record::rewrite_records(&path, records).map_err(|e| file_err(&path, e))
 }
 
 /// Compares run `a` (before) with run `b` (after): error rates with their intervals, whether

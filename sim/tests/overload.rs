@@ -5,7 +5,9 @@
 //! removes it after. Without them it says so and skips.
 #![allow(clippy::disallowed_methods)] // a real process, a real clock
 
-use std::path::{Path, PathBuf};
+mod common;
+
+use common::CpuGroup;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -28,50 +30,6 @@ urls = ["turn:turn.sim.local:3478?transport=udp"]
 name = "hq"
 path = ["office-lan"]
 "#;
-
-/// A CPU control group of this test's own with a quota of `percent` of one core, removed on
-/// drop; `None` where this machine cannot make one.
-struct CpuGroup(PathBuf);
-
-impl CpuGroup {
-    fn new(percent: u64) -> Option<Self> {
-        let name = format!("sim-overload-test-{}", std::process::id());
-        // cgroup v1's cpu controller, or v2's unified hierarchy with cpu enabled.
-        let v1 = Path::new("/sys/fs/cgroup/cpu");
-        if v1.join("cpu.cfs_quota_us").exists() {
-            let dir = v1.join(name);
-            std::fs::create_dir_all(&dir).ok()?;
-            let group = Self(dir);
-            std::fs::write(group.0.join("cpu.cfs_period_us"), "100000").ok()?;
-            std::fs::write(
-                group.0.join("cpu.cfs_quota_us"),
-                (percent * 1_000).to_string(),
-            )
-            .ok()?;
-            return Some(group);
-        }
-        let v2 = Path::new("/sys/fs/cgroup");
-        let controllers = std::fs::read_to_string(v2.join("cgroup.subtree_control")).ok()?;
-        if !controllers.split_whitespace().any(|c| c == "cpu") {
-            return None;
-        }
-        let dir = v2.join(name);
-        std::fs::create_dir_all(&dir).ok()?;
-        let group = Self(dir);
-        std::fs::write(
-            group.0.join("cpu.max"),
-            format!("{} 100000", percent * 1_000),
-        )
-        .ok()?;
-        Some(group)
-    }
-}
-
-impl Drop for CpuGroup {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir(&self.0);
-    }
-}
 
 #[test]
 fn a_run_starved_by_a_cpu_quota_is_invalid_and_names_what_was_late() {

@@ -5,8 +5,10 @@
 //! the records summarised at once) in every count and histogram, and the vendor side's own
 //! record holds the same calls. Every process counts send stamps from a wall-clock epoch
 //! (SIM_MEDIA_EPOCH, as pods on different machines do), and one-way delay still measures the
-//! loopback path.
+//! loopback path. A shard starved by a CPU quota says `invalid`, and so does the merge.
 #![allow(clippy::disallowed_methods)] // real processes, real sockets, real clock
+
+mod common;
 
 use std::io::{BufRead as _, BufReader};
 use std::path::{Path, PathBuf};
@@ -14,6 +16,10 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 const SHARDS: u32 = 4;
+
+/// The tests that place calls run one at a time: a starved shard beside the four would make
+/// them late for want of CPU, which they would rightly report.
+static MACHINE: std::sync::Mutex<()> = std::sync::Mutex::new(());
 const CALLS_PER_SHARD: u32 = 3;
 const HOST: &str = "vendor.sim.local";
 const PASSWORD: &str = "shard-test-secret";
@@ -64,113 +70,172 @@ fn summary(dir: &Path) -> serde_json::Value {
     serde_json::from_str(&text).unwrap()
 }
 
-#[test]
-fn four_loadgen_shards_against_one_sim_serve_merge_into_one_run_of_the_same_calls() {
-    let dir = temp("k8s");
-    let ck = rcgen::generate_simple_self_signed(vec![HOST.to_owned()]).unwrap();
-    let (cert, key) = (dir.join("tls.crt"), dir.join("tls.key"));
-    std::fs::write(&cert, ck.cert.pem()).unwrap();
-    std::fs::write(&key, ck.signing_key.serialize_pem()).unwrap();
-    // A port the OS gave, then freed: the deployment's fixed Service port.
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+/// A `sim serve` process as the vendor Deployment runs it, and what the agents need of it.
+struct Vendor {
+    child: Child,
+    /// Its TURN server's UDP address.
+    turn: String,
+    /// Its signalling port.
+    port: u16,
+    /// The certificate the agents trust.
+    cert: PathBuf,
+    /// The media epoch every process is given.
+    epoch: u64,
+    drain: Option<std::thread::JoinHandle<()>>,
+}
 
-    // An hour ago, as every pod of a deployment is given it.
-    let epoch = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_secs()
-        - 3600;
-    let mut vendor = sim()
-        .args(["serve", "--listen", "127.0.0.1", "--host", HOST])
-        .args(["--signalling-port", &port.to_string()])
-        .arg("--cert")
-        .arg(&cert)
-        .arg("--key")
-        .arg(&key)
-        .arg("--ca-out")
-        .arg(dir.join("written-ca.pem"))
-        .arg("--out")
-        .arg(dir.join("vendor"))
-        .env("SIM_TURN_PASSWORD", PASSWORD)
-        .env("SIM_MEDIA_EPOCH", epoch.to_string())
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut lines = BufReader::new(vendor.stdout.take().unwrap()).lines();
-    let (mut turn, mut signalling) = (None, None);
-    for line in lines.by_ref() {
-        let line = line.unwrap();
-        if let Some(rest) = line.strip_prefix("TURN        turn:") {
-            turn = rest.split('?').next().map(str::to_owned);
-            assert!(line.contains(&format!("password {PASSWORD}")), "{line}");
-        }
-        if line.starts_with("signalling") {
-            signalling = Some(line.clone());
-        }
-        if line.starts_with("serving") {
-            break;
+/// A test that fails part-way must not leave its `sim serve` running.
+impl Drop for Vendor {
+    fn drop(&mut self) {
+        if matches!(self.child.try_wait(), Ok(None)) {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
         }
     }
-    // Whatever else it prints must not fill the pipe.
-    let drain = std::thread::spawn(move || lines.for_each(drop));
-    let turn = turn.expect("sim serve printed no TURN address");
-    let signalling = signalling.expect("sim serve printed no signalling line");
-    assert!(
-        signalling.contains(&format!("wss://{HOST}:{port}/rtc at 127.0.0.1:{port}")),
-        "{signalling}"
-    );
-    // It hands out the certificate it was given, not one of its own.
-    assert_eq!(
-        std::fs::read_to_string(dir.join("written-ca.pem")).unwrap(),
-        ck.cert.pem()
-    );
+}
+
+impl Vendor {
+    /// Starts `sim serve` with a certificate, port, password and media epoch it is given, as
+    /// deploy/k8s/vendor.yaml does, recording its calls in `dir`/vendor.
+    fn start(dir: &Path) -> Self {
+        let ck = rcgen::generate_simple_self_signed(vec![HOST.to_owned()]).unwrap();
+        let (cert, key) = (dir.join("tls.crt"), dir.join("tls.key"));
+        std::fs::write(&cert, ck.cert.pem()).unwrap();
+        std::fs::write(&key, ck.signing_key.serialize_pem()).unwrap();
+        // A port the OS gave, then freed: the deployment's fixed Service port.
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        // An hour ago, as every pod of a deployment is given it.
+        let epoch = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs()
+            - 3600;
+        let mut child = sim()
+            .args(["serve", "--listen", "127.0.0.1", "--host", HOST])
+            .args(["--signalling-port", &port.to_string()])
+            .arg("--cert")
+            .arg(&cert)
+            .arg("--key")
+            .arg(&key)
+            .arg("--ca-out")
+            .arg(dir.join("written-ca.pem"))
+            .arg("--out")
+            .arg(dir.join("vendor"))
+            .env("SIM_TURN_PASSWORD", PASSWORD)
+            .env("SIM_MEDIA_EPOCH", epoch.to_string())
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+        let (mut turn, mut signalling) = (None, None);
+        for line in lines.by_ref() {
+            let line = line.unwrap();
+            if let Some(rest) = line.strip_prefix("TURN        turn:") {
+                turn = rest.split('?').next().map(str::to_owned);
+                assert!(line.contains(&format!("password {PASSWORD}")), "{line}");
+            }
+            if line.starts_with("signalling") {
+                signalling = Some(line.clone());
+            }
+            if line.starts_with("serving") {
+                break;
+            }
+        }
+        // Whatever else it prints must not fill the pipe.
+        let drain = std::thread::spawn(move || lines.for_each(drop));
+        let turn = turn.expect("sim serve printed no TURN address");
+        let signalling = signalling.expect("sim serve printed no signalling line");
+        assert!(
+            signalling.contains(&format!("wss://{HOST}:{port}/rtc at 127.0.0.1:{port}")),
+            "{signalling}"
+        );
+        // It hands out the certificate it was given, not one of its own.
+        assert_eq!(
+            std::fs::read_to_string(dir.join("written-ca.pem")).unwrap(),
+            ck.cert.pem()
+        );
+        Self {
+            child,
+            turn,
+            port,
+            cert,
+            epoch,
+            drain: Some(drain),
+        }
+    }
+
+    /// The arguments and environment of a `loadgen` shard aimed at it.
+    fn shard(&self, cmd: &mut Command, calls: u32, folder: &Path) {
+        let port = self.port;
+        cmd.args(["--signalling", &format!("wss://{HOST}:{port}/rtc")])
+            .args(["--signalling-addr", &format!("127.0.0.1:{port}")])
+            .arg("--ca")
+            .arg(&self.cert)
+            .args(["--turn", &format!("turn:{}?transport=udp", self.turn)])
+            .args(["--turn-password", PASSWORD])
+            .args(["--calls", &calls.to_string()])
+            .args(["--concurrency", &calls.to_string()])
+            .args(["--ramp", "20", "--duration", "2", "--run", "k8s-local"])
+            .arg("--folder")
+            .arg(folder)
+            .env("SIM_MEDIA_EPOCH", self.epoch.to_string());
+    }
+
+    /// Stops it as Kubernetes stops a pod, with SIGTERM: it must still write its run folder.
+    fn stop(mut self) {
+        rustix::process::kill_process(
+            rustix::process::Pid::from_child(&self.child),
+            rustix::process::Signal::TERM,
+        )
+        .unwrap();
+        let status = wait(
+            &mut self.child,
+            Instant::now() + Duration::from_secs(30),
+            "sim serve",
+        );
+        assert!(status.success(), "sim serve: {status}");
+        if let Some(drain) = self.drain.take() {
+            drain.join().unwrap();
+        }
+    }
+}
+
+#[test]
+fn four_loadgen_shards_against_one_sim_serve_merge_into_one_run_of_the_same_calls() {
+    let _machine = MACHINE
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    let dir = temp("k8s");
+    let vendor = Vendor::start(&dir);
 
     let deadline = Instant::now() + Duration::from_secs(120);
     let mut shards: Vec<Child> = (0..SHARDS)
         .map(|i| {
-            loadgen()
-                .args(["--signalling", &format!("wss://{HOST}:{port}/rtc")])
-                .args(["--signalling-addr", &format!("127.0.0.1:{port}")])
-                .arg("--ca")
-                .arg(&cert)
-                .args(["--turn", &format!("turn:{turn}?transport=udp")])
-                .args(["--turn-password", PASSWORD])
-                .args(["--calls", &CALLS_PER_SHARD.to_string()])
-                .args(["--concurrency", &CALLS_PER_SHARD.to_string()])
-                .args(["--ramp", "20", "--duration", "2", "--run", "k8s-local"])
-                .arg("--folder")
-                .arg(dir.join(format!("shard-{i}")))
+            let mut shard = loadgen();
+            vendor.shard(&mut shard, CALLS_PER_SHARD, &dir.join(format!("shard-{i}")));
+            shard
                 .env("JOB_COMPLETION_INDEX", i.to_string())
                 .env("LOADGEN_SHARDS", SHARDS.to_string())
-                .env("SIM_MEDIA_EPOCH", epoch.to_string())
                 .stdout(Stdio::null())
                 .stderr(Stdio::null())
                 .spawn()
                 .unwrap()
         })
         .collect();
+    // Every call completes (exit 0); a shard whose own pacing fell behind on a busy machine
+    // says so (exit 4, its folder `invalid`) and the merge must say it too.
+    let mut invalid = false;
     for (i, s) in shards.iter_mut().enumerate() {
         let status = wait(s, deadline, &format!("loadgen shard {i}"));
-        assert!(status.success(), "shard {i}: {status}");
+        assert!(matches!(status.code(), Some(0 | 4)), "shard {i}: {status}");
+        invalid |= status.code() == Some(4);
     }
 
-    // Kubernetes stops the vendor's pod with SIGTERM: it must still write its run folder.
-    rustix::process::kill_process(
-        rustix::process::Pid::from_child(&vendor),
-        rustix::process::Signal::TERM,
-    )
-    .unwrap();
-    let status = wait(
-        &mut vendor,
-        Instant::now() + Duration::from_secs(30),
-        "sim serve",
-    );
-    assert!(status.success(), "sim serve: {status}");
-    drain.join().unwrap();
+    vendor.stop();
 
     let shard_dirs: Vec<PathBuf> = (0..SHARDS)
         .map(|i| dir.join(format!("shard-{i}")))
@@ -231,7 +296,10 @@ fn four_loadgen_shards_against_one_sim_serve_merge_into_one_run_of_the_same_call
     }
     // 12 calls cannot prove 2 % (README: 189 can), but every one completed.
     assert_eq!(m["summary"]["outcomes"]["completed"], total, "{m:#}");
-    assert_eq!(m["verdict"], "inconclusive");
+    assert_eq!(
+        m["verdict"],
+        if invalid { "invalid" } else { "inconclusive" }
+    );
 
     // Each shard named its calls by its index and recorded it.
     let records: Vec<serde_json::Value> = std::fs::read_to_string(merged.join("calls.jsonl"))
@@ -288,4 +356,67 @@ fn an_indexed_job_pod_without_its_shard_count_is_refused() {
         err.contains("JOB_COMPLETION_INDEX is 2") && err.contains("LOADGEN_SHARDS"),
         "{err}"
     );
+}
+
+#[test]
+fn a_shard_starved_by_a_cpu_quota_is_invalid_and_so_is_the_merge() {
+    let _machine = MACHINE
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    let Some(group) = common::CpuGroup::new(15) else {
+        eprintln!("skipped: cannot make a CPU control group here (needs root and cgroup cpu)");
+        return;
+    };
+    let dir = temp("starved");
+    let vendor = Vendor::start(&dir);
+    let folder = dir.join("shard-0");
+    // The shell joins the group, then becomes loadgen: every thread it starts is in it. The
+    // vendor side stays outside, at full speed.
+    let mut shard = Command::new("sh");
+    shard
+        .arg("-c")
+        .arg(r#"echo $$ > "$1/cgroup.procs" && shift && exec "$@""#)
+        .arg("sh")
+        .arg(&group.0)
+        .arg(loadgen().get_program());
+    vendor.shard(&mut shard, 6, &folder);
+    let mut child = shard
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let status = wait(
+        &mut child,
+        Instant::now() + Duration::from_secs(180),
+        "the starved shard",
+    );
+    let mut stdout = String::new();
+    std::io::Read::read_to_string(&mut child.stdout.take().unwrap(), &mut stdout).unwrap();
+    vendor.stop();
+    assert_eq!(status.code(), Some(4), "exit status 4 (invalid)\n{stdout}");
+    assert!(
+        stdout.contains("neither passes nor fails the network") && stdout.contains("late: "),
+        "{stdout}"
+    );
+    let s = summary(&folder);
+    assert_eq!(s["verdict"], "invalid", "{s:#}");
+    assert!(
+        s["own_lateness"]["spans"]
+            .as_array()
+            .is_some_and(|spans| spans.iter().any(|sp| sp["cause"] == "throttled")),
+        "the quota is named: {:#}",
+        s["own_lateness"]
+    );
+    // A merge holding an invalid shard is invalid: it keeps the shard's lateness.
+    let merged = dir.join("merged");
+    let out = sim()
+        .arg("report")
+        .arg(&folder)
+        .arg(dir.join("vendor"))
+        .arg("--out")
+        .arg(&merged)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(summary(&merged)["verdict"], "invalid");
 }

@@ -212,3 +212,49 @@ pub(crate) fn component_total(dir: &std::path::Path, prefix: &str, counter: &str
         .filter_map(|(_, v)| v[counter].as_u64())
         .sum()
 }
+
+/// A CPU control group of this test's own with a quota of `percent` of one core, removed on
+/// drop; `None` where this machine cannot make one.
+#[allow(dead_code)] // only the overload tests starve a process
+pub(crate) struct CpuGroup(pub(crate) std::path::PathBuf);
+
+impl CpuGroup {
+    #[allow(dead_code)]
+    pub(crate) fn new(percent: u64) -> Option<Self> {
+        let name = format!("sim-overload-test-{}", std::process::id());
+        // cgroup v1's cpu controller, or v2's unified hierarchy with cpu enabled.
+        let v1 = std::path::Path::new("/sys/fs/cgroup/cpu");
+        if v1.join("cpu.cfs_quota_us").exists() {
+            let dir = v1.join(name);
+            std::fs::create_dir_all(&dir).ok()?;
+            let group = Self(dir);
+            std::fs::write(group.0.join("cpu.cfs_period_us"), "100000").ok()?;
+            std::fs::write(
+                group.0.join("cpu.cfs_quota_us"),
+                (percent * 1_000).to_string(),
+            )
+            .ok()?;
+            return Some(group);
+        }
+        let v2 = std::path::Path::new("/sys/fs/cgroup");
+        let controllers = std::fs::read_to_string(v2.join("cgroup.subtree_control")).ok()?;
+        if !controllers.split_whitespace().any(|c| c == "cpu") {
+            return None;
+        }
+        let dir = v2.join(name);
+        std::fs::create_dir_all(&dir).ok()?;
+        let group = Self(dir);
+        std::fs::write(
+            group.0.join("cpu.max"),
+            format!("{} 100000", percent * 1_000),
+        )
+        .ok()?;
+        Some(group)
+    }
+}
+
+impl Drop for CpuGroup {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir(&self.0);
+    }
+}

@@ -1,8 +1,10 @@
 //! Watching the simulator's own components while a run goes: when they fall behind, the run
-//! says so, and its verdict is invalid rather than the network's ([`reports::overload`]).
+//! says so, and its verdict is invalid rather than the network's ([`reports::overload`]). `sim
+//! run` watches its whole process (agents, path engine, TURN server, anchor); a `loadgen` shard
+//! watches its agents, so that a shard on an overloaded machine says so too.
 //!
 //! A thread wakes every [`WINDOW`] and looks at what the window did:
-//! - how late each sender's frames went out ([`loadgen::lateness`]): more than 1 % of them
+//! - how late each sender's frames went out ([`crate::lateness`]): more than 1 % of them
 //!   2 ms or more late is the sender's p99 over the pacing limit;
 //! - each thread's CPU time (`/proc/self/task/*/stat`): a thread busy 90 % of the window or
 //!   more has work queued behind it (its timers, its sockets);
@@ -17,7 +19,7 @@ use std::sync::mpsc;
 use std::thread;
 use std::time::{Duration, Instant, SystemTime};
 
-use loadgen::lateness::{LATE_BOUNDS_US, Sender, Snapshot};
+use crate::lateness::{LATE_BOUNDS_US, Sender, Snapshot};
 use reports::{Components, LateCause, LateSpan, OwnLateness};
 
 /// The monitor's window.
@@ -284,7 +286,7 @@ pub fn thread_cpu() -> std::io::Result<BTreeMap<String, Duration>> {
 }
 
 /// The component a thread belongs to, by its name.
-pub(crate) fn component(thread: &str) -> &'static str {
+pub fn component(thread: &str) -> &'static str {
     match thread {
         // The agents' runtime runs on the thread that called `run` (the program's main one).
         "sim" => "agents",
