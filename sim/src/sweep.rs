@@ -104,6 +104,11 @@ pub enum SweepError {
     },
 }
 
+/// The sweep that measures this machine's capacity, as the overload warning gives it (1,000
+/// calls at the scenario's 20/s take 50 s to be up at once).
+const MEASURE_MACHINE: &str = "sim sweep scenarios/capacity-200.toml --vary \
+                               agents.concurrency=100..1000 --step 100 --duration 50s --machine";
+
 /// Why `scenario`'s concurrency is never reached, if it is not: calls start at most `ramp` a
 /// second and each talks `talk` (the sweep's `--duration`, else the scenario's), so no more than
 /// ramp × talk are up at once (set-up time adds a little; it is not counted on).
@@ -520,8 +525,6 @@ impl MachineCapacity {
     /// What `sim run` says before a scenario of `concurrency` calls at once, when that is more
     /// than the machine holds (`None`: it fits, or nothing was measured and it is modest).
     pub fn warning(stored: Option<&Self>, concurrency: u32) -> Option<String> {
-        const HOW: &str = "sim sweep scenarios/capacity-200.toml --vary \
-                           agents.concurrency=100..1000 --step 100 --duration 30s --machine";
         match stored {
             Some(m) if concurrency > m.concurrent_calls => {
                 let machines = concurrency.div_ceil(m.concurrent_calls.max(1));
@@ -530,13 +533,13 @@ impl MachineCapacity {
                      ({} build, {} cores, measured by `sim sweep --machine`). Past that its \
                      own components fall behind and the run will be invalid. Shard it over {machines} \
                      machines: `sim serve` on one, `loadgen --shard I/{machines}` on each (README, \
-                     \"loadgen alone\").",
+                     \"loadgen alone\"; on Kubernetes, docs/kubernetes.md).",
                     m.concurrent_calls, m.build, m.cores
                 ))
             }
             None if concurrency > 200 => Some(format!(
                 "this scenario places {concurrency} calls at once, and this machine's capacity \
-                 was never measured; measure it first: {HOW}"
+                 was never measured; measure it first: {MEASURE_MACHINE}"
             )),
             _ => None,
         }
@@ -554,6 +557,23 @@ mod tests {
                     [[site]]\nname = \"hq\"\npath = [\"office-lan\"]\n";
         let scenario = Scenario::parse("t.toml", "t", text).unwrap();
         assert_eq!(unreachable(&scenario, None), None, "10/s × 20 s holds 200");
+        // The machine sweep the overload warning recommends reaches every value it asks for.
+        let words: Vec<&str> = MEASURE_MACHINE.split_whitespace().collect();
+        let after = |flag: &str| words[words.iter().position(|w| *w == flag).unwrap() + 1];
+        let shipped = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("..")
+            .join(words[2]);
+        let shipped = std::fs::read_to_string(&shipped).unwrap();
+        let vary = Vary::parse(after("--vary"), Some(after("--step"))).unwrap();
+        let talk = crate::scenario::parse_duration(after("--duration")).unwrap();
+        for v in vary.grid() {
+            let s = Scenario::parse("c.toml", "c", &vary.apply(&shipped, v).unwrap()).unwrap();
+            assert_eq!(
+                unreachable(&s, Some(talk)),
+                None,
+                "{MEASURE_MACHINE} at {v}"
+            );
+        }
         // Past the scenario's calls, the calls rise with it.
         let vary = Vary::parse("agents.concurrency=100..300", Some("100")).unwrap();
         let edited = Scenario::parse("t.toml", "t", &vary.apply(text, 300.0).unwrap()).unwrap();
