@@ -40,7 +40,7 @@ pub mod verdict;
 
 pub use components::Components;
 pub use distribution::{Distribution, Unit};
-pub use output::SummaryFile;
+pub use output::{LatePart, SummaryFile};
 pub use overload::{LateCause, LateSpan, OwnLateness};
 pub use record::{
     CallIdentity, CallKind, CallRecord, ConferenceAudio, Failure, FailureClass, Heard, MediaStats,

@@ -13,8 +13,9 @@ use crate::summary::RunSummary;
 use crate::verdict::{ErrorRate, Verdict};
 
 /// Version of the `summary.json` layout. Version 2 added `components`, version 3
-/// `own_lateness` and the verdict `invalid`; older files still read (without them).
-pub const SUMMARY_FILE_VERSION: u32 = 3;
+/// `own_lateness` and the verdict `invalid`, version 4 `late_parts`; older files still read
+/// (without them).
+pub const SUMMARY_FILE_VERSION: u32 = 4;
 /// Version of the `calls.csv` columns.
 pub const CSV_VERSION: u32 = 2;
 
@@ -44,6 +45,21 @@ pub struct SummaryFile {
     /// When the simulator's own components were late (empty when not monitored).
     #[serde(default)]
     pub own_lateness: OwnLateness,
+    /// In a merge, the parts (runs or shards) whose own senders kept poor time. Their calls
+    /// were measured by a late generator even when the merged pacing histogram, diluted by the
+    /// parts that kept time, stays under the limit (empty: none did, or not a merge).
+    #[serde(default)]
+    pub late_parts: Vec<LatePart>,
+}
+
+/// A part of a merge whose load generator was late ([`SummaryFile::late_parts`]).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LatePart {
+    /// The part's run folder, as the merge was given it.
+    pub folder: String,
+    /// Its senders' pacing error at p99, µs (above [`crate::summary::PACING_LIMIT_US`]).
+    pub pacing_p99_us: u64,
 }
 
 impl SummaryFile {
@@ -67,7 +83,21 @@ impl SummaryFile {
             summary,
             components: Components::new(),
             own_lateness: OwnLateness::default(),
+            late_parts: Vec::new(),
         }
+    }
+
+    /// The late parts a merge holding this file as `folder` carries: this run's own, if its
+    /// generator was late, and those of the parts it merged itself.
+    #[must_use]
+    pub fn late_parts_as(&self, folder: &str) -> Vec<LatePart> {
+        let own = self.summary.generator_lateness_us().map(|p99| LatePart {
+            folder: folder.to_owned(),
+            pacing_p99_us: p99,
+        });
+        own.into_iter()
+            .chain(self.late_parts.iter().cloned())
+            .collect()
     }
 
     /// Why this run's figures cannot judge the network, worst first: the load generator's
@@ -78,6 +108,13 @@ impl SummaryFile {
         let mut faults = Vec::new();
         if let Some(p99) = self.summary.generator_lateness_us() {
             faults.push(crate::summary::generator_lateness_warning(p99));
+        }
+        for part in &self.late_parts {
+            faults.push(format!(
+                "{}: {}",
+                part.folder,
+                crate::summary::generator_lateness_warning(part.pacing_p99_us)
+            ));
         }
         if let Some(starved) = self.own_lateness.starved() {
             faults.push(starved);

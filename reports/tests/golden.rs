@@ -146,6 +146,18 @@ fn odd_summaries_conform_and_broken_ones_do_not() {
         violations(&serde_json::to_value(&all_failed).unwrap()),
         Vec::<String>::new()
     );
+    // A merge holding a late shard.
+    let mut merged = all_failed.clone();
+    merged.late_parts.push(reports::LatePart {
+        folder: "shard-3".into(),
+        pacing_p99_us: 4_100,
+    });
+    merged.settle_verdict();
+    assert_eq!(merged.verdict, reports::Verdict::Invalid);
+    assert_eq!(
+        violations(&serde_json::to_value(&merged).unwrap()),
+        Vec::<String>::new()
+    );
 
     // What a reader would refuse, the schema refuses too.
     let (_, file) = fixture();
@@ -164,6 +176,7 @@ fn odd_summaries_conform_and_broken_ones_do_not() {
         ("/surprise", json!(true)),
         ("/components/turn", json!(5)),
         ("/components/anchor/invites", json!(-1)),
+        ("/late_parts", json!([{ "folder": "shard-3" }])),
     ];
     for (pointer, value) in broken {
         let mut doc = good.clone();

@@ -125,6 +125,7 @@ pub fn render(dir: &Path, out: &Path) -> Result<SummaryFile, ReportError> {
     // holds them.
     file.components = s.components.clone();
     file.own_lateness = s.own_lateness.clone();
+    file.late_parts = s.late_parts.clone();
     file.settle_verdict();
     write(out, &run.records, &file)?;
     if out != dir {
@@ -146,6 +147,7 @@ pub fn merge(dirs: &[PathBuf], out: &Path) -> Result<SummaryFile, ReportError> {
     let mut interrupted = false;
     let mut components = reports::Components::new();
     let mut own_lateness = reports::OwnLateness::default();
+    let mut late_parts = Vec::new();
     for run in &runs {
         let s = &run.summary;
         if s.threshold != threshold || s.error_rate.confidence != confidence {
@@ -166,6 +168,8 @@ pub fn merge(dirs: &[PathBuf], out: &Path) -> Result<SummaryFile, ReportError> {
         interrupted |= s.interrupted || run.truncated.is_some();
         components.merge(&s.components);
         own_lateness.merge(&s.own_lateness);
+        // A part's late senders would vanish into the histogram of the parts that kept time.
+        late_parts.extend(s.late_parts_as(&run.dir.display().to_string()));
     }
     let names: Vec<&str> = summary.scenarios.iter().map(String::as_str).collect();
     let mut file = SummaryFile::new(
@@ -177,6 +181,7 @@ pub fn merge(dirs: &[PathBuf], out: &Path) -> Result<SummaryFile, ReportError> {
     );
     file.components = components;
     file.own_lateness = own_lateness;
+    file.late_parts = late_parts;
     file.settle_verdict();
     write(out, &records, &file)?;
     copy_records(&records, out)?;

@@ -124,6 +124,50 @@ fn merge_render_and_compare() {
         "the merged report does not say what it merged"
     );
 
+    // A shard whose generator was late (1.5 % of its frames 5 ms late: p99 past the 2 ms
+    // limit) merged with one that kept time (which halves that share, under 1 %): the merged
+    // pacing histogram hides it, the merge must not.
+    let late = std::env::temp_dir().join(format!("sim-report-late-{}", std::process::id()));
+    std::fs::create_dir_all(&late).unwrap();
+    std::fs::copy(a.join("summary.json"), late.join("summary.json")).unwrap();
+    let mut jsonl = std::fs::File::create(late.join("calls.jsonl")).unwrap();
+    for mut r in load(&a).unwrap().records {
+        let media = r.agent_to_anchor.as_mut().expect("run a carried media");
+        let frames = media.send_pacing_error.len();
+        media
+            .send_pacing_error
+            .record_n(5_000, frames * 3 / 200 + 1);
+        reports::record::append_record(&mut jsonl, &r).unwrap();
+    }
+    drop(jsonl);
+    let alone = render(&late, &late).unwrap();
+    assert_eq!(
+        alone.verdict,
+        reports::Verdict::Invalid,
+        "the late shard alone"
+    );
+    let with_late = merge(&[late.clone(), a.clone()], &out).unwrap();
+    assert_eq!(
+        with_late.late_parts,
+        vec![reports::LatePart {
+            folder: late.display().to_string(),
+            pacing_p99_us: alone.summary.generator_lateness_us().unwrap(),
+        }]
+    );
+    assert_eq!(with_late.verdict, reports::Verdict::Invalid);
+    assert!(
+        with_late.own_faults()[0].starts_with(&late.display().to_string()),
+        "{:?}",
+        with_late.own_faults()
+    );
+    // A merge of that merge still carries it.
+    let again = std::env::temp_dir().join(format!("sim-report-again-{}", std::process::id()));
+    let nested = merge(&[out.clone(), b.clone()], &again).unwrap();
+    assert_eq!(nested.late_parts, with_late.late_parts);
+    assert_eq!(nested.verdict, reports::Verdict::Invalid);
+    let _ = std::fs::remove_dir_all(&late);
+    let _ = std::fs::remove_dir_all(&again);
+
     // 0 of 3 against 3 of 3: significant by the z-test (z = 2.45, p = 0.014).
     let text = compare(&a, &b).unwrap();
     assert!(text.contains("a significant difference at 5 %"), "{text}");

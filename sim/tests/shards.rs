@@ -270,7 +270,6 @@ fn four_loadgen_shards_against_one_sim_serve_merge_into_one_run_of_the_same_call
     };
     assert_eq!(as_summary(&m), as_summary(&o), "counts and histograms");
     assert_eq!(m["error_rate"], o["error_rate"]);
-    assert_eq!(m["verdict"], o["verdict"]);
     let total = u64::from(SHARDS * CALLS_PER_SHARD);
     assert_eq!(m["error_rate"]["attempts"], total);
     // Each side read the other's stamps on the same timeline: a loopback path's delay, not
@@ -296,9 +295,14 @@ fn four_loadgen_shards_against_one_sim_serve_merge_into_one_run_of_the_same_call
     }
     // 12 calls cannot prove 2 % (README: 189 can), but every one completed.
     assert_eq!(m["summary"]["outcomes"]["completed"], total, "{m:#}");
+    // A shard that fell behind makes the merge invalid, even when the merged pacing histogram,
+    // diluted by the shards that kept time, is under the limit (the one-run summary of the
+    // same records cannot know, and says inconclusive then).
     assert_eq!(
         m["verdict"],
-        if invalid { "invalid" } else { "inconclusive" }
+        if invalid { "invalid" } else { "inconclusive" },
+        "{:#}",
+        m["late_parts"]
     );
 
     // Each shard named its calls by its index and recorded it.
