@@ -126,27 +126,42 @@ fn merge_render_and_compare() {
 
     // A shard whose generator was late (1.5 % of its frames 5 ms late: p99 past the 2 ms
     // limit) merged with one that kept time (which halves that share, under 1 %): the merged
-    // pacing histogram hides it, the merge must not.
-    let late = std::env::temp_dir().join(format!("sim-report-late-{}", std::process::id()));
-    std::fs::create_dir_all(&late).unwrap();
-    std::fs::copy(a.join("summary.json"), late.join("summary.json")).unwrap();
-    let mut jsonl = std::fs::File::create(late.join("calls.jsonl")).unwrap();
-    for mut r in load(&a).unwrap().records {
-        let media = r.agent_to_anchor.as_mut().expect("run a carried media");
-        let frames = media.send_pacing_error.len();
-        media
-            .send_pacing_error
-            .record_n(5_000, frames * 3 / 200 + 1);
-        reports::record::append_record(&mut jsonl, &r).unwrap();
-    }
-    drop(jsonl);
+    // pacing histogram hides it, the merge must not. Both carry the same made-up pacing, so
+    // that the machine's own (a's, measured) plays no part.
+    let copy = |name: &str, late_frames: bool| {
+        let dir = std::env::temp_dir().join(format!("sim-report-{name}-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::copy(a.join("summary.json"), dir.join("summary.json")).unwrap();
+        let mut jsonl = std::fs::File::create(dir.join("calls.jsonl")).unwrap();
+        for mut r in load(&a).unwrap().records {
+            let media = r.agent_to_anchor.as_mut().expect("run a carried media");
+            let frames = media.send_pacing_error.len();
+            media.send_pacing_error = reports::Distribution::new(reports::Unit::Micros);
+            media.send_pacing_error.record_n(100, frames);
+            if late_frames {
+                media
+                    .send_pacing_error
+                    .record_n(5_000, frames * 3 / 200 + 1);
+            }
+            reports::record::append_record(&mut jsonl, &r).unwrap();
+        }
+        drop(jsonl);
+        dir
+    };
+    let (late, punctual) = (copy("late", true), copy("punctual", false));
+    render(&punctual, &punctual).unwrap();
     let alone = render(&late, &late).unwrap();
     assert_eq!(
         alone.verdict,
         reports::Verdict::Invalid,
         "the late shard alone"
     );
-    let with_late = merge(&[late.clone(), a.clone()], &out).unwrap();
+    let with_late = merge(&[late.clone(), punctual.clone()], &out).unwrap();
+    assert_eq!(
+        with_late.summary.generator_lateness_us(),
+        None,
+        "the merged pacing histogram alone is under the limit"
+    );
     assert_eq!(
         with_late.late_parts,
         vec![reports::LatePart {
@@ -165,8 +180,9 @@ fn merge_render_and_compare() {
     let nested = merge(&[out.clone(), b.clone()], &again).unwrap();
     assert_eq!(nested.late_parts, with_late.late_parts);
     assert_eq!(nested.verdict, reports::Verdict::Invalid);
-    let _ = std::fs::remove_dir_all(&late);
-    let _ = std::fs::remove_dir_all(&again);
+    for d in [&late, &punctual, &again] {
+        let _ = std::fs::remove_dir_all(d);
+    }
 
     // 0 of 3 against 3 of 3: significant by the z-test (z = 2.45, p = 0.014).
     let text = compare(&a, &b).unwrap();
