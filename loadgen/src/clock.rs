@@ -190,6 +190,19 @@ pub fn media_epoch() -> Result<Instant, String> {
     }
 }
 
+/// The wall clock now, since the Unix epoch (what a core is told at its start).
+#[allow(clippy::disallowed_methods)] // the edge's clock
+pub fn unix_now() -> Duration {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default()
+}
+
+/// The wall clock now in NTP format ([`crate::media::ntp`]).
+pub fn ntp_now() -> u64 {
+    crate::media::ntp(unix_now())
+}
+
 #[allow(clippy::disallowed_methods)] // the edge's clock
 fn wall_clock_since_unix() -> (Instant, Duration) {
     let unix = std::time::SystemTime::now()

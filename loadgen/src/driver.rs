@@ -38,11 +38,11 @@ impl DrivenPeer {
     pub fn restart_ice(
         &mut self,
         now: Instant,
-        turn: Vec<crate::peer::TurnCredentials>,
-    ) -> Result<String, crate::peer::LegError> {
+        turn: Vec<crate::leg::TurnCredentials>,
+    ) -> Result<String, crate::leg::LegError> {
         let offer = self.peer.restart_ice(now, turn)?;
         self.readiness =
-            Self::register(&self.peer).map_err(|e| crate::peer::LegError::Io(e.to_string()))?;
+            Self::register(&self.peer).map_err(|e| crate::leg::LegError::Io(e.to_string()))?;
         Ok(offer)
     }
 
@@ -103,7 +103,7 @@ impl DrivenPeer {
             if done(&self.peer) {
                 return true;
             }
-            if self.peer.error.is_some() || now >= deadline || also.is_some_and(|a| now >= a) {
+            if self.peer.leg.error.is_some() || now >= deadline || also.is_some_and(|a| now >= a) {
                 return false;
             }
             // Protocol timers and the deadline tolerate tokio's 1 ms timer; only a media frame

@@ -4,8 +4,9 @@
 //! - [`audio`]: the Opus frames every leg sends (a speech-like test signal, looped);
 //! - [`clock`]: sleeping with microsecond precision (tokio's timers have 1 ms);
 //! - [`driver`]: a leg driven from async code by socket readiness and timers;
-//! - [`peer`]: one media leg — the media plane ([`media`]: ICE, DTLS-SRTP ([`dtls`]), RTP/RTCP,
-//!   with the offer/answer of [`sdp`]) glued to TURN clients;
+//! - [`leg`]: one media leg, sans-I/O — the media plane ([`media`]: ICE, DTLS-SRTP ([`dtls`]),
+//!   RTP/RTCP, with the offer/answer of [`sdp`]) glued to TURN clients;
+//! - [`peer`]: a leg on real sockets (its real-time edge);
 //! - [`lateness`]: how late this process's own senders were, as they send;
 //! - [`measure`]: what a receiver measures and the call record's media figures;
 //! - [`pair`]: both legs of a call on one thread, signalling in process (tests, calibration);
@@ -18,18 +19,28 @@
 #![forbid(unsafe_code)]
 
 pub mod audio;
+#[allow(clippy::disallowed_methods)] // an edge: real clock, real sockets
 pub mod clock;
+#[allow(clippy::disallowed_methods)] // an edge: real clock, real sockets
 pub mod driver;
 pub mod dtls;
 pub mod lateness;
+pub mod leg;
 pub mod measure;
 pub mod media;
+#[allow(clippy::disallowed_methods)] // an edge: real clock, real sockets
 pub mod overload;
+#[allow(clippy::disallowed_methods)] // an edge: real clock, real sockets
 pub mod pair;
+#[allow(clippy::disallowed_methods)] // an edge: real clock, real sockets
 pub mod peer;
+#[allow(clippy::disallowed_methods)] // an edge: real clock, real sockets
 pub mod runner;
 pub mod sdp;
+#[allow(clippy::disallowed_methods)] // an edge: real clock, real sockets
 pub mod session;
+#[allow(clippy::disallowed_methods)] // an edge: real clock, real sockets
 pub mod signalling;
+#[allow(clippy::disallowed_methods)] // an edge: real clock, real sockets
 pub mod turn_stream;
 pub mod turn_url;

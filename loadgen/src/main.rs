@@ -1,5 +1,6 @@
 //! `loadgen`: softphone agents aimed at any signalling endpoint and TURN server — the
 //! simulator's own (`sim run` starts them in process) or a team's staging stack.
+#![allow(clippy::disallowed_methods)] // the binary is an edge: real clock, real sockets
 
 use std::io::IsTerminal;
 use std::net::{SocketAddr, ToSocketAddrs};
@@ -11,7 +12,7 @@ use anyhow::{Context, Result, anyhow, bail};
 use base64::Engine as _;
 use clap::Parser;
 use hmac::{Hmac, Mac};
-use loadgen::peer::TurnTransport;
+use loadgen::leg::TurnTransport;
 use loadgen::runner::{Load, LoadEvents, run_calls};
 use loadgen::session::{CallSpec, Timeouts, TurnName, TurnServer};
 use loadgen::signalling::{Endpoint, tls_client_config};

@@ -11,7 +11,7 @@ use reports::loss::SequenceTracker;
 use reports::record::MediaStats;
 use reports::{Distribution, Unit};
 
-use crate::peer::CLOCK_RATE;
+use crate::leg::CLOCK_RATE;
 
 /// The send stamp of a frame: its send instant after the host's media epoch
 /// (`clock::host_epoch`), carried in an RTP header extension (`media::SEND_STAMP_URI`); the

@@ -22,7 +22,7 @@
 use std::collections::VecDeque;
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
 use rtc::crypto::RTCCryptoProvider;
@@ -39,8 +39,8 @@ use rtc::shared::{TransportContext, TransportMessage, TransportProtocol};
 use rtc::srtp::context::Context;
 
 use crate::dtls::{FlightTimer, Handshake, Retransmission, dtls_config, read_dtls};
+use crate::leg::{CLOCK_RATE, FRAME_TICKS};
 use crate::measure::{MediaMeter, Stamp};
-use crate::peer::{CLOCK_RATE, FRAME_TICKS};
 use crate::sdp::{self, Description, Local};
 
 /// RTCP report interval (browsers send about one a second for audio).
@@ -281,11 +281,9 @@ impl Reception {
 /// Seconds from 1900 to 1970 (RFC 5905's era 0).
 const NTP_UNIX_OFFSET: u64 = 2_208_988_800;
 
-/// The wall clock now in NTP format (RFC 5905: seconds since 1900 in the high 32 bits).
-pub fn ntp_now() -> u64 {
-    let since = SystemTime::now()
-        .duration_since(SystemTime::UNIX_EPOCH)
-        .unwrap_or_default();
+/// A wall-clock time (since the Unix epoch) in NTP format (RFC 5905: seconds since 1900 in
+/// the high 32 bits).
+pub fn ntp(since: Duration) -> u64 {
     let frac = (u64::from(since.subsec_nanos()) << 32) / 1_000_000_000;
     ((since.as_secs() + NTP_UNIX_OFFSET) << 32) | frac
 }
@@ -294,6 +292,7 @@ pub fn ntp_now() -> u64 {
 /// report of the other side's stream, ready for SRTCP.
 pub fn sender_report(
     now: Instant,
+    ntp_time: u64,
     ssrc: u32,
     (frames_sent, payload_bytes): (u64, u64),
     reception: &mut Reception,
@@ -302,7 +301,7 @@ pub fn sender_report(
     let jitter_ticks = (meter.jitter_ms() * f64::from(CLOCK_RATE) / 1000.0) as u32;
     let report = rtc::rtcp::sender_report::SenderReport {
         ssrc,
-        ntp_time: ntp_now(),
+        ntp_time,
         rtp_time: (frames_sent as u32).wrapping_mul(FRAME_TICKS),
         packet_count: frames_sent as u32,
         // RFC 3550 §6.4.1: payload octets, wrapping at 32 bits.
@@ -345,6 +344,8 @@ pub struct MediaSession {
     ice_ufrag: String,
     ice_pwd: String,
     controlling: bool,
+    /// The wall clock (since the Unix epoch) at an instant: the sender reports' NTP time.
+    wall: (Instant, Duration),
     ssrc: u32,
     /// The Opus payload type agreed.
     payload_type: u8,
@@ -414,7 +415,14 @@ impl std::fmt::Debug for MediaSession {
 
 impl MediaSession {
     /// A session with a fresh certificate and ICE credentials; `controlling` for the offerer.
-    pub fn new(now: Instant, controlling: bool, ssrc: u32) -> Result<Self, MediaError> {
+    /// `unix_now` is the wall clock at `now` (since the Unix epoch), for the sender reports'
+    /// NTP timestamps.
+    pub fn new(
+        now: Instant,
+        unix_now: Duration,
+        controlling: bool,
+        ssrc: u32,
+    ) -> Result<Self, MediaError> {
         let crypto = rtc::crypto::default_provider().map_err(setup_error)?;
         let certificate =
             Certificate::generate_self_signed(vec!["softphone".to_owned()], crypto.crypto())
@@ -446,6 +454,7 @@ impl MediaSession {
             ice_ufrag,
             ice_pwd,
             controlling,
+            wall: (now, unix_now),
             ssrc,
             payload_type: sdp::OPUS_PT,
             send_stamp: None,
@@ -826,8 +835,10 @@ impl MediaSession {
         }
         if let Some(due) = self.next_report.filter(|&t| t <= now) {
             self.next_report = Some(due + REPORT_INTERVAL);
+            let (at, unix) = self.wall;
             let report = sender_report(
                 now,
+                ntp(unix + now.saturating_duration_since(at)),
                 self.ssrc,
                 (self.frames_sent, self.payload_bytes_sent),
                 &mut self.reception,
@@ -851,6 +862,7 @@ impl MediaSession {
 }
 
 #[cfg(test)]
+#[allow(clippy::disallowed_methods)] // a test needs one real instant to count from
 mod tests {
     use super::*;
 

@@ -6,8 +6,9 @@ use std::time::{Duration, Instant};
 use reports::emodel::Codec;
 use reports::record::MediaStats;
 
+use crate::leg::{LegError, PeerConfig};
 use crate::measure::MediaMeter;
-use crate::peer::{LegError, Peer, PeerConfig};
+use crate::peer::Peer;
 
 /// How often the legs are driven: a fixed tick keeps this helper simple (`sim run` wakes each leg
 /// at its own deadlines instead).
@@ -49,9 +50,15 @@ impl PairedCall {
         };
         let mut agent = Peer::new(agent, 0x1000_0001, now).map_err(|e| fail("agent", e))?;
         let mut anchor = Peer::new(anchor, 0x2000_0002, now).map_err(|e| fail("anchor", e))?;
-        let offer = agent.offer();
-        let answer = anchor.answer(now, &offer).map_err(|e| fail("anchor", e))?;
-        agent.accept(now, &answer).map_err(|e| fail("agent", e))?;
+        let offer = agent.leg.offer();
+        let answer = anchor
+            .leg
+            .answer(now, &offer)
+            .map_err(|e| fail("anchor", e))?;
+        agent
+            .leg
+            .accept(now, &answer)
+            .map_err(|e| fail("agent", e))?;
         Ok(Self {
             agent,
             anchor,
@@ -73,7 +80,7 @@ impl PairedCall {
             if done(&self.agent, &self.anchor) {
                 return true;
             }
-            if self.agent.error.is_some() || self.anchor.error.is_some() {
+            if self.agent.leg.error.is_some() || self.anchor.leg.error.is_some() {
                 return false;
             }
             std::thread::sleep(TICK);
@@ -82,7 +89,7 @@ impl PairedCall {
     }
 
     fn failed(&self, step: &'static str) -> PairError {
-        match (&self.agent.error, &self.anchor.error) {
+        match (&self.agent.leg.error, &self.anchor.leg.error) {
             (Some(e), _) => PairError {
                 side: "agent",
                 error: Some(e.clone()),
@@ -104,26 +111,32 @@ impl PairedCall {
     /// Waits for both allocations, exchanges the relay candidates, and waits for both legs to
     /// connect (ICE and DTLS).
     pub fn connect(&mut self, limit: Duration) -> Result<(), PairError> {
-        let gathered = self.drive_until(limit, |a, b| a.gathering_done() && b.gathering_done());
-        for (side, leg) in [("agent", &self.agent), ("anchor", &self.anchor)] {
-            if leg.local_candidates().is_empty() {
+        let gathered = self.drive_until(limit, |a, b| {
+            a.leg.gathering_done() && b.leg.gathering_done()
+        });
+        for (side, peer) in [("agent", &self.agent), ("anchor", &self.anchor)] {
+            if peer.leg.local_candidates().is_empty() {
                 return Err(PairError {
                     side,
-                    error: leg.allocation_error().or_else(|| leg.error.clone()),
+                    error: peer
+                        .leg
+                        .allocation_error()
+                        .or_else(|| peer.leg.error.clone()),
                     step: "allocate",
                 });
             }
         }
-        if !gathered && (self.agent.error.is_some() || self.anchor.error.is_some()) {
+        if !gathered && (self.agent.leg.error.is_some() || self.anchor.leg.error.is_some()) {
             return Err(self.failed("allocate"));
         }
         let now = Instant::now();
         let (a, b) = (
-            self.agent.local_candidates().to_vec(),
-            self.anchor.local_candidates().to_vec(),
+            self.agent.leg.local_candidates().to_vec(),
+            self.anchor.leg.local_candidates().to_vec(),
         );
         for c in b {
             self.agent
+                .leg
                 .add_remote_candidate(now, &c)
                 .map_err(|e| PairError {
                     side: "agent",
@@ -133,6 +146,7 @@ impl PairedCall {
         }
         for c in a {
             self.anchor
+                .leg
                 .add_remote_candidate(now, &c)
                 .map_err(|e| PairError {
                     side: "anchor",
@@ -141,7 +155,7 @@ impl PairedCall {
                 })?;
         }
         if !self.drive_until(limit, |a, b| {
-            a.times.connected.is_some() && b.times.connected.is_some()
+            a.leg.times.connected.is_some() && b.leg.times.connected.is_some()
         }) {
             return Err(self.failed("connect"));
         }
@@ -166,7 +180,7 @@ impl PairedCall {
         }
         let expected = u64::from(frames);
         let _ = self.drive_until(Duration::from_millis(500), |a, b| {
-            a.meter.received() >= expected && b.meter.received() >= expected
+            a.leg.meter.received() >= expected && b.leg.meter.received() >= expected
         });
     }
 
@@ -175,12 +189,16 @@ impl PairedCall {
         let now = Instant::now();
         self.agent.close(now);
         self.anchor.close(now);
-        let to_anchor = std::mem::replace(&mut self.anchor.meter, MediaMeter::new(self.epoch))
-            .finish(self.agent.frames_sent(), self.agent.wire_bytes_sent, codec);
-        let to_agent = std::mem::replace(&mut self.agent.meter, MediaMeter::new(self.epoch))
+        let to_anchor = std::mem::replace(&mut self.anchor.leg.meter, MediaMeter::new(self.epoch))
             .finish(
-                self.anchor.frames_sent(),
-                self.anchor.wire_bytes_sent,
+                self.agent.leg.frames_sent(),
+                self.agent.leg.wire_bytes_sent,
+                codec,
+            );
+        let to_agent = std::mem::replace(&mut self.agent.leg.meter, MediaMeter::new(self.epoch))
+            .finish(
+                self.anchor.leg.frames_sent(),
+                self.anchor.leg.wire_bytes_sent,
                 codec,
             );
         (to_anchor, to_agent)

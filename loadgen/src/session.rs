@@ -19,7 +19,8 @@ use rtc::peer_connection::transport::RTCIceCandidateInit;
 use serde_json::{Value, json};
 
 use crate::driver::DrivenPeer;
-use crate::peer::{LegError, Peer, PeerConfig, TurnCredentials, TurnTransport};
+use crate::leg::{LegError, PeerConfig, TurnCredentials, TurnTransport};
+use crate::peer::Peer;
 use crate::signalling::{
     Candidate, Endpoint, Invite, InviteAnswer, SignallingClient, SignallingError,
 };
@@ -235,7 +236,7 @@ impl Call {
         let resolved = !config.turn.is_empty();
         let now = Instant::now();
         let peer = Peer::new(config, spec.ssrc, now).map_err(|e| leg_failure(&e))?;
-        let offer = peer.offer();
+        let offer = peer.leg.offer();
         self.state = SessionState::SetLocalDescription;
         self.milestones.local_description_us = self.at();
         let mut driven = DrivenPeer::new(peer)
@@ -245,6 +246,7 @@ impl Call {
         if spec.identity.kind == reports::CallKind::Conference {
             driven
                 .peer
+                .leg
                 .set_signal(crate::audio::Signal::Tone(crate::audio::AGENT_TONE));
         }
         let result = self.converse(spec, &mut driven, &offer, resolved).await;
@@ -266,7 +268,7 @@ impl Call {
         collected: bool,
     ) -> Result<Option<String>, Fail> {
         if !collected {
-            let error = driven.peer.allocation_error();
+            let error = driven.peer.leg.allocation_error();
             return Err(match error {
                 Some(e) => leg_failure(&e),
                 None => (
@@ -285,6 +287,7 @@ impl Call {
             sdp: offer.to_owned(),
             candidates: driven
                 .peer
+                .leg
                 .local_candidates()
                 .iter()
                 .cloned()
@@ -312,6 +315,7 @@ impl Call {
             .map_err(|e| (FailureClass::InvalidRemoteSdp, e.to_string()))?;
         driven
             .peer
+            .leg
             .accept(now, &sdp.sdp)
             .map_err(|e| (FailureClass::SetRemoteDescriptionFailure, format!("{e:?}")))?;
         if answer.candidates.is_empty() {
@@ -321,7 +325,7 @@ impl Call {
             ));
         }
         for c in answer.candidates {
-            let _ = driven.peer.add_remote_candidate(now, &from_wire(c));
+            let _ = driven.peer.leg.add_remote_candidate(now, &from_wire(c));
         }
         client
             .accept(spec.timeouts.ack)
@@ -333,13 +337,13 @@ impl Call {
         self.state = SessionState::ConnectContact;
         let connect_deadline = Instant::now() + spec.timeouts.connect;
         let connected = driven
-            .drive_until(connect_deadline, None, |p| p.times.connected.is_some())
+            .drive_until(connect_deadline, None, |p| p.leg.times.connected.is_some())
             .await;
-        let t = driven.peer.times;
+        let t = driven.peer.leg.times;
         self.milestones.ice_connected_us = t.ice_connected.map(|i| micros(i - self.start));
         if !connected {
-            let detail = driven.peer.error.clone();
-            let progress = driven.peer.dtls_progress();
+            let detail = driven.peer.leg.error.clone();
+            let progress = driven.peer.leg.dtls_progress();
             let _ = client.bye(&spec.identity.call, spec.timeouts.ack).await;
             return Err(if t.ice_connected.is_some() {
                 (
@@ -391,9 +395,12 @@ impl Call {
                 return (false, Instant::now());
             }
             driven
-                .drive_until(ice_deadline, None, Peer::gathering_done)
+                .drive_until(ice_deadline, None, |p| p.leg.gathering_done())
                 .await;
-            (!driven.peer.local_candidates().is_empty(), Instant::now())
+            (
+                !driven.peer.leg.local_candidates().is_empty(),
+                Instant::now(),
+            )
         };
         let (client, (collected, collected_at)) = tokio::join!(signalling, collection);
         if collected {
@@ -507,7 +514,7 @@ impl Call {
                                 }
                                 if step.method == "conference" {
                                     // The anchor mixes from now on.
-                                    driven.peer.listen();
+                                    driven.peer.leg.listen();
                                 }
                             }
                         }
@@ -521,7 +528,7 @@ impl Call {
                 driven.peer.send_frame_due(now, due);
                 frame += 1;
             }
-            if let Some(first) = driven.peer.times.first_rtp {
+            if let Some(first) = driven.peer.leg.times.first_rtp {
                 self.milestones
                     .first_rtp_us
                     .get_or_insert(micros(first - self.start));
@@ -532,6 +539,7 @@ impl Call {
             // disconnected, then a restart; the call is lost when that fails.
             let path_up = driven
                 .peer
+                .leg
                 .last_stun()
                 .is_some_and(|t| now.saturating_duration_since(t) < PATH_SILENT);
             if silent > spec.dead_air {
@@ -546,8 +554,8 @@ impl Call {
                     break;
                 }
             }
-            if driven.peer.error.is_some() {
-                dropped = Some(format!("{:?}", driven.peer.error));
+            if driven.peer.leg.error.is_some() {
+                dropped = Some(format!("{:?}", driven.peer.leg.error));
                 break;
             }
         }
@@ -661,9 +669,9 @@ impl Call {
             .and_then(|m| serde_json::from_value::<MediaStats>(m.clone()).ok())
             .map(|mut m| {
                 // The anchor measured what it received; what was sent is the agent's to say.
-                m.packets_sent = peer.frames_sent();
-                m.wire_bytes_sent = peer.wire_bytes_sent;
-                m.send_pacing_error = peer.pacing.clone();
+                m.packets_sent = peer.leg.frames_sent();
+                m.wire_bytes_sent = peer.leg.wire_bytes_sent;
+                m.send_pacing_error = peer.leg.pacing.clone();
                 m
             });
         self.anchor_conference = v
@@ -715,11 +723,11 @@ impl Call {
             .peer
             .as_ref()
             .filter(|_| self.connected)
-            .and_then(|d| d.peer.relay_transport());
+            .and_then(|d| d.peer.leg.relay_transport());
         let conference = self
             .peer
             .as_ref()
-            .and_then(|d| d.peer.heard())
+            .and_then(|d| d.peer.leg.heard())
             .zip(self.anchor_conference)
             .map(|(agent_heard, anchor)| ConferenceAudio {
                 agent_heard,
@@ -730,9 +738,11 @@ impl Call {
             if !abandoned {
                 d.peer.close(Instant::now());
             }
-            let sent_by_anchor = self.anchor_sent.unwrap_or_else(|| d.peer.meter.received());
+            let sent_by_anchor = self
+                .anchor_sent
+                .unwrap_or_else(|| d.peer.leg.meter.received());
             let meter = std::mem::replace(
-                &mut d.peer.meter,
+                &mut d.peer.leg.meter,
                 crate::measure::MediaMeter::new(spec.epoch),
             );
             let pacing = self.anchor_pacing.take();
@@ -884,7 +894,7 @@ impl IceRestart {
     /// How long the call has had no RTP at `now` (talking since `talk_start`): media needs
     /// the new pair nominated first, so after a restart dead air counts from its end.
     fn dead_air(&self, now: Instant, driven: &DrivenPeer, talk_start: Instant) -> Duration {
-        let mut last = driven.peer.meter.last_arrival().unwrap_or(talk_start);
+        let mut last = driven.peer.leg.meter.last_arrival().unwrap_or(talk_start);
         if let Some(at) = self.done_at() {
             last = last.max(at);
         }
@@ -900,7 +910,7 @@ impl IceRestart {
         spec: &CallSpec,
         ice: &mut IceCounters,
     ) {
-        let Some(since) = driven.peer.times.ice_disconnected else {
+        let Some(since) = driven.peer.leg.times.ice_disconnected else {
             return;
         };
         if now.saturating_duration_since(since) < RESTART_AFTER
@@ -942,11 +952,12 @@ impl IceRestart {
                 offer,
                 deadline,
             } => {
-                if !driven.peer.gathering_done() && now < *deadline {
+                if !driven.peer.leg.gathering_done() && now < *deadline {
                     return None;
                 }
                 let candidates: Vec<Candidate> = driven
                     .peer
+                    .leg
                     .local_candidates()
                     .iter()
                     .cloned()
@@ -1011,6 +1022,7 @@ impl IceRestart {
                     }
                     driven
                         .peer
+                        .leg
                         .accept_restart(now, &answer.sdp, &candidates)
                         .map_err(|e| format!("{e:?}"))
                 });
@@ -1050,8 +1062,8 @@ impl IceRestart {
     /// At the end of the talk time: ICE's counters, and how long the path took to come back
     /// after the disconnection the latest restart answered.
     fn finish(&self, peer: &Peer, ice: &mut IceCounters) {
-        ice.connections_lost = peer.times.ice_connections_lost;
-        if let (Some(since), Some(back)) = (self.answered, peer.times.ice_reconnected)
+        ice.connections_lost = peer.leg.times.ice_connections_lost;
+        if let (Some(since), Some(back)) = (self.answered, peer.leg.times.ice_reconnected)
             && back > since
         {
             ice.recovered_ms = Some(millis(back - since));

@@ -66,6 +66,8 @@ impl TlsSession {
 #[derive(Debug)]
 pub struct StreamTransport {
     tcp: TcpStream,
+    /// The TURN server it connects to.
+    server: SocketAddr,
     tls: Option<TlsSession>,
     /// Received bytes not yet a whole frame (plaintext under TLS).
     inbound: Vec<u8>,
@@ -99,6 +101,7 @@ impl StreamTransport {
         tcp.set_nodelay(true)?;
         Ok(Self {
             tcp,
+            server,
             tls,
             inbound: Vec::new(),
             outbound: Vec::new(),
@@ -110,6 +113,11 @@ impl StreamTransport {
     /// The local address (the base of the relay candidate).
     pub fn local_addr(&self) -> io::Result<SocketAddr> {
         self.tcp.local_addr()
+    }
+
+    /// The TURN server it connects to (known before the connection is).
+    pub fn server(&self) -> SocketAddr {
+        self.server
     }
 
     /// The socket, for readiness.

@@ -7,8 +7,8 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use loadgen::leg::{LegError, PeerConfig, TurnCredentials, TurnTransport};
 use loadgen::pair::PairedCall;
-use loadgen::peer::{LegError, PeerConfig, TurnCredentials, TurnTransport};
 use reports::emodel::Codec;
 use turn_server::io::{self, Settings};
 
@@ -82,14 +82,14 @@ fn one_call_through_turn(way: &str) {
     };
     let mut call = PairedCall::new(agent, anchor).unwrap();
     call.connect(Duration::from_secs(10)).unwrap();
-    let candidates = call.agent.local_candidates();
+    let candidates = call.agent.leg.local_candidates();
     assert_eq!(candidates.len(), 1, "{way}: {candidates:?}");
     assert!(candidates[0].candidate.contains("typ relay"), "{way}");
-    let t = call.agent.times;
+    let t = call.agent.leg.times;
     assert!(t.allocated.is_some() && t.ice_connected.is_some() && t.connected.is_some());
 
     call.talk(Duration::from_secs(3));
-    assert!(call.agent.rtcp_sent >= 2 && call.anchor.rtcp_sent >= 2);
+    assert!(call.agent.leg.rtcp_sent >= 2 && call.anchor.leg.rtcp_sent >= 2);
     let (to_anchor, to_agent) = call.finish(Codec::OPUS);
     for (dir, m) in [("agent→anchor", &to_anchor), ("anchor→agent", &to_agent)] {
         println!(

@@ -9,7 +9,8 @@ use std::net::{SocketAddr, UdpSocket};
 use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
-use loadgen::peer::{Peer, PeerConfig, TurnCredentials, TurnTransport};
+use loadgen::leg::{PeerConfig, TurnCredentials, TurnTransport};
+use loadgen::peer::Peer;
 use rtc::media_stream::MediaStreamTrack;
 use rtc::peer_connection::configuration::media_engine::{MIME_TYPE_OPUS, MediaEngine};
 use rtc::peer_connection::configuration::setting_engine::SettingEngineBuilder;
@@ -204,16 +205,16 @@ fn call_against_rtc(role: RTCDtlsRole) {
     )
     .unwrap();
     let mut rtc = RtcAnswerer::new(now, role);
-    let (answer, candidate) = rtc.answer(now, &agent.offer());
-    agent.accept(now, &answer).unwrap();
-    agent.add_remote_candidate(now, &candidate).unwrap();
+    let (answer, candidate) = rtc.answer(now, &agent.leg.offer());
+    agent.leg.accept(now, &answer).unwrap();
+    agent.leg.add_remote_candidate(now, &candidate).unwrap();
 
     let start = Instant::now();
-    while !agent.gathering_done() && start.elapsed() < Duration::from_secs(5) {
+    while !agent.leg.gathering_done() && start.elapsed() < Duration::from_secs(5) {
         agent.drive(Instant::now());
         std::thread::sleep(Duration::from_millis(1));
     }
-    for c in agent.local_candidates() {
+    for c in agent.leg.local_candidates() {
         rtc.pc.add_remote_candidate(c.clone()).unwrap();
     }
     let mut next_frame: Option<Instant> = None;
@@ -221,7 +222,7 @@ fn call_against_rtc(role: RTCDtlsRole) {
         let now = Instant::now();
         agent.drive(now);
         rtc.drive(now);
-        if agent.times.connected.is_some() && rtc.connected {
+        if agent.leg.times.connected.is_some() && rtc.connected {
             let due = *next_frame.get_or_insert(now);
             if now >= due {
                 agent.send_frame(now);
@@ -231,19 +232,19 @@ fn call_against_rtc(role: RTCDtlsRole) {
         }
         std::thread::sleep(Duration::from_millis(1));
     }
-    let t = agent.times;
+    let t = agent.leg.times;
     assert!(t.ice_connected.is_some(), "{role:?}: ICE never connected");
     assert!(t.connected.is_some(), "{role:?}: DTLS never connected");
     assert!(rtc.connected, "{role:?}: rtc never connected");
     // A couple of seconds of 20 ms frames each way after a sub-second setup on loopback.
     assert!(rtc.sent >= 50, "{role:?}: rtc sent {}", rtc.sent);
-    let got = agent.meter.received();
+    let got = agent.leg.meter.received();
     assert!(
         got + 3 >= u64::from(rtc.sent),
         "{role:?}: we read {got} of rtc's {} frames",
         rtc.sent
     );
-    let ours = agent.frames_sent();
+    let ours = agent.leg.frames_sent();
     assert!(ours >= 50, "{role:?}: we sent {ours}");
     assert!(
         rtc.received + 3 >= ours && rtc.opus == rtc.received,
@@ -256,7 +257,7 @@ fn call_against_rtc(role: RTCDtlsRole) {
         rtc.sent, rtc.received
     );
     // rtc's report interceptor is off here; ours still sends one sender report a second.
-    assert!(agent.rtcp_sent >= 1, "{role:?}: no RTCP sent");
+    assert!(agent.leg.rtcp_sent >= 1, "{role:?}: no RTCP sent");
     let _ = server.stop();
 }
 

@@ -12,7 +12,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use indicatif::{ProgressBar, ProgressStyle};
-use loadgen::peer::TurnTransport;
+use loadgen::leg::TurnTransport;
 use loadgen::runner::{Load, LoadEvents, run_calls};
 use loadgen::session::{CallSpec, Timeouts, TurnName, TurnServer};
 use loadgen::signalling::Endpoint;

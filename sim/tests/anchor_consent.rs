@@ -8,7 +8,8 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use loadgen::peer::{Peer, PeerConfig};
+use loadgen::leg::PeerConfig;
+use loadgen::peer::Peer;
 use loadgen::signalling::{InviteAnswer, RpcError};
 use reports::emodel::Codec;
 use rtc::peer_connection::transport::RTCIceCandidateInit;
@@ -71,7 +72,7 @@ impl Anchor {
             epoch: self.epoch,
         };
         let mut agent = Peer::new(config, 0x1234, Instant::now()).unwrap();
-        let offer = agent.offer();
+        let offer = agent.leg.offer();
         let answer = self
             .request(
                 connection,
@@ -81,9 +82,10 @@ impl Anchor {
             .unwrap();
         let answer: InviteAnswer = serde_json::from_value(answer).unwrap();
         let now = Instant::now();
-        agent.accept(now, &answer.sdp).unwrap();
+        agent.leg.accept(now, &answer.sdp).unwrap();
         for c in answer.candidates {
             agent
+                .leg
                 .add_remote_candidate(
                     now,
                     &RTCIceCandidateInit {
@@ -98,7 +100,7 @@ impl Anchor {
         // The library's `accept` carries nothing.
         assert_eq!(self.request(connection, "accept", json!({})), Ok(json!({})));
         common::talk(&mut agent, Duration::from_secs(3));
-        assert!(agent.meter.received() >= 100, "media flowed");
+        assert!(agent.leg.meter.received() >= 100, "media flowed");
         agent
     }
 

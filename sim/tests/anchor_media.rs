@@ -7,7 +7,8 @@ use std::net::{SocketAddr, UdpSocket};
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use loadgen::peer::{Peer, PeerConfig};
+use loadgen::leg::PeerConfig;
+use loadgen::peer::Peer;
 use loadgen::sdp::{self, Description, Local};
 use reports::emodel::Codec;
 use rtc::peer_connection::transport::RTCIceCandidateInit;
@@ -38,7 +39,7 @@ fn call_with_consent(
         epoch,
     };
     let mut agent = Peer::new(config, 0x1234, now).unwrap();
-    let offer = agent.offer();
+    let offer = agent.leg.offer();
     let mut parsed = Description::parse(&offer).unwrap();
     tamper(&mut parsed);
     let mid = parsed.sections[parsed.audio].mid.clone();
@@ -64,8 +65,9 @@ fn call_with_consent(
         silent_after: None,
         consent_timeout,
     });
-    agent.accept(now, &answer).unwrap();
+    agent.leg.accept(now, &answer).unwrap();
     agent
+        .leg
         .add_remote_candidate(
             now,
             &RTCIceCandidateInit {
@@ -98,13 +100,16 @@ fn close(media: &MediaServer) -> Ended {
 #[test]
 fn a_full_ice_agent_connects_and_media_flows_both_ways() {
     let (media, agent) = call(|_| {}, Duration::from_secs(3));
-    assert!(agent.times.ice_connected.is_some(), "ICE never connected");
-    assert!(agent.times.connected.is_some(), "DTLS never connected");
+    assert!(
+        agent.leg.times.ice_connected.is_some(),
+        "ICE never connected"
+    );
+    assert!(agent.leg.times.connected.is_some(), "DTLS never connected");
     // ~2.9 s of 20 ms frames each way after a setup well under 100 ms on loopback.
-    let to_agent = agent.meter.received();
+    let to_agent = agent.leg.meter.received();
     assert!(to_agent >= 100, "the agent received {to_agent} frames");
     assert!(
-        agent.meter.rtcp_reports >= 1,
+        agent.leg.meter.rtcp_reports >= 1,
         "no sender report reached the agent"
     );
     let ended = close(&media);
@@ -159,7 +164,7 @@ fn a_leg_whose_agent_goes_away_stops_sending_when_consent_lapses() {
     let (mut media, agent) = call_with_consent(|_| {}, talk, consent);
     let mut events = media.take_events().unwrap();
     assert!(
-        agent.meter.received() >= 150,
+        agent.leg.meter.received() >= 150,
         "media flowed while the agent checked"
     );
     assert!(
@@ -209,9 +214,12 @@ fn a_certificate_that_does_not_match_the_offered_fingerprint_is_refused() {
         |offer| offer.fingerprint = vec!["00"; 32].join(":"),
         Duration::from_secs(2),
     );
-    assert!(agent.times.ice_connected.is_some(), "ICE never connected");
-    assert!(agent.times.connected.is_none(), "DTLS connected anyway");
-    assert_eq!(agent.meter.received(), 0);
+    assert!(
+        agent.leg.times.ice_connected.is_some(),
+        "ICE never connected"
+    );
+    assert!(agent.leg.times.connected.is_none(), "DTLS connected anyway");
+    assert_eq!(agent.leg.meter.received(), 0);
     assert_eq!(media.counters.dtls_failures.load(Ordering::Relaxed), 1);
 }
 

@@ -6,7 +6,7 @@
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use loadgen::peer::TurnTransport;
+use loadgen::leg::TurnTransport;
 use loadgen::session::{CallSpec, Timeouts, TurnName, TurnServer, run_call};
 use loadgen::signalling::Endpoint;
 use reports::emodel::Codec;

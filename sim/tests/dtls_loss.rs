@@ -12,7 +12,7 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use loadgen::peer::TurnTransport;
+use loadgen::leg::TurnTransport;
 use loadgen::runner::{Load, LoadEvents, run_calls};
 use loadgen::session::{CallSpec, Timeouts, TurnName, TurnServer};
 use loadgen::signalling::Endpoint;

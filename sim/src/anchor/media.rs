@@ -45,10 +45,11 @@ use rtc::shared::TransportProtocol;
 use rtc::srtp::context::Context;
 use turn_server::wire::{self, Class, IntegrityKind, MessageBuilder, Method, StunPacket, StunRepr};
 
+use loadgen::clock::ntp_now;
 use loadgen::dtls::{FlightTimer, Handshake, Retransmission, dtls_config, read_dtls};
 use loadgen::measure::{FarEndView, MediaMeter};
 use loadgen::media::{
-    REPORT_INTERVAL, Reception, fingerprint, frame_packet, is_rtcp, ntp_now, rtp_parts, send_stamp,
+    REPORT_INTERVAL, Reception, fingerprint, frame_packet, is_rtcp, rtp_parts, send_stamp,
     sender_report,
 };
 use loadgen::sdp::Description;
@@ -873,6 +874,7 @@ fn send_report(
 ) {
     let Some(plain) = sender_report(
         now,
+        ntp_now(),
         leg.spec.ssrc,
         (leg.frames_sent, leg.payload_bytes_sent),
         &mut leg.reception,

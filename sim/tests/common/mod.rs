@@ -23,7 +23,7 @@ pub(crate) fn talk(agent: &mut loadgen::peer::Peer, talk: std::time::Duration) {
     while start.elapsed() < talk {
         let now = Instant::now();
         agent.drive(now);
-        if agent.times.connected.is_some() {
+        if agent.leg.times.connected.is_some() {
             let due = *next_frame.get_or_insert(now);
             if now >= due {
                 agent.send_frame(now);
@@ -152,8 +152,8 @@ pub(crate) fn browser_vendor_side(seed: u64) -> sim::run::VendorSide {
 pub(crate) fn agent_and_anchor(
     turn: std::net::SocketAddr,
     epoch: std::time::Instant,
-) -> (loadgen::peer::PeerConfig, loadgen::peer::PeerConfig) {
-    use loadgen::peer::{PeerConfig, TurnCredentials, TurnTransport};
+) -> (loadgen::leg::PeerConfig, loadgen::leg::PeerConfig) {
+    use loadgen::leg::{PeerConfig, TurnCredentials, TurnTransport};
     let agent = PeerConfig {
         turn: vec![TurnCredentials {
             server: turn,
