@@ -32,3 +32,4 @@ pub mod serve;
 mod service;
 pub mod signalling;
 pub mod sweep;
+pub mod virtual_time;
