@@ -931,6 +931,15 @@ fn bench_virtual(calls: u32, seconds: u64) -> ExitCode {
         took.as_secs_f64(),
         r.simulated.as_secs_f64() / took.as_secs_f64().max(1e-9)
     );
+    let mut failures: std::collections::BTreeMap<&str, usize> = std::collections::BTreeMap::new();
+    for c in &r.calls {
+        if let CallOutcome::Failed(why) = c {
+            *failures.entry(why.as_str()).or_default() += 1;
+        }
+    }
+    for (why, n) in failures {
+        println!("virtual: {n} failed: {why}");
+    }
     if completed == r.calls.len() {
         ExitCode::SUCCESS
     } else {

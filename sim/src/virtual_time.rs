@@ -137,6 +137,9 @@ pub fn run_media(
         relay_ipv4: Some(Ipv4Addr::new(192, 0, 2, 1)),
         seed: run.seed,
         nonce_key: [7; 32],
+        // Every agent allocates as the one user.
+        user_quota: run.calls.max(100),
+        total_quota: run.calls.max(10_000),
         ..Config::default()
     };
     config.credentials = Credentials {
