@@ -662,6 +662,21 @@ impl Leg {
         self.media.frames_sent()
     }
 
+    /// As a call ends: the media figures of the stream `sender` sent and this leg measured.
+    /// The meter is spent (a fresh one takes its place).
+    pub fn received_from(
+        &mut self,
+        sender: &Self,
+        codec: reports::emodel::Codec,
+    ) -> reports::record::MediaStats {
+        let fresh = MediaMeter::new(self.config.epoch);
+        std::mem::replace(&mut self.meter, fresh).finish(
+            sender.frames_sent(),
+            sender.wire_bytes_sent,
+            codec,
+        )
+    }
+
     fn turn_events(&mut self, now: Instant) {
         for i in 0..self.allocations.len() {
             while let Some(event) = self.allocations[i].client.poll_event() {

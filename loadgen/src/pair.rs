@@ -7,7 +7,6 @@ use reports::emodel::Codec;
 use reports::record::MediaStats;
 
 use crate::leg::{LegError, PeerConfig};
-use crate::measure::MediaMeter;
 use crate::peer::Peer;
 
 /// How often the legs are driven: a fixed tick keeps this helper simple (`sim run` wakes each leg
@@ -24,7 +23,6 @@ pub struct PairedCall {
     pub agent: Peer,
     /// The anchor's leg.
     pub anchor: Peer,
-    epoch: Instant,
 }
 
 /// A leg's error, with which side it was on.
@@ -41,7 +39,6 @@ pub struct PairError {
 impl PairedCall {
     /// Creates both legs and exchanges offer and answer; allocations start at once.
     pub fn new(agent: PeerConfig, anchor: PeerConfig) -> Result<Self, PairError> {
-        let epoch = agent.epoch;
         let now = Instant::now();
         let fail = |side, error| PairError {
             side,
@@ -59,11 +56,7 @@ impl PairedCall {
             .leg
             .accept(now, &answer)
             .map_err(|e| fail("agent", e))?;
-        Ok(Self {
-            agent,
-            anchor,
-            epoch,
-        })
+        Ok(Self { agent, anchor })
     }
 
     /// Drives both legs until `done` holds or `limit` passes; `false` on timeout or a leg error.
@@ -189,18 +182,8 @@ impl PairedCall {
         let now = Instant::now();
         self.agent.close(now);
         self.anchor.close(now);
-        let to_anchor = std::mem::replace(&mut self.anchor.leg.meter, MediaMeter::new(self.epoch))
-            .finish(
-                self.agent.leg.frames_sent(),
-                self.agent.leg.wire_bytes_sent,
-                codec,
-            );
-        let to_agent = std::mem::replace(&mut self.agent.leg.meter, MediaMeter::new(self.epoch))
-            .finish(
-                self.anchor.leg.frames_sent(),
-                self.anchor.leg.wire_bytes_sent,
-                codec,
-            );
+        let to_anchor = self.anchor.leg.received_from(&self.agent.leg, codec);
+        let to_agent = self.agent.leg.received_from(&self.anchor.leg, codec);
         (to_anchor, to_agent)
     }
 }

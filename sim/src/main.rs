@@ -907,10 +907,7 @@ fn bench_virtual(calls: u32, seconds: u64) -> ExitCode {
         seed: 1,
     };
     let wall = Instant::now();
-    let unix = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap_or_default();
-    let r = match run_media(&run, wall, unix) {
+    let r = match run_media(&run, wall, loadgen::clock::unix_now()) {
         Ok(r) => r,
         Err(e) => {
             eprintln!("virtual bench failed: {e:?}");

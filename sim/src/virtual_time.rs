@@ -443,25 +443,8 @@ impl Call {
     fn finish_completed(&mut self, now: Instant) {
         self.agent.close(now);
         self.far.close(now);
-        let epoch = self.started;
-        let up = std::mem::replace(
-            &mut self.far.meter,
-            loadgen::measure::MediaMeter::new(epoch),
-        )
-        .finish(
-            self.agent.frames_sent(),
-            self.agent.wire_bytes_sent,
-            Codec::OPUS,
-        );
-        let down = std::mem::replace(
-            &mut self.agent.meter,
-            loadgen::measure::MediaMeter::new(epoch),
-        )
-        .finish(
-            self.far.frames_sent(),
-            self.far.wire_bytes_sent,
-            Codec::OPUS,
-        );
+        let up = self.far.received_from(&self.agent, Codec::OPUS);
+        let down = self.agent.received_from(&self.far, Codec::OPUS);
         let setup = self.agent.times.connected.map_or(Duration::ZERO, |t| {
             t.saturating_duration_since(self.started)
         });
