@@ -232,9 +232,8 @@ impl World {
             self.now = self.now.max(next);
             let now = self.now;
             self.netem.handle_timeout(now);
-            self.route_path();
             self.turn.handle_timeout(now);
-            self.route_turn();
+            self.settle();
             for i in 0..self.calls.len() {
                 self.step_call(i, talk);
             }
@@ -358,8 +357,18 @@ impl World {
         for (relay, from, data) in to_relay {
             self.turn.handle_peer_packet(now, relay, from, &data);
         }
-        self.route_path();
-        self.route_turn();
+        self.settle();
+    }
+
+    /// Routes until nothing moves at this instant: what the TURN core sends down a path
+    /// without delay leaves it at once and must reach the agent now, not at its next wake-up.
+    fn settle(&mut self) {
+        loop {
+            self.route_path();
+            if !self.route_turn() {
+                break;
+            }
+        }
     }
 
     /// Delivers what left the path: up to the TURN core, down to the agents.
@@ -397,8 +406,10 @@ impl World {
     }
 
     /// Carries out what the TURN core asks: relayed sockets (always opened), and its
-    /// datagrams, down the path to an agent or straight to a far end.
-    fn route_turn(&mut self) {
+    /// datagrams, down the path to an agent or straight to a far end; `true` when it put any
+    /// on the path.
+    fn route_turn(&mut self) -> bool {
+        let mut onto_path = false;
         let now = self.now;
         while let Some(event) = self.turn.poll_event() {
             if let Event::OpenRelay { request, .. } = event {
@@ -416,6 +427,7 @@ impl World {
                         len,
                         t.contents,
                     );
+                    onto_path = true;
                 }
             } else if let Some(&i) = self.far_ends.get(&t.destination) {
                 let c = &mut self.calls[i];
@@ -424,10 +436,7 @@ impl World {
                 c.far_wake = now;
             }
         }
-        // Whatever the path delivered meanwhile (a zero-delay path delivers at once).
-        if self.netem.poll_timeout().is_some_and(|t| t <= now) {
-            self.netem.handle_timeout(now);
-        }
+        onto_path
     }
 }
 

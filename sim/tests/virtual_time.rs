@@ -59,3 +59,24 @@ fn calls_over_a_lossy_delayed_path_measure_what_the_path_did() {
         4.5 * se
     );
 }
+
+#[test]
+fn a_path_without_delay_delivers_at_once() {
+    let run = MediaRun {
+        path: Path::symmetric(vec![SegmentModel::new()]),
+        calls: 2,
+        talk: Duration::from_secs(5),
+        seed: 3,
+    };
+    let result = run_media(&run, Instant::now(), Duration::from_secs(1_800_000_000)).unwrap();
+    for call in &result.calls {
+        let CallOutcome::Completed { up, down, .. } = call else {
+            panic!("{call:?}");
+        };
+        for m in [up, down] {
+            // Nothing on the way takes simulated time: no packet may wait for the next wake-up.
+            let max = m.one_way_delay.max().unwrap();
+            assert!(max < 1_000, "one-way delay max {max} µs");
+        }
+    }
+}
