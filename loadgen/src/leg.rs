@@ -22,12 +22,14 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
+use rtc::crypto::RTCCryptoProvider;
 use rtc::ice::candidate::Candidate;
 use rtc::peer_connection::transport::{CandidateConfig, RTCIceCandidate, RTCIceCandidateInit};
 use rtc::sansio::Protocol;
 use rtc::shared::{TaggedBytesMut, TransportContext, TransportProtocol};
 use rtc::turn::client::{Client, ClientConfig, Event as TurnEvent};
 
+use crate::entropy::Entropy;
 use crate::measure::MediaMeter;
 use crate::media::{MediaEvent, MediaSession, Received, is_rtcp};
 
@@ -97,6 +99,8 @@ pub struct PeerConfig {
     pub answering: bool,
     /// The instant all send stamps are measured from (shared by both legs of a call).
     pub epoch: Instant,
+    /// Where its certificate, keys, credentials and handshake randoms come from.
+    pub entropy: Entropy,
 }
 
 /// Milestones of a leg, as instants.
@@ -182,9 +186,13 @@ struct Allocation {
 
 impl Allocation {
     /// Starts allocating on `t`'s server from the wire whose local end is `local`.
-    fn start(t: &TurnCredentials, local: SocketAddr, now: Instant) -> Result<Self, LegError> {
+    fn start(
+        t: &TurnCredentials,
+        local: SocketAddr,
+        now: Instant,
+        provider: Arc<dyn RTCCryptoProvider>,
+    ) -> Result<Self, LegError> {
         let fail = |e: rtc::shared::error::Error| LegError::TurnAllocation(e.to_string());
-        let provider = rtc::crypto::default_provider().map_err(err)?;
         let mut client = Client::new(
             ClientConfig {
                 stun_serv_addr: String::new(),
@@ -304,6 +312,8 @@ impl Allocation {
 /// A WebRTC peer with one Opus-like audio track, without its sockets.
 pub struct Leg {
     media: MediaSession,
+    /// The randomness of its media session and TURN clients (restarts allocate from it too).
+    crypto: Arc<dyn RTCCryptoProvider>,
     /// The host address of a host leg (its wire 0).
     host: Option<SocketAddr>,
     /// The allocations of a relay-only leg, one per TURN server (allocation `i` on wire
@@ -386,7 +396,8 @@ impl Leg {
         // offerer sends its ClientHello once its own ICE has selected a pair. With the answerer
         // as client, 15 % of setups took ~200 ms longer from ICE to DTLS (the answerer's
         // ClientHello raced the offerer's ICE completion and was lost).
-        let mut media = MediaSession::new(now, unix_now, !config.answering, ssrc)
+        let crypto = config.entropy.provider().map_err(LegError::Io)?;
+        let mut media = MediaSession::new(now, unix_now, !config.answering, ssrc, crypto.clone())
             .map_err(|e| LegError::Sdp(e.to_string()))?;
         let (mut host, mut local_candidates) = (None, Vec::new());
         if config.turn.is_empty() {
@@ -400,10 +411,11 @@ impl Leg {
             .turn
             .iter()
             .zip(locals)
-            .map(|(t, &local)| Allocation::start(t, local, now))
+            .map(|(t, &local)| Allocation::start(t, local, now, crypto.clone()))
             .collect::<Result<Vec<_>, _>>()?;
         let mut leg = Self {
             media,
+            crypto,
             host,
             allocations,
             wire_base: 0,
@@ -591,7 +603,7 @@ impl Leg {
             .turn
             .iter()
             .zip(locals)
-            .map(|(t, &local)| Allocation::start(t, local, now))
+            .map(|(t, &local)| Allocation::start(t, local, now, self.crypto.clone()))
             .collect::<Result<_, _>>()?;
         self.write_allocations();
         self.local_candidates.clear();

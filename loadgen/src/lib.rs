@@ -4,6 +4,7 @@
 //! - [`audio`]: the Opus frames every leg sends (a speech-like test signal, looped);
 //! - [`clock`]: sleeping with microsecond precision (tokio's timers have 1 ms);
 //! - [`driver`]: a leg driven from async code by socket readiness and timers;
+//! - [`entropy`]: where a leg's randomness comes from (the OS, or a seed in virtual time);
 //! - [`leg`]: one media leg, sans-I/O — the media plane ([`media`]: ICE, DTLS-SRTP ([`dtls`]),
 //!   RTP/RTCP, with the offer/answer of [`sdp`]) glued to TURN clients;
 //! - [`peer`]: a leg on real sockets (its real-time edge);
@@ -24,6 +25,7 @@ pub mod clock;
 #[allow(clippy::disallowed_methods)] // an edge: real clock, real sockets
 pub mod driver;
 pub mod dtls;
+pub mod entropy;
 pub mod lateness;
 pub mod leg;
 pub mod measure;

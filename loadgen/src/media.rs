@@ -313,17 +313,6 @@ pub fn sender_report(
     rtc::rtcp::packet::marshal(&packets).ok()
 }
 
-/// Fresh ICE credentials (RFC 8445 §5.3): a ufrag of 32 random bits and a password of 128, in
-/// hex (8 and 32 characters), from the process's randomly keyed hasher.
-pub fn ice_credentials() -> (String, String) {
-    let random = std::hash::RandomState::new();
-    let hash = |i: u8| std::hash::BuildHasher::hash_one(&random, i);
-    (
-        format!("{:08x}", hash(0) as u32),
-        format!("{:016x}{:016x}", hash(1), hash(2)),
-    )
-}
-
 /// What [`MediaSession::handle_read`] found in a datagram.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Received {
@@ -414,22 +403,22 @@ impl std::fmt::Debug for MediaSession {
 }
 
 impl MediaSession {
-    /// A session with a fresh certificate and ICE credentials; `controlling` for the offerer.
-    /// `unix_now` is the wall clock at `now` (since the Unix epoch), for the sender reports'
-    /// NTP timestamps.
+    /// A session with a fresh certificate and ICE credentials drawn from `crypto` (see
+    /// [`crate::entropy`]); `controlling` for the offerer. `unix_now` is the wall clock at `now`
+    /// (since the Unix epoch), for the sender reports' NTP timestamps.
     pub fn new(
         now: Instant,
         unix_now: Duration,
         controlling: bool,
         ssrc: u32,
+        crypto: Arc<dyn RTCCryptoProvider>,
     ) -> Result<Self, MediaError> {
-        let crypto = rtc::crypto::default_provider().map_err(setup_error)?;
         let certificate =
-            Certificate::generate_self_signed(vec!["softphone".to_owned()], crypto.crypto())
-                .map_err(setup_error)?;
+            crate::entropy::certificate("softphone", &crypto).map_err(MediaError::Setup)?;
         let fingerprint =
             fingerprint(&crypto, &certificate.certificate[0]).map_err(MediaError::Setup)?;
-        let (ice_ufrag, ice_pwd) = ice_credentials();
+        let (ice_ufrag, ice_pwd) =
+            crate::entropy::ice_credentials(crypto.random()).map_err(MediaError::Setup)?;
         let config = AgentConfig {
             local_ufrag: ice_ufrag.clone(),
             local_pwd: ice_pwd.clone(),
@@ -553,7 +542,8 @@ impl MediaSession {
     /// association carries on over whichever pair the new checks select). Returns the new
     /// offer; checks start again at [`Self::accept_restart`].
     pub fn restart_ice(&mut self, now: Instant) -> Result<String, MediaError> {
-        let (ufrag, pwd) = ice_credentials();
+        let (ufrag, pwd) =
+            crate::entropy::ice_credentials(self.crypto.random()).map_err(MediaError::Setup)?;
         self.ice
             .restart(now, ufrag.clone(), pwd.clone(), false)
             .map_err(setup_error)?;

@@ -232,6 +232,7 @@ impl Call {
             turn,
             answering: false,
             epoch: spec.epoch,
+            entropy: crate::entropy::Entropy::Os,
         };
         let resolved = !config.turn.is_empty();
         let now = Instant::now();

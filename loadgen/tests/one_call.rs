@@ -74,11 +74,13 @@ fn one_call_through_turn(way: &str) {
         }],
         answering: false,
         epoch,
+        entropy: loadgen::entropy::Entropy::Os,
     };
     let anchor = PeerConfig {
         turn: Vec::new(),
         answering: true,
         epoch,
+        entropy: loadgen::entropy::Entropy::Os,
     };
     let mut call = PairedCall::new(agent, anchor).unwrap();
     call.connect(Duration::from_secs(10)).unwrap();
@@ -141,6 +143,7 @@ fn wrong_turn_password_is_an_auth_failure() {
         turn: vec![credentials(turn, password)],
         answering: false,
         epoch,
+        entropy: loadgen::entropy::Entropy::Os,
     };
     let mut call = PairedCall::new(config("wrong"), config("agent-pw")).unwrap();
     let err = call.connect(Duration::from_secs(5)).unwrap_err();
@@ -158,6 +161,7 @@ fn unreachable_turn_server_fails_allocation() {
         turn: vec![credentials(turn, "agent-pw")],
         answering: false,
         epoch,
+        entropy: loadgen::entropy::Entropy::Os,
     };
     let mut call = PairedCall::new(config.clone(), config).unwrap();
     let err = call.connect(Duration::from_secs(20)).unwrap_err();

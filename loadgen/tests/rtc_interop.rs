@@ -199,6 +199,7 @@ fn call_against_rtc(role: RTCDtlsRole) {
             }],
             answering: false,
             epoch,
+            entropy: loadgen::entropy::Entropy::Os,
         },
         0x1000_0001,
         now,

@@ -7,14 +7,15 @@
 //! CPU needs for their crypto and bookkeeping, not a minute.
 //!
 //! Not yet here (DESIGN §3's promise, issue 16): signalling and the agent's session state
-//! machine, the anchor's own media server, and byte-identical replays (the legs still draw
-//! their certificates, ICE credentials and DTLS randoms from the OS).
+//! machine, and the anchor's own media server. What it has is replayable: the path and every
+//! leg draw from the run's seed ([`Entropy::Seeded`]), so one seed gives the same figures.
 
 use std::collections::HashMap;
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
 use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
+use loadgen::entropy::Entropy;
 use loadgen::leg::{Leg, LegError, PeerConfig, TurnCredentials, TurnTransport};
 use reports::emodel::Codec;
 use reports::record::MediaStats;
@@ -47,7 +48,8 @@ pub struct MediaRun {
     pub calls: u32,
     /// Talk time of each call, from when it connected.
     pub talk: Duration,
-    /// Seed of the path's randomness.
+    /// Seed of all randomness: the path's, and every leg's certificate, keys, credentials and
+    /// handshake (the same seed replays the same run).
     pub seed: u64,
 }
 
@@ -170,6 +172,7 @@ pub fn run_media(
                 }],
                 answering: false,
                 epoch,
+                entropy: Entropy::Seeded(run.seed).for_leg(u64::from(i), 0),
             },
             0x1000_0000 + i,
             start,
@@ -181,6 +184,7 @@ pub fn run_media(
                 turn: Vec::new(),
                 answering: true,
                 epoch,
+                entropy: Entropy::Seeded(run.seed).for_leg(u64::from(i), 1),
             },
             0x2000_0000 + i,
             start,

@@ -70,6 +70,7 @@ impl Anchor {
             turn: Vec::new(),
             answering: false,
             epoch: self.epoch,
+            entropy: loadgen::entropy::Entropy::Os,
         };
         let mut agent = Peer::new(config, 0x1234, Instant::now()).unwrap();
         let offer = agent.leg.offer();

@@ -37,6 +37,7 @@ fn call_with_consent(
         turn: Vec::new(),
         answering: false,
         epoch,
+        entropy: loadgen::entropy::Entropy::Os,
     };
     let mut agent = Peer::new(config, 0x1234, now).unwrap();
     let offer = agent.leg.offer();

@@ -228,10 +228,8 @@ impl MediaServer {
         let socket = UdpSocket::bind(SocketAddr::new(ip, 0))?;
         socket.set_nonblocking(true)?;
         let address = socket.local_addr()?;
-        let crypto = rtc::crypto::default_provider().map_err(other)?;
-        let certificate =
-            Certificate::generate_self_signed(vec!["anchor".to_owned()], crypto.crypto())
-                .map_err(other)?;
+        let crypto = loadgen::entropy::Entropy::Os.provider().map_err(other)?;
+        let certificate = loadgen::entropy::certificate("anchor", &crypto).map_err(other)?;
         let fingerprint = fingerprint(&crypto, &certificate.certificate[0]).map_err(other)?;
         let wake = Arc::new(rustix::event::eventfd(
             0,

@@ -379,7 +379,14 @@ pub async fn serve(
                 };
                 next += 1;
                 let call_id = format!("call-{next}");
-                let (ice_ufrag, ice_pwd) = loadgen::media::ice_credentials();
+                let (ice_ufrag, ice_pwd) = match os_ice_credentials() {
+                    Ok(credentials) => credentials,
+                    Err(e) => {
+                        stats.failed.fetch_add(1, Ordering::Relaxed);
+                        let _ = req.reply.send(Err(e));
+                        continue;
+                    }
+                };
                 let ssrc = 0x4000_0000 | (next as u32 & 0x3fff_ffff);
                 let (answer, candidates) =
                     answer_offer(&offer, &media, (&ice_ufrag, &ice_pwd), ssrc, next);
@@ -526,6 +533,14 @@ pub async fn serve(
 /// The anchor's answer to `offer` for a leg with ICE credentials `(ufrag, pwd)` and `ssrc` (the
 /// call's `number` as the SDP session id), and its one candidate: the media server's address,
 /// ICE-lite.
+/// Fresh ICE credentials from the OS's randomness (the anchor is a real-time server).
+fn os_ice_credentials() -> Result<(String, String), RpcError> {
+    let crypto = loadgen::entropy::Entropy::Os.provider();
+    crypto
+        .and_then(|c| loadgen::entropy::ice_credentials(c.random()))
+        .map_err(|e| RpcError::new(500, format!("no ICE credentials: {e}")))
+}
+
 fn answer_offer(
     offer: &Description,
     media: &MediaServer,
@@ -566,7 +581,7 @@ fn restart(
         .map_err(|_| RpcError::new(-32602, "invalid invite parameters"))?;
     let offer = Description::parse(&invite.sdp)
         .map_err(|e| RpcError::new(400, format!("cannot answer the ICE restart: {e}")))?;
-    let (ice_ufrag, ice_pwd) = loadgen::media::ice_credentials();
+    let (ice_ufrag, ice_pwd) = os_ice_credentials()?;
     let (answer, candidates) = answer_offer(&offer, media, (&ice_ufrag, &ice_pwd), ssrc, number);
     if let Some(call) = calls.up.get_mut(&call_id) {
         call.consent_lost = false;

@@ -164,11 +164,13 @@ pub(crate) fn agent_and_anchor(
         }],
         answering: false,
         epoch,
+        entropy: loadgen::entropy::Entropy::Os,
     };
     let anchor = PeerConfig {
         turn: Vec::new(),
         answering: true,
         epoch,
+        entropy: loadgen::entropy::Entropy::Os,
     };
     (agent, anchor)
 }
