@@ -144,6 +144,15 @@ pub fn sleep_until(deadline: Instant) -> PreciseSleep {
     }
 }
 
+/// Sleeps (with tokio's millisecond timer) until a core's next timeout, or for ever when it
+/// has none: the protocol timers of signalling, whose deadlines are seconds long.
+pub async fn until_timeout(deadline: Option<Instant>) {
+    match deadline {
+        Some(d) => tokio::time::sleep_until(d.into()).await,
+        None => std::future::pending().await,
+    }
+}
+
 /// The grid media schedules start on, counted from a run's epoch. Frames due on the same slot
 /// are woken together, so 200 calls cost a few thousand wake-ups a second instead of twenty
 /// thousand; 40 slots per 20 ms frame still spread the calls' packets as independent phones'

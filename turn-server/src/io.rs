@@ -755,6 +755,14 @@ pub fn tls_acceptor_for(
     certs: Vec<rustls::pki_types::CertificateDer<'static>>,
     key: rustls::pki_types::PrivateKeyDer<'static>,
 ) -> std::io::Result<TlsAcceptor> {
+    tls_server_config(certs, key).map(TlsAcceptor::from)
+}
+
+/// The server configuration of [`tls_acceptor_for`], for a sans-I/O TLS session.
+pub fn tls_server_config(
+    certs: Vec<rustls::pki_types::CertificateDer<'static>>,
+    key: rustls::pki_types::PrivateKeyDer<'static>,
+) -> std::io::Result<Arc<rustls::ServerConfig>> {
     let invalid = |e: &dyn std::fmt::Display| std::io::Error::other(format!("TLS: {e}"));
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let config = rustls::ServerConfig::builder_with_provider(provider)
@@ -763,7 +771,7 @@ pub fn tls_acceptor_for(
         .with_no_client_auth()
         .with_single_cert(certs, key)
         .map_err(|e| invalid(&e))?;
-    Ok(TlsAcceptor::from(Arc::new(config)))
+    Ok(Arc::new(config))
 }
 
 /// How many datagrams one wake-up reads before draining.

@@ -12,20 +12,25 @@
 //! Errors carry a code the agent maps to a failure class: 403 access denied, 486 busy, 404 call
 //! not found, 400 bad request, 408 request timeout, 409 idempotency, 500 internal, and JSON-RPC's
 //! own −32700 … −32600 for malformed requests.
+//!
+//! [`Connection`] is one connection's core (TLS, WebSocket, JSON-RPC; no socket, no clock);
+//! [`SignallingClient`] is its real-time edge over TCP.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures_util::{SinkExt, StreamExt};
 use reports::FailureClass;
-use rustls::pki_types::{CertificateDer, ServerName};
+use rustls::pki_types::CertificateDer;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
-use tokio::net::TcpStream;
-use tokio_rustls::TlsConnector;
-use tokio_tungstenite::WebSocketStream;
-use tokio_tungstenite::tungstenite::Message;
+
+#[allow(clippy::disallowed_methods)] // the edge: a TCP socket and the real clock
+mod client;
+mod connection;
+
+pub use client::SignallingClient;
+pub use connection::{Connection, Event, Plaintext};
 
 /// The JSON-RPC version string.
 pub const JSONRPC: &str = "2.0";
@@ -267,271 +272,6 @@ pub struct Endpoint {
 #[must_use]
 pub fn request_id() -> String {
     uuid::Uuid::new_v4().to_string()
-}
-
-/// What [`SignallingClient::read_until`] waits for.
-#[derive(Debug, Clone, Copy)]
-enum Awaited<'a> {
-    /// The response of this request id.
-    Response(&'a str),
-    /// The pong of this ping payload.
-    Pong(&'a [u8]),
-}
-
-/// A connected signalling client.
-#[derive(Debug)]
-pub struct SignallingClient {
-    ws: WebSocketStream<tokio_rustls::client::TlsStream<TcpStream>>,
-    /// Requests given up on (timed out): a late answer to one is skipped.
-    abandoned: Vec<String>,
-    /// `bye` requests the server sent (it ended the call), answered `{}` as the library does.
-    pub remote_byes: u32,
-}
-
-impl SignallingClient {
-    /// Opens the WebSocket, retrying up to `attempts` times within `timeout` in all (the CCP
-    /// tries 3 times within 10 s).
-    pub async fn connect(
-        endpoint: &Endpoint,
-        timeout: Duration,
-        attempts: u32,
-    ) -> Result<Self, SignallingError> {
-        let deadline = tokio::time::Instant::now() + timeout;
-        let mut last = String::from("no attempt");
-        for attempt in 0..attempts.max(1) {
-            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
-            if left.is_zero() {
-                break;
-            }
-            match tokio::time::timeout(left, Self::connect_once(endpoint)).await {
-                Ok(Ok(client)) => return Ok(client),
-                Ok(Err(e)) => last = e,
-                Err(_) => last = format!("timed out after {timeout:?}"),
-            }
-            // Back off a little between tries, within the deadline.
-            let pause = Duration::from_millis(250 * u64::from(attempt + 1));
-            if tokio::time::Instant::now() + pause < deadline {
-                tokio::time::sleep(pause).await;
-            }
-        }
-        Err(SignallingError::Connect(last))
-    }
-
-    async fn connect_once(endpoint: &Endpoint) -> Result<Self, String> {
-        let (host, _) = host_port(&endpoint.url)?;
-        let config = tls_client_config(&endpoint.roots)?;
-        let tcp = TcpStream::connect(endpoint.addr)
-            .await
-            .map_err(|e| e.to_string())?;
-        let _ = tcp.set_nodelay(true);
-        let name = ServerName::try_from(host).map_err(|e| e.to_string())?;
-        let tls = TlsConnector::from(config)
-            .connect(name, tcp)
-            .await
-            .map_err(|e| format!("TLS: {e}"))?;
-        let (ws, _) = tokio_tungstenite::client_async_with_config(
-            endpoint.url.as_str(),
-            tls,
-            Some(websocket_config()),
-        )
-        .await
-        .map_err(|e| format!("WebSocket upgrade: {e}"))?;
-        Ok(Self {
-            ws,
-            abandoned: Vec::new(),
-            remote_byes: 0,
-        })
-    }
-
-    /// Sends a request and waits up to `timeout` for its response.
-    pub async fn call(
-        &mut self,
-        method: &str,
-        params: Value,
-        timeout: Duration,
-    ) -> Result<Value, SignallingError> {
-        let id = request_id();
-        let request = Request {
-            jsonrpc: JSONRPC.into(),
-            id: Value::String(id.clone()),
-            method: method.into(),
-            params,
-        };
-        let text = serde_json::to_string(&request)
-            .map_err(|e| SignallingError::Protocol(e.to_string()))?;
-        self.ws
-            .send(Message::text(text))
-            .await
-            .map_err(|e| SignallingError::Protocol(format!("send: {e}")))?;
-        let Ok(response) = tokio::time::timeout(timeout, self.read_response(&id)).await else {
-            // Bounded: only the last few matter for a late answer.
-            if self.abandoned.len() >= 16 {
-                self.abandoned.remove(0);
-            }
-            self.abandoned.push(id);
-            return Err(SignallingError::Timeout(method.into()));
-        };
-        let response = response?;
-        match (response.result, response.error) {
-            (_, Some(e)) => Err(SignallingError::Rpc(e)),
-            (Some(v), None) => Ok(v),
-            (None, None) => Err(SignallingError::Protocol(
-                "response with neither result nor error".into(),
-            )),
-        }
-    }
-
-    async fn read_response(&mut self, id: &str) -> Result<Response, SignallingError> {
-        self.read_until(Awaited::Response(id))
-            .await?
-            .ok_or_else(|| SignallingError::Protocol("a pong instead of a response".into()))
-    }
-
-    /// Sends a WebSocket ping (RFC 6455 §5.5.2) and waits up to `timeout` for its pong,
-    /// answering what the server asks meanwhile: the keep-alive that finds a connection a
-    /// middlebox stalled without closing it (no FIN, no RST), which no request may cross for
-    /// minutes. The server's WebSocket answers pings by itself, as every browser's does.
-    pub async fn keepalive(&mut self, timeout: Duration) -> Result<(), SignallingError> {
-        let payload = request_id().into_bytes();
-        self.ws
-            .send(Message::Ping(payload.clone().into()))
-            .await
-            .map_err(|e| SignallingError::Protocol(format!("send: {e}")))?;
-        match tokio::time::timeout(timeout, self.read_until(Awaited::Pong(&payload))).await {
-            Ok(result) => result.map(|_| ()),
-            Err(_) => Err(SignallingError::Stalled(timeout)),
-        }
-    }
-
-    /// Reads frames until the one `awaited` (a response, returned, or a pong), answering the
-    /// server's requests and skipping late answers to abandoned requests on the way.
-    async fn read_until(
-        &mut self,
-        awaited: Awaited<'_>,
-    ) -> Result<Option<Response>, SignallingError> {
-        loop {
-            let Some(frame) = self.ws.next().await else {
-                return Err(SignallingError::Protocol(
-                    "connection closed while waiting for a response".into(),
-                ));
-            };
-            let text = match frame {
-                Ok(Message::Text(t)) => t,
-                Ok(Message::Pong(p)) if matches!(awaited, Awaited::Pong(want) if *want == *p) => {
-                    return Ok(None);
-                }
-                Ok(Message::Ping(_) | Message::Pong(_)) => continue,
-                Ok(Message::Close(_)) => {
-                    return Err(SignallingError::Protocol(
-                        "server closed the connection".into(),
-                    ));
-                }
-                Ok(other) => {
-                    return Err(SignallingError::Protocol(format!(
-                        "unexpected frame {other:?}"
-                    )));
-                }
-                Err(e) => return Err(SignallingError::Protocol(e.to_string())),
-            };
-            let raw: Value = serde_json::from_str(text.as_str())
-                .map_err(|e| SignallingError::Protocol(format!("not JSON: {e}")))?;
-            if raw.get("method").is_some() {
-                self.answer_server_request(&raw).await?;
-                continue;
-            }
-            let mut response: Response = serde_json::from_value(raw.clone())
-                .map_err(|e| SignallingError::Protocol(format!("not a JSON-RPC response: {e}")))?;
-            // `"result": null` is a success with a null result, not a missing result.
-            response.result = raw.get("result").cloned();
-            if response.jsonrpc != JSONRPC {
-                return Err(SignallingError::Protocol(format!(
-                    "jsonrpc {:?}, expected \"2.0\"",
-                    response.jsonrpc
-                )));
-            }
-            match response.id.as_str() {
-                Some(got) if matches!(awaited, Awaited::Response(id) if id == got) => {
-                    return Ok(Some(response));
-                }
-                // A late answer to an earlier request that timed out: skip it.
-                Some(got) if self.abandoned.iter().any(|a| a == got) => continue,
-                _ => {
-                    return Err(SignallingError::Protocol(format!(
-                        "response id {}, expected {awaited:?}",
-                        response.id
-                    )));
-                }
-            }
-        }
-    }
-
-    /// A request from the server: `bye` (it ended the call) is answered `{}`, as the library
-    /// does; anything else gets JSON-RPC's "method not found".
-    async fn answer_server_request(&mut self, raw: &Value) -> Result<(), SignallingError> {
-        let id = raw.get("id").cloned().unwrap_or(Value::Null);
-        let reply = if raw.get("method").and_then(Value::as_str) == Some("bye") {
-            self.remote_byes += 1;
-            serde_json::json!({ "jsonrpc": JSONRPC, "result": {}, "id": id })
-        } else {
-            serde_json::json!({
-                "jsonrpc": JSONRPC,
-                "error": { "code": -32601, "message": "the client serves no methods but bye" },
-                "id": id,
-            })
-        };
-        self.ws
-            .send(Message::text(reply.to_string()))
-            .await
-            .map_err(|e| SignallingError::Protocol(format!("send: {e}")))
-    }
-
-    /// `invite`: offer a call, get the answer.
-    pub async fn invite(
-        &mut self,
-        invite: &Invite,
-        timeout: Duration,
-    ) -> Result<InviteAnswer, SignallingError> {
-        let params =
-            serde_json::to_value(invite).map_err(|e| SignallingError::Protocol(e.to_string()))?;
-        let v = self.call("invite", params, timeout).await?;
-        serde_json::from_value(v)
-            .map_err(|e| SignallingError::Protocol(format!("invite result: {e}")))
-    }
-
-    /// `accept`, as the library sends it: no parameters (the server knows the call by the
-    /// connection).
-    pub async fn accept(&mut self, timeout: Duration) -> Result<(), SignallingError> {
-        self.call("accept", serde_json::json!({}), timeout)
-            .await
-            .map(|_| ())
-    }
-
-    /// `bye`, as the library sends it: the call named by its context token. Returns the
-    /// result (our anchor's measurement of the agent's stream; the library ignores it).
-    pub async fn bye(
-        &mut self,
-        call_context_token: &str,
-        timeout: Duration,
-    ) -> Result<Value, SignallingError> {
-        self.call(
-            "bye",
-            serde_json::json!({ "callContextToken": call_context_token }),
-            timeout,
-        )
-        .await
-    }
-
-    /// Closes the WebSocket with the close handshake (RFC 6455 §7.1.1): our Close frame, then
-    /// the server's, within a second.
-    pub async fn close(mut self) {
-        if self.ws.close(None).await.is_err() {
-            return;
-        }
-        let _ = tokio::time::timeout(Duration::from_secs(1), async {
-            while let Some(Ok(_)) = self.ws.next().await {}
-        })
-        .await;
-    }
 }
 
 #[cfg(test)]

@@ -1,24 +1,34 @@
 //! The signalling endpoint: JSON-RPC 2.0 over WebSocket/TLS (see `loadgen::signalling` for the
 //! protocol). Requests that are well formed go to the application — the media anchor — through
-//! a channel, each with its own reply slot; malformed ones are answered here with JSON-RPC's
-//! own error codes.
+//! a channel, each with its own reply slot; malformed ones are answered with JSON-RPC's own
+//! error codes.
+//!
+//! [`ServerConnection`] is one connection's core (TLS, WebSocket, JSON-RPC; no socket, no
+//! clock); [`SignallingServer`] is the real-time edge: the listener, the per-source and total
+//! limits, and a task per connection moving its bytes.
 
 use std::io;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use futures_util::{SinkExt, StreamExt};
-use loadgen::signalling::{JSONRPC, RpcError};
+use std::time::Instant;
+
+use futures_util::StreamExt;
+use futures_util::stream::FuturesUnordered;
+use loadgen::signalling::RpcError;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
-use serde_json::{Value, json};
+use serde_json::Value;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, oneshot};
-use tokio_rustls::TlsAcceptor;
-use tokio_tungstenite::tungstenite::Message;
 
 use crate::service::Service;
-use turn_server::io::tls_acceptor_for;
+use turn_server::io::tls_server_config;
+
+mod connection;
+
+pub use connection::{ServerConnection, ServerEvent};
 
 /// The methods the endpoint knows.
 pub const METHODS: [&str; 9] = [
@@ -170,11 +180,11 @@ impl SignallingServer {
         app: mpsc::UnboundedSender<Signal>,
         limits: SignallingLimits,
     ) -> io::Result<Self> {
-        let acceptor = tls_acceptor_for(certs, key)?;
+        let tls = tls_server_config(certs, key)?;
         let stats = Arc::new(SignallingStats::default());
         let s = stats.clone();
         let service = Service::start("signalling", listen, move |listener| {
-            serve(listener, acceptor, app, s, limits)
+            serve(listener, tls, app, s, limits)
         })?;
         Ok(Self { stats, service })
     }
@@ -219,7 +229,7 @@ impl Drop for Place {
 
 async fn serve(
     listener: TcpListener,
-    acceptor: TlsAcceptor,
+    tls: Arc<rustls::ServerConfig>,
     app: mpsc::UnboundedSender<Signal>,
     stats: Arc<SignallingStats>,
     limits: SignallingLimits,
@@ -258,7 +268,7 @@ async fn serve(
         tokio::spawn(connection(
             tcp,
             next,
-            acceptor.clone(),
+            tls.clone(),
             app.clone(),
             stats.clone(),
             (limits, place),
@@ -267,188 +277,72 @@ async fn serve(
 }
 
 async fn connection(
-    tcp: TcpStream,
+    mut tcp: TcpStream,
     id: u64,
-    acceptor: TlsAcceptor,
+    tls: Arc<rustls::ServerConfig>,
     app: mpsc::UnboundedSender<Signal>,
     stats: Arc<SignallingStats>,
     (limits, _place): (SignallingLimits, Place),
 ) {
     let _ = tcp.set_nodelay(true);
-    let config = loadgen::signalling::websocket_config()
-        .max_message_size(Some(limits.message_bytes))
-        .max_frame_size(Some(limits.message_bytes));
-    let handshake = async {
-        let tls = acceptor.accept(tcp).await.ok()?;
-        tokio_tungstenite::accept_async_with_config(tls, Some(config))
-            .await
-            .ok()
-    };
-    // A client that opens the connection and says nothing is dropped at the deadline.
-    let Ok(Some(mut ws)) = tokio::time::timeout(limits.handshake, handshake).await else {
-        stats.handshake_failures.fetch_add(1, Ordering::Relaxed);
+    let Ok(mut core) = ServerConnection::new(tls, limits, stats, Instant::now()) else {
         return;
     };
-    stats.connections.fetch_add(1, Ordering::Relaxed);
-    while let Some(frame) = ws.next().await {
-        let response = match frame {
-            Ok(Message::Text(text)) => handle(text.as_str(), id, &app, &stats).await,
-            Ok(Message::Binary(_)) => {
-                stats.malformed.fetch_add(1, Ordering::Relaxed);
-                Some(error_response(
-                    Value::Null,
-                    RpcError::new(-32600, "binary frames are not JSON-RPC"),
-                ))
-            }
-            Ok(Message::Close(_)) => {
-                // The close handshake (RFC 6455 §5.5.1): tungstenite has queued our Close
-                // frame in reply; flushing sends it, so the client sees a clean close (1000),
-                // not an abnormal one (1006).
-                if ws.flush().await.is_ok() {
-                    stats.closed_cleanly.fetch_add(1, Ordering::Relaxed);
+    let mut answers = FuturesUnordered::new();
+    let mut buf = vec![0; loadgen::signalling::WEBSOCKET_READ_BUFFER];
+    let mut opened = false;
+    loop {
+        while let Some(event) = core.poll_event() {
+            match event {
+                ServerEvent::Opened => opened = true,
+                ServerEvent::Request {
+                    key,
+                    method,
+                    params,
+                } => {
+                    let (reply, answer) = oneshot::channel();
+                    let incoming = Incoming {
+                        connection: id,
+                        method,
+                        params,
+                        reply,
+                    };
+                    if app.send(Signal::Request(incoming)).is_err() {
+                        core.respond(key, Err(RpcError::new(500, "no one to answer")));
+                        continue;
+                    }
+                    answers.push(async move {
+                        let dropped = || Err(RpcError::new(500, "the request was dropped"));
+                        (key, answer.await.unwrap_or_else(|_| dropped()))
+                    });
                 }
+                ServerEvent::Ended { .. } => {}
+            }
+        }
+        let mut sent = true;
+        while let Some(data) = core.poll_transmit() {
+            if tcp.write_all(&data).await.is_err() {
+                sent = false;
                 break;
             }
-            Err(_) => break,
-            Ok(_) => continue,
-        };
-        let Some(response) = response else {
-            continue;
-        };
-        if ws.send(Message::text(response.to_string())).await.is_err() {
+        }
+        if core.is_ended() || !sent {
             break;
         }
-    }
-    let _ = app.send(Signal::Closed { connection: id });
-}
-
-fn error_response(id: Value, error: RpcError) -> Value {
-    let mut response = serde_json::Map::new();
-    response.insert("jsonrpc".into(), JSONRPC.into());
-    response.insert("id".into(), id);
-    let RpcError { code, message } = error;
-    response.insert("error".into(), json!({ "code": code, "message": message }));
-    Value::Object(response)
-}
-
-/// Answers one text frame; `None` for a frame that gets no reply (an answer from the client,
-/// a notification).
-///
-/// The CCP carries the library's messages on its shared WebSocket in an envelope,
-/// `{topic, connectionId, jsonRpcMsg}` (persistent-connection mode); such a frame is answered
-/// in the same envelope.
-async fn handle(
-    text: &str,
-    connection: u64,
-    app: &mpsc::UnboundedSender<Signal>,
-    stats: &SignallingStats,
-) -> Option<Value> {
-    let frame: Value = match serde_json::from_str(text) {
-        Ok(v) => v,
-        Err(e) => {
-            stats.malformed.fetch_add(1, Ordering::Relaxed);
-            return Some(error_response(
-                Value::Null,
-                RpcError::new(-32700, format!("not JSON: {e}")),
-            ));
+        tokio::select! {
+            read = tcp.read(&mut buf) => match read {
+                Ok(0) | Err(_) => core.handle_eof(),
+                Ok(n) => core.handle_input(&buf[..n]),
+            },
+            Some((key, answer)) = answers.next(), if !answers.is_empty() => {
+                core.respond(key, answer);
+            }
+            () = loadgen::clock::until_timeout(core.poll_timeout()) => {
+                core.handle_timeout(Instant::now());
+            }
         }
-    };
-    match frame {
-        Value::Object(mut envelope) if envelope.get("jsonRpcMsg").is_some_and(Value::is_object) => {
-            let message = envelope.remove("jsonRpcMsg").unwrap_or_default();
-            let reply = handle_message(message, connection, app, stats).await?;
-            envelope.insert("jsonRpcMsg".into(), reply);
-            Some(Value::Object(envelope))
-        }
-        message => handle_message(message, connection, app, stats).await,
     }
-}
-
-/// [`handle`] for one JSON-RPC message.
-async fn handle_message(
-    frame: Value,
-    connection: u64,
-    app: &mpsc::UnboundedSender<Signal>,
-    stats: &SignallingStats,
-) -> Option<Value> {
-    let malformed = |id: Value, code: i64, message: String| {
-        stats.malformed.fetch_add(1, Ordering::Relaxed);
-        Some(error_response(id, RpcError::new(code, message)))
-    };
-    let Some(object) = frame.as_object() else {
-        return malformed(Value::Null, -32600, "a request is a JSON object".into());
-    };
-    if !object.contains_key("method") {
-        // An answer to a request of ours (the library answers a server's `bye` with `{}`).
-        if object.contains_key("result") || object.contains_key("error") {
-            stats.unanswered.fetch_add(1, Ordering::Relaxed);
-            return None;
-        }
-        return malformed(
-            Value::Null,
-            -32600,
-            "neither a request nor an answer".into(),
-        );
+    if opened {
+        let _ = app.send(Signal::Closed { connection: id });
     }
-    // The id is echoed exactly as sent: a string (the library's UUIDs) or a number. `null` is
-    // allowed by JSON-RPC 2.0 but cannot be matched to its answer, so it is refused, and any
-    // other type is not an id at all (both answered with `id: null`, as the spec says).
-    let id = match object.get("id") {
-        None => {
-            stats.unanswered.fetch_add(1, Ordering::Relaxed);
-            return None;
-        }
-        Some(id @ (Value::String(_) | Value::Number(_))) => id.clone(),
-        Some(Value::Null) => {
-            return malformed(
-                Value::Null,
-                -32600,
-                "id null: give a string or a number to match the answer by".into(),
-            );
-        }
-        Some(other) => {
-            return malformed(
-                Value::Null,
-                -32600,
-                format!("id must be a string or a number, not {other}"),
-            );
-        }
-    };
-    if object.get("jsonrpc").and_then(Value::as_str) != Some(JSONRPC) {
-        return malformed(id, -32600, "jsonrpc must be \"2.0\"".into());
-    }
-    let Some(method) = object.get("method").and_then(Value::as_str) else {
-        return malformed(id, -32600, "method must be a string".into());
-    };
-    if !METHODS.contains(&method) {
-        return malformed(id, -32601, format!("unknown method `{method}`"));
-    }
-    let params = match object.get("params") {
-        None | Some(Value::Null) => Value::Object(serde_json::Map::new()),
-        Some(p @ Value::Object(_)) => p.clone(),
-        Some(_) => return malformed(id, -32602, "params must be an object".into()),
-    };
-    let known = known_params(method);
-    let unknown = params.as_object().map_or(0, |p| {
-        p.keys().filter(|k| !known.contains(&k.as_str())).count()
-    });
-    stats
-        .unknown_params
-        .fetch_add(unknown as u64, Ordering::Relaxed);
-    stats.requests.fetch_add(1, Ordering::Relaxed);
-    let (reply, answer) = oneshot::channel();
-    let incoming = Incoming {
-        connection,
-        method: method.to_owned(),
-        params,
-        reply,
-    };
-    if app.send(Signal::Request(incoming)).is_err() {
-        return Some(error_response(id, RpcError::new(500, "no one to answer")));
-    }
-    Some(match answer.await {
-        Ok(Ok(result)) => json!({ "jsonrpc": JSONRPC, "id": id, "result": result }),
-        Ok(Err(e)) => error_response(id, e),
-        Err(_) => error_response(id, RpcError::new(500, "the request was dropped")),
-    })
 }
