@@ -34,6 +34,7 @@ use rtc::crypto::{
     SignatureScheme, SigningKey, StreamCipher, StreamCipherAlgorithm,
 };
 use rtc::dtls::crypto::{Certificate, CryptoPrivateKey};
+use rustls::pki_types::CertificateDer;
 use sha2::{Digest, Sha256};
 
 /// Where a leg's randomness comes from.
@@ -101,6 +102,64 @@ pub fn certificate(
         certificate: vec![cert.der().to_owned()],
         private_key: CryptoPrivateKey::from_signing_key(key),
     })
+}
+
+/// A TLS server configuration (rustls, ring) for `name` whose certificate and key are made
+/// by `provider`, with the certificate to trust: the signalling endpoint of a virtual-time run.
+/// Its handshake signatures are `provider`'s too, so a seeded server's are one length.
+pub fn tls_server(
+    name: &str,
+    provider: &Arc<dyn RTCCryptoProvider>,
+) -> Result<(Arc<rustls::ServerConfig>, CertificateDer<'static>), String> {
+    let identity = certificate(name, provider)?;
+    let der = identity.certificate[0].clone();
+    let key = TlsKey(identity.private_key.signing_key);
+    let certified = rustls::sign::CertifiedKey::new(vec![der.clone()], Arc::new(key));
+    let config = rustls::ServerConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .map_err(|e| e.to_string())?
+    .with_no_client_auth()
+    .with_cert_resolver(Arc::new(rustls::sign::SingleCertAndKey::from(certified)));
+    Ok((Arc::new(config), der))
+}
+
+/// A provider's ECDSA P-256 key as rustls signs with it.
+#[derive(Clone)]
+struct TlsKey(Arc<dyn SigningKey>);
+
+impl std::fmt::Debug for TlsKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("TlsKey(ECDSA P-256)")
+    }
+}
+
+impl rustls::sign::SigningKey for TlsKey {
+    fn choose_scheme(
+        &self,
+        offered: &[rustls::SignatureScheme],
+    ) -> Option<Box<dyn rustls::sign::Signer>> {
+        offered
+            .contains(&rustls::SignatureScheme::ECDSA_NISTP256_SHA256)
+            .then(|| Box::new(self.clone()) as Box<dyn rustls::sign::Signer>)
+    }
+
+    fn algorithm(&self) -> rustls::SignatureAlgorithm {
+        rustls::SignatureAlgorithm::ECDSA
+    }
+}
+
+impl rustls::sign::Signer for TlsKey {
+    fn sign(&self, message: &[u8]) -> Result<Vec<u8>, rustls::Error> {
+        self.0
+            .sign(SignatureScheme::EcdsaP256Sha256, message)
+            .map_err(|e| rustls::Error::General(e.to_string()))
+    }
+
+    fn scheme(&self) -> rustls::SignatureScheme {
+        rustls::SignatureScheme::ECDSA_NISTP256_SHA256
+    }
 }
 
 /// Fresh ICE credentials (RFC 8445 §5.3): a ufrag of 32 random bits and a password of 128, in

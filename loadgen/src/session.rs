@@ -1135,7 +1135,8 @@ fn mid_call_steps(kind: reports::CallKind) -> &'static [MidCallStep] {
     }
 }
 
-fn leg_failure(e: &LegError) -> Fail {
+/// The failure class and detail a leg error stands for.
+pub fn leg_failure(e: &LegError) -> (FailureClass, String) {
     match e {
         LegError::TurnAuth(d) => (FailureClass::TurnAuthFailure, d.clone()),
         LegError::TurnAllocation(d) => (FailureClass::TurnAllocationFailure, d.clone()),

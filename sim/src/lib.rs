@@ -18,18 +18,25 @@
 #![forbid(unsafe_code)]
 
 pub mod anchor;
+#[allow(clippy::disallowed_methods)] // an edge: real clock, real sockets
 pub mod bench;
+#[allow(clippy::disallowed_methods)] // an edge: real clock, real sockets
 pub mod dns;
 pub mod netem;
 /// The overload monitor lives with the agents (a `loadgen` shard runs it too).
 pub use loadgen::overload;
 pub mod profiles;
+#[allow(clippy::disallowed_methods)] // an edge: real clock, real sockets
 pub mod relay;
 pub mod report;
+#[allow(clippy::disallowed_methods)] // an edge: real clock, real sockets
 pub mod run;
 pub mod scenario;
+#[allow(clippy::disallowed_methods)] // an edge: real clock, real sockets
 pub mod serve;
+#[allow(clippy::disallowed_methods)] // an edge: real clock, real sockets
 mod service;
 pub mod signalling;
+#[allow(clippy::disallowed_methods)] // an edge: real clock, real sockets
 pub mod sweep;
 pub mod virtual_time;

@@ -22,6 +22,7 @@
 //! without its scheduled outages and stalls (a FIFO link stretches gaps, which by design is not
 //! the configured marginal; the schedules are checked separately, exactly, with jitter off). The
 //! as-shipped FIFO profile is run too and must never reorder.
+#![allow(clippy::disallowed_methods)] // a test: real sockets, the real clock
 
 use std::time::{Duration, Instant};
 

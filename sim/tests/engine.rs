@@ -1,5 +1,6 @@
 //! Behaviours of the path engine: determinism under a seed, FIFO versus reordering, MTU drops,
 //! duplication and corruption, and a shared rate-limited segment split between flows.
+#![allow(clippy::disallowed_methods)] // a test: real sockets, the real clock
 
 use std::fmt::Write as _;
 use std::time::{Duration, Instant};

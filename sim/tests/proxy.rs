@@ -1,6 +1,7 @@
 //! The TLS-inspecting proxy: relays a WebSocket upgrade (with a certificate of its own CA), or
 //! refuses it with 403 when it breaks upgrades; renews its certificate when its cache expires,
 //! tearing down the connections open through it.
+#![allow(clippy::disallowed_methods)] // a test: real sockets, the real clock
 
 mod common;
 use common::closed;

@@ -1,5 +1,6 @@
 //! The real UDP relay on loopback: adds the configured delay (never less) plus a small overhead,
 //! keeps data intact, counts what it did, and applies the site's firewall policy.
+#![allow(clippy::disallowed_methods)] // a test: real sockets, the real clock
 
 use std::net::{SocketAddr, UdpSocket};
 use std::sync::Arc;

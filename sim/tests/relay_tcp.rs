@@ -1,5 +1,6 @@
 //! The TCP relay: streams arrive intact and in order with the configured delay; outages hold a
 //! stream rather than cut it; blocked ports are refused; a reset tears down what is open.
+#![allow(clippy::disallowed_methods)] // a test: real sockets, the real clock
 
 mod common;
 use common::closed;

@@ -3,6 +3,7 @@
 //! that breaks WebSocket upgrades, each giving the right class; malformed requests answered with
 //! JSON-RPC's own errors; ids of every type echoed as sent or refused with `id: null`;
 //! unknown parameters ignored and counted; the close handshake answered.
+#![allow(clippy::disallowed_methods)] // a test: real sockets, the real clock
 
 use std::sync::Arc;
 use std::time::Duration;

@@ -32,9 +32,21 @@ fn calls_over_a_lossy_delayed_path_measure_what_the_path_did() {
         let CallOutcome::Completed { up, down, setup } = call else {
             panic!("{call:?}");
         };
-        // Allocation, ICE and DTLS each cost round trips of 60 ms over this path.
+        // Every step costs round trips of 60 ms over this path: TLS 1.3 and the upgrade two,
+        // the allocation two (its 401 first), invite and accept one each, then ICE and DTLS.
+        let rtt = Duration::from_millis(60);
         assert!(
-            *setup > Duration::from_millis(120) && *setup < Duration::from_secs(3),
+            setup.signalling_connected >= 2 * rtt && setup.ice_collected >= 2 * rtt,
+            "{setup:?}"
+        );
+        assert!(
+            setup.answer_received >= setup.signalling_connected + rtt,
+            "{setup:?}"
+        );
+        assert!(setup.accepted >= setup.answer_received + rtt, "{setup:?}");
+        assert!(
+            setup.dtls_connected > setup.accepted + rtt
+                && setup.dtls_connected < Duration::from_secs(3),
             "{setup:?}"
         );
         for m in [up, down] {
@@ -93,7 +105,7 @@ fn figures(run: &MediaRun) -> Vec<String> {
                 serde_json::to_string(up).unwrap(),
                 serde_json::to_string(down).unwrap()
             ),
-            CallOutcome::Failed(e) => e.clone(),
+            CallOutcome::Failed(class, e) => format!("{class:?} {e}"),
         })
         .collect()
 }

@@ -389,6 +389,7 @@ fn error_response(id: Value, error: RpcError) -> Value {
 }
 
 #[cfg(test)]
+#[allow(clippy::disallowed_methods)] // one real instant to start the simulated clock from
 mod tests {
     use std::time::Duration;
 

@@ -276,6 +276,7 @@ async fn serve(
     }
 }
 
+#[allow(clippy::disallowed_methods)] // the edge: the real clock
 async fn connection(
     mut tcp: TcpStream,
     id: u64,
