@@ -784,7 +784,7 @@ fn micros(d: Duration) -> u64 {
 /// How long the leg may hear no STUN from the far end (a check or the answer to one) before
 /// its path counts as down: twice the agent's consent-check interval (`rtc`'s ICE keepalive,
 /// 2 s), so two checks in a row went unanswered.
-const PATH_SILENT: Duration = Duration::from_secs(4);
+pub const PATH_SILENT: Duration = Duration::from_secs(4);
 /// The CCP waits this long in ICE `disconnected` before it restarts ICE (connect-rtc-js
 /// `ConnectedSubstate.retryInterval`): a path back within it needs no restart.
 pub const RESTART_AFTER: Duration = Duration::from_secs(3);

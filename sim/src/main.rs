@@ -898,7 +898,7 @@ fn path(file: &std::path::Path, site: Option<&str>) -> ExitCode {
 }
 
 fn bench_virtual(calls: u32, seconds: u64) -> ExitCode {
-    use sim::virtual_time::{CallOutcome, MediaRun, run_media};
+    use sim::virtual_time::{MediaRun, run_media};
     let run = MediaRun {
         path: sim::netem::Path::symmetric(vec![
             SegmentModel::new().delay(Duration::from_millis(20)),
@@ -911,52 +911,37 @@ fn bench_virtual(calls: u32, seconds: u64) -> ExitCode {
     let r = match run_media(&run, wall, loadgen::clock::unix_now()) {
         Ok(r) => r,
         Err(e) => {
-            eprintln!("virtual bench failed: {e:?}");
+            eprintln!("virtual bench failed: {e}");
             return ExitCode::FAILURE;
         }
     };
     let took = wall.elapsed();
-    let completed = r
-        .calls
-        .iter()
-        .filter(|c| matches!(c, CallOutcome::Completed { .. }))
-        .count();
+    let completed = r.calls.iter().filter(|c| c.completed().is_some()).count();
     println!(
         "virtual: {calls} calls at once (TLS signalling, TURN, ICE, DTLS, SRTP), {seconds} s of \
-         talk each, over a 20 ms path: {:.1} s simulated in {:.1} s of wall time on one core = {:.1}× real time; {completed} of {calls} \
-         completed",
+         talk each, over a 20 ms path: {:.1} s simulated in {:.1} s of wall time on one core = \
+         {:.1}× real time; {completed} of {calls} completed",
         r.simulated.as_secs_f64(),
         took.as_secs_f64(),
         r.simulated.as_secs_f64() / took.as_secs_f64().max(1e-9)
     );
-    let mut setups: Vec<_> = r
-        .calls
-        .iter()
-        .filter_map(|c| match c {
-            CallOutcome::Completed { setup, .. } => Some(*setup),
-            CallOutcome::Failed(..) => None,
-        })
-        .collect();
-    if !setups.is_empty() {
-        let median = |f: fn(&sim::virtual_time::Setup) -> Duration, s: &mut Vec<_>| {
-            s.sort_by_key(f);
-            f(&s[s.len() / 2]).as_secs_f64() * 1e3
-        };
-        println!(
-            "virtual: set-up p50 from the call's start (ms): signalling connected {:.0}, ICE \
-             collected {:.0}, answer {:.0}, accepted {:.0}, DTLS connected {:.0}",
-            median(|s| s.signalling_connected, &mut setups),
-            median(|s| s.ice_collected, &mut setups),
-            median(|s| s.answer_received, &mut setups),
-            median(|s| s.accepted, &mut setups),
-            median(|s| s.dtls_connected, &mut setups),
-        );
-    }
+    let median = |f: fn(&reports::Milestones) -> Option<u64>| {
+        let mut v: Vec<u64> = r.calls.iter().filter_map(|c| f(&c.milestones)).collect();
+        v.sort_unstable();
+        v.get(v.len() / 2).map_or(f64::NAN, |us| *us as f64 / 1e3)
+    };
+    println!(
+        "virtual: set-up p50 from the call's start (ms): signalling connected {:.0}, ICE \
+         collected {:.0}, answer {:.0}, accepted {:.0}, DTLS connected {:.0}",
+        median(|m| m.signalling_connected_us),
+        median(|m| m.ice_collected_us),
+        median(|m| m.answer_received_us),
+        median(|m| m.accepted_us),
+        median(|m| m.dtls_connected_us),
+    );
     let mut failures: std::collections::BTreeMap<String, usize> = std::collections::BTreeMap::new();
-    for c in &r.calls {
-        if let CallOutcome::Failed(class, why) = c {
-            *failures.entry(format!("{class:?}: {why}")).or_default() += 1;
-        }
+    for (class, why) in r.calls.iter().filter_map(|c| c.failure.as_ref()) {
+        *failures.entry(format!("{class:?}: {why}")).or_default() += 1;
     }
     for (why, n) in failures {
         println!("virtual: {n} failed: {why}");

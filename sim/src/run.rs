@@ -137,7 +137,7 @@ pub fn run(scenario: &Scenario, options: &RunOptions) -> Result<RunOutcome, RunE
     // The agents' side: each site's path in front of TURN and signalling.
     let mut sites = Vec::new();
     for (i, site) in scenario.sites.iter().enumerate() {
-        let site_seed = Rng::for_stream(seed, &[SITE_STREAM, i as u64]).next_u64();
+        let site_seed = site_seed(seed, i);
         // The site's path for a byte stream (TURN over TCP/TLS, signalling) to `upstream`.
         let stream_path = |upstream, server_port| {
             TcpRelay::start(TcpRelayConfig {
@@ -801,10 +801,10 @@ fn start_turn(
     turn_server::io::start(settings).map_err(io_err("starting the TURN server"))
 }
 
-struct PlannedCall {
-    index: u32,
-    site: usize,
-    kind: CallKind,
+pub(crate) struct PlannedCall {
+    pub(crate) index: u32,
+    pub(crate) site: usize,
+    pub(crate) kind: CallKind,
 }
 
 /// Streams of the scenario's seed for what the run decides (see `Rng::for_stream`).
@@ -812,10 +812,15 @@ const SITE_STREAM: u64 = 1;
 const PASSWORD_STREAM: u64 = 2;
 const KIND_STREAM: u64 = 3;
 
+/// The seed of site `i`'s paths.
+pub(crate) fn site_seed(seed: u64, site: usize) -> u64 {
+    Rng::for_stream(seed, &[SITE_STREAM, site as u64]).next_u64()
+}
+
 /// Which site and kind each call gets: sites by their shares (largest remainder, so 200 calls
 /// at 50/50 are exactly 100/100), interleaved so that every site ramps up together; kinds drawn
 /// from the mix with the scenario's seed.
-fn plan_calls(scenario: &Scenario, seed: u64, calls: u32) -> Vec<PlannedCall> {
+pub(crate) fn plan_calls(scenario: &Scenario, seed: u64, calls: u32) -> Vec<PlannedCall> {
     let shares: Vec<f64> = scenario.sites.iter().map(|s| s.share).collect();
     let sites = interleave(&site_counts(&shares, calls));
     let mix: Vec<(CallKind, f64)> = scenario.agents.mix.iter().map(|(k, s)| (*k, *s)).collect();
@@ -877,7 +882,11 @@ fn interleave(counts: &[u32]) -> Vec<usize> {
 }
 
 /// The run folder's derived files, `report.html` and its charts included.
-fn write_outputs(dir: &FsPath, records: &[CallRecord], file: &SummaryFile) -> Result<(), RunError> {
+pub(crate) fn write_outputs(
+    dir: &FsPath,
+    records: &[CallRecord],
+    file: &SummaryFile,
+) -> Result<(), RunError> {
     crate::report::write(dir, records, file)
         .map_err(|e| io_err("writing the run folder")(io::Error::other(e)))
 }

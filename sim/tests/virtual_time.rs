@@ -6,7 +6,7 @@
 use std::time::{Duration, Instant};
 
 use sim::netem::{JitterDistribution, Loss, Path, QueueLimit, SegmentModel};
-use sim::virtual_time::{CallOutcome, MediaRun, run_media};
+use sim::virtual_time::{MediaRun, run_media};
 
 #[test]
 fn calls_over_a_lossy_delayed_path_measure_what_the_path_did() {
@@ -29,25 +29,27 @@ fn calls_over_a_lossy_delayed_path_measure_what_the_path_did() {
     );
     let (mut expected, mut lost) = (0u64, 0u64);
     for call in &result.calls {
-        let CallOutcome::Completed { up, down, setup } = call else {
+        let Some((up, down)) = call.completed() else {
             panic!("{call:?}");
         };
+        let m = &call.milestones;
+        let ms = |us: Option<u64>| Duration::from_micros(us.unwrap());
+        let (connected, collected, answer, accepted, dtls) = (
+            ms(m.signalling_connected_us),
+            ms(m.ice_collected_us),
+            ms(m.answer_received_us),
+            ms(m.accepted_us),
+            ms(m.dtls_connected_us),
+        );
         // Every step costs round trips of 60 ms over this path: TLS 1.3 and the upgrade two,
         // the allocation two (its 401 first), invite and accept one each, then ICE and DTLS.
         let rtt = Duration::from_millis(60);
+        assert!(connected >= 2 * rtt && collected >= 2 * rtt, "{m:?}");
+        assert!(answer >= connected.max(collected) + rtt, "{m:?}");
+        assert!(accepted >= answer + rtt, "{m:?}");
         assert!(
-            setup.signalling_connected >= 2 * rtt && setup.ice_collected >= 2 * rtt,
-            "{setup:?}"
-        );
-        assert!(
-            setup.answer_received >= setup.signalling_connected + rtt,
-            "{setup:?}"
-        );
-        assert!(setup.accepted >= setup.answer_received + rtt, "{setup:?}");
-        assert!(
-            setup.dtls_connected > setup.accepted + rtt
-                && setup.dtls_connected < Duration::from_secs(3),
-            "{setup:?}"
+            dtls > accepted + rtt && dtls < Duration::from_secs(3),
+            "{m:?}"
         );
         for m in [up, down] {
             expected += m.packets_expected;
@@ -82,7 +84,7 @@ fn a_path_without_delay_delivers_at_once() {
     };
     let result = run_media(&run, Instant::now(), Duration::from_secs(1_800_000_000)).unwrap();
     for call in &result.calls {
-        let CallOutcome::Completed { up, down, .. } = call else {
+        let Some((up, down)) = call.completed() else {
             panic!("{call:?}");
         };
         for m in [up, down] {
@@ -99,13 +101,14 @@ fn figures(run: &MediaRun) -> Vec<String> {
     result
         .calls
         .iter()
-        .map(|c| match c {
-            CallOutcome::Completed { up, down, setup } => format!(
-                "{setup:?} {} {}",
+        .map(|c| match c.completed() {
+            Some((up, down)) => format!(
+                "{:?} {} {}",
+                c.milestones,
                 serde_json::to_string(up).unwrap(),
                 serde_json::to_string(down).unwrap()
             ),
-            CallOutcome::Failed(class, e) => format!("{class:?} {e}"),
+            None => format!("{:?}", c.failure),
         })
         .collect()
 }
