@@ -41,6 +41,8 @@ use turn_server::server::{Config, Event, FiveTuple, Server, Transport};
 use crate::netem::{Direction, FlowId, Netem, Output, Path};
 use crate::signalling::{ServerConnection, ServerEvent, SignallingLimits, SignallingStats};
 
+pub mod scenario;
+
 /// The TURN server's listener in the simulated network (TEST-NET-1, RFC 5737).
 const TURN: SocketAddr = SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::new(192, 0, 2, 1), 3478));
 /// Media frame interval.
@@ -132,6 +134,8 @@ pub struct CallResult {
     /// What each far end measured of the other's stream, agent → far end first, when it
     /// connected.
     pub media: Option<(Box<MediaStats>, Box<MediaStats>)>,
+    /// How the agent's media reached TURN, when it connected.
+    pub relay_transport: Option<reports::RelayTransport>,
 }
 
 impl CallResult {
@@ -345,6 +349,7 @@ pub fn run_plan(plan: &Plan, start: Instant, unix_start: Duration) -> Result<Med
                 connected: false,
                 failure: Some((FailureClass::MediaTimeout, "never ended".into())),
                 media: None,
+                relay_transport: None,
             })
         })
         .collect();
@@ -1079,7 +1084,9 @@ impl Call {
             let down = self.agent.received_from(&self.far, self.codec);
             (Box::new(up), Box::new(down))
         });
+        let relay_transport = self.agent.relay_transport().filter(|_| connected);
         self.result = Some(CallResult {
+            relay_transport,
             started: self.started.saturating_duration_since(self.run_start),
             milestones: self.milestones,
             last_state,

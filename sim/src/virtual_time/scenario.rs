@@ -1,0 +1,229 @@
+//! `sim run --virtual-time`: a scenario's calls on the simulated clock ([`super::run_plan`]),
+//! written as the same run folder a real-time run writes (`calls.jsonl`, `summary.json`,
+//! `calls.csv`, `junit.xml`, `summary.md`, `report.html` and its charts).
+//!
+//! Deterministic: the same scenario and seed give byte-identical files. Their wall-clock
+//! fields count from [`VIRTUAL_EPOCH_UNIX`], not from when the run was made, and each call's
+//! run id is the scenario's name and seed (a real-time run names its calls by its folder), so
+//! two runs into two folders still agree byte for byte.
+//!
+//! What virtual time does not model yet is refused up front, each reason named: call kinds
+//! other than inbound and outbound (their mid-call steps and the anchor's mixing), TURN other
+//! than one UDP URL on one node, site policies (firewalls, DNS, proxies), faults and
+//! recording. A call that would need an ICE restart stops the run.
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use loadgen::session::Timeouts;
+use reports::emodel::Codec as EModelCodec;
+use reports::output::SummaryFile;
+use reports::record::{CcpEndpoints, IceCounters};
+use reports::{
+    CallIdentity, CallKind, CallRecord, Failure, Outcome, RunSummary, SCHEMA_VERSION, Shard,
+};
+
+use super::{CallResult, Plan, run_plan};
+use crate::run::{RunError, RunOptions, RunOutcome, plan_calls, write_outputs};
+use crate::scenario::{Codec, Policy, Scenario, Transport};
+
+/// The simulated clock's wall-clock start: 2026-01-01T00:00:00Z. Every `started_unix_ms`
+/// counts from it.
+pub const VIRTUAL_EPOCH_UNIX: Duration = Duration::from_secs(1_767_225_600);
+
+/// Why virtual time cannot run `scenario` yet, every reason at once; `None` when it can.
+pub fn unsupported(scenario: &Scenario) -> Option<String> {
+    let mut why = Vec::new();
+    let kinds: Vec<String> = scenario
+        .agents
+        .mix
+        .iter()
+        .filter(|(k, share)| !matches!(k, CallKind::Inbound | CallKind::Outbound) && **share > 0.0)
+        .map(|(k, _)| format!("{k:?}").to_lowercase())
+        .collect();
+    if !kinds.is_empty() {
+        why.push(format!(
+            "call kinds {} (only inbound and outbound calls: their mid-call steps and the \
+             anchor's mixing are not modelled yet)",
+            kinds.join(", ")
+        ));
+    }
+    let turn = &scenario.turn;
+    if turn.urls.len() != 1
+        || turn.urls[0].transport != Transport::Udp
+        || turn.urls[0].secure
+        || turn.nodes > 1
+    {
+        why.push("TURN other than one UDP URL on one node".to_owned());
+    }
+    for site in &scenario.sites {
+        if site.policy != Policy::default() {
+            why.push(format!(
+                "site {}'s policy (firewall, DNS or proxy rules)",
+                site.name
+            ));
+        }
+    }
+    if !scenario.faults.is_empty() {
+        why.push("faults".to_owned());
+    }
+    if scenario.recording.is_some() {
+        why.push("recording".to_owned());
+    }
+    (!why.is_empty()).then(|| {
+        format!(
+            "{} cannot run in virtual time yet: {}; run it in real time",
+            scenario.name,
+            why.join("; ")
+        )
+    })
+}
+
+/// Runs `scenario` in virtual time and writes its run folder.
+///
+/// # Errors
+/// [`RunError::Unsupported`] for what virtual time does not model (see [`unsupported`]);
+/// [`RunError::Io`] when the folder cannot be written.
+pub fn run(scenario: &Scenario, options: &RunOptions) -> Result<RunOutcome, RunError> {
+    if let Some(why) = unsupported(scenario) {
+        return Err(RunError::Unsupported(why));
+    }
+    let seed = options.seed.unwrap_or(scenario.seed);
+    let calls = options.calls.unwrap_or(scenario.agents.calls);
+    let talk = options
+        .call_duration
+        .unwrap_or(scenario.agents.call_duration);
+    let dir = options.out.clone().unwrap_or_else(|| {
+        PathBuf::from("runs").join(format!(
+            "{}-virtual-{}",
+            scenario.name,
+            crate::run::utc_now_stamp()
+        ))
+    });
+    let planned = plan_calls(scenario, seed, calls);
+    let codec = match scenario.agents.codec {
+        Codec::Opus => EModelCodec::OPUS,
+        Codec::G711 => EModelCodec::G711_PLC,
+    };
+    let t = &scenario.agents.timeouts;
+    let plan = Plan {
+        sites: scenario.sites.iter().map(|s| s.path.clone()).collect(),
+        calls: planned.iter().map(|p| p.site).collect(),
+        concurrency: scenario.agents.concurrency,
+        ramp_per_second: scenario.agents.ramp_per_second,
+        talk,
+        timeouts: Timeouts {
+            websocket_connect: t.websocket_connect,
+            ice_collection: t.ice_collection,
+            invite_answer: t.invite_answer,
+            ack: t.ack,
+            keepalive: t.keepalive,
+            ..Timeouts::default()
+        },
+        dead_air: scenario.agents.dead_air,
+        codec,
+        seed,
+    };
+    let result =
+        run_plan(&plan, simulated_start(), VIRTUAL_EPOCH_UNIX).map_err(RunError::Unsupported)?;
+
+    let run_id = format!("{}-seed{seed}-virtual", scenario.name);
+    let turn_url = scenario.turn.urls[0].to_string();
+    let mut records: Vec<(u64, CallRecord)> = planned
+        .iter()
+        .zip(result.calls)
+        .map(|(p, r)| {
+            let site = &scenario.sites[p.site];
+            let identity = CallIdentity {
+                run: run_id.clone(),
+                call: format!("c{:05}", p.index),
+                agent: format!("agent-{:04}", p.index % scenario.agents.concurrency.max(1)),
+                scenario: scenario.name.clone(),
+                site: site.name.clone(),
+                profile: site.profile.clone(),
+                kind: p.kind,
+                shard: Shard::WHOLE,
+            };
+            let endpoints = CcpEndpoints {
+                signalling: &scenario.signalling_url,
+                turn: &turn_url,
+            };
+            record(identity, r, endpoints)
+        })
+        .collect();
+    // In the order the calls ended, as a real-time run appends them.
+    records.sort_by_key(|(ended, r)| (*ended, r.identity.call.clone()));
+    let records: Vec<CallRecord> = records.into_iter().map(|(_, r)| r).collect();
+
+    std::fs::create_dir_all(&dir).map_err(|source| RunError::Io {
+        what: format!("creating {}", dir.display()),
+        source,
+    })?;
+    let mut summary = RunSummary::new();
+    for r in &records {
+        // Invariant: records are built here with units this crate chose.
+        let _ = summary.add(r);
+    }
+    let mut file = SummaryFile::new(
+        &scenario.name,
+        summary,
+        scenario.threshold,
+        scenario.confidence,
+        false,
+    );
+    file.settle_verdict();
+    reports::record::rewrite_records(&dir.join("calls.jsonl"), &records).map_err(|e| {
+        RunError::Io {
+            what: "writing calls.jsonl".into(),
+            source: std::io::Error::other(e),
+        }
+    })?;
+    write_outputs(&dir, &records, &file)?;
+    Ok(RunOutcome { dir, summary: file })
+}
+
+/// One call's record, with the simulated instant it ended (microseconds from the run's start).
+fn record(identity: CallIdentity, r: CallResult, endpoints: CcpEndpoints<'_>) -> (u64, CallRecord) {
+    let started_us = u64::try_from(r.started.as_micros()).unwrap_or(u64::MAX);
+    let ended = started_us.saturating_add(r.milestones.ended_us.unwrap_or(0));
+    let outcome = match (&r.failure, r.connected) {
+        (None, _) => Outcome::Completed,
+        (Some(_), true) => Outcome::Dropped,
+        (Some(_), false) => Outcome::Failed,
+    };
+    let failure = r.failure.map(|(class, detail)| Failure {
+        class,
+        detail,
+        ccp_message: class.ccp_message(endpoints),
+        own_lateness: None,
+    });
+    let (up, down) = match r.media {
+        Some((up, down)) => (Some(*up), Some(*down)),
+        None => (None, None),
+    };
+    let started_unix_ms =
+        u64::try_from((VIRTUAL_EPOCH_UNIX + r.started).as_millis()).unwrap_or(u64::MAX);
+    let record = CallRecord {
+        schema_version: SCHEMA_VERSION,
+        identity,
+        started_unix_ms,
+        milestones: r.milestones,
+        last_state: r.last_state,
+        outcome,
+        failure,
+        ice: IceCounters::default(),
+        relay_transport: r.relay_transport,
+        agent_to_anchor: up,
+        anchor_to_agent: down,
+        recording: None,
+        conference: None,
+    };
+    (ended, record)
+}
+
+/// The instant the simulated clock starts from. Any instant will do — nothing in virtual time
+/// reads the real clock, and every figure counts from this one — but `Instant` has no constant.
+#[allow(clippy::disallowed_methods)] // one real instant as the simulated clock's origin
+fn simulated_start() -> Instant {
+    Instant::now()
+}
