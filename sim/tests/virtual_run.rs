@@ -154,6 +154,9 @@ fn per_call(
         .collect()
 }
 
+/// A set-up phase's duration in a call's milestones (µs).
+type Phase = dyn Fn(&reports::Milestones) -> Option<u64>;
+
 fn mean_and_var(v: &[f64]) -> (f64, f64) {
     let n = v.len() as f64;
     let mean = v.iter().sum::<f64>() / n;
@@ -236,12 +239,12 @@ fn an_impaired_scenario_measures_the_same_network_in_virtual_and_real_time() {
     // far end is a full ICE agent (a loadgen leg), whose own checks find the pair sooner than
     // the real anchor's ICE-lite legs let the agent's alone (measured: 164 against 292 ms at
     // an 80 ms round trip); the anchor's media server as a core is what closes that gap.
-    let median = |records: &[CallRecord], f: &dyn Fn(&reports::Milestones) -> Option<u64>| {
+    let median = |records: &[CallRecord], f: &Phase| {
         let mut xs: Vec<u64> = records.iter().filter_map(|c| f(&c.milestones)).collect();
         xs.sort_unstable();
         xs[xs.len() / 2] as f64
     };
-    let phases: [(&str, &dyn Fn(&reports::Milestones) -> Option<u64>); 3] = [
+    let phases: [(&str, &Phase); 3] = [
         ("signalling connected", &|m| m.signalling_connected_us),
         ("invite → answer", &|m| {
             Some(m.answer_received_us? - m.invite_sent_us?)
