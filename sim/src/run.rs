@@ -910,7 +910,7 @@ fn utc_stamp(t: SystemTime) -> String {
 }
 
 /// Live counts: a bar on a terminal, plain lines otherwise.
-struct Progress {
+pub(crate) struct Progress {
     bar: Option<ProgressBar>,
     total: u64,
     started: Instant,
@@ -928,7 +928,7 @@ struct Counts {
 }
 
 impl Progress {
-    fn new(total: u64, plain: bool) -> Self {
+    pub(crate) fn new(total: u64, plain: bool) -> Self {
         let bar = (!plain && io::stderr().is_terminal()).then(|| {
             let bar = ProgressBar::new(total);
             bar.set_style(
@@ -980,21 +980,26 @@ impl Progress {
         )
     }
 
-    fn call_started(&self) {
+    pub(crate) fn call_started(&self) {
         self.counts.borrow_mut().attempted += 1;
         self.refresh();
     }
 
-    fn call_ended(&self, r: &CallRecord) {
+    pub(crate) fn call_ended(&self, r: &CallRecord) {
+        self.ended(r.outcome, r.failure.as_ref().map(|f| f.class));
+    }
+
+    /// A call ended so (what the line counts of it).
+    pub(crate) fn ended(&self, outcome: reports::Outcome, class: Option<FailureClass>) {
         {
             let mut c = self.counts.borrow_mut();
-            match r.outcome {
+            match outcome {
                 reports::Outcome::Completed => c.completed += 1,
                 reports::Outcome::Failed => c.failed += 1,
                 reports::Outcome::Dropped => c.dropped += 1,
             }
-            if let Some(f) = &r.failure {
-                *c.classes.entry(f.class).or_default() += 1;
+            if let Some(class) = class {
+                *c.classes.entry(class).or_default() += 1;
             }
         }
         if let Some(bar) = &self.bar {
@@ -1031,7 +1036,7 @@ impl Progress {
         }
     }
 
-    fn finish(&self) {
+    pub(crate) fn finish(&self) {
         match &self.bar {
             Some(bar) => bar.finish_with_message(self.message()),
             None => eprintln!(

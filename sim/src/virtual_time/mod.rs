@@ -139,6 +139,15 @@ pub struct CallResult {
 }
 
 impl CallResult {
+    /// Completed, dropped (it failed after it connected) or failed.
+    pub fn outcome(&self) -> reports::Outcome {
+        match (&self.failure, self.connected) {
+            (None, _) => reports::Outcome::Completed,
+            (Some(_), true) => reports::Outcome::Dropped,
+            (Some(_), false) => reports::Outcome::Failed,
+        }
+    }
+
     /// The media figures each way when it completed, agent → far end first.
     pub fn completed(&self) -> Option<(&MediaStats, &MediaStats)> {
         match (&self.failure, &self.media) {
@@ -155,6 +164,15 @@ pub struct MediaResult {
     pub calls: Vec<CallResult>,
     /// Simulated time from the first call's start to the last one's end.
     pub simulated: Duration,
+}
+
+/// What a run tells its caller as it goes (for live progress).
+#[derive(Debug)]
+pub enum CallEvent<'a> {
+    /// Call `index` of the plan started.
+    Started(usize),
+    /// Call `index` of the plan ended so.
+    Ended(usize, &'a CallResult),
 }
 
 /// Virtual time cannot go on: the run needs what it does not model yet.
@@ -218,6 +236,8 @@ struct Call {
     run_start: Instant,
     codec: Codec,
     result: Option<CallResult>,
+    /// Whether its end was told ([`CallEvent::Ended`]).
+    reported: bool,
 }
 
 /// One site's paths: its datagrams' and its streams'.
@@ -265,7 +285,7 @@ pub fn run_media(
     start: Instant,
     unix_start: Duration,
 ) -> Result<MediaResult, String> {
-    run_plan(&run.plan(), start, unix_start)
+    run_plan(&run.plan(), start, unix_start, &mut |_| {})
 }
 
 /// Runs `plan` on a simulated clock starting at `start`, the wall clock reading `unix_start`
@@ -274,7 +294,12 @@ pub fn run_media(
 /// # Errors
 /// A leg or the endpoint could not be created, or the run needs what virtual time does not
 /// model ([`Unsupported`], as its text).
-pub fn run_plan(plan: &Plan, start: Instant, unix_start: Duration) -> Result<MediaResult, String> {
+pub fn run_plan(
+    plan: &Plan,
+    start: Instant,
+    unix_start: Duration,
+    events: &mut dyn FnMut(CallEvent<'_>),
+) -> Result<MediaResult, String> {
     // One endpoint, one certificate, as a real endpoint has.
     let endpoint = Entropy::Seeded(plan.seed).for_leg(u64::MAX, 2).provider()?;
     let (server_tls, root) = loadgen::entropy::tls_server(SIGNALLING_HOST, &endpoint)?;
@@ -332,7 +357,7 @@ pub fn run_plan(plan: &Plan, start: Instant, unix_start: Duration) -> Result<Med
         far_ends: HashMap::new(),
         unsupported: None,
     };
-    world.run()?;
+    world.run(events)?;
     if let Some(u) = world.unsupported {
         return Err(u.0);
     }
@@ -366,9 +391,24 @@ fn client_connection(root: &CertificateDer<'static>) -> Result<Connection, Signa
 impl World {
     /// The event loop: start the calls that are due, advance to the earliest deadline, run
     /// what is due, route what it sent, until every call is over.
-    fn run(&mut self) -> Result<(), String> {
+    fn run(&mut self, events: &mut dyn FnMut(CallEvent<'_>)) -> Result<(), String> {
+        let mut reported = 0;
         loop {
+            let before = self.calls.len();
             self.start_due_calls()?;
+            for i in before..self.calls.len() {
+                events(CallEvent::Started(i));
+            }
+            // Calls end in any order; each is told once, in the order of its index.
+            for c in &mut self.calls[reported..] {
+                if let (Some(r), false) = (&c.result, c.reported) {
+                    events(CallEvent::Ended(c.index, r));
+                    c.reported = true;
+                }
+            }
+            while self.calls.get(reported).is_some_and(|c| c.reported) {
+                reported += 1;
+            }
             if self.calls.len() == self.plan.calls.len() && self.active() == 0 {
                 return Ok(());
             }
@@ -495,6 +535,7 @@ impl World {
             run_start: self.start,
             codec: self.plan.codec,
             result: None,
+            reported: false,
         });
         self.agents.insert(agent_local, index);
         self.far_ends.insert(far_local, index);
@@ -526,22 +567,8 @@ impl World {
             next = next.min(t.max(self.now));
         }
         for c in &self.calls {
-            if c.phase == Phase::Done {
-                continue;
-            }
-            next = next.min(c.agent_wake).min(c.far_wake);
-            let signalling = [
-                c.client.poll_timeout(),
-                c.server.poll_timeout(),
-                c.next_frame,
-            ];
-            for t in signalling.into_iter().flatten() {
-                next = next.min(t);
-            }
-            if let Phase::Talking { until } | Phase::Draining { until } | Phase::Closing { until } =
-                c.phase
-            {
-                next = next.min(until);
+            if c.phase != Phase::Done {
+                next = next.min(c.wake());
             }
         }
         next
@@ -552,7 +579,9 @@ impl World {
         let now = self.now;
         let (talk, timeouts, dead_air) = (self.plan.talk, self.plan.timeouts, self.plan.dead_air);
         let c = &mut self.calls[i];
-        if c.phase == Phase::Done {
+        // Only a call with something due runs: one whose frame, timer or leg is due, or that
+        // a datagram just reached (which sets its leg's wake-up to now).
+        if c.phase == Phase::Done || c.wake() > now {
             return;
         }
         if c.agent_wake <= now {
@@ -735,6 +764,26 @@ impl World {
 }
 
 impl Call {
+    /// When the call must run next: its legs, its frame, its signalling's timers, its phase's
+    /// end.
+    fn wake(&self) -> Instant {
+        let phase_end = match self.phase {
+            Phase::Talking { until } | Phase::Draining { until } | Phase::Closing { until } => {
+                Some(until)
+            }
+            _ => None,
+        };
+        [
+            self.client.poll_timeout(),
+            self.server.poll_timeout(),
+            self.next_frame,
+            phase_end,
+        ]
+        .into_iter()
+        .flatten()
+        .fold(self.agent_wake.min(self.far_wake), Instant::min)
+    }
+
     /// Microseconds since the call started.
     fn at(&self, now: Instant) -> Option<u64> {
         let d = now.saturating_duration_since(self.started);

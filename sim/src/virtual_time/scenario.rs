@@ -19,11 +19,9 @@ use loadgen::session::Timeouts;
 use reports::emodel::Codec as EModelCodec;
 use reports::output::SummaryFile;
 use reports::record::{CcpEndpoints, IceCounters};
-use reports::{
-    CallIdentity, CallKind, CallRecord, Failure, Outcome, RunSummary, SCHEMA_VERSION, Shard,
-};
+use reports::{CallIdentity, CallKind, CallRecord, Failure, RunSummary, SCHEMA_VERSION, Shard};
 
-use super::{CallResult, Plan, run_plan};
+use super::{CallEvent, CallResult, Plan, run_plan};
 use crate::run::{RunError, RunOptions, RunOutcome, plan_calls, write_outputs};
 use crate::scenario::{Codec, Policy, Scenario, Transport};
 
@@ -124,8 +122,20 @@ pub fn run(scenario: &Scenario, options: &RunOptions) -> Result<RunOutcome, RunE
         codec,
         seed,
     };
-    let result =
-        run_plan(&plan, simulated_start(), VIRTUAL_EPOCH_UNIX).map_err(RunError::Unsupported)?;
+    let progress = crate::run::Progress::new(u64::from(calls), options.plain_progress);
+    let result = run_plan(
+        &plan,
+        simulated_start(),
+        VIRTUAL_EPOCH_UNIX,
+        &mut |event| match event {
+            CallEvent::Started(_) => progress.call_started(),
+            CallEvent::Ended(_, r) => {
+                progress.ended(r.outcome(), r.failure.as_ref().map(|f| f.0));
+            }
+        },
+    );
+    progress.finish();
+    let result = result.map_err(RunError::Unsupported)?;
 
     let run_id = format!("{}-seed{seed}-virtual", scenario.name);
     let turn_url = scenario.turn.urls[0].to_string();
@@ -186,11 +196,7 @@ pub fn run(scenario: &Scenario, options: &RunOptions) -> Result<RunOutcome, RunE
 fn record(identity: CallIdentity, r: CallResult, endpoints: CcpEndpoints<'_>) -> (u64, CallRecord) {
     let started_us = u64::try_from(r.started.as_micros()).unwrap_or(u64::MAX);
     let ended = started_us.saturating_add(r.milestones.ended_us.unwrap_or(0));
-    let outcome = match (&r.failure, r.connected) {
-        (None, _) => Outcome::Completed,
-        (Some(_), true) => Outcome::Dropped,
-        (Some(_), false) => Outcome::Failed,
-    };
+    let outcome = r.outcome();
     let failure = r.failure.map(|(class, detail)| Failure {
         class,
         detail,
