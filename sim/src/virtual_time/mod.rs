@@ -220,6 +220,9 @@ struct Call {
     /// When each leg must run next.
     agent_wake: Instant,
     far_wake: Instant,
+    /// When the call must run next ([`Call::next_wake`], kept as it changes): only calls
+    /// with something due run at an instant.
+    wake: Instant,
     next_frame: Option<Instant>,
     started: Instant,
     /// When talking began, and when its signalling was last pinged.
@@ -236,7 +239,7 @@ struct Call {
     run_start: Instant,
     codec: Codec,
     result: Option<CallResult>,
-    /// Whether its end was told ([`CallEvent::Ended`]).
+    /// Whether its end was noted for telling ([`CallEvent::Ended`]).
     reported: bool,
 }
 
@@ -266,6 +269,10 @@ struct World {
     turn: Server,
     /// The calls started so far, in the plan's order.
     calls: Vec<Call>,
+    /// The calls not over (indices into `calls`): all the loop looks at.
+    live: Vec<usize>,
+    /// Calls that ended since the loop last told.
+    finished: Vec<usize>,
     /// Agent address → call.
     agents: HashMap<SocketAddr, usize>,
     /// Far-end address → call.
@@ -353,6 +360,8 @@ pub fn run_plan(
         sites,
         turn: Server::new(config, start, unix_start.as_secs()),
         calls: Vec::new(),
+        live: Vec::new(),
+        finished: Vec::new(),
         agents: HashMap::new(),
         far_ends: HashMap::new(),
         unsupported: None,
@@ -392,24 +401,23 @@ impl World {
     /// The event loop: start the calls that are due, advance to the earliest deadline, run
     /// what is due, route what it sent, until every call is over.
     fn run(&mut self, events: &mut dyn FnMut(CallEvent<'_>)) -> Result<(), String> {
-        let mut reported = 0;
         loop {
             let before = self.calls.len();
             self.start_due_calls()?;
             for i in before..self.calls.len() {
                 events(CallEvent::Started(i));
             }
-            // Calls end in any order; each is told once, in the order of its index.
-            for c in &mut self.calls[reported..] {
-                if let (Some(r), false) = (&c.result, c.reported) {
-                    events(CallEvent::Ended(c.index, r));
-                    c.reported = true;
+            if !self.finished.is_empty() {
+                for &i in &self.finished {
+                    if let Some(r) = &self.calls[i].result {
+                        events(CallEvent::Ended(i, r));
+                    }
                 }
+                self.finished.clear();
+                let calls = &self.calls;
+                self.live.retain(|&i| calls[i].phase != Phase::Done);
             }
-            while self.calls.get(reported).is_some_and(|c| c.reported) {
-                reported += 1;
-            }
-            if self.calls.len() == self.plan.calls.len() && self.active() == 0 {
+            if self.calls.len() == self.plan.calls.len() && self.live.is_empty() {
                 return Ok(());
             }
             if self.unsupported.is_some() {
@@ -424,8 +432,11 @@ impl World {
             }
             self.turn.handle_timeout(now);
             self.settle();
-            for i in 0..self.calls.len() {
-                self.step_call(i);
+            for k in 0..self.live.len() {
+                let i = self.live[k];
+                if self.calls[i].wake <= now {
+                    self.step_call(i);
+                }
             }
         }
     }
@@ -433,7 +444,7 @@ impl World {
     /// When the next call may start by the ramp, if the concurrency allows one now.
     fn next_start(&self) -> Option<Instant> {
         let k = self.calls.len();
-        if k >= self.plan.calls.len() || self.active() >= self.plan.concurrency.max(1) {
+        if k >= self.plan.calls.len() || self.active() >= self.plan.concurrency.max(1) as usize {
             return None;
         }
         let ramp = self.plan.ramp_per_second;
@@ -523,6 +534,7 @@ impl World {
             phase: Phase::Gathering,
             agent_wake: now,
             far_wake: now,
+            wake: now,
             next_frame: None,
             started: now,
             talk_start: None,
@@ -539,13 +551,17 @@ impl World {
         });
         self.agents.insert(agent_local, index);
         self.far_ends.insert(far_local, index);
+        self.live.push(index);
         self.flush_call(index);
         Ok(())
     }
 
-    /// Calls started and not over.
-    fn active(&self) -> u32 {
-        self.calls.iter().filter(|c| c.phase != Phase::Done).count() as u32
+    /// Calls started and not over (told or not).
+    fn active(&self) -> usize {
+        self.live
+            .iter()
+            .filter(|&&i| self.calls[i].phase != Phase::Done)
+            .count()
     }
 
     /// The wall clock now: the simulated clock's, counted from the run's wall-clock start.
@@ -566,9 +582,10 @@ impl World {
         if let Some(t) = self.next_start() {
             next = next.min(t.max(self.now));
         }
-        for c in &self.calls {
+        for &i in &self.live {
+            let c = &self.calls[i];
             if c.phase != Phase::Done {
-                next = next.min(c.wake());
+                next = next.min(c.wake);
             }
         }
         next
@@ -579,9 +596,7 @@ impl World {
         let now = self.now;
         let (talk, timeouts, dead_air) = (self.plan.talk, self.plan.timeouts, self.plan.dead_air);
         let c = &mut self.calls[i];
-        // Only a call with something due runs: one whose frame, timer or leg is due, or that
-        // a datagram just reached (which sets its leg's wake-up to now).
-        if c.phase == Phase::Done || c.wake() > now {
+        if c.phase == Phase::Done {
             return;
         }
         if c.agent_wake <= now {
@@ -598,6 +613,16 @@ impl World {
             self.unsupported.get_or_insert(u);
         }
         self.flush_call(i);
+        self.note_if_done(i);
+    }
+
+    /// Notes call `i` for telling once it is over.
+    fn note_if_done(&mut self, i: usize) {
+        let c = &mut self.calls[i];
+        if c.phase == Phase::Done && !c.reported {
+            c.reported = true;
+            self.finished.push(i);
+        }
     }
 
     /// Sends what call `i` has ready and routes until nothing moves.
@@ -636,6 +661,7 @@ impl World {
         let wake = |t: Option<Instant>| t.unwrap_or(now + MAX_SLEEP).min(now + MAX_SLEEP);
         c.agent_wake = wake(c.agent.poll_timeout());
         c.far_wake = wake(c.far.poll_timeout());
+        c.wake = c.next_wake();
         for (relay, from, data) in to_relay {
             self.turn.handle_peer_packet(now, relay, from, &data);
         }
@@ -687,6 +713,7 @@ impl World {
         for &i in &touched {
             self.calls[i].signal(now, &timeouts);
             self.emit(i);
+            self.note_if_done(i);
         }
         !touched.is_empty()
     }
@@ -721,6 +748,7 @@ impl World {
                             .handle_datagram(at, 0, TURN, BytesMut::from(&packet[..]));
                         // It acts on the datagram at once, as a woken real-time leg would.
                         c.agent_wake = c.agent_wake.min(at);
+                        c.wake = c.wake.min(at);
                     }
                 }
             }
@@ -757,6 +785,7 @@ impl World {
                 c.far
                     .handle_datagram(now, 0, t.source, BytesMut::from(&t.contents[..]));
                 c.far_wake = now;
+                c.wake = now;
             }
         }
         onto_path
@@ -766,7 +795,7 @@ impl World {
 impl Call {
     /// When the call must run next: its legs, its frame, its signalling's timers, its phase's
     /// end.
-    fn wake(&self) -> Instant {
+    fn next_wake(&self) -> Instant {
         let phase_end = match self.phase {
             Phase::Talking { until } | Phase::Draining { until } | Phase::Closing { until } => {
                 Some(until)
