@@ -144,6 +144,10 @@ enum Command {
     Profiles,
     /// Re-renders a run folder, merges several (shards, repeated runs) into one, or compares
     /// two (before and after a network change).
+    ///
+    /// Exit status: a re-rendered or merged folder's verdict, as `sim run` gives it (0 pass,
+    /// 1 fail, 2 inconclusive, 4 invalid); 0 for a comparison; 3 when the folders cannot be
+    /// read or written.
     Report {
         /// Run folders.
         #[arg(required = true)]
@@ -406,7 +410,7 @@ fn report(dirs: &[PathBuf], out: Option<&std::path::Path>, compare: bool) -> Exi
     let result = match (compare, dirs, out) {
         (true, [a, b], out) => sim::report::compare(a, b).and_then(|md| {
             print!("{md}");
-            let Some(out) = out else { return Ok(()) };
+            let Some(out) = out else { return Ok(None) };
             let page = if out.extension().is_some_and(|e| e == "html") {
                 out.to_owned()
             } else {
@@ -421,14 +425,16 @@ fn report(dirs: &[PathBuf], out: Option<&std::path::Path>, compare: bool) -> Exi
                 message: e.to_string(),
             })?;
             println!("comparison page: {}", page.display());
-            Ok(())
+            Ok(None)
         }),
         (true, _, _) => {
             eprintln!("sim report --compare takes exactly two run folders");
             return ExitCode::from(3);
         }
-        (false, [dir], out) => sim::report::render(dir, out.unwrap_or(dir))
-            .map(|f| println!("{}: {}", f.scenario, f.verdict.as_str())),
+        (false, [dir], out) => sim::report::render(dir, out.unwrap_or(dir)).map(|f| {
+            println!("{}: {}", f.scenario, f.verdict.as_str());
+            Some(f.verdict)
+        }),
         (false, dirs, Some(out)) => sim::report::merge(dirs, out).map(|f| {
             println!(
                 "merged {} folders into {}: {} calls, {}",
@@ -437,6 +443,7 @@ fn report(dirs: &[PathBuf], out: Option<&std::path::Path>, compare: bool) -> Exi
                 f.error_rate.attempts,
                 f.verdict.as_str()
             );
+            Some(f.verdict)
         }),
         (false, _, None) => {
             eprintln!("sim report: merging several folders needs --out DIR");
@@ -444,7 +451,8 @@ fn report(dirs: &[PathBuf], out: Option<&std::path::Path>, compare: bool) -> Exi
         }
     };
     match result {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(Some(verdict)) => ExitCode::from(sim::run::exit_code(verdict)),
+        Ok(None) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("sim report: {e}");
             ExitCode::from(3)

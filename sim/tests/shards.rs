@@ -248,7 +248,7 @@ fn four_loadgen_shards_against_one_sim_serve_merge_into_one_run_of_the_same_call
         .arg(&merged)
         .output()
         .unwrap();
-    assert!(out.status.success(), "{out:?}");
+    assert_exits_by_verdict(&out, &merged);
 
     // One run of the same calls: every shard's records in one folder, summarised at once.
     let one = dir.join("one-run");
@@ -260,7 +260,7 @@ fn four_loadgen_shards_against_one_sim_serve_merge_into_one_run_of_the_same_call
     std::fs::write(one.join("calls.jsonl"), &jsonl).unwrap();
     std::fs::copy(shard_dirs[0].join("summary.json"), one.join("summary.json")).unwrap();
     let out = sim().arg("report").arg(&one).output().unwrap();
-    assert!(out.status.success(), "{out:?}");
+    assert_exits_by_verdict(&out, &one);
 
     let (m, o) = (summary(&merged), summary(&one));
     // Equal as summaries: every count, and every histogram's recorded values and counts (the
@@ -421,6 +421,26 @@ fn a_shard_starved_by_a_cpu_quota_is_invalid_and_so_is_the_merge() {
         .arg(&merged)
         .output()
         .unwrap();
-    assert!(out.status.success(), "{out:?}");
     assert_eq!(summary(&merged)["verdict"], "invalid");
+    assert_eq!(
+        out.status.code(),
+        Some(4),
+        "an invalid merge exits 4: {out:?}"
+    );
+}
+
+/// `sim report` exits with the folder's verdict, as `sim run` does.
+fn assert_exits_by_verdict(out: &std::process::Output, folder: &Path) {
+    let verdict = summary(folder)["verdict"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    let code = match verdict.as_str() {
+        "pass" => 0,
+        "fail" => 1,
+        "inconclusive" => 2,
+        "invalid" => 4,
+        other => panic!("verdict {other:?}"),
+    };
+    assert_eq!(out.status.code(), Some(code), "verdict {verdict}: {out:?}");
 }
