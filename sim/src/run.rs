@@ -916,6 +916,8 @@ pub(crate) struct Progress {
     started: Instant,
     last_line: std::cell::Cell<Instant>,
     counts: std::cell::RefCell<Counts>,
+    /// Where a virtual-time run's clock is, when it is one.
+    simulated: std::cell::Cell<Option<Duration>>,
 }
 
 #[derive(Default)]
@@ -947,6 +949,7 @@ impl Progress {
             started: now,
             last_line: std::cell::Cell::new(now),
             counts: std::cell::RefCell::default(),
+            simulated: std::cell::Cell::new(None),
         }
     }
 
@@ -967,7 +970,7 @@ impl Progress {
             .map(|(k, n)| format!("{k} {n}"))
             .collect();
         format!(
-            "{} attempted, {} connected, {} failed, {} dropped, error rate {rate:.1} %, {cps:.1} calls/s{}",
+            "{} attempted, {} connected, {} failed, {} dropped, error rate {rate:.1} %, {cps:.1} calls/s{}{}",
             c.attempted,
             c.completed,
             c.failed,
@@ -976,8 +979,19 @@ impl Progress {
                 String::new()
             } else {
                 format!(" ({})", top.join(", "))
-            }
+            },
+            self.simulated.get().map_or(String::new(), |d| format!(
+                ", {:.0} s simulated",
+                d.as_secs_f64()
+            ))
         )
+    }
+
+    /// A virtual-time run's clock moved on (the line shows it even while no call starts or
+    /// ends, as during a long talk time).
+    pub(crate) fn simulated(&self, at: Duration) {
+        self.simulated.set(Some(at));
+        self.refresh();
     }
 
     pub(crate) fn call_started(&self) {

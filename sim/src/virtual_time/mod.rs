@@ -173,6 +173,8 @@ pub enum CallEvent<'a> {
     Started(usize),
     /// Call `index` of the plan ended so.
     Ended(usize, &'a CallResult),
+    /// The simulated clock passed another second since the run's start.
+    Clock(Duration),
 }
 
 /// Virtual time cannot go on: the run needs what it does not model yet.
@@ -424,6 +426,10 @@ impl World {
                 return Ok(());
             }
             let next = self.next_deadline();
+            let second = |t: Instant| t.saturating_duration_since(self.start).as_secs();
+            if second(next) > second(self.now) {
+                events(CallEvent::Clock(next.saturating_duration_since(self.start)));
+            }
             self.now = self.now.max(next);
             let now = self.now;
             for site in &mut self.sites {

@@ -132,6 +132,7 @@ pub fn run(scenario: &Scenario, options: &RunOptions) -> Result<RunOutcome, RunE
             CallEvent::Ended(_, r) => {
                 progress.ended(r.outcome(), r.failure.as_ref().map(|f| f.0));
             }
+            CallEvent::Clock(at) => progress.simulated(at),
         },
     );
     progress.finish();
