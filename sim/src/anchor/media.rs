@@ -25,7 +25,6 @@
 //! `ppoll` until the next frame or a datagram, which gives it sub-millisecond pacing without a
 //! timer thread.
 
-use std::collections::HashMap;
 use std::io;
 use std::net::{SocketAddr, UdpSocket};
 use std::os::fd::OwnedFd;
@@ -35,35 +34,17 @@ use std::sync::mpsc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use bytes::BytesMut;
 use reports::emodel::Codec;
 use reports::record::MediaStats;
-use rtc::crypto::RTCCryptoProvider;
-use rtc::dtls::crypto::Certificate;
-use rtc::dtls::endpoint::Endpoint;
-use rtc::shared::TransportProtocol;
-use rtc::srtp::context::Context;
-use turn_server::wire::{self, Class, IntegrityKind, MessageBuilder, Method, StunPacket, StunRepr};
 
-use loadgen::clock::ntp_now;
-use loadgen::dtls::{FlightTimer, Handshake, Retransmission, dtls_config, read_dtls};
-use loadgen::measure::{FarEndView, MediaMeter};
-use loadgen::media::{
-    REPORT_INTERVAL, Reception, fingerprint, frame_packet, is_rtcp, rtp_parts, send_stamp,
-    sender_report,
-};
+use loadgen::media::fingerprint;
 use loadgen::sdp::Description;
 
-use super::recording::{Event as Recorded, Recorder, Recording};
+use super::media_core::MediaCore;
+use super::recording::{Recorder, Recording};
 
-/// USE-CANDIDATE (RFC 8445 §16.1).
-const USE_CANDIDATE: u16 = 0x0025;
-/// Media frame interval.
-const FRAME: Duration = Duration::from_millis(20);
 /// Longest sleep without a deadline: commands wake the thread through its eventfd anyway.
 const IDLE: Duration = Duration::from_millis(500);
-/// How long datagrams from a closed leg's address count as its tail, not as strays.
-const AFTER_CLOSE: Duration = Duration::from_secs(5);
 /// Consent lapses this long after the last check answered (RFC 7675 §5.1: 30 s).
 pub const CONSENT_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -241,23 +222,22 @@ impl MediaServer {
             .transpose()?;
         let (tx, rx) = mpsc::channel();
         let (events_tx, events) = tokio::sync::mpsc::unbounded_channel();
-        let mut server = Server {
-            socket,
+        let core = MediaCore::new(
             address,
-            epoch,
-            codec,
             crypto,
             certificate,
-            legs: HashMap::new(),
-            by_ufrag: HashMap::new(),
-            by_call: HashMap::new(),
-            by_remote: HashMap::new(),
-            closed: HashMap::new(),
-            next_id: 0,
+            epoch,
+            codec,
+            counters.clone(),
+            recorder,
+            (Instant::now(), loadgen::clock::unix_now()),
+        );
+        let mut server = Edge {
+            core,
+            socket,
             counters: counters.clone(),
             events: events_tx,
             buf: vec![0u8; 2048],
-            recorder,
         };
         let wake_fd = wake.clone();
         let thread = std::thread::Builder::new()
@@ -332,94 +312,38 @@ impl Drop for MediaServer {
     }
 }
 
-struct Leg {
-    spec: Box<LegSpec>,
-    /// The address the agent nominated.
-    remote: Option<SocketAddr>,
-    dtls: Endpoint,
-    /// Outbound and inbound contexts, once the handshake is done.
-    srtp: Option<(Context, Context)>,
-    connected: Option<Instant>,
-    next_frame: Option<Instant>,
-    next_report: Option<Instant>,
-    frames_sent: u64,
-    /// Opus bytes sent (the sender reports' octet count).
-    payload_bytes_sent: u64,
-    wire_bytes_sent: u64,
-    pacing: reports::Distribution,
-    meter: MediaMeter,
-    reception: Reception,
-    /// The agent's reception reports of the leg's stream.
-    far_end: FarEndView,
-    /// When the handshake's flights go again (no round-trip estimate: ICE-lite sends no checks
-    /// to time).
-    dtls_timer: FlightTimer,
-    opened: Instant,
-    first_rtp: Option<Instant>,
-    failed: bool,
-    /// When the leg last answered a check of the agent's (its opening, before the first).
-    last_check: Instant,
-    /// Consent lapsed: the leg sends nothing more.
-    consent_lost: bool,
-    /// Its recording's path in the run folder, while its audio is recorded.
-    recording: Option<String>,
-    /// ICE restarts the agent made.
-    restarts: u32,
-    /// The conference it is in, once the call became one.
-    bridge: Option<Box<super::bridge::Bridge>>,
-}
-
-struct Server {
+/// The media server's real-time edge: its socket, the commands and events channels, the
+/// thread's `ppoll` loop and the real clock around the core.
+struct Edge {
+    core: MediaCore,
     socket: UdpSocket,
-    address: SocketAddr,
-    epoch: Instant,
-    codec: Codec,
-    crypto: Arc<dyn RTCCryptoProvider>,
-    certificate: Certificate,
-    legs: HashMap<u64, Leg>,
-    by_ufrag: HashMap<String, u64>,
-    by_call: HashMap<String, u64>,
-    by_remote: HashMap<SocketAddr, u64>,
-    /// Addresses of legs closed in the last [`AFTER_CLOSE`], with when they closed.
-    closed: HashMap<SocketAddr, Instant>,
-    next_id: u64,
     counters: Arc<MediaCounters>,
     events: tokio::sync::mpsc::UnboundedSender<LegEvent>,
     buf: Vec<u8>,
-    /// Where connected legs' audio goes, when the run records.
-    recorder: Option<Recorder>,
 }
 
-/// IP and UDP header bytes of a datagram to `to`.
-fn ip_udp_overhead(to: SocketAddr) -> u64 {
-    if to.is_ipv4() { 28 } else { 48 }
-}
-
-impl Server {
+impl Edge {
     fn run(&mut self, commands: &mpsc::Receiver<Command>, wake: &OwnedFd) {
         loop {
             loop {
+                let now = Instant::now();
                 match commands.try_recv() {
-                    Ok(Command::Open(spec)) => self.open(spec),
-                    Ok(Command::Restart(r)) => self.restart(*r),
-                    Ok(Command::Conference(call_id)) => {
-                        if let Some(leg) = self
-                            .by_call
-                            .get(&call_id)
-                            .and_then(|id| self.legs.get_mut(id))
-                        {
-                            leg.bridge
-                                .get_or_insert_with(|| Box::new(super::bridge::Bridge::new()));
+                    Ok(Command::Open(spec)) => self.core.open(now, spec),
+                    Ok(Command::Restart(r)) => self.core.restart(now, *r),
+                    Ok(Command::Conference(call_id)) => self.core.conference(&call_id),
+                    Ok(Command::Close { call_id, reply }) => {
+                        if let Some(ended) = self.core.close(now, &call_id) {
+                            let _ = reply.send(ended);
                         }
+                        self.flush();
                     }
-                    Ok(Command::Close { call_id, reply }) => self.close(&call_id, reply),
                     Err(mpsc::TryRecvError::Empty) => break,
                     Err(mpsc::TryRecvError::Disconnected) => return,
                 }
             }
             self.receive();
-            let now = Instant::now();
-            let next = self.due(now);
+            let next = self.core.handle_timeout(Instant::now());
+            self.flush();
             let timeout = next
                 .map_or(IDLE, |t| t.saturating_duration_since(Instant::now()))
                 .min(IDLE);
@@ -442,113 +366,7 @@ impl Server {
         }
     }
 
-    fn open(&mut self, spec: Box<LegSpec>) {
-        let config = dtls_config(
-            &self.crypto,
-            &self.certificate,
-            &spec.offer.fingerprint,
-            false,
-        );
-        let Ok(config) = config else {
-            self.counters.dtls_failures.fetch_add(1, Ordering::Relaxed);
-            return;
-        };
-        let id = self.next_id;
-        self.next_id += 1;
-        self.by_ufrag.insert(spec.ice_ufrag.clone(), id);
-        self.by_call.insert(spec.call_id.clone(), id);
-        let ssrc = spec.ssrc;
-        let leg = Leg {
-            spec,
-            remote: None,
-            dtls: Endpoint::new(self.address, TransportProtocol::UDP, Some(Arc::new(config))),
-            srtp: None,
-            connected: None,
-            next_frame: None,
-            next_report: None,
-            frames_sent: 0,
-            payload_bytes_sent: 0,
-            wire_bytes_sent: 0,
-            pacing: reports::Distribution::new(reports::Unit::Micros),
-            meter: MediaMeter::new(self.epoch),
-            reception: Reception::default(),
-            far_end: FarEndView::new(ssrc),
-            dtls_timer: FlightTimer::new(false),
-            opened: Instant::now(),
-            first_rtp: None,
-            failed: false,
-            last_check: Instant::now(),
-            consent_lost: false,
-            recording: None,
-            restarts: 0,
-            bridge: None,
-        };
-        self.legs.insert(id, leg);
-    }
-
-    fn restart(&mut self, r: Restart) {
-        let Some(&id) = self.by_call.get(&r.call_id) else {
-            return;
-        };
-        let Some(leg) = self.legs.get_mut(&id) else {
-            return;
-        };
-        self.by_ufrag.remove(&leg.spec.ice_ufrag);
-        self.by_ufrag.insert(r.ice_ufrag.clone(), id);
-        leg.spec.ice_ufrag = r.ice_ufrag;
-        leg.spec.ice_pwd = r.ice_pwd;
-        // The DTLS role, fingerprint and codec stay as the first offer agreed them.
-        leg.spec.offer.ice_ufrag = r.offer.ice_ufrag;
-        leg.spec.offer.ice_pwd = r.offer.ice_pwd;
-        leg.last_check = Instant::now();
-        leg.consent_lost = false;
-        leg.restarts += 1;
-    }
-
-    fn close(&mut self, call_id: &str, reply: tokio::sync::oneshot::Sender<Ended>) {
-        let Some(id) = self.by_call.remove(call_id) else {
-            return;
-        };
-        let Some(mut leg) = self.legs.remove(&id) else {
-            return;
-        };
-        self.by_ufrag.remove(&leg.spec.ice_ufrag);
-        if let (Some(_), Some(r)) = (&leg.recording, &self.recorder) {
-            r.send(Recorded::Stop { leg: id });
-        }
-        if let Some(remote) = leg.remote {
-            self.by_remote.remove(&remote);
-            let now = Instant::now();
-            self.closed
-                .retain(|_, at| now.saturating_duration_since(*at) < AFTER_CLOSE);
-            self.closed.insert(remote, now);
-            // close_notify, so the agent's DTLS ends cleanly.
-            let _ = leg.dtls.stop(now, remote);
-            flush_dtls(&self.socket, &self.counters, &mut leg);
-        }
-        let meter = std::mem::replace(&mut leg.meter, MediaMeter::new(self.epoch));
-        let received = meter.received();
-        let since_open = |t: Option<Instant>| t.map(|t| t.saturating_duration_since(leg.opened));
-        let _ = reply.send(Ended {
-            // What the agent sent is the agent's to report: `packets_sent` is what arrived.
-            received: meter.finish(received, 0, self.codec),
-            frames_sent: leg.frames_sent,
-            wire_bytes_sent: leg.wire_bytes_sent,
-            far_end: leg
-                .far_end
-                .stats(leg.frames_sent, leg.wire_bytes_sent, self.codec),
-            connected_after: since_open(leg.connected),
-            first_rtp_after: since_open(leg.first_rtp),
-            dtls_progress: (leg.connected.is_none() && leg.remote.is_some())
-                .then(|| leg.dtls_timer.detail()),
-            recording: leg.recording.take(),
-            ice_restarts: leg.restarts,
-            conference: leg.bridge.as_ref().map(|b| b.heard()),
-            pacing: leg.pacing,
-        });
-    }
-
-    /// Reads every datagram the socket holds.
+    /// Reads every datagram the socket holds, answering each as it comes.
     fn receive(&mut self) {
         loop {
             let (n, from) = match self.socket.recv_from(&mut self.buf) {
@@ -557,334 +375,21 @@ impl Server {
                 // An ICMP error of an earlier send; nothing to do.
                 Err(_) => continue,
             };
-            let now = Instant::now();
-            let data = std::mem::take(&mut self.buf);
-            match data[0] {
-                0..=3 => self.on_stun(from, &data[..n]),
-                // DTLS and SRTP only from the address a call nominated.
-                first @ (20..=63 | 128..=191) => match self.by_remote.get(&from).copied() {
-                    Some(id) if first < 64 => self.on_dtls(now, id, from, &data[..n]),
-                    Some(id) => {
-                        if !self.on_srtp(now, id, &data[..n]) {
-                            self.drop_one();
-                        }
-                    }
-                    None => self.stray(from),
-                },
-                _ => self.drop_one(),
-            }
-            self.buf = data;
+            self.core
+                .handle_datagram(Instant::now(), from, &self.buf[..n]);
+            self.flush();
         }
     }
 
-    fn drop_one(&self) {
-        self.counters.dropped.fetch_add(1, Ordering::Relaxed);
-    }
-
-    /// DTLS or SRTP from an address no leg nominated: the tail of a call just hung up, or a
-    /// stray.
-    fn stray(&self, from: SocketAddr) {
-        if self.closed.contains_key(&from) {
-            self.counters.after_close.fetch_add(1, Ordering::Relaxed);
-        } else {
-            self.drop_one();
-        }
-    }
-
-    /// Answers a connectivity check (ICE-lite: the server sends none of its own).
-    fn on_stun(&mut self, from: SocketAddr, data: &[u8]) {
-        let Ok(packet) = StunPacket::new_checked(data) else {
-            return self.drop_one();
-        };
-        if packet.method() != Method::BINDING || packet.class() != Class::Request {
-            // Binding indications (keepalives) need no answer.
-            return;
-        }
-        let Ok(repr) = StunRepr::parse(&packet) else {
-            return self.drop_one();
-        };
-        // USERNAME is "server ufrag:agent ufrag" (RFC 8445 §7.2.2).
-        let Some((ours, theirs)) = repr.username.and_then(|u| u.split_once(':')) else {
-            return self.drop_one();
-        };
-        let Some(&id) = self.by_ufrag.get(ours) else {
-            return self.drop_one();
-        };
-        let Some(leg) = self.legs.get_mut(&id) else {
-            return self.drop_one();
-        };
-        let key = leg.spec.ice_pwd.as_bytes();
-        if theirs != leg.spec.offer.ice_ufrag || !repr.verify_integrity(packet.message(), key) {
-            return self.drop_one();
-        }
-        let mut response =
-            MessageBuilder::new(Method::BINDING, Class::Success, packet.transaction_id());
-        response
-            .xor_address(wire::attr::XOR_MAPPED_ADDRESS, from)
-            .integrity(IntegrityKind::Sha1, key);
-        let response = response.finish_with_fingerprint();
-        transmit(&self.socket, &self.counters, leg, &response, from);
-        leg.last_check = Instant::now();
-        if packet.attributes().any(|a| a.kind == USE_CANDIDATE) && leg.remote != Some(from) {
-            if let Some(old) = leg.remote.replace(from) {
-                self.by_remote.remove(&old);
-            }
-            self.by_remote.insert(from, id);
-        }
-    }
-
-    fn on_dtls(&mut self, now: Instant, id: u64, from: SocketAddr, data: &[u8]) {
-        let Some(leg) = self.legs.get_mut(&id) else {
-            return;
-        };
-        if leg.failed {
-            return;
-        }
-        let keyed = leg.srtp.is_some();
-        if !keyed {
-            leg.dtls_timer.received(now, data);
-        }
-        let step = read_dtls(
-            &mut leg.dtls,
-            now,
-            from,
-            BytesMut::from(data),
-            &self.crypto,
-            keyed,
-        );
-        flush_dtls(&self.socket, &self.counters, leg);
-        match step {
-            Handshake::Keyed(contexts) => {
-                leg.srtp = Some(*contexts);
-                leg.connected = Some(now);
-                leg.next_frame = Some(loadgen::clock::next_slot(self.epoch, now));
-                leg.next_report = Some(now + REPORT_INTERVAL);
-                if let Some(r) = &mut self.recorder {
-                    leg.recording = Some(r.start_leg(id, &leg.spec.call));
-                }
-            }
-            Handshake::Failed => {
-                leg.failed = true;
-                self.counters.dtls_failures.fetch_add(1, Ordering::Relaxed);
-            }
-            Handshake::Going => {}
-        }
-    }
-
-    /// Reads SRTP or SRTCP from leg `id`; `false` when the packet is dropped (before the
-    /// handshake keyed SRTP, failing authentication, or not RTP).
-    fn on_srtp(&mut self, now: Instant, id: u64, data: &[u8]) -> bool {
-        let Some(leg) = self.legs.get_mut(&id) else {
-            return true;
-        };
-        let Some((_, inbound)) = &mut leg.srtp else {
-            return false;
-        };
-        if is_rtcp(data) {
-            let Ok(plain) = inbound.decrypt_rtcp(data) else {
-                return false;
-            };
-            leg.meter.rtcp_reports += 1;
-            leg.reception.on_rtcp(now, &plain);
-            leg.far_end.on_rtcp(&plain, ntp_now());
-            return true;
-        }
-        let Ok(plain) = inbound.decrypt_rtp(data) else {
-            return false;
-        };
-        let Some((seq, timestamp, ssrc, payload)) = rtp_parts(&plain) else {
-            return false;
-        };
-        let stamp = leg
-            .spec
-            .offer
-            .send_stamp
-            .and_then(|id| send_stamp(&plain, id));
-        leg.first_rtp.get_or_insert(now);
-        if let Some(bridge) = &mut leg.bridge {
-            bridge.agent_frame(payload);
-        }
-        if let (Some(_), Some(r)) = (&leg.recording, &self.recorder) {
-            r.send(Recorded::Agent {
-                leg: id,
-                timestamp,
-                payload: payload.to_vec(),
-            });
-        }
-        leg.reception.on_rtp(ssrc, seq);
-        leg.meter.on_rtp(now, seq, timestamp, stamp);
-        true
-    }
-
-    /// Runs what is due at `now` (frames, reports, DTLS retransmissions); returns when the next
-    /// thing is due.
-    fn due(&mut self, now: Instant) -> Option<Instant> {
-        let mut next: Option<Instant> = None;
-        let mut soonest = |t: Instant| next = Some(next.map_or(t, |n: Instant| n.min(t)));
-        for (&id, leg) in &mut self.legs {
-            if leg.consent_lost {
-                continue;
-            }
-            let lapses = leg.last_check + leg.spec.consent_timeout;
-            if lapses <= now {
-                leg.consent_lost = true;
-                self.counters.consent_lost.fetch_add(1, Ordering::Relaxed);
-                let _ = self.events.send(LegEvent::ConsentLost {
-                    call_id: leg.spec.call_id.clone(),
-                });
-                continue;
-            }
-            soonest(lapses);
-            let Some(remote) = leg.remote else { continue };
-            if leg.srtp.is_none() {
-                if leg.failed {
-                    continue;
-                }
-                match leg
-                    .dtls_timer
-                    .handle_timeout(now, false, &mut leg.dtls, remote)
-                {
-                    Retransmission::Nothing => {}
-                    Retransmission::Regenerated => flush_dtls(&self.socket, &self.counters, leg),
-                    Retransmission::Resend(flight) => {
-                        for (_, to, bytes) in &flight {
-                            transmit(&self.socket, &self.counters, leg, bytes, *to);
-                        }
-                    }
-                    Retransmission::Failed => {
-                        leg.failed = true;
-                        self.counters.dtls_failures.fetch_add(1, Ordering::Relaxed);
-                        flush_dtls(&self.socket, &self.counters, leg);
-                    }
-                }
-                if let Some(t) = leg.dtls_timer.deadline(leg.failed) {
-                    soonest(t);
-                }
-                continue;
-            }
-            if let Some(due) = leg.next_frame {
-                if due <= now {
-                    let connected = leg.connected.unwrap_or(now);
-                    let silent = leg.spec.silent_after.is_some_and(|d| now >= connected + d);
-                    let frame = leg.frames_sent;
-                    if !silent {
-                        let late = now.saturating_duration_since(due);
-                        leg.pacing
-                            .record(u64::try_from(late.as_micros()).unwrap_or(u64::MAX));
-                        loadgen::lateness::record(loadgen::lateness::Sender::Anchor, late);
-                        send_frame(&self.socket, &self.counters, self.epoch, now, remote, leg);
-                    }
-                    if let (Some(_), Some(r)) = (&leg.recording, &self.recorder) {
-                        r.send(Recorded::Tick {
-                            leg: id,
-                            customer: (leg.frames_sent > frame).then_some(frame),
-                        });
-                    }
-                    leg.next_frame = Some(due + FRAME);
-                }
-                soonest(leg.next_frame.unwrap_or(due));
-            }
-            if let Some(due) = leg.next_report {
-                if due <= now {
-                    send_report(&self.socket, &self.counters, now, remote, leg);
-                    leg.next_report = Some(due + REPORT_INTERVAL);
-                }
-                soonest(leg.next_report.unwrap_or(due));
+    /// Sends what the core queued and passes on what it tells.
+    fn flush(&mut self) {
+        while let Some((to, bytes)) = self.core.poll_transmit() {
+            if self.socket.send_to(&bytes, to).is_err() {
+                self.counters.send_failed.fetch_add(1, Ordering::Relaxed);
             }
         }
-        next
+        while let Some(event) = self.core.poll_event() {
+            let _ = self.events.send(event);
+        }
     }
-}
-
-/// Sends `bytes` to `to` for `leg`, adding them to its wire bytes, or counts the failure.
-fn transmit(
-    socket: &UdpSocket,
-    counters: &MediaCounters,
-    leg: &mut Leg,
-    bytes: &[u8],
-    to: SocketAddr,
-) -> bool {
-    if socket.send_to(bytes, to).is_ok() {
-        leg.wire_bytes_sent += bytes.len() as u64 + ip_udp_overhead(to);
-        true
-    } else {
-        counters.send_failed.fetch_add(1, Ordering::Relaxed);
-        false
-    }
-}
-
-fn flush_dtls(socket: &UdpSocket, counters: &MediaCounters, leg: &mut Leg) {
-    let (mut flight, mut at) = (Vec::new(), None);
-    while let Some(t) = leg.dtls.poll_transmit() {
-        let to = t.transport.peer_addr;
-        transmit(socket, counters, leg, &t.message, to);
-        at = Some(t.now);
-        flight.push((t.transport.local_addr, to, t.message));
-    }
-    if let (Some(at), false) = (at, leg.srtp.is_some()) {
-        leg.dtls_timer.sent(at, flight);
-    }
-}
-
-fn send_frame(
-    socket: &UdpSocket,
-    counters: &MediaCounters,
-    epoch: Instant,
-    now: Instant,
-    remote: SocketAddr,
-    leg: &mut Leg,
-) {
-    let Some((outbound, _)) = &mut leg.srtp else {
-        return;
-    };
-    let sent = now.saturating_duration_since(epoch);
-    let offer = &leg.spec.offer;
-    // The customer's voice, or in a conference the bridge's mix for the agent.
-    let mixed = leg.bridge.as_mut().map(|b| b.mix());
-    let opus = mixed
-        .as_deref()
-        .unwrap_or_else(|| loadgen::audio::opus_frame(leg.frames_sent));
-    let packet = frame_packet(
-        leg.frames_sent,
-        opus,
-        offer.opus_pt,
-        leg.spec.ssrc,
-        sent,
-        offer.send_stamp,
-    );
-    let Ok(protected) = outbound.encrypt_rtp(&packet) else {
-        return;
-    };
-    let payload_bytes = opus.len() as u64;
-    if transmit(socket, counters, leg, &protected, remote) {
-        leg.payload_bytes_sent += payload_bytes;
-        leg.frames_sent += 1;
-    }
-}
-
-/// A sender report with the reception report of the agent's stream.
-fn send_report(
-    socket: &UdpSocket,
-    counters: &MediaCounters,
-    now: Instant,
-    remote: SocketAddr,
-    leg: &mut Leg,
-) {
-    let Some(plain) = sender_report(
-        now,
-        ntp_now(),
-        leg.spec.ssrc,
-        (leg.frames_sent, leg.payload_bytes_sent),
-        &mut leg.reception,
-        &leg.meter,
-    ) else {
-        return;
-    };
-    let Some((outbound, _)) = &mut leg.srtp else {
-        return;
-    };
-    let Ok(protected) = outbound.encrypt_rtcp(&plain) else {
-        return;
-    };
-    transmit(socket, counters, leg, &protected, remote);
 }

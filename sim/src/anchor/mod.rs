@@ -7,6 +7,7 @@
 mod bridge;
 #[allow(clippy::disallowed_methods)] // an edge: its thread, socket and the real clock
 pub mod media;
+pub(crate) mod media_core;
 pub mod recording;
 
 use std::collections::{HashMap, HashSet};
