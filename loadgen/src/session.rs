@@ -328,10 +328,20 @@ impl Call {
         for c in answer.candidates {
             let _ = driven.peer.leg.add_remote_candidate(now, &from_wire(c));
         }
-        client
-            .accept(spec.timeouts.ack)
-            .await
-            .map_err(|e| (e.class(), e.to_string()))?;
+        // ICE runs while `accept` is answered, as in a browser, where the remote description
+        // (applied above) starts the checks at once: left undriven, the leg sent its first
+        // permission request and checks a round trip late.
+        let ack = spec.timeouts.ack;
+        let drive = async {
+            let until = Instant::now() + ack + Duration::from_secs(1);
+            driven.drive_until(until, None, |_| false).await;
+            std::future::pending::<()>().await;
+        };
+        let accepted = tokio::select! {
+            r = client.accept(ack) => r,
+            () = drive => Err(SignallingError::Timeout("accept".into())),
+        };
+        accepted.map_err(|e| (e.class(), e.to_string()))?;
         self.milestones.accepted_us = self.at();
 
         // ConnectContact: ICE and DTLS.

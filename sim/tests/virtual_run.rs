@@ -235,17 +235,22 @@ fn an_impaired_scenario_measures_the_same_network_in_virtual_and_real_time() {
     // Set-up: virtual time has every round trip and no CPU time, so each phase takes at least
     // as long in real time, less the path's jitter; real time adds the CPU of the TLS and DTLS
     // handshakes (ECDHE, ECDSA, certificate checks) and of the anchor, well under 150 ms a
-    // phase even in a debug build. Not compared: answer → ICE connected. In virtual time the
-    // far end is a full ICE agent (a loadgen leg), whose own checks find the pair sooner than
-    // the real anchor's ICE-lite legs let the agent's alone (measured: 164 against 292 ms at
-    // an 80 ms round trip); the anchor's media server as a core is what closes that gap.
+    // phase even in a debug build. The far end is the anchor's media server in both (its
+    // core in virtual time), so the ICE phase compares too: it found that the real-time agent
+    // left its leg undriven while `accept` was answered, a round trip of ICE lost.
     let median = |records: &[CallRecord], f: &Phase| {
         let mut xs: Vec<u64> = records.iter().filter_map(|c| f(&c.milestones)).collect();
         xs.sort_unstable();
         xs[xs.len() / 2] as f64
     };
-    let phases: [(&str, &Phase); 3] = [
+    let phases: [(&str, &Phase); 5] = [
         ("signalling connected", &|m| m.signalling_connected_us),
+        ("answer → ICE connected", &|m| {
+            Some(m.ice_connected_us? - m.answer_received_us?)
+        }),
+        ("DTLS connected → first RTP", &|m| {
+            Some(m.first_rtp_us?.saturating_sub(m.dtls_connected_us?))
+        }),
         ("invite → answer", &|m| {
             Some(m.answer_received_us? - m.invite_sent_us?)
         }),

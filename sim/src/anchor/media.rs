@@ -77,7 +77,7 @@ pub struct Ended {
     /// When it received its first RTP packet, after it opened.
     pub first_rtp_after: Option<Duration>,
     /// What its DTLS handshake got to, when ICE nominated a pair but the handshake did not
-    /// complete (flights last sent and received, retransmissions: [`FlightTimer::detail`]);
+    /// complete (flights last sent and received, retransmissions: [`loadgen::dtls::FlightTimer::detail`]);
     /// `None` when it completed, or when no check ever nominated a pair.
     pub dtls_progress: Option<String>,
     /// Its recording, relative to the run folder, when the server records.

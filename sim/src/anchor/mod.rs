@@ -392,8 +392,13 @@ pub async fn serve(
                     }
                 };
                 let ssrc = 0x4000_0000 | (next as u32 & 0x3fff_ffff);
-                let (answer, candidates) =
-                    answer_offer(&offer, &media, (&ice_ufrag, &ice_pwd), ssrc, next);
+                let (answer, candidates) = answer_offer(
+                    &offer,
+                    (media.fingerprint(), media.address()),
+                    (&ice_ufrag, &ice_pwd),
+                    ssrc,
+                    next,
+                );
                 // The leg is open before the agent can have the answer, so no check of its
                 // arrives at an unknown leg.
                 media.open(LegSpec {
@@ -545,9 +550,11 @@ fn os_ice_credentials() -> Result<(String, String), RpcError> {
         .map_err(|e| RpcError::new(500, format!("no ICE credentials: {e}")))
 }
 
-fn answer_offer(
+/// The anchor's answer to `offer` and its one host candidate, for a leg of the media server
+/// whose certificate has `fingerprint` and that listens on `address`.
+pub(crate) fn answer_offer(
     offer: &Description,
-    media: &MediaServer,
+    (fingerprint, address): (&str, std::net::SocketAddr),
     (ice_ufrag, ice_pwd): (&str, &str),
     ssrc: u32,
     number: u64,
@@ -555,14 +562,14 @@ fn answer_offer(
     let local = Local {
         ice_ufrag,
         ice_pwd,
-        fingerprint: media.fingerprint(),
+        fingerprint,
         ssrc,
-        address: media.address(),
+        address,
         ice_lite: true,
     };
     let answer = sdp::answer(offer, &local, number);
     let candidates = vec![Candidate {
-        candidate: sdp::host_candidate(media.address()),
+        candidate: sdp::host_candidate(address),
         sdp_mid: offer.sections[offer.audio].mid.clone(),
         sdp_m_line_index: u16::try_from(offer.audio).ok(),
     }];
@@ -586,7 +593,13 @@ fn restart(
     let offer = Description::parse(&invite.sdp)
         .map_err(|e| RpcError::new(400, format!("cannot answer the ICE restart: {e}")))?;
     let (ice_ufrag, ice_pwd) = os_ice_credentials()?;
-    let (answer, candidates) = answer_offer(&offer, media, (&ice_ufrag, &ice_pwd), ssrc, number);
+    let (answer, candidates) = answer_offer(
+        &offer,
+        (media.fingerprint(), media.address()),
+        (&ice_ufrag, &ice_pwd),
+        ssrc,
+        number,
+    );
     if let Some(call) = calls.up.get_mut(&call_id) {
         call.consent_lost = false;
     }

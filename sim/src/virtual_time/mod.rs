@@ -1,19 +1,22 @@
 //! Virtual time, first part: a call's signalling and media path on one simulated clock, in one
-//! process, with no sockets. Each call is an agent's relay-only [`Leg`] and a far end's host
-//! [`Leg`] (standing for the anchor's media), and a signalling [`Connection`] to the endpoint's
-//! [`ServerConnection`]: TLS, the WebSocket and JSON-RPC (`invite` with the offer and the
-//! agent's candidates, `accept`, `bye`, the close handshake) cross the path's stream form (as
+//! process, with no sockets. Each call is an agent's relay-only [`Leg`], a signalling
+//! [`Connection`] to the endpoint's [`ServerConnection`], and a leg of the anchor's media
+//! server (`anchor::media_core`: ICE-lite, DTLS server, SRTP, as real time runs it on a socket). TLS,
+//! the WebSocket and JSON-RPC (`invite` with the offer and the agent's candidates, answered
+//! with the anchor's SDP; `accept`; keep-alives; `bye`, which closes the anchor's leg and
+//! keeps its measurement; the close handshake) cross the site's path in its stream form (as
 //! the real-time TCP relay carries them: delay, jitter, rate and stalls, no loss), and the
-//! agent's datagrams cross the scenario's path ([`Netem`]) to the TURN core
-//! ([`turn_server::Server`]), which relays them to the far end; the far end's come back the same
+//! agent's datagrams cross the site's path ([`Netem`]) to the TURN core
+//! ([`turn_server::Server`]), which relays them to the anchor; the anchor's come back the same
 //! way. Every one of them is the same sans-I/O core the real-time run drives on sockets — real
 //! TLS, real ICE, real DTLS handshakes, real SRTP — so a minute of calls takes what the CPU
 //! needs for their crypto and bookkeeping, not a minute.
 //!
-//! Not yet here (DESIGN §3's promise, issue 16): the agent's session state machine (its
-//! call kinds, mid-call steps, ICE restarts and records) and the anchor's own media server.
-//! What it has is replayable: the paths and every leg and the endpoint's certificate draw from
-//! the run's seed ([`Entropy::Seeded`]), so one seed gives the same figures.
+//! Not yet here (DESIGN §3's promise, issue 16): the agent's session state machine as one core
+//! for both drivers (here a reduced one: inbound and outbound calls, no mid-call steps, no ICE
+//! restarts) and the anchor's call handling beyond invite and bye. What it has is replayable:
+//! the paths, every leg, the anchor and the endpoint's certificate draw from the run's seed
+//! ([`Entropy::Seeded`]), so one seed gives the same figures.
 
 use std::collections::HashMap;
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
@@ -38,8 +41,13 @@ use turn_server::auth::{Credentials, Secret};
 use turn_server::policy::PeerPolicy;
 use turn_server::server::{Config, Event, FiveTuple, Server, Transport};
 
+use crate::anchor::media::{CONSENT_TIMEOUT, Ended, LegSpec, MediaCounters};
+use crate::anchor::media_core::MediaCore;
 use crate::netem::{Direction, FlowId, Netem, Output, Path};
 use crate::signalling::{ServerConnection, ServerEvent, SignallingLimits, SignallingStats};
+use loadgen::measure::MediaMeter;
+use loadgen::sdp::Description;
+use rtc::crypto::RTCCryptoProvider;
 
 pub mod scenario;
 
@@ -50,6 +58,11 @@ const FRAME: Duration = Duration::from_millis(20);
 /// The longest a leg goes undriven, as in the real-time driver (`loadgen::driver`): `rtc`'s
 /// TURN client does not always report its next deadline.
 const MAX_SLEEP: Duration = Duration::from_millis(10);
+/// The anchor's media server in the simulated network (TEST-NET-2).
+const ANCHOR: SocketAddr =
+    SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::new(198, 51, 100, 1), 20_000));
+/// The anchor's longest sleep with nothing due.
+const IDLE: Duration = Duration::from_millis(500);
 /// The signalling endpoint's name and URL in the simulated network.
 const SIGNALLING_HOST: &str = "signalling.sim.local";
 const SIGNALLING_URL: &str = "wss://signalling.sim.local:8443/rtc";
@@ -215,13 +228,17 @@ struct Call {
     index: usize,
     site: usize,
     agent: Leg,
-    far: Leg,
     agent_local: SocketAddr,
-    far_local: SocketAddr,
+    /// The anchor's id of the call, and whether its leg of the media server is open.
+    call_id: String,
+    anchor_open: bool,
+    /// What the anchor's leg measured, once closed (at `bye`, or when the call failed).
+    ended: Option<Ended>,
+    /// The endpoint's randomness for this call (the anchor leg's ICE credentials).
+    endpoint_random: Arc<dyn RTCCryptoProvider>,
     phase: Phase,
-    /// When each leg must run next.
+    /// When the agent's leg must run next.
     agent_wake: Instant,
-    far_wake: Instant,
     /// When the call must run next ([`Call::next_wake`], kept as it changes): only calls
     /// with something due run at an instant.
     wake: Instant,
@@ -252,6 +269,37 @@ struct SitePaths {
     streams: Netem<Vec<u8>>,
 }
 
+/// The anchor's media server (its core, as real time runs it on a socket) and when it runs
+/// next.
+struct Anchor {
+    core: MediaCore,
+    fingerprint: String,
+    wake: Instant,
+}
+
+impl Anchor {
+    fn new(plan: &Plan, start: Instant, unix_start: Duration) -> Result<Self, String> {
+        let crypto = Entropy::Seeded(plan.seed).for_leg(u64::MAX, 3).provider()?;
+        let certificate = loadgen::entropy::certificate("anchor", &crypto)?;
+        let fingerprint = loadgen::media::fingerprint(&crypto, &certificate.certificate[0])?;
+        let core = MediaCore::new(
+            ANCHOR,
+            crypto,
+            certificate,
+            start,
+            plan.codec,
+            Arc::new(MediaCounters::default()),
+            None,
+            (start, unix_start),
+        );
+        Ok(Self {
+            core,
+            fingerprint,
+            wake: start,
+        })
+    }
+}
+
 /// What every call is made from.
 struct Vendor {
     server_tls: Arc<rustls::ServerConfig>,
@@ -277,8 +325,8 @@ struct World {
     finished: Vec<usize>,
     /// Agent address → call.
     agents: HashMap<SocketAddr, usize>,
-    /// Far-end address → call.
-    far_ends: HashMap<SocketAddr, usize>,
+    /// The anchor's media server: every call's far end, as in real time.
+    anchor: Anchor,
     /// What stopped the run.
     unsupported: Option<Unsupported>,
 }
@@ -331,6 +379,7 @@ pub fn run_plan(
         users: HashMap::from([(USER.0.to_owned(), Secret(USER.1.to_owned()))]),
         static_auth_secret: None,
     };
+    let anchor = Anchor::new(plan, start, unix_start)?;
     let sites = plan
         .sites
         .iter()
@@ -365,7 +414,7 @@ pub fn run_plan(
         live: Vec::new(),
         finished: Vec::new(),
         agents: HashMap::new(),
-        far_ends: HashMap::new(),
+        anchor,
         unsupported: None,
     };
     world.run(events)?;
@@ -437,6 +486,10 @@ impl World {
                 site.streams.handle_timeout(now);
             }
             self.turn.handle_timeout(now);
+            if self.anchor.wake <= now {
+                self.anchor.wake = self.anchor.core.handle_timeout(now).unwrap_or(now + IDLE);
+                self.flush_anchor();
+            }
             self.settle();
             for k in 0..self.live.len() {
                 let i = self.live[k];
@@ -478,10 +531,6 @@ impl World {
         let site = self.plan.calls[index];
         let agent_local =
             SocketAddr::from(([10, (i >> 16) as u8, (i >> 8) as u8, i as u8], 40_000));
-        let far_local = SocketAddr::from((
-            [198, 51, 100 + (i / 40_000) as u8, 1],
-            20_000 + (i % 40_000) as u16,
-        ));
         let leg = |e: LegError| format!("{e:?}");
         let seeded = Entropy::Seeded(self.plan.seed);
         let agent = Leg::new(
@@ -503,19 +552,7 @@ impl World {
             &[agent_local],
         )
         .map_err(leg)?;
-        let far = Leg::new(
-            PeerConfig {
-                turn: Vec::new(),
-                answering: true,
-                epoch: self.start,
-                entropy: seeded.for_leg(u64::from(i), 1),
-            },
-            0x4000_0000 | i,
-            now,
-            self.unix_now(),
-            &[far_local],
-        )
-        .map_err(leg)?;
+        let endpoint_random = seeded.for_leg(u64::from(i), 1).provider()?;
         let client = client_connection(&self.vendor.root).map_err(|e| e.to_string())?;
         let server = ServerConnection::new(
             self.vendor.server_tls.clone(),
@@ -534,12 +571,13 @@ impl World {
             index,
             site,
             agent,
-            far,
             agent_local,
-            far_local,
+            call_id: format!("call-{index}"),
+            anchor_open: false,
+            ended: None,
+            endpoint_random,
             phase: Phase::Gathering,
             agent_wake: now,
-            far_wake: now,
             wake: now,
             next_frame: None,
             started: now,
@@ -556,7 +594,6 @@ impl World {
             reported: false,
         });
         self.agents.insert(agent_local, index);
-        self.far_ends.insert(far_local, index);
         self.live.push(index);
         self.flush_call(index);
         Ok(())
@@ -588,6 +625,7 @@ impl World {
         if let Some(t) = self.next_start() {
             next = next.min(t.max(self.now));
         }
+        next = next.min(self.anchor.wake);
         for &i in &self.live {
             let c = &self.calls[i];
             if c.phase != Phase::Done {
@@ -608,11 +646,10 @@ impl World {
         if c.agent_wake <= now {
             c.agent.handle_timeout(now);
         }
-        if c.far_wake <= now {
-            c.far.handle_timeout(now);
-        }
         c.client.handle_timeout(now);
         c.server.handle_timeout(now);
+        self.serve(i);
+        let c = &mut self.calls[i];
         c.signal(now, &timeouts);
         c.step(now, talk, &timeouts, dead_air);
         if let Some(u) = c.needs_restart(now) {
@@ -622,13 +659,117 @@ impl World {
         self.note_if_done(i);
     }
 
-    /// Notes call `i` for telling once it is over.
+    /// Notes call `i` for telling once it is over, with both ways' figures: the anchor's of
+    /// the agent's stream, the agent's of the anchor's (as the real-time session takes them
+    /// from `bye`'s answer).
     fn note_if_done(&mut self, i: usize) {
+        let now = self.now;
         let c = &mut self.calls[i];
-        if c.phase == Phase::Done && !c.reported {
-            c.reported = true;
-            self.finished.push(i);
+        if c.phase != Phase::Done || c.reported {
+            return;
         }
+        c.reported = true;
+        self.finished.push(i);
+        if c.anchor_open {
+            c.anchor_open = false;
+            c.ended = self.anchor.core.close(now, &c.call_id);
+        }
+        let ended = c.ended.take();
+        if let (Some(r), Some(ended)) = (&mut c.result, ended)
+            && r.connected
+        {
+            let mut up = ended.received;
+            // The anchor measured what arrived; what was sent is the agent's to say.
+            up.packets_sent = c.agent.frames_sent();
+            up.wire_bytes_sent = c.agent.wire_bytes_sent;
+            up.send_pacing_error = c.agent.pacing.clone();
+            let meter = std::mem::replace(&mut c.agent.meter, MediaMeter::new(self.start));
+            let mut down = meter.finish(ended.frames_sent, ended.wire_bytes_sent, c.codec);
+            down.send_pacing_error = ended.pacing;
+            r.media = Some((Box::new(up), Box::new(down)));
+        }
+        self.flush_anchor();
+    }
+
+    /// The endpoint's side of call `i`, as the anchor answers: `invite` opens a leg of the
+    /// media server and answers with its SDP and host candidate; `bye` closes it (its figures
+    /// kept for the record); the rest get `{}`.
+    fn serve(&mut self, i: usize) {
+        let now = self.now;
+        let c = &mut self.calls[i];
+        while let Some(event) = c.server.poll_event() {
+            let ServerEvent::Request {
+                key,
+                method,
+                params,
+            } = event
+            else {
+                continue;
+            };
+            let answer = match method.as_str() {
+                "invite" if !c.anchor_open => {
+                    let anchor = &mut self.anchor;
+                    (|| {
+                        let invite: Invite = serde_json::from_value(params)
+                            .map_err(|_| RpcError::new(-32602, "invalid invite parameters"))?;
+                        let offer = Description::parse(&invite.sdp)
+                            .map_err(|e| RpcError::new(400, format!("cannot answer: {e}")))?;
+                        let (ice_ufrag, ice_pwd) =
+                            loadgen::entropy::ice_credentials(c.endpoint_random.random())
+                                .map_err(|e| RpcError::new(500, e))?;
+                        let ssrc = 0x4000_0000 | (i as u32 & 0x3fff_ffff);
+                        let (sdp, candidates) = crate::anchor::answer_offer(
+                            &offer,
+                            (&anchor.fingerprint, ANCHOR),
+                            (&ice_ufrag, &ice_pwd),
+                            ssrc,
+                            i as u64 + 1,
+                        );
+                        anchor.core.open(
+                            now,
+                            Box::new(LegSpec {
+                                call_id: c.call_id.clone(),
+                                call: invite.call_context_token,
+                                offer,
+                                ice_ufrag,
+                                ice_pwd,
+                                ssrc,
+                                silent_after: None,
+                                consent_timeout: CONSENT_TIMEOUT,
+                            }),
+                        );
+                        anchor.wake = now;
+                        c.anchor_open = true;
+                        let answer = InviteAnswer {
+                            call_id: c.call_id.clone(),
+                            sdp,
+                            candidates,
+                        };
+                        serde_json::to_value(answer).map_err(|e| RpcError::new(500, e.to_string()))
+                    })()
+                }
+                "bye" => {
+                    if c.anchor_open {
+                        c.anchor_open = false;
+                        c.ended = self.anchor.core.close(now, &c.call_id);
+                    }
+                    Ok(json!({}))
+                }
+                _ => Ok(json!({})),
+            };
+            c.server.respond(key, answer);
+        }
+        self.flush_anchor();
+    }
+
+    /// Sends what the anchor queued through the TURN core, from the anchor's address.
+    fn flush_anchor(&mut self) {
+        let now = self.now;
+        while let Some((to, bytes)) = self.anchor.core.poll_transmit() {
+            self.turn.handle_peer_packet(now, to, ANCHOR, &bytes);
+        }
+        // Consent and the like: the anchor tells; virtual time has no one to tell yet.
+        while self.anchor.core.poll_event().is_some() {}
     }
 
     /// Sends what call `i` has ready and routes until nothing moves.
@@ -660,17 +801,12 @@ impl World {
             site.streams
                 .handle_input(now, flow, Direction::Down, len, data);
         }
-        let mut to_relay = Vec::new();
-        while let Some(t) = c.far.poll_transmit() {
-            to_relay.push((t.to, c.far_local, t.data));
-        }
-        let wake = |t: Option<Instant>| t.unwrap_or(now + MAX_SLEEP).min(now + MAX_SLEEP);
-        c.agent_wake = wake(c.agent.poll_timeout());
-        c.far_wake = wake(c.far.poll_timeout());
+        c.agent_wake = c
+            .agent
+            .poll_timeout()
+            .unwrap_or(now + MAX_SLEEP)
+            .min(now + MAX_SLEEP);
         c.wake = c.next_wake();
-        for (relay, from, data) in to_relay {
-            self.turn.handle_peer_packet(now, relay, from, &data);
-        }
     }
 
     /// Routes until nothing moves at this instant: what leaves a path without delay must
@@ -717,6 +853,7 @@ impl World {
         touched.sort_unstable();
         touched.dedup();
         for &i in &touched {
+            self.serve(i);
             self.calls[i].signal(now, &timeouts);
             self.emit(i);
             self.note_if_done(i);
@@ -786,12 +923,12 @@ impl World {
                     );
                     onto_path = true;
                 }
-            } else if let Some(&i) = self.far_ends.get(&t.destination) {
-                let c = &mut self.calls[i];
-                c.far
-                    .handle_datagram(now, 0, t.source, BytesMut::from(&t.contents[..]));
-                c.far_wake = now;
-                c.wake = now;
+            } else if t.destination == ANCHOR {
+                self.anchor.core.handle_datagram(now, t.source, &t.contents);
+                // What it answers goes back through TURN at once; what it starts (a keyed
+                // leg's first frame) runs at its next timeout, now.
+                self.anchor.wake = now;
+                self.flush_anchor();
             }
         }
         onto_path
@@ -816,7 +953,7 @@ impl Call {
         ]
         .into_iter()
         .flatten()
-        .fold(self.agent_wake.min(self.far_wake), Instant::min)
+        .fold(self.agent_wake, Instant::min)
     }
 
     /// Microseconds since the call started.
@@ -830,7 +967,7 @@ impl Call {
         let since_start = now.saturating_duration_since(self.started);
         // Once the call hangs up, its legs are done with: only signalling is left.
         let hanging_up = matches!(self.phase, Phase::HangingUp | Phase::Closing { .. });
-        let leg_error = self.agent.error.clone().or_else(|| self.far.error.clone());
+        let leg_error = self.agent.error.clone();
         if let Some(e) = leg_error.filter(|_| !hanging_up && self.phase != Phase::Done) {
             let (class, detail) = loadgen::session::leg_failure(&e);
             self.finish_failed(now, class, detail);
@@ -906,7 +1043,6 @@ impl Call {
         if let Some(due) = self.next_frame.filter(|&d| d <= now) {
             // The simulated generator is never late: pacing error 0 by construction.
             self.agent.send_frame_due(now, due);
-            self.far.send_frame_due(now, due);
             self.next_frame = Some(due + FRAME);
         }
     }
@@ -963,17 +1099,6 @@ impl Call {
 
     /// Acts on what signalling brought, at both ends.
     fn signal(&mut self, now: Instant, timeouts: &Timeouts) {
-        while let Some(event) = self.server.poll_event() {
-            if let ServerEvent::Request {
-                key,
-                method,
-                params,
-            } = event
-            {
-                let answer = self.answer(now, &method, params);
-                self.server.respond(key, answer);
-            }
-        }
         while let Some(event) = self.client.poll_event() {
             if self.phase == Phase::Done {
                 return;
@@ -1002,33 +1127,6 @@ impl Call {
             }
         }
     }
-    /// The endpoint's side, as the anchor answers: `invite` with the far end's answer and
-    /// candidates, `accept` and `bye` with `{}`.
-    fn answer(&mut self, now: Instant, method: &str, params: Value) -> Result<Value, RpcError> {
-        match method {
-            "invite" => {
-                let invite: Invite = serde_json::from_value(params)
-                    .map_err(|_| RpcError::new(-32602, "invalid invite parameters"))?;
-                let sdp = self
-                    .far
-                    .answer(now, &invite.sdp)
-                    .map_err(|e| RpcError::new(400, format!("cannot answer: {e:?}")))?;
-                for c in invite.candidates {
-                    let _ = self.far.add_remote_candidate(now, &from_wire(c));
-                }
-                let candidates = self.far.local_candidates().iter().cloned().map(to_wire);
-                let answer = InviteAnswer {
-                    call_id: invite.call_context_token,
-                    sdp,
-                    candidates: candidates.collect(),
-                };
-                self.far_wake = now;
-                serde_json::to_value(answer).map_err(|e| RpcError::new(500, e.to_string()))
-            }
-            _ => Ok(json!({})),
-        }
-    }
-
     /// Sends `invite` once the candidates are in and the connection is open.
     fn invite(&mut self, now: Instant, timeouts: &Timeouts) {
         if self.phase != Phase::Gathering || !self.signalling_connected {
@@ -1160,14 +1258,10 @@ impl Call {
         failure: Option<(FailureClass, String)>,
     ) {
         self.agent.close(now);
-        self.far.close(now);
         self.milestones.ended_us = self.at(now);
         let connected = self.agent.times.connected.is_some();
-        let media = connected.then(|| {
-            let up = self.far.received_from(&self.agent, self.codec);
-            let down = self.agent.received_from(&self.far, self.codec);
-            (Box::new(up), Box::new(down))
-        });
+        // Both ways' figures come when the anchor's leg is closed (`World::note_if_done`).
+        let media = None;
         let relay_transport = self.agent.relay_transport().filter(|_| connected);
         self.result = Some(CallResult {
             relay_transport,
