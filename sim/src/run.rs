@@ -357,18 +357,7 @@ pub fn run(scenario: &Scenario, options: &RunOptions) -> Result<RunOutcome, RunE
             .map_err(|e| io_err("writing calls.jsonl")(io::Error::other(e)))?;
     }
 
-    let mut summary = RunSummary::new();
-    for r in &records {
-        // Invariant: records are built by this crate with units it chose; a unit clash is a bug.
-        let _ = summary.add(r);
-    }
-    let mut file = SummaryFile::new(
-        &scenario.name,
-        summary,
-        scenario.threshold,
-        scenario.confidence,
-        interrupted,
-    );
+    let mut file = summarise(scenario, &records, interrupted);
     vendor.count_into(&mut file.components);
     for site in &sites {
         site.count_into(&scenario.turn.urls, &mut file.components);
@@ -811,6 +800,27 @@ pub(crate) struct PlannedCall {
 const SITE_STREAM: u64 = 1;
 const PASSWORD_STREAM: u64 = 2;
 const KIND_STREAM: u64 = 3;
+
+/// The summary of a run's records, judged as `scenario` says (its verdict not yet settled:
+/// the caller adds what it counted of its own components first).
+pub(crate) fn summarise(
+    scenario: &Scenario,
+    records: &[CallRecord],
+    interrupted: bool,
+) -> SummaryFile {
+    let mut summary = RunSummary::new();
+    for r in records {
+        // Invariant: records are built by this crate with units it chose; a unit clash is a bug.
+        let _ = summary.add(r);
+    }
+    SummaryFile::new(
+        &scenario.name,
+        summary,
+        scenario.threshold,
+        scenario.confidence,
+        interrupted,
+    )
+}
 
 /// The seed of site `i`'s paths.
 pub(crate) fn site_seed(seed: u64, site: usize) -> u64 {

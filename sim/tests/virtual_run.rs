@@ -119,20 +119,25 @@ fn what_virtual_time_cannot_model_is_refused_with_every_reason() {
     assert!(err.to_string().contains("run it in real time"), "{err}");
 }
 
+/// One direction's figures of each call that has them (up: agent → anchor).
+fn direction(
+    records: &[CallRecord],
+    up: bool,
+) -> impl Iterator<Item = &reports::record::MediaStats> {
+    records.iter().filter_map(move |r| {
+        if up {
+            r.agent_to_anchor.as_ref()
+        } else {
+            r.anchor_to_agent.as_ref()
+        }
+    })
+}
+
 /// Pooled loss of one direction: (lost, expected).
 fn loss(records: &[CallRecord], up: bool) -> (u64, u64) {
-    records
-        .iter()
-        .filter_map(|r| {
-            if up {
-                r.agent_to_anchor.as_ref()
-            } else {
-                r.anchor_to_agent.as_ref()
-            }
-        })
-        .fold((0, 0), |(l, e), m| {
-            (l + m.packets_lost, e + m.packets_expected)
-        })
+    direction(records, up).fold((0, 0), |(l, e), m| {
+        (l + m.packets_lost, e + m.packets_expected)
+    })
 }
 
 /// Each call's mean of one direction's figure (µs).
@@ -141,17 +146,7 @@ fn per_call(
     up: bool,
     f: fn(&reports::record::MediaStats) -> Option<f64>,
 ) -> Vec<f64> {
-    records
-        .iter()
-        .filter_map(|r| {
-            if up {
-                r.agent_to_anchor.as_ref()
-            } else {
-                r.anchor_to_agent.as_ref()
-            }
-        })
-        .filter_map(f)
-        .collect()
+    direction(records, up).filter_map(f).collect()
 }
 
 /// A set-up phase's duration in a call's milestones (µs).

@@ -319,16 +319,11 @@ impl Connection {
     }
 
     fn send(&mut self, message: Message) -> Result<(), SignallingError> {
-        let State::Open(ws) = &mut self.state else {
+        let (State::Open(ws), false) = (&mut self.state, self.ended) else {
             return Err(SignallingError::Protocol(
                 "the connection is not open".into(),
             ));
         };
-        if self.ended {
-            return Err(SignallingError::Protocol(
-                "the connection is not open".into(),
-            ));
-        }
         ws.send(message)
             .map_err(|e| SignallingError::Protocol(format!("send: {e}")))
     }

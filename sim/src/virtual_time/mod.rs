@@ -253,10 +253,8 @@ struct Call {
     /// The request of the phase, awaiting its answer.
     awaiting: Option<String>,
     milestones: Milestones,
-    signalling_connected: bool,
-    /// The run's start (results count from it) and the codec the meters score.
+    /// The run's start: results count from it.
     run_start: Instant,
-    codec: Codec,
     result: Option<CallResult>,
     /// Whether its end was noted for telling ([`CallEvent::Ended`]).
     reported: bool,
@@ -587,9 +585,7 @@ impl World {
             server,
             awaiting: None,
             milestones,
-            signalling_connected: false,
             run_start: self.start,
-            codec: self.plan.codec,
             result: None,
             reported: false,
         });
@@ -684,7 +680,7 @@ impl World {
             up.wire_bytes_sent = c.agent.wire_bytes_sent;
             up.send_pacing_error = c.agent.pacing.clone();
             let meter = std::mem::replace(&mut c.agent.meter, MediaMeter::new(self.start));
-            let mut down = meter.finish(ended.frames_sent, ended.wire_bytes_sent, c.codec);
+            let mut down = meter.finish(ended.frames_sent, ended.wire_bytes_sent, self.plan.codec);
             down.send_pacing_error = ended.pacing;
             r.media = Some((Box::new(up), Box::new(down)));
         }
@@ -985,7 +981,8 @@ impl Call {
         }
         match self.phase {
             Phase::Gathering
-                if !self.signalling_connected && since_start > timeouts.websocket_connect =>
+                if self.milestones.signalling_connected_us.is_none()
+                    && since_start > timeouts.websocket_connect =>
             {
                 let detail = "the signalling connection did not open in time".to_owned();
                 self.finish_failed(now, FailureClass::SignallingConnectionFailure, detail);
@@ -1105,7 +1102,6 @@ impl Call {
             }
             match event {
                 Signalled::Connected => {
-                    self.signalling_connected = true;
                     self.milestones.signalling_connected_us = self.at(now);
                     if self.phase == Phase::Gathering && self.agent.gathering_done() {
                         self.invite(now, timeouts);
@@ -1129,7 +1125,7 @@ impl Call {
     }
     /// Sends `invite` once the candidates are in and the connection is open.
     fn invite(&mut self, now: Instant, timeouts: &Timeouts) {
-        if self.phase != Phase::Gathering || !self.signalling_connected {
+        if self.phase != Phase::Gathering || self.milestones.signalling_connected_us.is_none() {
             return;
         }
         let invite = Invite {

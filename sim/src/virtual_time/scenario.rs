@@ -17,12 +17,11 @@ use std::time::{Duration, Instant};
 
 use loadgen::session::Timeouts;
 use reports::emodel::Codec as EModelCodec;
-use reports::output::SummaryFile;
 use reports::record::{CcpEndpoints, IceCounters};
-use reports::{CallIdentity, CallKind, CallRecord, Failure, RunSummary, SCHEMA_VERSION, Shard};
+use reports::{CallIdentity, CallKind, CallRecord, Failure, SCHEMA_VERSION, Shard};
 
 use super::{CallEvent, CallResult, Plan, run_plan};
-use crate::run::{RunError, RunOptions, RunOutcome, plan_calls, write_outputs};
+use crate::run::{RunError, RunOptions, RunOutcome, plan_calls, summarise, write_outputs};
 use crate::scenario::{Codec, Policy, Scenario, Transport};
 
 /// The simulated clock's wall-clock start: 2026-01-01T00:00:00Z. Every `started_unix_ms`
@@ -170,24 +169,11 @@ pub fn run(scenario: &Scenario, options: &RunOptions) -> Result<RunOutcome, RunE
         what: format!("creating {}", dir.display()),
         source,
     })?;
-    let mut summary = RunSummary::new();
-    for r in &records {
-        // Invariant: records are built here with units this crate chose.
-        let _ = summary.add(r);
-    }
-    let mut file = SummaryFile::new(
-        &scenario.name,
-        summary,
-        scenario.threshold,
-        scenario.confidence,
-        false,
-    );
+    let mut file = summarise(scenario, &records, false);
     file.settle_verdict();
-    reports::record::rewrite_records(&dir.join("calls.jsonl"), &records).map_err(|e| {
-        RunError::Io {
-            what: "writing calls.jsonl".into(),
-            source: std::io::Error::other(e),
-        }
+    crate::report::copy_records(&records, &dir).map_err(|e| RunError::Io {
+        what: "writing calls.jsonl".into(),
+        source: std::io::Error::other(e),
     })?;
     write_outputs(&dir, &records, &file)?;
     Ok(RunOutcome { dir, summary: file })
