@@ -948,7 +948,11 @@ fn bench_virtual(calls: u32, seconds: u64) -> ExitCode {
         r.simulated.as_secs_f64() / took.as_secs_f64().max(1e-9)
     );
     let median = |f: fn(&reports::Milestones) -> Option<u64>| {
-        let mut v: Vec<u64> = r.calls.iter().filter_map(|c| f(&c.milestones)).collect();
+        let mut v: Vec<u64> = r
+            .calls
+            .iter()
+            .filter_map(|c| f(&c.record.milestones))
+            .collect();
         v.sort_unstable();
         v.get(v.len() / 2).map_or(f64::NAN, |us| *us as f64 / 1e3)
     };
@@ -962,8 +966,10 @@ fn bench_virtual(calls: u32, seconds: u64) -> ExitCode {
         median(|m| m.dtls_connected_us),
     );
     let mut failures: std::collections::BTreeMap<String, usize> = std::collections::BTreeMap::new();
-    for (class, why) in r.calls.iter().filter_map(|c| c.failure.as_ref()) {
-        *failures.entry(format!("{class:?}: {why}")).or_default() += 1;
+    for f in r.calls.iter().filter_map(|c| c.record.failure.as_ref()) {
+        *failures
+            .entry(format!("{:?}: {}", f.class, f.detail))
+            .or_default() += 1;
     }
     for (why, n) in failures {
         println!("virtual: {n} failed: {why}");

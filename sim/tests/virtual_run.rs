@@ -106,17 +106,100 @@ fn the_same_scenario_and_seed_give_byte_identical_run_folders() {
 
 #[test]
 fn what_virtual_time_cannot_model_is_refused_with_every_reason() {
-    let scenario = shipped("office-200.toml");
-    let why = sim::virtual_time::scenario::unsupported(&scenario).unwrap();
-    assert!(
-        why.contains("transfer") && why.contains("conference"),
-        "{why}"
+    // Every call kind runs (the session and the anchor's desk are the real-time cores).
+    assert_eq!(
+        sim::virtual_time::scenario::unsupported(&shipped("office-200.toml")),
+        None
     );
     let blocked = shipped("udp-3478-blocked.toml");
     let why = sim::virtual_time::scenario::unsupported(&blocked).unwrap();
     assert!(why.contains("policy"), "{why}");
     let err = sim::virtual_time::scenario::run(&blocked, &options(&temp("refused"))).unwrap_err();
     assert!(err.to_string().contains("run it in real time"), "{err}");
+}
+
+/// Every call kind of DESIGN §4 runs in virtual time as the real-time agents run it: its
+/// mid-call steps answered by the anchor's desk, a conference mixed by the anchor (each party
+/// hears the other two), a transfer leaving at two thirds, a panic logout logging in again on
+/// a new connection to end the contact, a missed call declined after the answer.
+#[test]
+fn every_call_kind_completes_in_virtual_time() {
+    let text = r#"
+[run]
+seed = 4
+threshold = "50%"
+
+[agents]
+calls = 28
+concurrency = 28
+ramp = "50/s"
+call_duration = "6s"
+mix = { inbound = 0.15, outbound = 0.15, transfer = 0.15, conference = 0.15, missed = 0.15, panic_logout = 0.15, hold_resume = 0.1 }
+
+[turn]
+urls = ["turn:turn.sim.local:3478?transport=udp"]
+
+[[site]]
+name = "hq"
+path = ["office-lan"]
+"#;
+    // Seed 4 draws every kind among the 28 calls (the last assertion checks it).
+    let scenario = Scenario::parse("kinds.toml", "kinds", text).unwrap();
+    let dir = temp("kinds");
+    sim::virtual_time::scenario::run(&scenario, &options(&dir)).unwrap();
+    let records = read_records(&dir.join("calls.jsonl")).unwrap().records;
+    assert_eq!(records.len(), 28);
+    let mut kinds = std::collections::BTreeSet::new();
+    for r in &records {
+        let kind = r.identity.kind;
+        kinds.insert(format!("{kind:?}"));
+        assert_eq!(r.outcome, Outcome::Completed, "{kind:?}: {:?}", r.failure);
+        let m = &r.milestones;
+        let talked = m
+            .hangup_us
+            .unwrap_or(0)
+            .saturating_sub(m.dtls_connected_us.unwrap_or(0));
+        match kind {
+            reports::CallKind::Missed => {
+                // Declined once answered: never accepted, no media.
+                assert!(
+                    m.answer_received_us.is_some() && m.accepted_us.is_none(),
+                    "{m:?}"
+                );
+                assert!(r.agent_to_anchor.is_none(), "{r:?}");
+            }
+            reports::CallKind::Conference => {
+                let c = r.conference.as_ref().expect("a conference's audio check");
+                // Each party hears the other two, and not itself.
+                for (heard, own) in [
+                    (&c.agent_heard, c.agent_heard.agent_db),
+                    (&c.customer_heard, c.customer_heard.customer_db),
+                    (&c.third_party_heard, c.third_party_heard.third_party_db),
+                ] {
+                    let others = [heard.agent_db, heard.customer_db, heard.third_party_db]
+                        .into_iter()
+                        .filter(|&db| db > -40.0)
+                        .count();
+                    assert!(others == 2 && own < -40.0, "{c:?}");
+                }
+            }
+            reports::CallKind::Transfer => {
+                // The agent leaves at two thirds of the talk time.
+                assert!((3_900_000..4_200_000).contains(&talked), "{m:?}");
+            }
+            reports::CallKind::PanicLogout => {
+                // The page closes halfway; the anchor's figures come from disconnectContact.
+                assert!((2_900_000..3_200_000).contains(&talked), "{m:?}");
+                assert!(r.agent_to_anchor.is_some(), "{r:?}");
+            }
+            _ => {
+                assert!((5_900_000..6_200_000).contains(&talked), "{m:?}");
+                assert!(r.agent_to_anchor.is_some() && r.anchor_to_agent.is_some());
+            }
+        }
+    }
+    assert_eq!(kinds.len(), 7, "{kinds:?}");
+    let _ = std::fs::remove_dir_all(dir);
 }
 
 /// One direction's figures of each call that has them (up: agent → anchor).

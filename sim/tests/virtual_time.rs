@@ -32,7 +32,7 @@ fn calls_over_a_lossy_delayed_path_measure_what_the_path_did() {
         let Some((up, down)) = call.completed() else {
             panic!("{call:?}");
         };
-        let m = &call.milestones;
+        let m = &call.record.milestones;
         let ms = |us: Option<u64>| Duration::from_micros(us.unwrap());
         let (connected, collected, answer, accepted, dtls) = (
             ms(m.signalling_connected_us),
@@ -104,11 +104,11 @@ fn figures(run: &MediaRun) -> Vec<String> {
         .map(|c| match c.completed() {
             Some((up, down)) => format!(
                 "{:?} {} {}",
-                c.milestones,
+                c.record.milestones,
                 serde_json::to_string(up).unwrap(),
                 serde_json::to_string(down).unwrap()
             ),
-            None => format!("{:?}", c.failure),
+            None => format!("{:?}", c.record.failure),
         })
         .collect()
 }

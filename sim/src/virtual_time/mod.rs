@@ -1,82 +1,76 @@
-//! Virtual time, first part: a call's signalling and media path on one simulated clock, in one
-//! process, with no sockets. Each call is an agent's relay-only [`Leg`], a signalling
-//! [`Connection`] to the endpoint's [`ServerConnection`], and a leg of the anchor's media
-//! server (`anchor::media_core`: ICE-lite, DTLS server, SRTP, as real time runs it on a socket). TLS,
-//! the WebSocket and JSON-RPC (`invite` with the offer and the agent's candidates, answered
-//! with the anchor's SDP; `accept`; keep-alives; `bye`, which closes the anchor's leg and
-//! keeps its measurement; the close handshake) cross the site's path in its stream form (as
-//! the real-time TCP relay carries them: delay, jitter, rate and stalls, no loss), and the
-//! agent's datagrams cross the site's path ([`Netem`]) to the TURN core
-//! ([`turn_server::Server`]), which relays them to the anchor; the anchor's come back the same
-//! way. Every one of them is the same sans-I/O core the real-time run drives on sockets — real
-//! TLS, real ICE, real DTLS handshakes, real SRTP — so a minute of calls takes what the CPU
-//! needs for their crypto and bookkeeping, not a minute.
+//! Virtual time: a run's calls on one simulated clock, in one process, with no sockets. Each
+//! call is the agent's session ([`Session`]: the softphone's state machine with its media leg
+//! and signalling connection, the core the real-time agents run), the endpoint's end of its
+//! signalling connection ([`ServerConnection`]), and the anchor — its call handling
+//! ([`Desk`]) and its media server (`anchor::media_core`: ICE-lite, DTLS server, SRTP) — as
+//! the far end of every call, as in real time. TLS, the WebSocket and JSON-RPC cross the
+//! site's path in its stream form (as the real-time TCP relay carries them: delay, jitter,
+//! rate and stalls, no loss), and the agent's datagrams cross the site's path ([`Netem`]) to
+//! the TURN core ([`turn_server::Server`]), which relays them to the anchor; the anchor's come
+//! back the same way. Every one of them is the same sans-I/O core the real-time run drives on
+//! sockets — real TLS, real ICE, real DTLS handshakes, real SRTP — so a minute of calls takes
+//! what the CPU needs for their crypto and bookkeeping, not a minute.
 //!
-//! Not yet here (DESIGN §3's promise, issue 16): the agent's session state machine as one core
-//! for both drivers (here a reduced one: inbound and outbound calls, no mid-call steps, no ICE
-//! restarts) and the anchor's call handling beyond invite and bye. What it has is replayable:
-//! the paths, every leg, the anchor and the endpoint's certificate draw from the run's seed
-//! ([`Entropy::Seeded`]), so one seed gives the same figures.
+//! Replayable: the paths, every leg, the anchor and the endpoint's certificate draw from the
+//! run's seed ([`Entropy::Seeded`]), so one seed gives the same figures.
 
 use std::collections::HashMap;
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
-use std::time::{Duration, Instant};
-
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
 use loadgen::entropy::Entropy;
-use loadgen::leg::{Leg, LegError, PeerConfig, TurnCredentials, TurnTransport};
-use loadgen::session::{Timeouts, from_wire, to_wire};
-use loadgen::signalling::{
-    Connection, Event as Signalled, Invite, InviteAnswer, RpcError, SignallingError,
-    tls_client_config,
-};
+use loadgen::leg::TurnTransport;
+use loadgen::session::{CallSpec, Session, SessionEvent, Timeouts, TurnName, TurnServer};
+use loadgen::signalling::{Endpoint, RpcError};
 use reports::emodel::Codec;
 use reports::record::MediaStats;
-use reports::{FailureClass, Milestones, SessionState};
+use reports::{CallIdentity, CallKind, CallRecord, Shard};
+use rtc::crypto::RTCCryptoProvider;
 use rustls::pki_types::CertificateDer;
-use serde_json::{Value, json};
 use turn_server::auth::{Credentials, Secret};
 use turn_server::policy::PeerPolicy;
 use turn_server::server::{Config, Event, FiveTuple, Server, Transport};
 
-use crate::anchor::media::{CONSENT_TIMEOUT, Ended, LegSpec, MediaCounters};
+use crate::anchor::desk::{self, Desk, Ending, Media, Reply};
+use crate::anchor::media::{CONSENT_TIMEOUT, LegEvent, LegSpec, MediaCounters, Restart};
 use crate::anchor::media_core::MediaCore;
+use crate::anchor::{AnchorBehaviour, AnchorStats};
 use crate::netem::{Direction, FlowId, Netem, Output, Path};
 use crate::signalling::{ServerConnection, ServerEvent, SignallingLimits, SignallingStats};
-use loadgen::measure::MediaMeter;
-use loadgen::sdp::Description;
-use rtc::crypto::RTCCryptoProvider;
 
 pub mod scenario;
 
 /// The TURN server's listener in the simulated network (TEST-NET-1, RFC 5737).
 const TURN: SocketAddr = SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::new(192, 0, 2, 1), 3478));
-/// Media frame interval.
-const FRAME: Duration = Duration::from_millis(20);
-/// The longest a leg goes undriven, as in the real-time driver (`loadgen::driver`): `rtc`'s
-/// TURN client does not always report its next deadline.
-const MAX_SLEEP: Duration = Duration::from_millis(10);
 /// The anchor's media server in the simulated network (TEST-NET-2).
 const ANCHOR: SocketAddr =
     SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::new(198, 51, 100, 1), 20_000));
+/// The signalling endpoint in the simulated network (TEST-NET-3), and the URL a
+/// [`MediaRun`]'s agents are given.
+const SIGNALLING: SocketAddr =
+    SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::new(203, 0, 113, 1), 8443));
+const SIGNALLING_URL: &str = "wss://signalling.sim.local:8443/rtc";
+/// The TURN URL a [`MediaRun`]'s agents are given.
+const TURN_URL: &str = "turn:turn.sim.local:3478?transport=udp";
 /// The anchor's longest sleep with nothing due.
 const IDLE: Duration = Duration::from_millis(500);
-/// The signalling endpoint's name and URL in the simulated network.
-const SIGNALLING_HOST: &str = "signalling.sim.local";
-const SIGNALLING_URL: &str = "wss://signalling.sim.local:8443/rtc";
 /// IPv4 and TCP headers of each chunk of a signalling stream on the wire.
 const TCP_HEADERS: u32 = 40;
-/// How long the agent waits for the endpoint's Close (as `SignallingClient::close`).
-const CLOSE_WAIT: Duration = Duration::from_secs(1);
-/// After the last frame, how long the last packets may take to arrive.
-const DRAIN: Duration = Duration::from_millis(500);
+/// IPv4 and UDP headers of each datagram on the wire.
+const UDP_HEADERS: u32 = 28;
 /// The TURN user every agent allocates as.
 const USER: (&str, &str) = ("agent", "virtual");
+/// [`Entropy::for_leg`]'s sides: the agent's leg, the endpoint's randomness for one call, the
+/// endpoint's certificate, the anchor's.
+const AGENT_SIDE: u64 = 0;
+const ENDPOINT_CALL_SIDE: u64 = 1;
+const ENDPOINT_SIDE: u64 = 2;
+const ANCHOR_SIDE: u64 = 3;
 
-/// What to run: `calls` calls at once over `path`, each talking for `talk` (the media bench's
-/// and the tests' shape of a [`Plan`]).
+/// What to run: `calls` inbound calls at once over `path`, each talking for `talk` (the media
+/// bench's and the tests' shape of a [`Plan`]).
 #[derive(Debug, Clone)]
 pub struct MediaRun {
     /// The agents' path to the TURN server.
@@ -91,11 +85,26 @@ pub struct MediaRun {
 }
 
 impl MediaRun {
-    /// The plan of this run: one site, every call at once.
+    /// The plan of this run: one site, every call at once, every call inbound.
     pub fn plan(&self) -> Plan {
+        let calls = (0..self.calls)
+            .map(|i| PlannedCall {
+                site: 0,
+                identity: CallIdentity {
+                    run: format!("media-seed{}", self.seed),
+                    call: format!("c{i:05}"),
+                    agent: format!("agent-{i:04}"),
+                    scenario: "media".into(),
+                    site: "site".into(),
+                    profile: "path".into(),
+                    kind: CallKind::Inbound,
+                    shard: Shard::WHOLE,
+                },
+            })
+            .collect();
         Plan {
             sites: vec![self.path.clone()],
-            calls: vec![0; self.calls as usize],
+            calls,
             concurrency: self.calls,
             ramp_per_second: f64::INFINITY,
             talk: self.talk,
@@ -103,8 +112,19 @@ impl MediaRun {
             dead_air: Duration::from_secs(5),
             codec: Codec::OPUS,
             seed: self.seed,
+            signalling_url: SIGNALLING_URL.to_owned(),
+            turn_url: TURN_URL.to_owned(),
         }
     }
+}
+
+/// One call of a [`Plan`]: where its agent sits and who it is.
+#[derive(Debug, Clone)]
+pub struct PlannedCall {
+    /// Its site (an index into [`Plan::sites`]).
+    pub site: usize,
+    /// Its identity in the record (its kind says what it does).
+    pub identity: CallIdentity,
 }
 
 /// What to run, in general: calls from sites, each site with its path, started at a ramp up to
@@ -113,8 +133,8 @@ impl MediaRun {
 pub struct Plan {
     /// Each site's path to the vendor side (TURN and signalling).
     pub sites: Vec<Path>,
-    /// The site of each call, in the order they start.
-    pub calls: Vec<usize>,
+    /// The calls, in the order they start.
+    pub calls: Vec<PlannedCall>,
     /// Calls up at once, at most.
     pub concurrency: u32,
     /// New calls per second, at most (`f64::INFINITY`: all at once).
@@ -129,42 +149,29 @@ pub struct Plan {
     pub codec: Codec,
     /// Seed of all randomness.
     pub seed: u64,
+    /// The signalling endpoint's URL, as the agents are given it (its host names the
+    /// endpoint's certificate).
+    pub signalling_url: String,
+    /// The TURN URL, as the agents are given it (their failure messages name it).
+    pub turn_url: String,
 }
 
 /// How one call went.
 #[derive(Debug, Clone)]
 pub struct CallResult {
-    /// Simulated time from the run's start to the call's start.
-    pub started: Duration,
-    /// Its milestones, from its start (the CCP's timing fields).
-    pub milestones: Milestones,
-    /// Where it stopped (`Disconnected` when it completed).
-    pub last_state: SessionState,
-    /// Whether DTLS connected (a failure after it is a dropped call).
-    pub connected: bool,
-    /// Why it failed, if it did.
-    pub failure: Option<(FailureClass, String)>,
-    /// What each far end measured of the other's stream, agent → far end first, when it
-    /// connected.
-    pub media: Option<(Box<MediaStats>, Box<MediaStats>)>,
-    /// How the agent's media reached TURN, when it connected.
-    pub relay_transport: Option<reports::RelayTransport>,
+    /// Its record, as a real-time agent writes it (wall-clock fields from the simulated
+    /// clock's).
+    pub record: CallRecord,
+    /// Simulated time from the run's start to the call's end.
+    pub ended: Duration,
 }
 
 impl CallResult {
-    /// Completed, dropped (it failed after it connected) or failed.
-    pub fn outcome(&self) -> reports::Outcome {
-        match (&self.failure, self.connected) {
-            (None, _) => reports::Outcome::Completed,
-            (Some(_), true) => reports::Outcome::Dropped,
-            (Some(_), false) => reports::Outcome::Failed,
-        }
-    }
-
     /// The media figures each way when it completed, agent → far end first.
     pub fn completed(&self) -> Option<(&MediaStats, &MediaStats)> {
-        match (&self.failure, &self.media) {
-            (None, Some((up, down))) => Some((up, down)),
+        let r = &self.record;
+        match (r.outcome, &r.agent_to_anchor, &r.anchor_to_agent) {
+            (reports::Outcome::Completed, Some(up), Some(down)) => Some((up, down)),
             _ => None,
         }
     }
@@ -184,100 +191,93 @@ pub struct MediaResult {
 pub enum CallEvent<'a> {
     /// Call `index` of the plan started.
     Started(usize),
-    /// Call `index` of the plan ended so.
-    Ended(usize, &'a CallResult),
+    /// Call `index` of the plan ended with this record.
+    Ended(usize, &'a CallRecord),
     /// The simulated clock passed another second since the run's start.
     Clock(Duration),
 }
 
-/// Virtual time cannot go on: the run needs what it does not model yet.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Unsupported(pub String);
+/// A datagram or a chunk of a stream on a simulated path, with what it belongs to: the wire of
+/// the call's leg it left or is for, or the signalling connection it is part of.
+#[derive(Debug, Clone)]
+struct Packet {
+    tag: u64,
+    data: Vec<u8>,
+}
 
-impl std::fmt::Display for Unsupported {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(&self.0)
+impl AsMut<[u8]> for Packet {
+    fn as_mut(&mut self) -> &mut [u8] {
+        &mut self.data
     }
 }
 
-/// Where a call is.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Phase {
-    /// Allocating and connecting signalling, side by side.
-    Gathering,
-    /// `invite` sent (with the offer and the agent's candidates).
-    Inviting,
-    /// The answer applied, `accept` sent.
-    Accepting,
-    /// ICE and DTLS under way.
-    Connecting,
-    /// Frames flow both ways until `until`.
-    Talking { until: Instant },
-    /// The last frames are on their way; ends at `until`.
-    Draining { until: Instant },
-    /// `bye` sent.
-    HangingUp,
-    /// Our Close sent; the endpoint's awaited until `until`.
-    Closing { until: Instant },
-    /// Over.
-    Done,
-}
-
+/// One call: the agent's session, and the endpoint's end of its signalling connection.
 struct Call {
-    /// Its place in the plan.
-    index: usize,
     site: usize,
-    agent: Leg,
-    agent_local: SocketAddr,
-    /// The anchor's id of the call, and whether its leg of the media server is open.
-    call_id: String,
-    anchor_open: bool,
-    /// What the anchor's leg measured, once closed (at `bye`, or when the call failed).
-    ended: Option<Ended>,
+    session: Session,
+    /// The local end of each of the session's wires, by number.
+    wires: Vec<SocketAddr>,
+    /// The endpoint's end of the agent's signalling connection, and that connection's number
+    /// (what is still on the path of an older one is dropped).
+    server: Option<(ServerConnection, u64)>,
     /// The endpoint's randomness for this call (the anchor leg's ICE credentials).
     endpoint_random: Arc<dyn RTCCryptoProvider>,
-    phase: Phase,
-    /// When the agent's leg must run next.
-    agent_wake: Instant,
-    /// When the call must run next ([`Call::next_wake`], kept as it changes): only calls
-    /// with something due run at an instant.
+    /// When the call must run next: only calls with something due run at an instant.
     wake: Instant,
-    next_frame: Option<Instant>,
-    started: Instant,
-    /// When talking began, and when its signalling was last pinged.
-    talk_start: Option<Instant>,
-    last_keepalive: Option<Instant>,
-    /// The agent's signalling connection and the endpoint's end of it.
-    client: Connection,
-    server: ServerConnection,
-    /// The request of the phase, awaiting its answer.
-    awaiting: Option<String>,
-    milestones: Milestones,
-    /// The run's start: results count from it.
-    run_start: Instant,
     result: Option<CallResult>,
-    /// Whether its end was noted for telling ([`CallEvent::Ended`]).
-    reported: bool,
 }
 
 /// One site's paths: its datagrams' and its streams'.
 struct SitePaths {
-    media: Netem<Vec<u8>>,
+    media: Netem<Packet>,
     /// The path's stream form, for the signalling connections.
-    streams: Netem<Vec<u8>>,
+    streams: Netem<Packet>,
 }
 
-/// The anchor's media server (its core, as real time runs it on a socket) and when it runs
-/// next.
+/// The anchor: its call handling and its media server (the cores real time runs), and when
+/// the media server runs next.
 struct Anchor {
+    desk: Desk,
     core: MediaCore,
     fingerprint: String,
+    stats: AnchorStats,
     wake: Instant,
+}
+
+/// The anchor's media server core at an instant, as its desk commands it.
+struct AnchorMedia<'a> {
+    core: &'a mut MediaCore,
+    fingerprint: &'a str,
+    now: Instant,
+}
+
+impl Media for AnchorMedia<'_> {
+    fn fingerprint(&self) -> &str {
+        self.fingerprint
+    }
+
+    fn address(&self) -> SocketAddr {
+        ANCHOR
+    }
+
+    fn open(&mut self, spec: LegSpec) {
+        self.core.open(self.now, Box::new(spec));
+    }
+
+    fn restart(&mut self, restart: Restart) {
+        self.core.restart(self.now, restart);
+    }
+
+    fn conference(&mut self, call_id: &str) {
+        self.core.conference(call_id);
+    }
 }
 
 impl Anchor {
     fn new(plan: &Plan, start: Instant, unix_start: Duration) -> Result<Self, String> {
-        let crypto = Entropy::Seeded(plan.seed).for_leg(u64::MAX, 3).provider()?;
+        let crypto = Entropy::Seeded(plan.seed)
+            .for_leg(u64::MAX, ANCHOR_SIDE)
+            .provider()?;
         let certificate = loadgen::entropy::certificate("anchor", &crypto)?;
         let fingerprint = loadgen::media::fingerprint(&crypto, &certificate.certificate[0])?;
         let core = MediaCore::new(
@@ -291,10 +291,20 @@ impl Anchor {
             (start, unix_start),
         );
         Ok(Self {
+            desk: Desk::new(AnchorBehaviour::Answer, CONSENT_TIMEOUT),
             core,
             fingerprint,
+            stats: AnchorStats::default(),
             wake: start,
         })
+    }
+
+    /// Closes the leg of a call that ends: what `bye` answers.
+    fn close(&mut self, now: Instant, ending: &Ending) -> serde_json::Value {
+        self.wake = now;
+        self.core
+            .close(now, &ending.call_id)
+            .map_or(serde_json::Value::Null, |e| desk::ended_result(&e))
     }
 }
 
@@ -306,7 +316,7 @@ struct Vendor {
     realm: String,
 }
 
-/// The simulated network and its servers: the legs, the paths, the TURN core.
+/// The simulated network and its servers: the calls, the paths, the TURN core, the anchor.
 struct World {
     now: Instant,
     start: Instant,
@@ -321,20 +331,19 @@ struct World {
     live: Vec<usize>,
     /// Calls that ended since the loop last told.
     finished: Vec<usize>,
-    /// Agent address → call.
-    agents: HashMap<SocketAddr, usize>,
-    /// The anchor's media server: every call's far end, as in real time.
+    /// A wire's local address → its call and its number.
+    wires: HashMap<SocketAddr, (usize, usize)>,
+    /// Signalling connections opened so far (each one's number).
+    connections: u64,
+    /// The anchor: every call's far end, as in real time.
     anchor: Anchor,
-    /// What stopped the run.
-    unsupported: Option<Unsupported>,
 }
 
 /// Runs `run` on a simulated clock starting at `start` (any instant: nothing reads the real
 /// clock), the wall clock reading `unix_start` then.
 ///
 /// # Errors
-/// A leg or the endpoint could not be created, or the run needs what virtual time does not
-/// model.
+/// The TURN core, the endpoint or the anchor could not be created.
 pub fn run_media(
     run: &MediaRun,
     start: Instant,
@@ -347,8 +356,7 @@ pub fn run_media(
 /// then.
 ///
 /// # Errors
-/// A leg or the endpoint could not be created, or the run needs what virtual time does not
-/// model ([`Unsupported`], as its text).
+/// The TURN core, the endpoint or the anchor could not be created.
 pub fn run_plan(
     plan: &Plan,
     start: Instant,
@@ -356,8 +364,11 @@ pub fn run_plan(
     events: &mut dyn FnMut(CallEvent<'_>),
 ) -> Result<MediaResult, String> {
     // One endpoint, one certificate, as a real endpoint has.
-    let endpoint = Entropy::Seeded(plan.seed).for_leg(u64::MAX, 2).provider()?;
-    let (server_tls, root) = loadgen::entropy::tls_server(SIGNALLING_HOST, &endpoint)?;
+    let endpoint = Entropy::Seeded(plan.seed)
+        .for_leg(u64::MAX, ENDPOINT_SIDE)
+        .provider()?;
+    let (host, _) = loadgen::signalling::host_port(&plan.signalling_url)?;
+    let (server_tls, root) = loadgen::entropy::tls_server(&host, &endpoint)?;
     let calls = u32::try_from(plan.calls.len()).unwrap_or(u32::MAX);
     let mut config = Config {
         // Every peer is in the simulated network's documentation ranges.
@@ -368,9 +379,9 @@ pub fn run_plan(
         relay_ipv4: Some(Ipv4Addr::new(192, 0, 2, 1)),
         seed: plan.seed,
         nonce_key: [7; 32],
-        // Every agent allocates as the one user.
-        user_quota: calls.max(100),
-        total_quota: calls.max(10_000),
+        // Every agent allocates as the one user (twice, across an ICE restart).
+        user_quota: calls.saturating_mul(2).max(100),
+        total_quota: calls.saturating_mul(2).max(10_000),
         ..Config::default()
     };
     config.credentials = Credentials {
@@ -411,39 +422,24 @@ pub fn run_plan(
         calls: Vec::new(),
         live: Vec::new(),
         finished: Vec::new(),
-        agents: HashMap::new(),
+        wires: HashMap::new(),
+        connections: 0,
         anchor,
-        unsupported: None,
     };
     world.run(events)?;
-    if let Some(u) = world.unsupported {
-        return Err(u.0);
-    }
     let simulated = world.now.saturating_duration_since(start);
     let calls = world
         .calls
-        .iter_mut()
-        .map(|c| {
+        .into_iter()
+        .map(|mut c| {
+            // Every call is over when the loop ends.
             c.result.take().unwrap_or_else(|| CallResult {
-                // Unreachable: the loop runs until every call is done.
-                started: Duration::ZERO,
-                milestones: c.milestones,
-                last_state: SessionState::Failed,
-                connected: false,
-                failure: Some((FailureClass::MediaTimeout, "never ended".into())),
-                media: None,
-                relay_transport: None,
+                record: c.session.record(),
+                ended: simulated,
             })
         })
         .collect();
     Ok(MediaResult { calls, simulated })
-}
-
-/// The agent's signalling connection: a TLS client trusting only the endpoint's certificate,
-/// one configuration per connection as in real time (separate browsers resume no sessions).
-fn client_connection(root: &CertificateDer<'static>) -> Result<Connection, SignallingError> {
-    let tls = tls_client_config(std::slice::from_ref(root)).map_err(SignallingError::Connect)?;
-    Connection::new(SIGNALLING_URL, SIGNALLING_HOST, tls)
 }
 
 impl World {
@@ -459,17 +455,14 @@ impl World {
             if !self.finished.is_empty() {
                 for &i in &self.finished {
                     if let Some(r) = &self.calls[i].result {
-                        events(CallEvent::Ended(i, r));
+                        events(CallEvent::Ended(i, &r.record));
                     }
                 }
                 self.finished.clear();
                 let calls = &self.calls;
-                self.live.retain(|&i| calls[i].phase != Phase::Done);
+                self.live.retain(|&i| calls[i].result.is_none());
             }
             if self.calls.len() == self.plan.calls.len() && self.live.is_empty() {
-                return Ok(());
-            }
-            if self.unsupported.is_some() {
                 return Ok(());
             }
             let next = self.next_deadline();
@@ -521,85 +514,57 @@ impl World {
         Ok(())
     }
 
-    /// Makes the next planned call: its legs, its signalling connection, its first sends.
+    /// Makes the next planned call: its session, as a real-time agent is given it.
     fn start_call(&mut self) -> Result<(), String> {
         let now = self.now;
         let index = self.calls.len();
-        let i = u32::try_from(index).map_err(|e| e.to_string())?;
-        let site = self.plan.calls[index];
-        let agent_local =
-            SocketAddr::from(([10, (i >> 16) as u8, (i >> 8) as u8, i as u8], 40_000));
-        let leg = |e: LegError| format!("{e:?}");
+        let i = u64::try_from(index).map_err(|e| e.to_string())?;
+        let planned = &self.plan.calls[index];
         let seeded = Entropy::Seeded(self.plan.seed);
-        let agent = Leg::new(
-            PeerConfig {
-                turn: vec![TurnCredentials {
-                    server: TURN,
-                    username: USER.0.to_owned(),
-                    password: USER.1.to_owned(),
-                    realm: self.vendor.realm.clone(),
-                    transport: TurnTransport::Udp,
-                }],
-                answering: false,
-                epoch: self.start,
-                entropy: seeded.for_leg(u64::from(i), 0),
-            },
-            0x1000_0000 | i,
-            now,
-            self.unix_now(),
-            &[agent_local],
-        )
-        .map_err(leg)?;
-        let endpoint_random = seeded.for_leg(u64::from(i), 1).provider()?;
-        let client = client_connection(&self.vendor.root).map_err(|e| e.to_string())?;
-        let server = ServerConnection::new(
-            self.vendor.server_tls.clone(),
-            SignallingLimits::default(),
-            self.vendor.stats.clone(),
-            now,
-        )
-        .map_err(|e| e.to_string())?;
-        // A synthetic microphone and the offer are there at once.
-        let milestones = Milestones {
-            local_media_us: Some(0),
-            local_description_us: Some(0),
-            ..Milestones::default()
+        let spec = CallSpec {
+            identity: planned.identity.clone(),
+            signalling: Ok(Endpoint {
+                url: self.plan.signalling_url.clone(),
+                addr: SIGNALLING,
+                roots: vec![self.vendor.root.clone()],
+            }),
+            turn: vec![TurnServer {
+                url: self.plan.turn_url.clone(),
+                addr: TurnName::fixed(Ok(TURN)),
+                transport: TurnTransport::Udp,
+            }],
+            turn_username: USER.0.to_owned(),
+            turn_password: USER.1.to_owned(),
+            turn_realm: self.vendor.realm.clone(),
+            timeouts: self.plan.timeouts,
+            talk: self.plan.talk,
+            dead_air: self.plan.dead_air,
+            codec: self.plan.codec,
+            epoch: self.start,
+            ssrc: 0x1000_0000 | (index as u32 & 0x0fff_ffff),
+            hangup: None,
         };
+        let session = Session::new(spec, seeded.for_leg(i, AGENT_SIDE), now, self.unix_now());
+        let endpoint_random = seeded.for_leg(i, ENDPOINT_CALL_SIDE).provider()?;
         self.calls.push(Call {
-            index,
-            site,
-            agent,
-            agent_local,
-            call_id: format!("call-{index}"),
-            anchor_open: false,
-            ended: None,
+            site: planned.site,
+            session,
+            wires: Vec::new(),
+            server: None,
             endpoint_random,
-            phase: Phase::Gathering,
-            agent_wake: now,
             wake: now,
-            next_frame: None,
-            started: now,
-            talk_start: None,
-            last_keepalive: None,
-            client,
-            server,
-            awaiting: None,
-            milestones,
-            run_start: self.start,
             result: None,
-            reported: false,
         });
-        self.agents.insert(agent_local, index);
         self.live.push(index);
         self.flush_call(index);
         Ok(())
     }
 
-    /// Calls started and not over (told or not).
+    /// Calls started and not over.
     fn active(&self) -> usize {
         self.live
             .iter()
-            .filter(|&&i| self.calls[i].phase != Phase::Done)
+            .filter(|&&i| self.calls[i].result.is_none())
             .count()
     }
 
@@ -609,7 +574,7 @@ impl World {
     }
 
     fn next_deadline(&mut self) -> Instant {
-        let mut next = self.now + MAX_SLEEP;
+        let mut next = self.now + IDLE;
         let engines = self
             .sites
             .iter_mut()
@@ -624,76 +589,123 @@ impl World {
         next = next.min(self.anchor.wake);
         for &i in &self.live {
             let c = &self.calls[i];
-            if c.phase != Phase::Done {
+            if c.result.is_none() {
                 next = next.min(c.wake);
             }
         }
         next
     }
 
-    /// Runs call `i`'s legs and signalling if due, moves it on, and sends what it has.
+    /// Runs call `i`'s session and its endpoint connection's timers, and sends what they have.
     fn step_call(&mut self, i: usize) {
         let now = self.now;
-        let (talk, timeouts, dead_air) = (self.plan.talk, self.plan.timeouts, self.plan.dead_air);
         let c = &mut self.calls[i];
-        if c.phase == Phase::Done {
+        if c.result.is_some() {
             return;
         }
-        if c.agent_wake <= now {
-            c.agent.handle_timeout(now);
-        }
-        c.client.handle_timeout(now);
-        c.server.handle_timeout(now);
-        self.serve(i);
-        let c = &mut self.calls[i];
-        c.signal(now, &timeouts);
-        c.step(now, talk, &timeouts, dead_air);
-        if let Some(u) = c.needs_restart(now) {
-            self.unsupported.get_or_insert(u);
+        c.session.handle_timeout(now);
+        if let Some((server, _)) = &mut c.server {
+            server.handle_timeout(now);
         }
         self.flush_call(i);
-        self.note_if_done(i);
     }
 
-    /// Notes call `i` for telling once it is over, with both ways' figures: the anchor's of
-    /// the agent's stream, the agent's of the anchor's (as the real-time session takes them
-    /// from `bye`'s answer).
-    fn note_if_done(&mut self, i: usize) {
+    /// Does what call `i`'s session asks (wires, connections), answers its endpoint's
+    /// requests, and sends what both have ready; routes until nothing moves.
+    fn flush_call(&mut self, i: usize) {
+        self.events(i);
+        self.serve(i);
+        self.emit(i);
+        self.settle();
+    }
+
+    /// Carries out what call `i`'s session asks of its edge.
+    fn events(&mut self, i: usize) {
         let now = self.now;
-        let c = &mut self.calls[i];
-        if c.phase != Phase::Done || c.reported {
+        while let Some(event) = self.calls[i].session.poll_event() {
+            match event {
+                SessionEvent::OpenWires { kinds, .. } => {
+                    let c = &mut self.calls[i];
+                    let locals: Vec<SocketAddr> = kinds
+                        .iter()
+                        .map(|_| {
+                            let (n, w) = (i as u32, c.wires.len() as u16);
+                            let a = [10, (n >> 16) as u8, (n >> 8) as u8, n as u8];
+                            SocketAddr::from((a, 40_000 + w))
+                        })
+                        .collect();
+                    for &local in &locals {
+                        self.wires.insert(local, (i, c.wires.len()));
+                        c.wires.push(local);
+                    }
+                    c.session.handle_wires(now, Ok(locals));
+                }
+                SessionEvent::Dial(_) => {
+                    self.drop_connection(i);
+                    self.connections += 1;
+                    let server = ServerConnection::new(
+                        self.vendor.server_tls.clone(),
+                        SignallingLimits::default(),
+                        self.vendor.stats.clone(),
+                        now,
+                    );
+                    let c = &mut self.calls[i];
+                    match server {
+                        Ok(server) => {
+                            c.server = Some((server, self.connections));
+                            c.session.handle_signalling_open(now);
+                        }
+                        Err(e) => c.session.handle_signalling_error(now, e.to_string()),
+                    }
+                }
+                SessionEvent::DropSignalling => self.drop_connection(i),
+                SessionEvent::Ended => {
+                    self.emit(i);
+                    let c = &mut self.calls[i];
+                    c.result = Some(CallResult {
+                        record: c.session.record(),
+                        ended: now.saturating_duration_since(self.start),
+                    });
+                    self.finished.push(i);
+                }
+            }
+        }
+    }
+
+    /// Call `i`'s signalling connection is gone: the endpoint sees it end (a FIN's own trip
+    /// across the path is not modelled), and what is still on the path is dropped.
+    fn drop_connection(&mut self, i: usize) {
+        let Some((mut server, number)) = self.calls[i].server.take() else {
             return;
-        }
-        c.reported = true;
-        self.finished.push(i);
-        if c.anchor_open {
-            c.anchor_open = false;
-            c.ended = self.anchor.core.close(now, &c.call_id);
-        }
-        let ended = c.ended.take();
-        if let (Some(r), Some(ended)) = (&mut c.result, ended)
-            && r.connected
-        {
-            let mut up = ended.received;
-            // The anchor measured what arrived; what was sent is the agent's to say.
-            up.packets_sent = c.agent.frames_sent();
-            up.wire_bytes_sent = c.agent.wire_bytes_sent;
-            up.send_pacing_error = c.agent.pacing.clone();
-            let meter = std::mem::replace(&mut c.agent.meter, MediaMeter::new(self.start));
-            let mut down = meter.finish(ended.frames_sent, ended.wire_bytes_sent, self.plan.codec);
-            down.send_pacing_error = ended.pacing;
-            r.media = Some((Box::new(up), Box::new(down)));
+        };
+        server.handle_eof();
+        let endings = self.anchor.desk.connection_closed(number);
+        self.abandon(endings);
+    }
+
+    /// Ends the calls whose agents are gone.
+    fn abandon(&mut self, endings: Vec<Ending>) {
+        for ending in endings {
+            self.anchor
+                .stats
+                .abandoned
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            self.anchor.close(self.now, &ending);
         }
         self.flush_anchor();
     }
 
-    /// The endpoint's side of call `i`, as the anchor answers: `invite` opens a leg of the
-    /// media server and answers with its SDP and host candidate; `bye` closes it (its figures
-    /// kept for the record); the rest get `{}`.
+    /// The endpoint's side of call `i`: its requests answered by the anchor's desk.
     fn serve(&mut self, i: usize) {
         let now = self.now;
+        let unix_ms = u64::try_from(self.unix_now().as_millis()).unwrap_or(u64::MAX);
         let c = &mut self.calls[i];
-        while let Some(event) = c.server.poll_event() {
+        let Some((server, number)) = &mut c.server else {
+            return;
+        };
+        let number = *number;
+        let anchor = &mut self.anchor;
+        while let Some(event) = server.poll_event() {
             let ServerEvent::Request {
                 key,
                 method,
@@ -702,107 +714,90 @@ impl World {
             else {
                 continue;
             };
-            let answer = match method.as_str() {
-                "invite" if !c.anchor_open => {
-                    let anchor = &mut self.anchor;
-                    (|| {
-                        let invite: Invite = serde_json::from_value(params)
-                            .map_err(|_| RpcError::new(-32602, "invalid invite parameters"))?;
-                        let offer = Description::parse(&invite.sdp)
-                            .map_err(|e| RpcError::new(400, format!("cannot answer: {e}")))?;
-                        let (ice_ufrag, ice_pwd) =
-                            loadgen::entropy::ice_credentials(c.endpoint_random.random())
-                                .map_err(|e| RpcError::new(500, e))?;
-                        let ssrc = 0x4000_0000 | (i as u32 & 0x3fff_ffff);
-                        let (sdp, candidates) = crate::anchor::answer_offer(
-                            &offer,
-                            (&anchor.fingerprint, ANCHOR),
-                            (&ice_ufrag, &ice_pwd),
-                            ssrc,
-                            i as u64 + 1,
-                        );
-                        anchor.core.open(
-                            now,
-                            Box::new(LegSpec {
-                                call_id: c.call_id.clone(),
-                                call: invite.call_context_token,
-                                offer,
-                                ice_ufrag,
-                                ice_pwd,
-                                ssrc,
-                                silent_after: None,
-                                consent_timeout: CONSENT_TIMEOUT,
-                            }),
-                        );
-                        anchor.wake = now;
-                        c.anchor_open = true;
-                        let answer = InviteAnswer {
-                            call_id: c.call_id.clone(),
-                            sdp,
-                            candidates,
-                        };
-                        serde_json::to_value(answer).map_err(|e| RpcError::new(500, e.to_string()))
-                    })()
-                }
-                "bye" => {
-                    if c.anchor_open {
-                        c.anchor_open = false;
-                        c.ended = self.anchor.core.close(now, &c.call_id);
-                    }
-                    Ok(json!({}))
-                }
-                _ => Ok(json!({})),
+            let random = c.endpoint_random.clone();
+            let mut credentials = || {
+                loadgen::entropy::ice_credentials(random.random())
+                    .map_err(|e| RpcError::new(500, format!("no ICE credentials: {e}")))
             };
-            c.server.respond(key, answer);
+            let mut media = AnchorMedia {
+                core: &mut anchor.core,
+                fingerprint: &anchor.fingerprint,
+                now,
+            };
+            let reply = anchor.desk.request(
+                now,
+                unix_ms,
+                number,
+                &method,
+                params,
+                &mut media,
+                &mut credentials,
+                &anchor.stats,
+            );
+            anchor.wake = now;
+            match reply {
+                Reply::Answer(answer) => server.respond(key, answer),
+                Reply::Withheld => {}
+                Reply::Close(ending) => {
+                    let result = anchor.close(now, &ending);
+                    server.respond(key, Ok(result));
+                }
+            }
         }
         self.flush_anchor();
     }
 
-    /// Sends what the anchor queued through the TURN core, from the anchor's address.
+    /// Sends what the anchor queued through the TURN core, from the anchor's address, and
+    /// acts on what it tells.
     fn flush_anchor(&mut self) {
         let now = self.now;
         while let Some((to, bytes)) = self.anchor.core.poll_transmit() {
             self.turn.handle_peer_packet(now, to, ANCHOR, &bytes);
         }
-        // Consent and the like: the anchor tells; virtual time has no one to tell yet.
-        while self.anchor.core.poll_event().is_some() {}
+        while let Some(LegEvent::ConsentLost { call_id }) = self.anchor.core.poll_event() {
+            if let Some(ending) = self.anchor.desk.consent_lost(&call_id) {
+                self.abandon(vec![ending]);
+            }
+        }
     }
 
-    /// Sends what call `i` has ready and routes until nothing moves.
-    fn flush_call(&mut self, i: usize) {
-        self.emit(i);
-        self.settle();
-    }
-
-    /// Puts what call `i`'s legs and signalling have ready on its site's paths and into the
-    /// TURN core, and sets when its legs run next.
+    /// Puts what call `i`'s session and its endpoint connection have ready on its site's
+    /// paths, and sets when the call runs next.
     fn emit(&mut self, i: usize) {
         let now = self.now;
         let c = &mut self.calls[i];
         let site = &mut self.sites[c.site];
         let flow = FlowId(i as u64);
-        while let Some(t) = c.agent.poll_transmit() {
-            // IPv4 + UDP headers on the wire.
-            let len = t.data.len() as u32 + 28;
+        while let Some(t) = c.session.poll_transmit() {
+            let len = t.data.len() as u32 + UDP_HEADERS;
+            let packet = Packet {
+                tag: t.wire as u64,
+                data: t.data.to_vec(),
+            };
             site.media
-                .handle_input(now, flow, Direction::Up, len, t.data.to_vec());
+                .handle_input(now, flow, Direction::Up, len, packet);
         }
-        while let Some(data) = c.client.poll_transmit() {
-            let len = data.len() as u32 + TCP_HEADERS;
-            site.streams
-                .handle_input(now, flow, Direction::Up, len, data);
+        if let Some((server, number)) = &mut c.server {
+            let tag = *number;
+            while let Some(data) = c.session.poll_signalling_transmit() {
+                let len = data.len() as u32 + TCP_HEADERS;
+                site.streams
+                    .handle_input(now, flow, Direction::Up, len, Packet { tag, data });
+            }
+            while let Some(data) = server.poll_transmit() {
+                let len = data.len() as u32 + TCP_HEADERS;
+                site.streams
+                    .handle_input(now, flow, Direction::Down, len, Packet { tag, data });
+            }
+        } else {
+            while c.session.poll_signalling_transmit().is_some() {}
         }
-        while let Some(data) = c.server.poll_transmit() {
-            let len = data.len() as u32 + TCP_HEADERS;
-            site.streams
-                .handle_input(now, flow, Direction::Down, len, data);
-        }
-        c.agent_wake = c
-            .agent
-            .poll_timeout()
-            .unwrap_or(now + MAX_SLEEP)
-            .min(now + MAX_SLEEP);
-        c.wake = c.next_wake();
+        let server = c.server.as_ref().and_then(|(s, _)| s.poll_timeout());
+        c.wake = [c.session.poll_timeout(), server]
+            .into_iter()
+            .flatten()
+            .min()
+            .unwrap_or(now + IDLE);
     }
 
     /// Routes until nothing moves at this instant: what leaves a path without delay must
@@ -822,7 +817,6 @@ impl World {
     /// their answers; `true` when anything arrived.
     fn route_streams(&mut self) -> bool {
         let now = self.now;
-        let timeouts = self.plan.timeouts;
         let mut touched = Vec::new();
         for site in &mut self.sites {
             while let Some(out) = site.streams.poll_output() {
@@ -839,9 +833,13 @@ impl World {
                 let Some(c) = self.calls.get_mut(i) else {
                     continue;
                 };
+                // What was on the way when its connection ended goes nowhere.
+                let Some((server, _)) = c.server.as_mut().filter(|(_, n)| *n == packet.tag) else {
+                    continue;
+                };
                 match direction {
-                    Direction::Up => c.server.handle_input(&packet),
-                    Direction::Down => c.client.handle_input(&packet),
+                    Direction::Up => server.handle_input(&packet.data),
+                    Direction::Down => c.session.handle_signalling_input(now, &packet.data),
                 }
                 touched.push(i);
             }
@@ -849,10 +847,9 @@ impl World {
         touched.sort_unstable();
         touched.dedup();
         for &i in &touched {
+            self.events(i);
             self.serve(i);
-            self.calls[i].signal(now, &timeouts);
             self.emit(i);
-            self.note_if_done(i);
         }
         !touched.is_empty()
     }
@@ -873,20 +870,23 @@ impl World {
                 let Some(c) = self.calls.get_mut(flow.0 as usize) else {
                     continue;
                 };
+                let wire = packet.tag as usize;
                 match direction {
                     Direction::Up => {
+                        let Some(&client) = c.wires.get(wire) else {
+                            continue;
+                        };
                         let five_tuple = FiveTuple {
                             transport: Transport::Udp,
-                            client: c.agent_local,
+                            client,
                             server: TURN,
                         };
-                        self.turn.handle_packet(at, five_tuple, &packet);
+                        self.turn.handle_packet(at, five_tuple, &packet.data);
                     }
                     Direction::Down => {
-                        c.agent
-                            .handle_datagram(at, 0, TURN, BytesMut::from(&packet[..]));
+                        let data = BytesMut::from(&packet.data[..]);
+                        c.session.handle_datagram(at, wire, TURN, data);
                         // It acts on the datagram at once, as a woken real-time leg would.
-                        c.agent_wake = c.agent_wake.min(at);
                         c.wake = c.wake.min(at);
                     }
                 }
@@ -907,16 +907,15 @@ impl World {
         }
         while let Some(t) = self.turn.poll_transmit() {
             if t.source == TURN {
-                if let Some(&i) = self.agents.get(&t.destination) {
-                    let len = t.contents.len() as u32 + 28;
+                if let Some(&(i, wire)) = self.wires.get(&t.destination) {
+                    let len = t.contents.len() as u32 + UDP_HEADERS;
                     let site = &mut self.sites[self.calls[i].site];
-                    site.media.handle_input(
-                        now,
-                        FlowId(i as u64),
-                        Direction::Down,
-                        len,
-                        t.contents,
-                    );
+                    let packet = Packet {
+                        tag: wire as u64,
+                        data: t.contents,
+                    };
+                    site.media
+                        .handle_input(now, FlowId(i as u64), Direction::Down, len, packet);
                     onto_path = true;
                 }
             } else if t.destination == ANCHOR {
@@ -928,347 +927,5 @@ impl World {
             }
         }
         onto_path
-    }
-}
-
-impl Call {
-    /// When the call must run next: its legs, its frame, its signalling's timers, its phase's
-    /// end.
-    fn next_wake(&self) -> Instant {
-        let phase_end = match self.phase {
-            Phase::Talking { until } | Phase::Draining { until } | Phase::Closing { until } => {
-                Some(until)
-            }
-            _ => None,
-        };
-        [
-            self.client.poll_timeout(),
-            self.server.poll_timeout(),
-            self.next_frame,
-            phase_end,
-        ]
-        .into_iter()
-        .flatten()
-        .fold(self.agent_wake, Instant::min)
-    }
-
-    /// Microseconds since the call started.
-    fn at(&self, now: Instant) -> Option<u64> {
-        let d = now.saturating_duration_since(self.started);
-        Some(u64::try_from(d.as_micros()).unwrap_or(u64::MAX))
-    }
-
-    /// Moves the call on by what its legs did and the clock says.
-    fn step(&mut self, now: Instant, talk: Duration, timeouts: &Timeouts, dead_air: Duration) {
-        let since_start = now.saturating_duration_since(self.started);
-        // Once the call hangs up, its legs are done with: only signalling is left.
-        let hanging_up = matches!(self.phase, Phase::HangingUp | Phase::Closing { .. });
-        let leg_error = self.agent.error.clone();
-        if let Some(e) = leg_error.filter(|_| !hanging_up && self.phase != Phase::Done) {
-            let (class, detail) = loadgen::session::leg_failure(&e);
-            self.finish_failed(now, class, detail);
-        }
-        let t = self.agent.times;
-        if let Some(at) = t.ice_connected {
-            self.milestones
-                .ice_connected_us
-                .get_or_insert(self.at(at).unwrap_or_default());
-        }
-        if let Some(at) = t.first_rtp {
-            self.milestones
-                .first_rtp_us
-                .get_or_insert(self.at(at).unwrap_or_default());
-        }
-        match self.phase {
-            Phase::Gathering
-                if self.milestones.signalling_connected_us.is_none()
-                    && since_start > timeouts.websocket_connect =>
-            {
-                let detail = "the signalling connection did not open in time".to_owned();
-                self.finish_failed(now, FailureClass::SignallingConnectionFailure, detail);
-            }
-            Phase::Gathering if self.agent.gathering_done() => {
-                if let Some(e) = self.agent.allocation_error() {
-                    let (class, detail) = loadgen::session::leg_failure(&e);
-                    self.finish_failed(now, class, detail);
-                } else {
-                    if self.milestones.ice_collected_us.is_none() {
-                        self.milestones.ice_collected_us = self.at(now);
-                    }
-                    self.invite(now, timeouts);
-                }
-            }
-            Phase::Gathering if since_start > timeouts.ice_collection => {
-                let detail = format!("no relay candidate within {:?}", timeouts.ice_collection);
-                self.finish_failed(now, FailureClass::IceCollectionTimeout, detail);
-            }
-            Phase::Connecting if t.connected.is_some() => {
-                self.milestones.dtls_connected_us = t.connected.and_then(|at| self.at(at));
-                self.phase = Phase::Talking { until: now + talk };
-                self.talk_start = Some(now);
-                self.last_keepalive = Some(now);
-                self.next_frame = Some(now);
-            }
-            Phase::Connecting
-                if self.milestones.accepted_us.is_some_and(|a| {
-                    since_start.as_micros() > u128::from(a) + timeouts.connect.as_micros()
-                }) =>
-            {
-                let (class, detail) = if t.ice_connected.is_some() {
-                    let progress = self.agent.dtls_progress();
-                    let detail = format!("DTLS did not complete in time: {progress}");
-                    (FailureClass::DtlsHandshakeFailure, detail)
-                } else {
-                    let detail = "no candidate pair connected".to_owned();
-                    (FailureClass::IceConnectionFailed, detail)
-                };
-                self.finish_failed(now, class, detail);
-            }
-            Phase::Talking { until } if now >= until => {
-                self.next_frame = None;
-                self.phase = Phase::Draining { until: now + DRAIN };
-            }
-            Phase::Talking { .. } => self.talking(now, timeouts, dead_air),
-            Phase::Draining { until } if now >= until => self.hang_up(now, timeouts),
-            Phase::Closing { until } if now >= until => {
-                // The endpoint's Close did not come within the wait, as
-                // `SignallingClient::close` gives up: the call itself is over.
-                self.finish_completed(now);
-            }
-            _ => {}
-        }
-        if let Some(due) = self.next_frame.filter(|&d| d <= now) {
-            // The simulated generator is never late: pacing error 0 by construction.
-            self.agent.send_frame_due(now, due);
-            self.next_frame = Some(due + FRAME);
-        }
-    }
-
-    /// While talking: the signalling keep-alive, and dead air on a path that is up.
-    fn talking(&mut self, now: Instant, timeouts: &Timeouts, dead_air: Duration) {
-        if self
-            .last_keepalive
-            .is_some_and(|t| now.saturating_duration_since(t) >= timeouts.keepalive)
-        {
-            self.last_keepalive = Some(now);
-            // Twice the period, as the real-time session waits.
-            if let Err(e) = self.client.ping(now, timeouts.keepalive * 2) {
-                return self.finish_failed(now, e.class(), e.to_string());
-            }
-        }
-        let talk_start = self.talk_start.unwrap_or(now);
-        let last = self
-            .agent
-            .meter
-            .last_arrival()
-            .unwrap_or(talk_start)
-            .max(talk_start);
-        let silent = now.saturating_duration_since(last);
-        let path_up = self
-            .agent
-            .last_stun()
-            .is_some_and(|t| now.saturating_duration_since(t) < loadgen::session::PATH_SILENT);
-        if silent > dead_air && path_up {
-            self.finish_failed(
-                now,
-                FailureClass::MediaTimeout,
-                format!("no RTP for {silent:?}"),
-            );
-        }
-    }
-
-    /// A real-time agent would restart ICE here (disconnected for the CCP's retry interval):
-    /// virtual time does not model restarts yet, so the run cannot go on honestly.
-    fn needs_restart(&self, now: Instant) -> Option<Unsupported> {
-        let since = self.agent.times.ice_disconnected?;
-        (self.phase != Phase::Done
-            && now.saturating_duration_since(since) >= loadgen::session::RESTART_AFTER)
-            .then(|| {
-                Unsupported(format!(
-                    "call {} was ICE-disconnected for {:?}: a real agent restarts ICE here, \
-                     and virtual time does not model ICE restarts yet; run this scenario in \
-                     real time",
-                    self.index,
-                    loadgen::session::RESTART_AFTER
-                ))
-            })
-    }
-
-    /// Acts on what signalling brought, at both ends.
-    fn signal(&mut self, now: Instant, timeouts: &Timeouts) {
-        while let Some(event) = self.client.poll_event() {
-            if self.phase == Phase::Done {
-                return;
-            }
-            match event {
-                Signalled::Connected => {
-                    self.milestones.signalling_connected_us = self.at(now);
-                    if self.phase == Phase::Gathering && self.agent.gathering_done() {
-                        self.invite(now, timeouts);
-                    }
-                }
-                Signalled::Response { id, result } if self.awaiting.as_ref() == Some(&id) => {
-                    self.awaiting = None;
-                    self.answered(now, timeouts, result);
-                }
-                Signalled::Closed if matches!(self.phase, Phase::Closing { .. }) => {
-                    self.finish_completed(now);
-                }
-                Signalled::Failed(e) => match self.phase {
-                    // Hanging up: the call is over whatever becomes of its connection.
-                    Phase::HangingUp | Phase::Closing { .. } => self.finish_completed(now),
-                    _ => self.finish_failed(now, e.class(), e.to_string()),
-                },
-                _ => {}
-            }
-        }
-    }
-    /// Sends `invite` once the candidates are in and the connection is open.
-    fn invite(&mut self, now: Instant, timeouts: &Timeouts) {
-        if self.phase != Phase::Gathering || self.milestones.signalling_connected_us.is_none() {
-            return;
-        }
-        let invite = Invite {
-            sdp: self.agent.offer(),
-            candidates: self
-                .agent
-                .local_candidates()
-                .iter()
-                .cloned()
-                .map(to_wire)
-                .collect(),
-            call_context_token: format!("{}", self.agent_local),
-        };
-        let params = serde_json::to_value(invite).unwrap_or_default();
-        self.milestones.invite_sent_us = self.at(now);
-        self.request(
-            now,
-            "invite",
-            params,
-            timeouts.invite_answer,
-            Phase::Inviting,
-        );
-    }
-
-    /// Sends `bye` after the talk time.
-    fn hang_up(&mut self, now: Instant, timeouts: &Timeouts) {
-        let params = json!({ "callContextToken": format!("{}", self.agent_local) });
-        self.milestones.hangup_us = self.at(now);
-        self.request(now, "bye", params, timeouts.ack, Phase::HangingUp);
-    }
-
-    fn request(
-        &mut self,
-        now: Instant,
-        method: &str,
-        params: Value,
-        timeout: Duration,
-        then: Phase,
-    ) {
-        match self.client.request(now, method, params, timeout) {
-            Ok(id) => {
-                self.awaiting = Some(id);
-                self.phase = then;
-            }
-            Err(e) => self.finish_failed(now, e.class(), e.to_string()),
-        }
-    }
-
-    /// The answer to the phase's request.
-    fn answered(
-        &mut self,
-        now: Instant,
-        timeouts: &Timeouts,
-        result: Result<Value, SignallingError>,
-    ) {
-        match (self.phase, result) {
-            (Phase::Inviting, Ok(v)) => {
-                self.milestones.answer_received_us = self.at(now);
-                let answer: InviteAnswer = match serde_json::from_value(v) {
-                    Ok(a) => a,
-                    Err(e) => {
-                        let detail = format!("invite result: {e}");
-                        return self.finish_failed(
-                            now,
-                            FailureClass::SignallingHandshakeFailure,
-                            detail,
-                        );
-                    }
-                };
-                if let Err(e) = self.agent.accept(now, &answer.sdp) {
-                    let class = FailureClass::SetRemoteDescriptionFailure;
-                    return self.finish_failed(now, class, format!("{e:?}"));
-                }
-                if answer.candidates.is_empty() {
-                    let detail = "the answer carried no ICE candidate".to_owned();
-                    return self.finish_failed(now, FailureClass::NoRemoteIceCandidate, detail);
-                }
-                for c in answer.candidates {
-                    let _ = self.agent.add_remote_candidate(now, &from_wire(c));
-                }
-                self.agent_wake = now;
-                self.request(now, "accept", json!({}), timeouts.ack, Phase::Accepting);
-            }
-            (Phase::Accepting, Ok(_)) => {
-                self.milestones.accepted_us = self.at(now);
-                self.phase = Phase::Connecting;
-            }
-            (Phase::HangingUp, _) => {
-                self.client.close();
-                self.phase = Phase::Closing {
-                    until: now + CLOSE_WAIT,
-                };
-            }
-            (_, Err(e)) => self.finish_failed(now, e.class(), e.to_string()),
-            (_, Ok(_)) => {}
-        }
-    }
-
-    fn finish_failed(&mut self, now: Instant, class: FailureClass, detail: String) {
-        let state = self.session_state();
-        self.client.close();
-        self.finish(now, state, Some((class, detail)));
-    }
-
-    fn finish_completed(&mut self, now: Instant) {
-        self.finish(now, SessionState::Disconnected, None);
-    }
-
-    /// Where the session is, as a record names it.
-    fn session_state(&self) -> SessionState {
-        match self.phase {
-            Phase::Gathering => SessionState::ConnectSignalingAndIceCollection,
-            Phase::Inviting => SessionState::InviteAnswer,
-            Phase::Accepting => SessionState::Accept,
-            Phase::Connecting => SessionState::ConnectContact,
-            Phase::Talking { .. } | Phase::Draining { .. } => SessionState::Talking,
-            Phase::HangingUp | Phase::Closing { .. } => SessionState::CleanUp,
-            Phase::Done => SessionState::Disconnected,
-        }
-    }
-
-    fn finish(
-        &mut self,
-        now: Instant,
-        last_state: SessionState,
-        failure: Option<(FailureClass, String)>,
-    ) {
-        self.agent.close(now);
-        self.milestones.ended_us = self.at(now);
-        let connected = self.agent.times.connected.is_some();
-        // Both ways' figures come when the anchor's leg is closed (`World::note_if_done`).
-        let media = None;
-        let relay_transport = self.agent.relay_transport().filter(|_| connected);
-        self.result = Some(CallResult {
-            relay_transport,
-            started: self.started.saturating_duration_since(self.run_start),
-            milestones: self.milestones,
-            last_state,
-            connected,
-            failure,
-            media,
-        });
-        self.phase = Phase::Done;
-        self.next_frame = None;
     }
 }

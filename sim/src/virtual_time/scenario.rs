@@ -17,10 +17,9 @@ use std::time::{Duration, Instant};
 
 use loadgen::session::Timeouts;
 use reports::emodel::Codec as EModelCodec;
-use reports::record::{CcpEndpoints, IceCounters};
-use reports::{CallIdentity, CallKind, CallRecord, Failure, SCHEMA_VERSION, Shard};
+use reports::{CallIdentity, CallRecord, Shard};
 
-use super::{CallEvent, CallResult, Plan, run_plan};
+use super::{CallEvent, Plan, PlannedCall, run_plan};
 use crate::run::{RunError, RunOptions, RunOutcome, plan_calls, summarise, write_outputs};
 use crate::scenario::{Codec, Policy, Scenario, Transport};
 
@@ -31,20 +30,6 @@ pub const VIRTUAL_EPOCH_UNIX: Duration = Duration::from_secs(1_767_225_600);
 /// Why virtual time cannot run `scenario` yet, every reason at once; `None` when it can.
 pub fn unsupported(scenario: &Scenario) -> Option<String> {
     let mut why = Vec::new();
-    let kinds: Vec<String> = scenario
-        .agents
-        .mix
-        .iter()
-        .filter(|(k, share)| !matches!(k, CallKind::Inbound | CallKind::Outbound) && **share > 0.0)
-        .map(|(k, _)| format!("{k:?}").to_lowercase())
-        .collect();
-    if !kinds.is_empty() {
-        why.push(format!(
-            "call kinds {} (only inbound and outbound calls: their mid-call steps and the \
-             anchor's mixing are not modelled yet)",
-            kinds.join(", ")
-        ));
-    }
     let turn = &scenario.turn;
     if turn.urls.len() != 1
         || turn.urls[0].transport != Transport::Udp
@@ -103,9 +88,32 @@ pub fn run(scenario: &Scenario, options: &RunOptions) -> Result<RunOutcome, RunE
         Codec::G711 => EModelCodec::G711_PLC,
     };
     let t = &scenario.agents.timeouts;
+    let run_id = format!("{}-seed{seed}-virtual", scenario.name);
+    let turn_url = scenario.turn.urls[0].to_string();
+    let calls_planned = planned
+        .iter()
+        .map(|p| {
+            let site = &scenario.sites[p.site];
+            PlannedCall {
+                site: p.site,
+                identity: CallIdentity {
+                    run: run_id.clone(),
+                    call: format!("c{:05}", p.index),
+                    agent: format!("agent-{:04}", p.index % scenario.agents.concurrency.max(1)),
+                    scenario: scenario.name.clone(),
+                    site: site.name.clone(),
+                    profile: site.profile.clone(),
+                    kind: p.kind,
+                    shard: Shard::WHOLE,
+                },
+            }
+        })
+        .collect();
     let plan = Plan {
         sites: scenario.sites.iter().map(|s| s.path.clone()).collect(),
-        calls: planned.iter().map(|p| p.site).collect(),
+        calls: calls_planned,
+        signalling_url: scenario.signalling_url.clone(),
+        turn_url,
         concurrency: scenario.agents.concurrency,
         ramp_per_second: scenario.agents.ramp_per_second,
         talk,
@@ -129,7 +137,7 @@ pub fn run(scenario: &Scenario, options: &RunOptions) -> Result<RunOutcome, RunE
         &mut |event| match event {
             CallEvent::Started(_) => progress.call_started(),
             CallEvent::Ended(_, r) => {
-                progress.ended(r.outcome(), r.failure.as_ref().map(|f| f.0));
+                progress.ended(r.outcome, r.failure.as_ref().map(|f| f.class));
             }
             CallEvent::Clock(at) => progress.simulated(at),
         },
@@ -137,29 +145,10 @@ pub fn run(scenario: &Scenario, options: &RunOptions) -> Result<RunOutcome, RunE
     progress.finish();
     let result = result.map_err(RunError::Unsupported)?;
 
-    let run_id = format!("{}-seed{seed}-virtual", scenario.name);
-    let turn_url = scenario.turn.urls[0].to_string();
-    let mut records: Vec<(u64, CallRecord)> = planned
-        .iter()
-        .zip(result.calls)
-        .map(|(p, r)| {
-            let site = &scenario.sites[p.site];
-            let identity = CallIdentity {
-                run: run_id.clone(),
-                call: format!("c{:05}", p.index),
-                agent: format!("agent-{:04}", p.index % scenario.agents.concurrency.max(1)),
-                scenario: scenario.name.clone(),
-                site: site.name.clone(),
-                profile: site.profile.clone(),
-                kind: p.kind,
-                shard: Shard::WHOLE,
-            };
-            let endpoints = CcpEndpoints {
-                signalling: &scenario.signalling_url,
-                turn: &turn_url,
-            };
-            record(identity, r, endpoints)
-        })
+    let mut records: Vec<(Duration, CallRecord)> = result
+        .calls
+        .into_iter()
+        .map(|r| (r.ended, r.record))
         .collect();
     // In the order the calls ended, as a real-time run appends them.
     records.sort_by_key(|(ended, r)| (*ended, r.identity.call.clone()));
@@ -177,41 +166,6 @@ pub fn run(scenario: &Scenario, options: &RunOptions) -> Result<RunOutcome, RunE
     })?;
     write_outputs(&dir, &records, &file)?;
     Ok(RunOutcome { dir, summary: file })
-}
-
-/// One call's record, with the simulated instant it ended (microseconds from the run's start).
-fn record(identity: CallIdentity, r: CallResult, endpoints: CcpEndpoints<'_>) -> (u64, CallRecord) {
-    let started_us = u64::try_from(r.started.as_micros()).unwrap_or(u64::MAX);
-    let ended = started_us.saturating_add(r.milestones.ended_us.unwrap_or(0));
-    let outcome = r.outcome();
-    let failure = r.failure.map(|(class, detail)| Failure {
-        class,
-        detail,
-        ccp_message: class.ccp_message(endpoints),
-        own_lateness: None,
-    });
-    let (up, down) = match r.media {
-        Some((up, down)) => (Some(*up), Some(*down)),
-        None => (None, None),
-    };
-    let started_unix_ms =
-        u64::try_from((VIRTUAL_EPOCH_UNIX + r.started).as_millis()).unwrap_or(u64::MAX);
-    let record = CallRecord {
-        schema_version: SCHEMA_VERSION,
-        identity,
-        started_unix_ms,
-        milestones: r.milestones,
-        last_state: r.last_state,
-        outcome,
-        failure,
-        ice: IceCounters::default(),
-        relay_transport: r.relay_transport,
-        agent_to_anchor: up,
-        anchor_to_agent: down,
-        recording: None,
-        conference: None,
-    };
-    (ended, record)
 }
 
 /// The instant the simulated clock starts from. Any instant will do — nothing in virtual time

@@ -25,6 +25,9 @@ use crate::signalling::{
     Candidate, Endpoint, Invite, InviteAnswer, SignallingClient, SignallingError,
 };
 
+pub mod core;
+pub use self::core::{Session, SessionEvent};
+
 /// Session timeouts (the CCP's defaults: 10 s, 8 s, 5 s, 2 s).
 #[derive(Debug, Clone, Copy)]
 pub struct Timeouts {
@@ -130,7 +133,7 @@ impl std::fmt::Debug for TurnName {
 
 /// Looks up every TURN server of `spec` now: the credentials of those that resolve, and each
 /// URL with its answer (for a failure's detail).
-fn resolve_turn(spec: &CallSpec) -> (Vec<TurnCredentials>, String) {
+pub(crate) fn resolve_turn(spec: &CallSpec) -> (Vec<TurnCredentials>, String) {
     let mut servers = Vec::new();
     let mut answers = Vec::new();
     for t in &spec.turn {
@@ -186,12 +189,13 @@ struct Call {
 /// The anchor's half of a conference's audio check, in its `bye` result.
 #[derive(Debug, Clone, Copy, serde::Deserialize)]
 #[serde(rename_all = "camelCase")]
-struct AnchorConference {
-    customer_heard: reports::Heard,
-    third_party_heard: reports::Heard,
+pub(crate) struct AnchorConference {
+    pub(crate) customer_heard: reports::Heard,
+    pub(crate) third_party_heard: reports::Heard,
 }
 
-type Fail = (FailureClass, String);
+/// A failure's class and detail.
+pub(crate) type Fail = (FailureClass, String);
 
 impl Call {
     fn new(_spec: &CallSpec) -> Self {
@@ -697,32 +701,7 @@ impl Call {
 
     fn record(mut self, spec: &CallSpec, result: Result<(), Fail>) -> CallRecord {
         self.milestones.ended_us = self.at();
-        let (outcome, failure) = match result {
-            Ok(()) => (Outcome::Completed, None),
-            Err((class, detail)) => {
-                let endpoints = CcpEndpoints {
-                    signalling: spec
-                        .signalling
-                        .as_ref()
-                        .map_or("wss://signalling", |e| e.url.as_str()),
-                    turn: spec.turn.first().map_or("turn:", |t| t.url.as_str()),
-                };
-                let outcome = if self.connected {
-                    Outcome::Dropped
-                } else {
-                    Outcome::Failed
-                };
-                (
-                    outcome,
-                    Some(Failure {
-                        class,
-                        detail,
-                        ccp_message: class.ccp_message(endpoints),
-                        own_lateness: None,
-                    }),
-                )
-            }
-        };
+        let (outcome, failure) = failure_of(spec, result, self.connected);
         // Where a failed call stopped says more than "Failed" (its class says why).
         let last_state = if failure.is_some() {
             self.state
@@ -787,6 +766,41 @@ impl Call {
     }
 }
 
+/// A call's outcome and failure (with the CCP's message naming the call's endpoints) from how
+/// it ended; `connected`: whether DTLS connected (a failure after it is a dropped call).
+pub(crate) fn failure_of(
+    spec: &CallSpec,
+    result: Result<(), Fail>,
+    connected: bool,
+) -> (Outcome, Option<Failure>) {
+    match result {
+        Ok(()) => (Outcome::Completed, None),
+        Err((class, detail)) => {
+            let endpoints = CcpEndpoints {
+                signalling: spec
+                    .signalling
+                    .as_ref()
+                    .map_or("wss://signalling", |e| e.url.as_str()),
+                turn: spec.turn.first().map_or("turn:", |t| t.url.as_str()),
+            };
+            let outcome = if connected {
+                Outcome::Dropped
+            } else {
+                Outcome::Failed
+            };
+            (
+                outcome,
+                Some(Failure {
+                    class,
+                    detail,
+                    ccp_message: class.ccp_message(endpoints),
+                    own_lateness: None,
+                }),
+            )
+        }
+    }
+}
+
 fn micros(d: Duration) -> u64 {
     u64::try_from(d.as_micros()).unwrap_or(u64::MAX)
 }
@@ -801,7 +815,7 @@ pub const RESTART_AFTER: Duration = Duration::from_secs(3);
 /// Invite retries of a restart (connect-rtc-js `InviteAnswerSubstate.maxRetries`).
 pub const RESTART_INVITE_RETRIES: u32 = 3;
 /// Between a restart's invite attempts (`InviteAnswerSubstate.retryInterval`).
-const RESTART_RETRY_INTERVAL: Duration = Duration::from_secs(1);
+pub(crate) const RESTART_RETRY_INTERVAL: Duration = Duration::from_secs(1);
 
 /// A signalling request in flight while talking, with the client it holds.
 type InFlight = std::pin::Pin<
@@ -1082,22 +1096,22 @@ impl IceRestart {
     }
 }
 
-fn millis(d: Duration) -> u64 {
+pub(crate) fn millis(d: Duration) -> u64 {
     u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
 }
 
 /// A signalling request a call kind makes while talking: sent at `thirds`/3 of the talk time;
 /// refused or unanswered, it fails the call with `class` (or the signalling error's own class).
 #[derive(Debug)]
-struct MidCallStep {
-    thirds: u32,
-    method: &'static str,
+pub(crate) struct MidCallStep {
+    pub(crate) thirds: u32,
+    pub(crate) method: &'static str,
     class: Option<FailureClass>,
 }
 
 impl MidCallStep {
     /// The call's failure when this step's request failed with `e`.
-    fn failure(&self, e: &SignallingError) -> Fail {
+    pub(crate) fn failure(&self, e: &SignallingError) -> Fail {
         let class = self.class.unwrap_or_else(|| e.class());
         (class, format!("{}: {e}", self.method))
     }
@@ -1106,7 +1120,7 @@ impl MidCallStep {
 /// The signalling keep-alive while talking: a ping every [`Timeouts::keepalive`]; a missing
 /// pong means the signalling connection is gone although nothing closed it (a middlebox
 /// stalled it), and the call is dropped with its class.
-static KEEPALIVE: MidCallStep = MidCallStep {
+pub(crate) static KEEPALIVE: MidCallStep = MidCallStep {
     thirds: 0,
     method: "keep-alive",
     class: Some(FailureClass::SignallingConnectionFailure),
@@ -1116,7 +1130,7 @@ static KEEPALIVE: MidCallStep = MidCallStep {
 /// flowing: the customer hears hold music); a transfer or a conference brings in a third party
 /// at a third — the anchor bridges or mixes it into the same media session, so the agent's leg
 /// must carry on unbroken.
-fn mid_call_steps(kind: reports::CallKind) -> &'static [MidCallStep] {
+pub(crate) fn mid_call_steps(kind: reports::CallKind) -> &'static [MidCallStep] {
     use reports::CallKind;
     match kind {
         CallKind::HoldResume => &[
