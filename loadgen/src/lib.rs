@@ -3,7 +3,8 @@
 //!
 //! - [`audio`]: the Opus frames every leg sends (a speech-like test signal, looped);
 //! - [`clock`]: sleeping with microsecond precision (tokio's timers have 1 ms);
-//! - [`driver`]: a leg driven from async code by socket readiness and timers;
+//! - [`driver`]: a call's session driven from async code by socket readiness and timers (its
+//!   real-time edge);
 //! - [`entropy`]: where a leg's randomness comes from (the OS, or a seed in virtual time);
 //! - [`leg`]: one media leg, sans-I/O — the media plane ([`media`]: ICE, DTLS-SRTP ([`dtls`]),
 //!   RTP/RTCP, with the offer/answer of [`sdp`]) glued to TURN clients;
@@ -12,7 +13,8 @@
 //! - [`measure`]: what a receiver measures and the call record's media figures;
 //! - [`pair`]: both legs of a call on one thread, signalling in process (tests, calibration);
 //! - [`runner`]: many calls at a concurrency and ramp;
-//! - [`session`]: one call's session state machine, ending in its call record;
+//! - [`session`]: one call's session state machine (a sans-I/O core), ending in its call
+//!   record;
 //! - [`signalling`]: the JSON-RPC 2.0 over WebSocket/TLS client and its wire types;
 //! - [`turn_stream`]: TURN over TCP and TLS, framed on the stream;
 //! - [`turn_url`]: `turn:` and `turns:` URLs.
@@ -39,7 +41,6 @@ pub mod peer;
 #[allow(clippy::disallowed_methods)] // an edge: real clock, real sockets
 pub mod runner;
 pub mod sdp;
-#[allow(clippy::disallowed_methods)] // an edge: real clock, real sockets
 pub mod session;
 #[allow(clippy::disallowed_methods)] // an edge: real clock, real sockets
 pub mod signalling;

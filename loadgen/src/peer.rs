@@ -77,13 +77,162 @@ fn loopback_for(server: SocketAddr) -> SocketAddr {
     }
 }
 
+/// What the wires move datagrams in and out of: a [`Leg`], or a session owning one
+/// ([`crate::session::Session`]).
+pub trait LegIo {
+    /// A datagram (or stream frame) wire `wire` received from `from`.
+    fn handle_datagram(&mut self, now: Instant, wire: usize, from: SocketAddr, data: BytesMut);
+    /// Wire `wire` failed.
+    fn handle_wire_error(&mut self, wire: usize, why: &str);
+    /// Whether wire `wire` has failed.
+    fn wire_failed(&self, wire: usize) -> bool;
+    /// The next datagram to send.
+    fn poll_transmit(&mut self) -> Option<crate::leg::Transmit>;
+}
+
+/// Both take the wires' datagrams with methods of the same names.
+macro_rules! leg_io {
+    ($t:ty) => {
+        impl LegIo for $t {
+            fn handle_datagram(
+                &mut self,
+                now: Instant,
+                wire: usize,
+                from: SocketAddr,
+                data: BytesMut,
+            ) {
+                Self::handle_datagram(self, now, wire, from, data);
+            }
+
+            fn handle_wire_error(&mut self, wire: usize, why: &str) {
+                Self::handle_wire_error(self, wire, why);
+            }
+
+            fn wire_failed(&self, wire: usize) -> bool {
+                Self::wire_failed(self, wire)
+            }
+
+            fn poll_transmit(&mut self) -> Option<crate::leg::Transmit> {
+                Self::poll_transmit(self)
+            }
+        }
+    };
+}
+
+leg_io!(Leg);
+leg_io!(crate::session::Session);
+
+/// A leg's wires by number, on real sockets; `None` once closed (replaced by a restart).
+#[derive(Debug, Default)]
+pub struct Wires {
+    wires: Vec<Option<Wire>>,
+    buf: Vec<u8>,
+}
+
+impl Wires {
+    /// Opens a wire of each of `kinds` after those there are: their local ends.
+    pub fn open(&mut self, kinds: &[WireKind]) -> Result<Vec<SocketAddr>, LegError> {
+        let (wires, locals) = open_all(kinds)?;
+        self.wires.extend(wires.into_iter().map(Some));
+        Ok(locals)
+    }
+
+    /// Closes every wire but the last `keep` (those an ICE restart replaced).
+    pub fn close_all_but(&mut self, keep: usize) {
+        let n = self.wires.len().saturating_sub(keep);
+        for w in &mut self.wires[..n] {
+            *w = None;
+        }
+    }
+
+    /// The open wires' sockets, for readiness: [`Self::read`] whenever one is readable (or
+    /// writable, while [`Self::wants_write`]).
+    pub fn fds(&self) -> Vec<BorrowedFd<'_>> {
+        self.wires.iter().flatten().map(Wire::fd).collect()
+    }
+
+    /// Whether a stream to a TURN server waits to be writable.
+    pub fn wants_write(&self, leg: &impl LegIo) -> bool {
+        self.wires.iter().enumerate().any(|(i, w)| match w {
+            Some(Wire::Stream(s)) => !leg.wire_failed(i) && s.wants_write(),
+            _ => false,
+        })
+    }
+
+    /// Reads what the sockets have into `leg`.
+    pub fn read(&mut self, now: Instant, leg: &mut impl LegIo) {
+        if self.buf.is_empty() {
+            self.buf = vec![0u8; 2048];
+        }
+        for (i, wire) in self.wires.iter_mut().enumerate() {
+            let Some(wire) = wire else { continue };
+            match wire {
+                Wire::Udp(socket) => loop {
+                    match socket.recv_from(&mut self.buf) {
+                        Ok((n, from)) => {
+                            leg.handle_datagram(now, i, from, BytesMut::from(&self.buf[..n]));
+                        }
+                        Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                        Err(e) if e.kind() == io::ErrorKind::ConnectionRefused => {}
+                        Err(e) => {
+                            leg.handle_wire_error(i, &e.to_string());
+                            break;
+                        }
+                    }
+                },
+                Wire::Stream(stream) => {
+                    let mut frames = Vec::new();
+                    let failed = match stream.recv(&mut frames) {
+                        Err(e) => Some(e.to_string()),
+                        Ok(()) if stream.closed => {
+                            Some("the TURN server closed the connection".into())
+                        }
+                        Ok(()) => None,
+                    };
+                    let server = stream.server();
+                    for frame in frames {
+                        leg.handle_datagram(now, i, server, frame);
+                    }
+                    if let Some(why) = failed {
+                        leg.handle_wire_error(i, &why);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Sends what `leg` has ready on the wires it names.
+    pub fn send(&mut self, leg: &mut impl LegIo) {
+        while let Some(t) = leg.poll_transmit() {
+            let Some(Some(wire)) = self.wires.get_mut(t.wire) else {
+                continue;
+            };
+            match wire {
+                Wire::Udp(socket) => {
+                    let _ = socket.send_to(&t.data, t.to);
+                }
+                Wire::Stream(stream) => {
+                    if let Err(e) = stream.send(&t.data) {
+                        leg.handle_wire_error(t.wire, &e.to_string());
+                    }
+                }
+            }
+        }
+        for (i, wire) in self.wires.iter_mut().enumerate() {
+            if let Some(Wire::Stream(stream)) = wire
+                && let Err(e) = stream.flush()
+            {
+                leg.handle_wire_error(i, &e.to_string());
+            }
+        }
+    }
+}
+
 /// A WebRTC peer with one Opus-like audio track: a [`Leg`] and its sockets.
 pub struct Peer {
     /// The leg: its state, milestones, meter and failure.
     pub leg: Leg,
-    /// The leg's wires by number; `None` once closed (replaced by a restart).
-    wires: Vec<Option<Wire>>,
-    buf: Vec<u8>,
+    wires: Wires,
 }
 
 impl std::fmt::Debug for Peer {
@@ -101,13 +250,10 @@ impl Peer {
     pub fn new(config: PeerConfig, ssrc: u32, now: Instant) -> Result<Self, LegError> {
         // Before the leg's first frame is due (a no-op once the process has the loop).
         crate::audio::prepare();
-        let (wires, locals) = open_all(&Leg::wires(&config))?;
+        let mut wires = Wires::default();
+        let locals = wires.open(&Leg::wires(&config))?;
         let leg = Leg::new(config, ssrc, now, crate::clock::unix_now(), &locals)?;
-        let mut peer = Self {
-            leg,
-            wires: wires.into_iter().map(Some).collect(),
-            buf: vec![0u8; 2048],
-        };
+        let mut peer = Self { leg, wires };
         peer.send();
         Ok(peer)
     }
@@ -115,15 +261,12 @@ impl Peer {
     /// The leg's sockets, for readiness: [`Self::drive`] whenever one is readable, or writable
     /// while [`Self::wants_write`].
     pub fn fds(&self) -> Vec<BorrowedFd<'_>> {
-        self.wires.iter().flatten().map(Wire::fd).collect()
+        self.wires.fds()
     }
 
     /// Whether a stream to a TURN server waits to be writable.
     pub fn wants_write(&self) -> bool {
-        self.wires.iter().enumerate().any(|(i, w)| match w {
-            Some(Wire::Stream(s)) => !self.leg.wire_failed(i) && s.wants_write(),
-            _ => false,
-        })
+        self.wires.wants_write(&self.leg)
     }
 
     /// Starts an ICE restart ([`Leg::restart_ice`]) with allocations on `turn` from new
@@ -134,14 +277,10 @@ impl Peer {
         turn: Vec<TurnCredentials>,
     ) -> Result<String, LegError> {
         let kinds: Vec<WireKind> = turn.iter().cloned().map(WireKind::Turn).collect();
-        let (wires, locals) = open_all(&kinds)?;
+        let locals = self.wires.open(&kinds)?;
         let offer = self.leg.restart_ice(now, turn, &locals)?;
-        let old = self.wires.len();
-        self.wires.extend(wires.into_iter().map(Some));
         self.send();
-        for w in &mut self.wires[..old] {
-            *w = None;
-        }
+        self.wires.close_all_but(kinds.len());
         Ok(offer)
     }
 
@@ -161,42 +300,7 @@ impl Peer {
     /// a socket may be readable (or writable, see [`Self::wants_write`]) and at
     /// [`Self::poll_timeout`].
     pub fn drive(&mut self, now: Instant) {
-        for (i, wire) in self.wires.iter_mut().enumerate() {
-            let Some(wire) = wire else { continue };
-            match wire {
-                Wire::Udp(socket) => loop {
-                    match socket.recv_from(&mut self.buf) {
-                        Ok((n, from)) => {
-                            self.leg
-                                .handle_datagram(now, i, from, BytesMut::from(&self.buf[..n]));
-                        }
-                        Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
-                        Err(e) if e.kind() == io::ErrorKind::ConnectionRefused => {}
-                        Err(e) => {
-                            self.leg.handle_wire_error(i, &e.to_string());
-                            break;
-                        }
-                    }
-                },
-                Wire::Stream(stream) => {
-                    let mut frames = Vec::new();
-                    let failed = match stream.recv(&mut frames) {
-                        Err(e) => Some(e.to_string()),
-                        Ok(()) if stream.closed => {
-                            Some("the TURN server closed the connection".into())
-                        }
-                        Ok(()) => None,
-                    };
-                    let server = stream.server();
-                    for frame in frames {
-                        self.leg.handle_datagram(now, i, server, frame);
-                    }
-                    if let Some(why) = failed {
-                        self.leg.handle_wire_error(i, &why);
-                    }
-                }
-            }
-        }
+        self.wires.read(now, &mut self.leg);
         self.leg.handle_timeout(now);
         self.send();
     }
@@ -214,27 +318,6 @@ impl Peer {
 
     /// Sends what the leg has ready on the wires it names.
     fn send(&mut self) {
-        while let Some(t) = self.leg.poll_transmit() {
-            let Some(Some(wire)) = self.wires.get_mut(t.wire) else {
-                continue;
-            };
-            match wire {
-                Wire::Udp(socket) => {
-                    let _ = socket.send_to(&t.data, t.to);
-                }
-                Wire::Stream(stream) => {
-                    if let Err(e) = stream.send(&t.data) {
-                        self.leg.handle_wire_error(t.wire, &e.to_string());
-                    }
-                }
-            }
-        }
-        for (i, wire) in self.wires.iter_mut().enumerate() {
-            if let Some(Wire::Stream(stream)) = wire
-                && let Err(e) = stream.flush()
-            {
-                self.leg.handle_wire_error(i, &e.to_string());
-            }
-        }
+        self.wires.send(&mut self.leg);
     }
 }

@@ -5,8 +5,11 @@
 
 use std::time::{Duration, Instant};
 
+use loadgen::session::Timeouts;
+use reports::{CallKind, CallRecord, FailureClass, Outcome};
+use sim::anchor::AnchorBehaviour;
 use sim::netem::{JitterDistribution, Loss, Path, QueueLimit, SegmentModel};
-use sim::virtual_time::{MediaRun, run_media};
+use sim::virtual_time::{MediaRun, run_media, run_plan};
 
 #[test]
 fn calls_over_a_lossy_delayed_path_measure_what_the_path_did() {
@@ -135,4 +138,109 @@ fn one_seed_replays_the_same_figures() {
     assert_eq!(once, figures(&run));
     run.seed = 6;
     assert_ne!(once, figures(&run), "the seed changes nothing");
+}
+
+/// One call of `kind` over a 5 ms path against an anchor that behaves so, with the short
+/// timeouts of `call_e2e.rs`: its record.
+fn one_call(kind: CallKind, anchor: AnchorBehaviour, talk: Duration) -> CallRecord {
+    let mut plan = MediaRun {
+        path: Path::symmetric(vec![SegmentModel::new().delay(Duration::from_millis(5))]),
+        calls: 1,
+        talk,
+        seed: 5,
+    }
+    .plan();
+    plan.calls[0].identity.kind = kind;
+    plan.anchor = anchor;
+    plan.dead_air = Duration::from_secs(1);
+    plan.timeouts = Timeouts {
+        websocket_connect: Duration::from_secs(2),
+        ice_collection: Duration::from_secs(2),
+        invite_answer: Duration::from_secs(1),
+        ..Timeouts::default()
+    };
+    let mut result = run_plan(
+        &plan,
+        Instant::now(),
+        Duration::from_secs(1_800_000_000),
+        &mut |_| {},
+    )
+    .unwrap();
+    let record = result.calls.remove(0).record;
+    record.check().unwrap();
+    record
+}
+
+/// The failure paths `call_e2e.rs` runs in real time give the same outcome and class in
+/// virtual time: the same session and anchor cores decide them.
+#[test]
+fn the_anchors_failure_paths_give_the_real_time_classes() {
+    let secs = Duration::from_secs;
+    let cases = [
+        (
+            CallKind::Inbound,
+            AnchorBehaviour::NeverAnswer,
+            secs(1),
+            Outcome::Failed,
+            Some(FailureClass::SignallingHandshakeFailure),
+        ),
+        (
+            CallKind::Inbound,
+            AnchorBehaviour::Refuse(486),
+            secs(1),
+            Outcome::Failed,
+            Some(FailureClass::UserBusy),
+        ),
+        (
+            CallKind::Inbound,
+            AnchorBehaviour::GoSilentAfter(Duration::from_millis(800)),
+            secs(5),
+            Outcome::Dropped,
+            Some(FailureClass::MediaTimeout),
+        ),
+        (
+            CallKind::Transfer,
+            AnchorBehaviour::RefuseMidCall(500),
+            secs(3),
+            Outcome::Dropped,
+            Some(FailureClass::TransferFailure),
+        ),
+        (
+            CallKind::Conference,
+            AnchorBehaviour::RefuseMidCall(500),
+            secs(3),
+            Outcome::Dropped,
+            Some(FailureClass::ConferenceFailure),
+        ),
+        (
+            CallKind::Missed,
+            AnchorBehaviour::Answer,
+            secs(1),
+            Outcome::Completed,
+            None,
+        ),
+        (
+            CallKind::HoldResume,
+            AnchorBehaviour::Answer,
+            secs(3),
+            Outcome::Completed,
+            None,
+        ),
+    ];
+    for (kind, anchor, talk, outcome, class) in cases {
+        let r = one_call(kind, anchor, talk);
+        assert_eq!(r.outcome, outcome, "{kind:?} {anchor:?}: {:?}", r.failure);
+        assert_eq!(
+            r.failure.as_ref().map(|f| f.class),
+            class,
+            "{kind:?} {anchor:?}"
+        );
+        if kind == CallKind::Missed {
+            assert!(r.milestones.accepted_us.is_none() && r.agent_to_anchor.is_none());
+        }
+        if class == Some(FailureClass::UserBusy) {
+            let message = r.failure.and_then(|f| f.ccp_message);
+            assert_eq!(message.as_deref(), Some("Softphone call UserBusy error."));
+        }
+    }
 }

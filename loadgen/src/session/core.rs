@@ -331,7 +331,7 @@ impl Session {
 
     /// A datagram (or stream frame) wire `wire` received from `from`.
     pub fn handle_datagram(&mut self, now: Instant, wire: usize, from: SocketAddr, data: BytesMut) {
-        if self.abandoned {
+        if !self.leg_active() {
             return;
         }
         if let Some(leg) = &mut self.leg {
@@ -417,7 +417,7 @@ impl Session {
         .into_iter()
         .flatten()
         .min();
-        if self.leg.is_some() && !self.abandoned {
+        if self.leg.is_some() && self.leg_active() {
             next = Some(next.map_or(self.leg_wake, |n| n.min(self.leg_wake)));
         }
         let phase = match self.phase {
@@ -460,6 +460,22 @@ impl Session {
         self.events.pop_front()
     }
 
+    /// Whether the leg runs: from its wires' opening to the end of the talk time. Once the
+    /// call hangs up (or fails after the answer) the library closes its peer connection as it
+    /// sends `bye` (connect-rtc-js `CleanUpState` → `_stopSession`), so nothing more leaves
+    /// the leg but its allocations' release when the call ends.
+    fn leg_active(&self) -> bool {
+        !self.abandoned
+            && matches!(
+                self.phase,
+                Phase::Gathering { .. }
+                    | Phase::Inviting
+                    | Phase::Accepting
+                    | Phase::Connecting { .. }
+                    | Phase::Talking
+            )
+    }
+
     /// Microseconds since the call started.
     fn at(&self, now: Instant) -> Option<u64> {
         Some(micros(now.saturating_duration_since(self.start)))
@@ -476,7 +492,7 @@ impl Session {
             return;
         }
         self.frames(now);
-        if !self.abandoned
+        if self.leg_active()
             && let Some(leg) = &mut self.leg
             && self.leg_wake <= now
         {
@@ -1118,6 +1134,7 @@ impl Session {
             leg.close(now);
         }
         self.dial = None;
+        self.connection = None;
         self.phase = Phase::Done;
         self.events.push_back(SessionEvent::DropSignalling);
         self.events.push_back(SessionEvent::Ended);

@@ -114,6 +114,7 @@ impl MediaRun {
             seed: self.seed,
             signalling_url: SIGNALLING_URL.to_owned(),
             turn_url: TURN_URL.to_owned(),
+            anchor: AnchorBehaviour::Answer,
         }
     }
 }
@@ -154,6 +155,8 @@ pub struct Plan {
     pub signalling_url: String,
     /// The TURN URL, as the agents are given it (their failure messages name it).
     pub turn_url: String,
+    /// How the anchor behaves (its faults, as the real-time failure-path tests set them).
+    pub anchor: AnchorBehaviour,
 }
 
 /// How one call went.
@@ -291,7 +294,7 @@ impl Anchor {
             (start, unix_start),
         );
         Ok(Self {
-            desk: Desk::new(AnchorBehaviour::Answer, CONSENT_TIMEOUT),
+            desk: Desk::new(plan.anchor, CONSENT_TIMEOUT),
             core,
             fingerprint,
             stats: AnchorStats::default(),

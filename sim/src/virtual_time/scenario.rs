@@ -7,10 +7,10 @@
 //! run id is the scenario's name and seed (a real-time run names its calls by its folder), so
 //! two runs into two folders still agree byte for byte.
 //!
-//! What virtual time does not model yet is refused up front, each reason named: call kinds
-//! other than inbound and outbound (their mid-call steps and the anchor's mixing), TURN other
-//! than one UDP URL on one node, site policies (firewalls, DNS, proxies), faults and
-//! recording. A call that would need an ICE restart stops the run.
+//! Every call kind runs, as the real-time agents run it (the session and the anchor's call
+//! handling are the same cores). What virtual time does not model yet is refused up front,
+//! each reason named: TURN other than one UDP URL on one node, site policies (firewalls, DNS,
+//! proxies), faults and recording.
 
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
@@ -114,6 +114,7 @@ pub fn run(scenario: &Scenario, options: &RunOptions) -> Result<RunOutcome, RunE
         calls: calls_planned,
         signalling_url: scenario.signalling_url.clone(),
         turn_url,
+        anchor: crate::anchor::AnchorBehaviour::Answer,
         concurrency: scenario.agents.concurrency,
         ramp_per_second: scenario.agents.ramp_per_second,
         talk,
@@ -143,7 +144,11 @@ pub fn run(scenario: &Scenario, options: &RunOptions) -> Result<RunOutcome, RunE
         },
     );
     progress.finish();
-    let result = result.map_err(RunError::Unsupported)?;
+    // The TURN core, the endpoint or the anchor could not be made (a bad URL, a key).
+    let result = result.map_err(|e| RunError::Io {
+        what: "starting virtual time".into(),
+        source: std::io::Error::other(e),
+    })?;
 
     let mut records: Vec<(Duration, CallRecord)> = result
         .calls
