@@ -347,3 +347,73 @@ fn an_impaired_scenario_measures_the_same_network_in_virtual_and_real_time() {
         let _ = std::fs::remove_dir_all(d);
     }
 }
+
+/// Three calls from a site with `policy`, talking `talk` with a keep-alive every second.
+fn with_policy(policy: &str, talk: &str) -> Scenario {
+    let text = format!(
+        r#"
+[run]
+seed = 5
+threshold = "50%"
+
+[agents]
+calls = 3
+concurrency = 3
+ramp = "50/s"
+call_duration = "{talk}"
+timeouts = {{ ice_collection = "1500ms", websocket_connect = "2s", keepalive = "1s" }}
+
+[turn]
+urls = ["turn:turn.sim.local:3478?transport=udp"]
+
+[[site]]
+name = "hq"
+path = ["office-lan"]
+policy = {policy}
+"#
+    );
+    Scenario::parse("policy.toml", "policy", &text).unwrap()
+}
+
+/// Each call's outcome and failure class, in call order.
+fn outcomes(dir: &Path) -> Vec<(String, Outcome, Option<reports::FailureClass>)> {
+    let mut v: Vec<_> = read_records(&dir.join("calls.jsonl"))
+        .unwrap()
+        .records
+        .into_iter()
+        .map(|r| (r.identity.call, r.outcome, r.failure.map(|f| f.class)))
+        .collect();
+    v.sort_by(|a, b| a.0.cmp(&b.0));
+    v
+}
+
+/// Every site policy the real-time run tests (`run.rs`, `proxy.rs`) fails calls the same
+/// way in virtual time: a firewall blocking UDP 3478, a DNS that does not resolve the TURN
+/// name, a stateless firewall, a proxy that breaks WebSocket upgrades, one that stalls the
+/// connection, and one whose certificate cache expires mid-call.
+#[test]
+fn every_site_policy_fails_calls_as_in_real_time() {
+    for (policy, talk) in [
+        (r#"{ block = ["udp/3478"] }"#, "2s"),
+        (r#"{ unresolvable = ["turn.*"] }"#, "2s"),
+        (r#"{ inbound_udp_allow = ["3478"] }"#, "2s"),
+        ("{ breaks_websocket_upgrade = true }", "2s"),
+        (r#"{ stalls_websocket_after = "2s" }"#, "8s"),
+        (r#"{ tls_cache_expiry = "3s" }"#, "6s"),
+    ] {
+        let scenario = with_policy(policy, talk);
+        let (real, virt) = (temp("policy-real"), temp("policy-virtual"));
+        sim::run::run(&scenario, &options(&real)).unwrap();
+        sim::virtual_time::scenario::run(&scenario, &options(&virt)).unwrap();
+        let (r, v) = (outcomes(&real), outcomes(&virt));
+        assert_eq!(r.len(), 3, "{policy}");
+        assert!(
+            r.iter().all(|(_, o, _)| *o != Outcome::Completed),
+            "{policy}: every call fails: {r:?}"
+        );
+        assert_eq!(r, v, "{policy}: real time, then virtual time");
+        for d in [real, virt] {
+            let _ = std::fs::remove_dir_all(d);
+        }
+    }
+}

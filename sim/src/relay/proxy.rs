@@ -27,7 +27,7 @@ use turn_server::io::tls_acceptor_for;
 /// Largest HTTP request head the proxy reads before deciding.
 const MAX_HEAD: usize = 16 * 1024;
 /// The answer to a WebSocket upgrade the proxy refuses.
-const FORBIDDEN: &[u8] =
+pub(crate) const FORBIDDEN: &[u8] =
     b"HTTP/1.1 403 Forbidden\r\nContent-Type: text/plain\r\nContent-Length: 42\r\n\
 Connection: close\r\n\r\nWebSocket upgrade blocked by proxy policy.";
 

@@ -38,6 +38,7 @@ use crate::anchor::media::{CONSENT_TIMEOUT, LegEvent, LegSpec, MediaCounters, Re
 use crate::anchor::media_core::MediaCore;
 use crate::anchor::{AnchorBehaviour, AnchorStats};
 use crate::netem::{Direction, FlowId, Netem, Output, Path};
+use crate::scenario::{Policy, Transport as Protocol};
 use crate::signalling::{ServerConnection, ServerEvent, SignallingLimits, SignallingStats};
 
 pub mod scenario;
@@ -60,6 +61,9 @@ const IDLE: Duration = Duration::from_millis(500);
 const TCP_HEADERS: u32 = 40;
 /// IPv4 and UDP headers of each datagram on the wire.
 const UDP_HEADERS: u32 = 28;
+/// The first local port of each agent's wires (in the range the vendor's guide asks a
+/// firewall to open, 49152–65535).
+const AGENT_PORT: u16 = 50_000;
 /// The TURN user every agent allocates as.
 const USER: (&str, &str) = ("agent", "virtual");
 /// [`Entropy::for_leg`]'s sides: the agent's leg, the endpoint's randomness for one call, the
@@ -103,7 +107,10 @@ impl MediaRun {
             })
             .collect();
         Plan {
-            sites: vec![self.path.clone()],
+            sites: vec![PlannedSite {
+                path: self.path.clone(),
+                policy: Policy::default(),
+            }],
             calls,
             concurrency: self.calls,
             ramp_per_second: f64::INFINITY,
@@ -119,6 +126,17 @@ impl MediaRun {
     }
 }
 
+/// One site of a [`Plan`]: its path to the vendor side and its network's policy.
+#[derive(Debug, Clone)]
+pub struct PlannedSite {
+    /// The path (TURN and signalling).
+    pub path: Path,
+    /// Its firewall, DNS and proxy (blocked ports, names that do not resolve, a stateless
+    /// firewall, a TLS-inspecting proxy that breaks upgrades, stalls connections or resets
+    /// them when its certificate cache expires).
+    pub policy: Policy,
+}
+
 /// One call of a [`Plan`]: where its agent sits and who it is.
 #[derive(Debug, Clone)]
 pub struct PlannedCall {
@@ -132,8 +150,8 @@ pub struct PlannedCall {
 /// a concurrency.
 #[derive(Debug, Clone)]
 pub struct Plan {
-    /// Each site's path to the vendor side (TURN and signalling).
-    pub sites: Vec<Path>,
+    /// Each site: its path to the vendor side (TURN and signalling) and its policy.
+    pub sites: Vec<PlannedSite>,
     /// The calls, in the order they start.
     pub calls: Vec<PlannedCall>,
     /// Calls up at once, at most.
@@ -223,6 +241,9 @@ struct Call {
     /// The endpoint's end of the agent's signalling connection, and that connection's number
     /// (what is still on the path of an older one is dropped).
     server: Option<(ServerConnection, u64)>,
+    /// The number of the agent's own end of its latest connection, and when it opened (a
+    /// stalling proxy stops relaying it a while after).
+    connection: Option<(u64, Instant)>,
     /// The endpoint's randomness for this call (the anchor leg's ICE credentials).
     endpoint_random: Arc<dyn RTCCryptoProvider>,
     /// When the call must run next: only calls with something due run at an instant.
@@ -232,6 +253,10 @@ struct Call {
 
 /// One site's paths: its datagrams' and its streams'.
 struct SitePaths {
+    policy: Policy,
+    /// When the site's TLS-inspecting proxy's certificate cache expires (once), resetting
+    /// every connection through it.
+    expiry: Option<Instant>,
     media: Netem<Packet>,
     /// The path's stream form, for the signalling connections.
     streams: Netem<Packet>,
@@ -313,6 +338,11 @@ impl Anchor {
 
 /// What every call is made from.
 struct Vendor {
+    /// The names the agents look up (their site's DNS may not resolve them), and the
+    /// signalling endpoint's port (a site's firewall may block it).
+    signalling_host: String,
+    signalling_port: u16,
+    turn_host: String,
     server_tls: Arc<rustls::ServerConfig>,
     root: CertificateDer<'static>,
     stats: Arc<SignallingStats>,
@@ -370,8 +400,9 @@ pub fn run_plan(
     let endpoint = Entropy::Seeded(plan.seed)
         .for_leg(u64::MAX, ENDPOINT_SIDE)
         .provider()?;
-    let (host, _) = loadgen::signalling::host_port(&plan.signalling_url)?;
-    let (server_tls, root) = loadgen::entropy::tls_server(&host, &endpoint)?;
+    let (signalling_host, signalling_port) = loadgen::signalling::host_port(&plan.signalling_url)?;
+    let (server_tls, root) = loadgen::entropy::tls_server(&signalling_host, &endpoint)?;
+    let turn_host = loadgen::turn_url::TurnUrl::parse(&plan.turn_url)?.host;
     let calls = u32::try_from(plan.calls.len()).unwrap_or(u32::MAX);
     let mut config = Config {
         // Every peer is in the simulated network's documentation ranges.
@@ -396,13 +427,15 @@ pub fn run_plan(
         .sites
         .iter()
         .enumerate()
-        .map(|(i, path)| {
+        .map(|(i, site)| {
             // As a real-time run seeds each site's relays.
             let seed = crate::run::site_seed(plan.seed, i);
             SitePaths {
-                media: Netem::new(path.clone(), seed, start),
+                policy: site.policy.clone(),
+                expiry: site.policy.tls_cache_expiry.map(|d| start + d),
+                media: Netem::new(site.path.clone(), seed, start),
                 streams: Netem::new(
-                    crate::relay::tcp::stream_path(path),
+                    crate::relay::tcp::stream_path(&site.path),
                     seed ^ 0x5157_5157,
                     start,
                 ),
@@ -415,6 +448,9 @@ pub fn run_plan(
         unix_start,
         plan: plan.clone(),
         vendor: Vendor {
+            signalling_host,
+            signalling_port,
+            turn_host,
             server_tls,
             root,
             stats: Arc::new(SignallingStats::default()),
@@ -480,6 +516,7 @@ impl World {
                 site.streams.handle_timeout(now);
             }
             self.turn.handle_timeout(now);
+            self.expire_proxies();
             if self.anchor.wake <= now {
                 self.anchor.wake = self.anchor.core.handle_timeout(now).unwrap_or(now + IDLE);
                 self.flush_anchor();
@@ -524,16 +561,20 @@ impl World {
         let i = u64::try_from(index).map_err(|e| e.to_string())?;
         let planned = &self.plan.calls[index];
         let seeded = Entropy::Seeded(self.plan.seed);
+        // The names as the site's DNS answers them, as in real time.
+        let policy = &self.sites[planned.site].policy;
+        let endpoint = Endpoint {
+            url: self.plan.signalling_url.clone(),
+            addr: SIGNALLING,
+            roots: vec![self.vendor.root.clone()],
+        };
+        let vendor = &self.vendor;
         let spec = CallSpec {
             identity: planned.identity.clone(),
-            signalling: Ok(Endpoint {
-                url: self.plan.signalling_url.clone(),
-                addr: SIGNALLING,
-                roots: vec![self.vendor.root.clone()],
-            }),
+            signalling: crate::dns::resolve(policy, &vendor.signalling_host, endpoint),
             turn: vec![TurnServer {
                 url: self.plan.turn_url.clone(),
-                addr: TurnName::fixed(Ok(TURN)),
+                addr: TurnName::fixed(crate::dns::resolve(policy, &vendor.turn_host, TURN)),
                 transport: TurnTransport::Udp,
             }],
             turn_username: USER.0.to_owned(),
@@ -554,6 +595,7 @@ impl World {
             session,
             wires: Vec::new(),
             server: None,
+            connection: None,
             endpoint_random,
             wake: now,
             result: None,
@@ -590,6 +632,9 @@ impl World {
             next = next.min(t.max(self.now));
         }
         next = next.min(self.anchor.wake);
+        for t in self.sites.iter().filter_map(|s| s.expiry) {
+            next = next.min(t.max(self.now));
+        }
         for &i in &self.live {
             let c = &self.calls[i];
             if c.result.is_none() {
@@ -634,7 +679,7 @@ impl World {
                         .map(|_| {
                             let (n, w) = (i as u32, c.wires.len() as u16);
                             let a = [10, (n >> 16) as u8, (n >> 8) as u8, n as u8];
-                            SocketAddr::from((a, 40_000 + w))
+                            SocketAddr::from((a, AGENT_PORT + w))
                         })
                         .collect();
                     for &local in &locals {
@@ -646,31 +691,79 @@ impl World {
                 SessionEvent::Dial(_) => {
                     self.drop_connection(i);
                     self.connections += 1;
-                    let server = ServerConnection::new(
-                        self.vendor.server_tls.clone(),
-                        SignallingLimits::default(),
-                        self.vendor.stats.clone(),
-                        now,
-                    );
+                    let number = self.connections;
+                    let policy = &self.sites[self.calls[i].site].policy;
+                    let (tls, stats) = (self.vendor.server_tls.clone(), self.vendor.stats.clone());
+                    let server = if policy.breaks_websocket_upgrade {
+                        ServerConnection::refusing_upgrades(tls, stats, now)
+                    } else {
+                        ServerConnection::new(tls, SignallingLimits::default(), stats, now)
+                    };
+                    // A firewall that blocks the port accepts and drops the connection, as
+                    // the site's relay does.
+                    let blocked = policy.blocks(Protocol::Tcp, self.vendor.signalling_port);
                     let c = &mut self.calls[i];
+                    c.connection = Some((number, now));
                     match server {
-                        Ok(server) => {
-                            c.server = Some((server, self.connections));
+                        Ok(server) if !blocked => {
+                            c.server = Some((server, number));
                             c.session.handle_signalling_open(now);
+                        }
+                        Ok(_) => {
+                            c.session.handle_signalling_open(now);
+                            c.session.handle_signalling_eof(now);
                         }
                         Err(e) => c.session.handle_signalling_error(now, e.to_string()),
                     }
                 }
-                SessionEvent::DropSignalling => self.drop_connection(i),
+                SessionEvent::DropSignalling => {
+                    self.calls[i].connection = None;
+                    self.drop_connection(i);
+                }
                 SessionEvent::Ended => {
                     self.emit(i);
                     let c = &mut self.calls[i];
+                    for w in &c.wires {
+                        self.wires.remove(w);
+                    }
                     c.result = Some(CallResult {
                         record: c.session.record(),
                         ended: now.saturating_duration_since(self.start),
                     });
                     self.finished.push(i);
                 }
+            }
+        }
+    }
+
+    /// A site's TLS-inspecting proxy whose certificate cache expires now resets every
+    /// connection through it (once; it serves new ones with a renewed certificate): the
+    /// endpoint's ends close at once (the proxy's side is the vendor's LAN), each agent gets
+    /// the FIN after what was on its way.
+    fn expire_proxies(&mut self) {
+        let now = self.now;
+        for s in 0..self.sites.len() {
+            if self.sites[s].expiry.is_none_or(|t| t > now) {
+                continue;
+            }
+            self.sites[s].expiry = None;
+            for k in 0..self.live.len() {
+                let i = self.live[k];
+                let c = &self.calls[i];
+                if c.site != s || c.result.is_some() {
+                    continue;
+                }
+                if let Some((tag, _)) = c.connection {
+                    let fin = Packet {
+                        tag,
+                        data: Vec::new(),
+                    };
+                    let flow = FlowId(i as u64);
+                    let streams = &mut self.sites[s].streams;
+                    streams.handle_input(now, flow, Direction::Down, TCP_HEADERS, fin);
+                }
+                self.drop_connection(i);
+                self.flush_call(i);
             }
         }
     }
@@ -780,20 +873,19 @@ impl World {
             site.media
                 .handle_input(now, flow, Direction::Up, len, packet);
         }
-        if let Some((server, number)) = &mut c.server {
-            let tag = *number;
-            while let Some(data) = c.session.poll_signalling_transmit() {
-                let len = data.len() as u32 + TCP_HEADERS;
-                site.streams
-                    .handle_input(now, flow, Direction::Up, len, Packet { tag, data });
-            }
+        let tag = c.connection.map_or(0, |(n, _)| n);
+        while let Some(data) = c.session.poll_signalling_transmit() {
+            let len = data.len() as u32 + TCP_HEADERS;
+            site.streams
+                .handle_input(now, flow, Direction::Up, len, Packet { tag, data });
+        }
+        if let Some((server, tag)) = &mut c.server {
+            let tag = *tag;
             while let Some(data) = server.poll_transmit() {
                 let len = data.len() as u32 + TCP_HEADERS;
                 site.streams
                     .handle_input(now, flow, Direction::Down, len, Packet { tag, data });
             }
-        } else {
-            while c.session.poll_signalling_transmit().is_some() {}
         }
         let server = c.server.as_ref().and_then(|(s, _)| s.poll_timeout());
         c.wake = [c.session.poll_timeout(), server]
@@ -824,10 +916,10 @@ impl World {
         for site in &mut self.sites {
             while let Some(out) = site.streams.poll_output() {
                 let Output::Deliver {
+                    at,
                     flow,
                     direction,
                     packet,
-                    ..
                 } = out
                 else {
                     continue;
@@ -836,13 +928,31 @@ impl World {
                 let Some(c) = self.calls.get_mut(i) else {
                     continue;
                 };
-                // What was on the way when its connection ended goes nowhere.
-                let Some((server, _)) = c.server.as_mut().filter(|(_, n)| *n == packet.tag) else {
+                // A stalling proxy stops relaying a while after the connection opened:
+                // nothing more crosses, and neither end is told.
+                let stalled = site.policy.stalls_websocket_after.is_some_and(|after| {
+                    c.connection
+                        .is_some_and(|(n, opened)| n == packet.tag && at >= opened + after)
+                });
+                if stalled {
                     continue;
-                };
+                }
+                // What was on the way when its connection ended goes nowhere.
                 match direction {
-                    Direction::Up => server.handle_input(&packet.data),
-                    Direction::Down => c.session.handle_signalling_input(now, &packet.data),
+                    Direction::Up => match c.server.as_mut() {
+                        Some((server, n)) if *n == packet.tag => server.handle_input(&packet.data),
+                        _ => continue,
+                    },
+                    Direction::Down if c.connection.is_some_and(|(n, _)| n == packet.tag) => {
+                        if packet.data.is_empty() {
+                            // The proxy's FIN, after what it had relayed.
+                            c.connection = None;
+                            c.session.handle_signalling_eof(now);
+                        } else {
+                            c.session.handle_signalling_input(now, &packet.data);
+                        }
+                    }
+                    Direction::Down => continue,
                 }
                 touched.push(i);
             }
@@ -874,11 +984,19 @@ impl World {
                     continue;
                 };
                 let wire = packet.tag as usize;
+                let Some(&client) = c.wires.get(wire) else {
+                    continue;
+                };
+                // The site's firewall: UDP to TURN's port blocked (nothing goes out, nothing
+                // comes back), or a stateless one letting in only UDP to allowed ports.
+                if site.policy.blocks(Protocol::Udp, TURN.port())
+                    || (direction == Direction::Down
+                        && !site.policy.admits_inbound_udp(client.port()))
+                {
+                    continue;
+                }
                 match direction {
                     Direction::Up => {
-                        let Some(&client) = c.wires.get(wire) else {
-                            continue;
-                        };
                         let five_tuple = FiveTuple {
                             transport: Transport::Udp,
                             client,

@@ -8,9 +8,11 @@
 //! two runs into two folders still agree byte for byte.
 //!
 //! Every call kind runs, as the real-time agents run it (the session and the anchor's call
-//! handling are the same cores). What virtual time does not model yet is refused up front,
-//! each reason named: TURN other than one UDP URL on one node, site policies (firewalls, DNS,
-//! proxies), faults and recording.
+//! handling are the same cores), and so does every site policy (blocked ports, DNS, a
+//! stateless firewall, a TLS-inspecting proxy that breaks upgrades, stalls connections or
+//! resets them when its certificate cache expires). What virtual time does not model yet is
+//! refused up front, each reason named: TURN other than one UDP URL on one node, faults and
+//! recording.
 
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
@@ -19,9 +21,9 @@ use loadgen::session::Timeouts;
 use reports::emodel::Codec as EModelCodec;
 use reports::{CallIdentity, CallRecord, Shard};
 
-use super::{CallEvent, Plan, PlannedCall, run_plan};
+use super::{CallEvent, Plan, PlannedCall, PlannedSite, run_plan};
 use crate::run::{RunError, RunOptions, RunOutcome, plan_calls, summarise, write_outputs};
-use crate::scenario::{Codec, Policy, Scenario, Transport};
+use crate::scenario::{Codec, Scenario, Transport};
 
 /// The simulated clock's wall-clock start: 2026-01-01T00:00:00Z. Every `started_unix_ms`
 /// counts from it.
@@ -37,14 +39,6 @@ pub fn unsupported(scenario: &Scenario) -> Option<String> {
         || turn.nodes > 1
     {
         why.push("TURN other than one UDP URL on one node".to_owned());
-    }
-    for site in &scenario.sites {
-        if site.policy != Policy::default() {
-            why.push(format!(
-                "site {}'s policy (firewall, DNS or proxy rules)",
-                site.name
-            ));
-        }
     }
     if !scenario.faults.is_empty() {
         why.push("faults".to_owned());
@@ -110,7 +104,14 @@ pub fn run(scenario: &Scenario, options: &RunOptions) -> Result<RunOutcome, RunE
         })
         .collect();
     let plan = Plan {
-        sites: scenario.sites.iter().map(|s| s.path.clone()).collect(),
+        sites: scenario
+            .sites
+            .iter()
+            .map(|s| PlannedSite {
+                path: s.path.clone(),
+                policy: s.policy.clone(),
+            })
+            .collect(),
         calls: calls_planned,
         signalling_url: scenario.signalling_url.clone(),
         turn_url,
