@@ -2,7 +2,7 @@
 //! call is the agent's session ([`Session`]: the softphone's state machine with its media leg
 //! and signalling connection, the core the real-time agents run), the endpoint's end of its
 //! signalling connection ([`ServerConnection`]), and the anchor — its call handling
-//! ([`Desk`]) and its media server (`anchor::media_core`: ICE-lite, DTLS server, SRTP) — as
+//! (`anchor::desk`) and its media server (`anchor::media_core`: ICE-lite, DTLS server, SRTP) — as
 //! the far end of every call, as in real time. TLS, the WebSocket and JSON-RPC cross the
 //! site's path in its stream form (as the real-time TCP relay carries them: delay, jitter,
 //! rate and stalls, no loss), and the agent's datagrams cross the site's path ([`Netem`]) to
