@@ -3,7 +3,9 @@
 //! application frames them: a STUN message carries its length in its header, and ChannelData
 //! carries its length and is padded to a multiple of four bytes (RFC 8656 §12.5).
 //!
-//! Non-blocking throughout, so that hundreds of legs share one thread: the connection is opened
+//! [`TurnStream`] is the connection without its socket (framing and TLS over the bytes it is
+//! given), as virtual time drives it; [`StreamTransport`] is the real-time edge on a socket,
+//! non-blocking throughout, so that hundreds of legs share one thread: the connection is opened
 //! without waiting, and what cannot be written yet waits in a buffer until the socket is
 //! writable.
 
@@ -14,6 +16,8 @@ use std::sync::Arc;
 
 use bytes::BytesMut;
 use rustix::net::{AddressFamily, SocketFlags, SocketType};
+
+use crate::signalling::Plaintext;
 
 /// The length of the first whole STUN message or ChannelData frame at the start of `buf`
 /// (padding included), `None` while it is incomplete, `Err` when the bytes are neither.
@@ -41,13 +45,13 @@ pub fn frame_len(buf: &[u8]) -> Result<Option<usize>, String> {
 
 /// The TLS side of a `turns:` connection.
 pub struct TlsSession {
-    conn: rustls::ClientConnection,
+    conn: Plaintext,
 }
 
 impl std::fmt::Debug for TlsSession {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("TlsSession")
-            .field("handshaking", &self.conn.is_handshaking())
+            .field("handshaking", &self.conn.0.is_handshaking())
             .finish()
     }
 }
@@ -58,21 +62,102 @@ impl TlsSession {
         let name = rustls::pki_types::ServerName::try_from(server_name.to_owned())
             .map_err(|e| format!("TLS server name {server_name:?}: {e}"))?;
         let conn = rustls::ClientConnection::new(config, name).map_err(|e| e.to_string())?;
-        Ok(Self { conn })
+        Ok(Self {
+            conn: Plaintext(conn.into()),
+        })
     }
 }
 
-/// One TCP (or TLS) connection to a TURN server.
+/// One TURN connection over a stream without its socket: frames in, frames out, TLS (when
+/// `turns:`) in between, driven by the bytes its caller passes (the real-time edge is
+/// [`StreamTransport`]; virtual time moves the bytes over a simulated path).
+#[derive(Debug)]
+pub struct TurnStream {
+    tls: Option<TlsSession>,
+    /// Received bytes not yet a whole frame (plaintext under TLS).
+    inbound: Vec<u8>,
+    /// Frames not yet taken by [`Self::poll_transmit`] (plain TCP only; rustls buffers its
+    /// own).
+    outbound: Vec<u8>,
+}
+
+impl TurnStream {
+    /// A connection's framing; `tls` wraps it in TLS.
+    pub fn new(tls: Option<TlsSession>) -> Self {
+        Self {
+            tls,
+            inbound: Vec::new(),
+            outbound: Vec::new(),
+        }
+    }
+
+    /// Queues one frame (a STUN message or padded ChannelData).
+    ///
+    /// # Errors
+    /// The TLS session can take no more (it failed).
+    pub fn send(&mut self, frame: &[u8]) -> io::Result<()> {
+        match &mut self.tls {
+            Some(t) => t.conn.write_all(frame),
+            None => {
+                self.outbound.extend_from_slice(frame);
+                Ok(())
+            }
+        }
+    }
+
+    /// Whether bytes wait to go on the wire.
+    pub fn wants_write(&self) -> bool {
+        !self.outbound.is_empty() || self.tls.as_ref().is_some_and(|t| t.conn.0.wants_write())
+    }
+
+    /// The bytes to put on the wire next (TLS records, or the frames themselves), if any.
+    pub fn poll_transmit(&mut self) -> Option<Vec<u8>> {
+        match &mut self.tls {
+            Some(t) => t.conn.transmit(),
+            None => (!self.outbound.is_empty()).then(|| std::mem::take(&mut self.outbound)),
+        }
+    }
+
+    /// Bytes that arrived, cut anywhere: appends the whole frames they complete to `frames`.
+    ///
+    /// # Errors
+    /// The TLS records are bad, or the plaintext is neither STUN nor ChannelData.
+    pub fn handle_input(&mut self, data: &[u8], frames: &mut Vec<BytesMut>) -> io::Result<()> {
+        let invalid = |e: String| io::Error::new(io::ErrorKind::InvalidData, e);
+        match &mut self.tls {
+            Some(t) => {
+                t.conn.receive(data).map_err(|e| invalid(e.to_string()))?;
+                let mut buf = [0u8; 4096];
+                loop {
+                    match t.conn.read(&mut buf) {
+                        Ok(0) => break,
+                        Ok(n) => self.inbound.extend_from_slice(&buf[..n]),
+                        Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                        Err(e) => return Err(e),
+                    }
+                }
+            }
+            None => self.inbound.extend_from_slice(data),
+        }
+        let mut start = 0;
+        while let Some(len) = frame_len(&self.inbound[start..]).map_err(invalid)? {
+            frames.push(BytesMut::from(&self.inbound[start..start + len]));
+            start += len;
+        }
+        self.inbound.drain(..start);
+        Ok(())
+    }
+}
+
+/// One TCP (or TLS) connection to a TURN server: a [`TurnStream`] on a non-blocking socket.
 #[derive(Debug)]
 pub struct StreamTransport {
     tcp: TcpStream,
     /// The TURN server it connects to.
     server: SocketAddr,
-    tls: Option<TlsSession>,
-    /// Received bytes not yet a whole frame (plaintext under TLS).
-    inbound: Vec<u8>,
-    /// Bytes not yet written (plain TCP only; rustls buffers its own).
-    outbound: Vec<u8>,
+    stream: TurnStream,
+    /// Bytes taken from `stream` and not yet written.
+    unwritten: Vec<u8>,
     /// Whether the connection is known to be established.
     established: bool,
     /// Whether the server closed the connection.
@@ -102,9 +187,8 @@ impl StreamTransport {
         Ok(Self {
             tcp,
             server,
-            tls,
-            inbound: Vec::new(),
-            outbound: Vec::new(),
+            stream: TurnStream::new(tls),
+            unwritten: Vec::new(),
             established: false,
             closed: false,
         })
@@ -127,17 +211,12 @@ impl StreamTransport {
 
     /// Whether bytes wait for the socket to become writable (or the connection to open).
     pub fn wants_write(&self) -> bool {
-        !self.established
-            || !self.outbound.is_empty()
-            || self.tls.as_ref().is_some_and(|t| t.conn.wants_write())
+        !self.established || !self.unwritten.is_empty() || self.stream.wants_write()
     }
 
     /// Queues one frame (a STUN message or padded ChannelData) and writes what the socket takes.
     pub fn send(&mut self, frame: &[u8]) -> io::Result<()> {
-        match &mut self.tls {
-            Some(t) => t.conn.writer().write_all(frame)?,
-            None => self.outbound.extend_from_slice(frame),
-        }
+        self.stream.send(frame)?;
         self.flush()
     }
 
@@ -152,27 +231,17 @@ impl StreamTransport {
             }
             self.established = true;
         }
-        match &mut self.tls {
-            Some(t) => {
-                while t.conn.wants_write() {
-                    match t.conn.write_tls(&mut self.tcp) {
-                        Ok(_) => {}
-                        Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
-                        Err(e) => return Err(e),
-                    }
+        while let Some(bytes) = self.stream.poll_transmit() {
+            self.unwritten.extend_from_slice(&bytes);
+        }
+        while !self.unwritten.is_empty() {
+            match self.tcp.write(&self.unwritten) {
+                Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+                Ok(n) => {
+                    self.unwritten.drain(..n);
                 }
-            }
-            None => {
-                while !self.outbound.is_empty() {
-                    match self.tcp.write(&self.outbound) {
-                        Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
-                        Ok(n) => {
-                            self.outbound.drain(..n);
-                        }
-                        Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
-                        Err(e) => return Err(e),
-                    }
-                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) => return Err(e),
             }
         }
         Ok(())
@@ -182,48 +251,18 @@ impl StreamTransport {
     pub fn recv(&mut self, frames: &mut Vec<BytesMut>) -> io::Result<()> {
         let mut buf = [0u8; 4096];
         loop {
-            let n = match &mut self.tls {
-                Some(t) => match t.conn.read_tls(&mut self.tcp) {
-                    Ok(0) => {
-                        self.closed = true;
-                        break;
-                    }
-                    Ok(_) => {
-                        let state = t
-                            .conn
-                            .process_new_packets()
-                            .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
-                        let mut plain = vec![0u8; state.plaintext_bytes_to_read()];
-                        t.conn.reader().read_exact(&mut plain)?;
-                        self.inbound.extend_from_slice(&plain);
-                        continue;
-                    }
-                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
-                    Err(e) => return Err(e),
-                },
-                None => match self.tcp.read(&mut buf) {
-                    Ok(0) => {
-                        self.closed = true;
-                        break;
-                    }
-                    Ok(n) => n,
-                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
-                    Err(e) => return Err(e),
-                },
-            };
-            self.inbound.extend_from_slice(&buf[..n]);
+            match self.tcp.read(&mut buf) {
+                Ok(0) => {
+                    self.closed = true;
+                    break;
+                }
+                Ok(n) => self.stream.handle_input(&buf[..n], frames)?,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) => return Err(e),
+            }
         }
         // The handshake may have something to say (TLS) once bytes came in.
-        self.flush()?;
-        let mut start = 0;
-        while let Some(len) = frame_len(&self.inbound[start..])
-            .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?
-        {
-            frames.push(BytesMut::from(&self.inbound[start..start + len]));
-            start += len;
-        }
-        self.inbound.drain(..start);
-        Ok(())
+        self.flush()
     }
 }
 

@@ -34,7 +34,7 @@ use crate::relay::{
     InspectingProxy, InspectingProxyConfig, InspectionCa, TcpRelay, TcpRelayConfig, UdpRelay,
     UdpRelayConfig,
 };
-use crate::scenario::{Codec, FaultKind, Scenario, Transport, TurnUrl};
+use crate::scenario::{Codec, Fault, FaultKind, Scenario, Transport, TurnUrl};
 use crate::signalling::SignallingServer;
 
 /// Overrides of the scenario from the command line (DESIGN §7).
@@ -186,7 +186,12 @@ pub fn run(scenario: &Scenario, options: &RunOptions) -> Result<RunOutcome, RunE
                 let entries = nodes
                     .iter()
                     .enumerate()
-                    .map(|(i, path)| (path.local_addr(), dns_removal(scenario, epoch, i)))
+                    .map(|(i, path)| {
+                        (
+                            path.local_addr(),
+                            dns_removal(&scenario.faults, i).map(|d| epoch + d),
+                        )
+                    })
                     .collect();
                 Arc::new(crate::dns::NodeName::new(entries))
             })
@@ -312,24 +317,7 @@ pub fn run(scenario: &Scenario, options: &RunOptions) -> Result<RunOutcome, RunE
                     .urls
                     .iter()
                     .zip(&plumbing.names)
-                    .map(|(url, name)| TurnServer {
-                        url: url.to_string(),
-                        addr: match crate::dns::resolve(&site.policy, &url.host, name.clone()) {
-                            Ok(name) => {
-                                let host = url.host.clone();
-                                TurnName::new(move || name.resolve(&host, Instant::now()))
-                            }
-                            Err(e) => TurnName::fixed(Err(e)),
-                        },
-                        transport: match (url.transport, url.secure) {
-                            (Transport::Udp, _) => TurnTransport::Udp,
-                            (Transport::Tcp, false) => TurnTransport::Tcp,
-                            (Transport::Tcp, true) => TurnTransport::Tls {
-                                server_name: url.host.clone(),
-                                config: turn_tls.clone(),
-                            },
-                        },
-                    })
+                    .map(|(url, name)| turn_server(url, &site.policy, name, &turn_tls))
                     .collect(),
                 turn_username: "agent".into(),
                 turn_password: password.clone(),
@@ -609,11 +597,8 @@ impl LoadEvents for RecordSink<'_> {
     }
 
     fn ended(&mut self, mut record: CallRecord) {
-        if self.recording && record.milestones.dtls_connected_us.is_some() {
-            record.recording = Some(format!(
-                "{RECORDINGS}/{}",
-                crate::anchor::recording::file_name(&record.identity.call)
-            ));
+        if self.recording {
+            mark_recording_of(&mut record);
         }
         // A write error must not lose the run: the record is kept for the summary regardless.
         if let Err(e) = append_record(self.jsonl, &record) {
@@ -703,20 +688,45 @@ impl SitePlumbing {
     }
 }
 
-/// When the DNS stops answering TURN node `node`'s address: its first failure's, if any.
-fn dns_removal(scenario: &Scenario, epoch: Instant, node: usize) -> Option<Instant> {
-    scenario
-        .faults
+/// When the DNS stops answering TURN node `node`'s address, from the run's start: its first
+/// failure's, if any.
+pub(crate) fn dns_removal(faults: &[Fault], node: usize) -> Option<Duration> {
+    faults
         .iter()
         .filter_map(|f| match f.kind {
             FaultKind::TurnNodeDown {
                 node: n,
                 dns_removed_after,
                 ..
-            } if usize::from(n) == node => Some(epoch + f.at + dns_removed_after),
+            } if usize::from(n) == node => Some(f.at + dns_removed_after),
             FaultKind::TurnNodeDown { .. } => None,
         })
         .min()
+}
+
+/// What the scenario's faults set on the TURN nodes: from when (from the run's start), on
+/// which node (from 0), which faults, in time order.
+pub(crate) fn turn_faults(faults: &[Fault]) -> Vec<(Duration, usize, turn_server::Faults)> {
+    let mut due: Vec<_> = faults
+        .iter()
+        .map(|f| match f.kind {
+            FaultKind::TurnNodeDown {
+                node,
+                reset_streams,
+                ..
+            } => (
+                f.at,
+                usize::from(node),
+                turn_server::Faults {
+                    unresponsive: true,
+                    drop_streams: reset_streams,
+                    ..Default::default()
+                },
+            ),
+        })
+        .collect();
+    due.sort_by_key(|(at, ..)| *at);
+    due
 }
 
 /// Carries out the scenario's faults at their times (from `epoch`) on their own thread,
@@ -726,29 +736,14 @@ fn schedule_faults(
     vendor: &VendorSide,
     epoch: Instant,
 ) -> Option<std::sync::mpsc::Sender<()>> {
-    let mut due: Vec<(Instant, turn_server::io::Handle, turn_server::Faults)> = scenario
-        .faults
-        .iter()
-        .filter_map(|f| match f.kind {
-            FaultKind::TurnNodeDown {
-                node,
-                reset_streams,
-                ..
-            } => Some((
-                epoch + f.at,
-                vendor.turn_handle(usize::from(node))?,
-                turn_server::Faults {
-                    unresponsive: true,
-                    drop_streams: reset_streams,
-                    ..Default::default()
-                },
-            )),
-        })
-        .collect();
+    let due: Vec<(Instant, turn_server::io::Handle, turn_server::Faults)> =
+        turn_faults(&scenario.faults)
+            .into_iter()
+            .filter_map(|(at, node, faults)| Some((epoch + at, vendor.turn_handle(node)?, faults)))
+            .collect();
     if due.is_empty() {
         return None;
     }
-    due.sort_by_key(|(at, ..)| *at);
     let (stop, stopped) = std::sync::mpsc::channel::<()>();
     let spawned = std::thread::Builder::new()
         .name("faults".into())
@@ -820,6 +815,53 @@ pub(crate) fn summarise(
         scenario.confidence,
         interrupted,
     )
+}
+
+/// TURN server `url` as an agent at a site with `policy` is given it: its name as the site's
+/// DNS resolves it (`name`'s nodes in turn, or the site's refusal), and its transport (a
+/// `turns:` one trusting `tls`).
+pub(crate) fn turn_server(
+    url: &TurnUrl,
+    policy: &crate::scenario::Policy,
+    name: &Arc<crate::dns::NodeName>,
+    tls: &Arc<rustls::ClientConfig>,
+) -> TurnServer {
+    TurnServer {
+        url: url.to_string(),
+        addr: match crate::dns::resolve(policy, &url.host, name.clone()) {
+            Ok(name) => {
+                let host = url.host.clone();
+                TurnName::new(move |now| name.resolve(&host, now))
+            }
+            Err(e) => TurnName::fixed(Err(e)),
+        },
+        transport: match (url.transport, url.secure) {
+            (Transport::Udp, _) => TurnTransport::Udp,
+            (Transport::Tcp, false) => TurnTransport::Tcp,
+            (Transport::Tcp, true) => TurnTransport::Tls {
+                server_name: url.host.clone(),
+                config: tls.clone(),
+            },
+        },
+    }
+}
+
+/// Names in `record` its recording, when `scenario` records calls and this one connected.
+pub(crate) fn mark_recording(scenario: &Scenario, record: &mut CallRecord) {
+    if scenario.recording.is_some() {
+        mark_recording_of(record);
+    }
+}
+
+/// Names in `record` the recording the anchor made of it, if it connected (the anchor
+/// records from the moment the agent's leg connects).
+fn mark_recording_of(record: &mut CallRecord) {
+    if record.milestones.dtls_connected_us.is_some() {
+        record.recording = Some(format!(
+            "{RECORDINGS}/{}",
+            crate::anchor::recording::file_name(&record.identity.call)
+        ));
+    }
 }
 
 /// The seed of site `i`'s paths.

@@ -2,7 +2,7 @@
 //! path losing 10 % each way. Every connected call has its WAV file, named in its record,
 //! customer left and agent right at 16 kHz; a transfer's recording stops when the agent leaves
 //! (two thirds of the talk time); the agent's side conceals as many frames as the anchor
-//! measured lost; and the report plays the worst calls' recordings.
+//! measured lost; and the report plays the worst calls' recordings. The same in virtual time.
 #![allow(clippy::disallowed_methods)] // real sockets, real clock
 mod common;
 
@@ -64,7 +64,14 @@ path = ["lossy"]
 record = "both"
 "#
     );
-    let (dir, records) = common::run_scenario("recording", &text);
+    // In virtual time too: the same cores, the recorder writing as the run goes.
+    for clock in [common::Clock::Real, common::Clock::Virtual] {
+        check_recordings(clock, &text);
+    }
+}
+
+fn check_recordings(clock: common::Clock, text: &str) {
+    let (dir, records) = common::run_scenario_on(clock, "recording", text);
     assert_eq!(records.len(), 6);
     let mut lost = 0;
     let mut kinds = std::collections::BTreeSet::new();
@@ -93,12 +100,12 @@ record = "both"
         kinds.insert(r.identity.kind);
         assert!(
             (shortest - talk).abs() < 0.6,
-            "{}: the agent talked {shortest:.2} s, {talk:.2} s expected",
+            "{clock:?} {}: the agent talked {shortest:.2} s, {talk:.2} s expected",
             r.identity.call
         );
         assert!(
             seconds > shortest - 0.6 && seconds < longest + 0.6,
-            "{}: {seconds:.2} s recorded, between {shortest:.2} and {longest:.2} s expected",
+            "{clock:?} {}: {seconds:.2} s recorded, between {shortest:.2} and {longest:.2} s expected",
             r.identity.call
         );
         // Both sides speak: the test signal is about −22 dBFS (rms ≈ 2,600); even with 10 %
@@ -119,7 +126,7 @@ record = "both"
     assert_eq!(anchor["recording_dropped"], 0);
     assert_eq!(anchor["recording_failed"], 0);
     let concealed = anchor["recording_concealed"].as_u64().unwrap();
-    println!("{lost} frames lost, {concealed} concealed");
+    println!("{clock:?}: {lost} frames lost, {concealed} concealed");
     assert!(lost > 20, "10 % of ~1,500 frames: {lost} lost");
     assert!(
         concealed >= lost && concealed <= lost + 6,

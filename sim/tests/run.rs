@@ -189,21 +189,35 @@ fn with_udp_3478_blocked_agents_fall_back_to_turn_over_tcp_and_tls() {
             RelayTransport::Tls,
         ),
     ] {
-        let dir = temp(name);
-        run_in(&dir, &scenario_with_turn(&urls, blocked));
-        let records = read_records(&dir.join("calls.jsonl")).unwrap().records;
-        assert_eq!(records.len(), 3);
-        for r in &records {
-            assert_eq!(r.outcome, Outcome::Completed, "{name}: {:?}", r.failure);
-            assert_eq!(r.relay_transport, Some(carried), "{name}");
-            // The UDP allocation never answers: collection lasts the whole 1.5 s timeout.
-            let collected = r.milestones.ice_collected_us.unwrap();
-            let started = r.milestones.local_description_us.unwrap();
-            assert!(collected - started >= 1_400_000, "{name}: {collected} µs");
-            let m = r.anchor_to_agent.as_ref().unwrap();
-            assert!(m.packets_received > 50, "{name}: {m:?}");
+        // In real time, then in virtual time (TURN over TCP and TLS through the same cores).
+        for virtual_time in [false, true] {
+            let name = format!("{name}{}", if virtual_time { "-virtual" } else { "" });
+            let dir = temp(&name);
+            let s = scenario_with_turn(&urls, blocked);
+            if virtual_time {
+                let options = RunOptions {
+                    out: Some(dir.clone()),
+                    plain_progress: true,
+                    ..RunOptions::default()
+                };
+                sim::virtual_time::scenario::run(&s, &options).unwrap();
+            } else {
+                run_in(&dir, &s);
+            }
+            let records = read_records(&dir.join("calls.jsonl")).unwrap().records;
+            assert_eq!(records.len(), 3);
+            for r in &records {
+                assert_eq!(r.outcome, Outcome::Completed, "{name}: {:?}", r.failure);
+                assert_eq!(r.relay_transport, Some(carried), "{name}");
+                // The UDP allocation never answers: collection lasts the whole 1.5 s timeout.
+                let collected = r.milestones.ice_collected_us.unwrap();
+                let started = r.milestones.local_description_us.unwrap();
+                assert!(collected - started >= 1_400_000, "{name}: {collected} µs");
+                let m = r.anchor_to_agent.as_ref().unwrap();
+                assert!(m.packets_received > 50, "{name}: {m:?}");
+            }
+            let _ = std::fs::remove_dir_all(&dir);
         }
-        let _ = std::fs::remove_dir_all(&dir);
     }
 }
 

@@ -2,7 +2,8 @@
 //! mid-call, and the DNS drops it 3 s later. The calls on it lose media, go ICE
 //! `disconnected`, and restart ICE as the CCP's library does; the restart looks the name up
 //! again, gets the live node, and the call completes there. Calls on the live node never
-//! notice; calls that start after the DNS dropped the dead node all go to the live one.
+//! notice; calls that start after the DNS dropped the dead node all go to the live one. Each
+//! test runs in real time, then in virtual time (the same cores on a simulated clock).
 #![allow(clippy::disallowed_methods)] // real sockets, real clock
 mod common;
 
@@ -36,7 +37,31 @@ path = ["office-lan"]
 
 #[test]
 fn calls_on_a_failed_turn_node_move_to_the_live_one_by_ice_restart() {
-    let (dir, records) = common::run_scenario("turn-node-failure", SCENARIO);
+    for clock in [common::Clock::Real, common::Clock::Virtual] {
+        moved_by_restart(clock, "turn-node-failure", SCENARIO, false);
+    }
+}
+
+/// Over TLS, a crashed node resets its connections (`reset_streams`): the agents' TURN
+/// connections close at once, and the calls recover as they do over UDP — by ICE restart once
+/// ICE is `disconnected`, as the CCP's library does (a closed TURN connection does not make
+/// it restart sooner).
+#[test]
+fn calls_on_a_crashed_turn_node_over_tls_move_by_ice_restart() {
+    let text = SCENARIO
+        .replace(
+            r#"urls = ["turn:turn.sim.local:3478?transport=udp"]"#,
+            r#"urls = ["turns:turn.sim.local:443"]"#,
+        )
+        .replace("node = 1\n", "node = 1\nreset_streams = true\n");
+    assert!(text.contains("reset_streams = true") && text.contains("turns:"));
+    for clock in [common::Clock::Real, common::Clock::Virtual] {
+        moved_by_restart(clock, "turn-node-reset", &text, true);
+    }
+}
+
+fn moved_by_restart(clock: common::Clock, name: &str, text: &str, over_tls: bool) {
+    let (dir, records) = common::run_scenario_on(clock, name, text);
     assert_eq!(records.len(), 16);
     // The first 8 calls start within a second, their lookups alternating between the two
     // nodes: 4 on each. The last 8 start as those end (≈ 21 s in), after node 1 left the DNS.
@@ -75,20 +100,39 @@ fn calls_on_a_failed_turn_node_move_to_the_live_one_by_ice_restart() {
     assert_eq!(
         (moved, untouched),
         (4, 12),
-        "calls moved by a restart, calls untouched"
+        "{clock:?}: calls moved by a restart, calls untouched"
     );
     // Node 1 held the 4 calls' first allocations; node 2 the other 4, the 4 restarts' and the
     // 8 later calls'.
     let created =
         |node| common::component_total(&dir, &format!("turn node {node}"), "allocations_created");
     assert_eq!((created(1), created(2)), (4, 16));
-    assert!(common::component_total(&dir, "turn node 1", "dropped.fault") > 0);
+    if over_tls {
+        // Each of its 4 connections reset.
+        let reset = common::component_total(&dir, "turn node 1", "stream_connections_dropped");
+        assert_eq!(reset, 4, "{clock:?}");
+        assert_eq!(
+            records
+                .iter()
+                .filter(|r| r.relay_transport == Some(reports::RelayTransport::Tls))
+                .count(),
+            16
+        );
+    } else {
+        assert!(common::component_total(&dir, "turn node 1", "dropped.fault") > 0);
+    }
     assert_eq!(common::component_total(&dir, "anchor", "ice_restarts"), 4);
     let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[test]
 fn until_the_dns_drops_a_dead_node_calls_and_restarts_sent_to_it_fail() {
+    for clock in [common::Clock::Real, common::Clock::Virtual] {
+        sent_to_a_dead_node(clock);
+    }
+}
+
+fn sent_to_a_dead_node(clock: common::Clock) {
     // Node 1 dies at 3 s and stays in the DNS: the rotation keeps sending every other
     // lookup to it. Calls start at 0, 2, 4 and 6 s (ramp 0.5/s): the first has 3 s to connect
     // even on a loaded machine.
@@ -99,7 +143,7 @@ fn until_the_dns_drops_a_dead_node_calls_and_restarts_sent_to_it_fail() {
         .replace("call_duration = \"20s\"", "call_duration = \"15s\"")
         .replace("at = \"6s\"", "at = \"3s\"")
         .replace("dns_removed_after = \"3s\"", "dns_removed_after = \"1h\"");
-    let (dir, mut records) = common::run_scenario("turn-node-in-dns", &text);
+    let (dir, mut records) = common::run_scenario_on(clock, "turn-node-in-dns", &text);
     records.sort_by(|a, b| a.identity.call.cmp(&b.identity.call));
     let outcomes: Vec<_> = records.iter().map(|r| r.outcome).collect();
     // c0: node 1, up when it gathered; its restart's lookup (the fifth) answers node 1 again.
@@ -112,7 +156,7 @@ fn until_the_dns_drops_a_dead_node_calls_and_restarts_sent_to_it_fail() {
             Outcome::Failed,
             Outcome::Completed
         ],
-        "{records:#?}"
+        "{clock:?}: {records:#?}"
     );
     let dropped = records[0].failure.as_ref().unwrap();
     assert_eq!(dropped.class, reports::FailureClass::MediaTimeout);

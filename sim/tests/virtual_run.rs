@@ -3,6 +3,7 @@
 #![allow(clippy::disallowed_methods)] // the real-time run: real sockets, the real clock
 
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use reports::record::read_records;
 use reports::{CallRecord, Outcome};
@@ -67,7 +68,7 @@ fn the_same_scenario_and_seed_give_byte_identical_run_folders() {
     let (a, b) = (temp("a"), temp("b"));
     let small = |out: &Path| RunOptions {
         calls: Some(12),
-        call_duration: Some(std::time::Duration::from_secs(2)),
+        call_duration: Some(Duration::from_secs(2)),
         ..options(out)
     };
     let first = sim::virtual_time::scenario::run(&scenario, &small(&a)).unwrap();
@@ -104,23 +105,32 @@ fn the_same_scenario_and_seed_give_byte_identical_run_folders() {
     }
 }
 
+/// Every shipped scenario runs in virtual time: every TURN transport, several nodes and their
+/// faults, every site policy, recording. Four calls each, each call as its scenario makes it.
 #[test]
-fn what_virtual_time_cannot_model_is_refused_with_every_reason() {
-    // Every call kind runs (the session and the anchor's desk are the real-time cores).
-    assert_eq!(
-        sim::virtual_time::scenario::unsupported(&shipped("office-200.toml")),
-        None
-    );
-    // Every site policy runs too; TURN over TLS does not yet.
-    assert_eq!(
-        sim::virtual_time::scenario::unsupported(&shipped("udp-3478-blocked.toml")),
-        None
-    );
-    let blocked = shipped("turn-tls-fallback.toml");
-    let why = sim::virtual_time::scenario::unsupported(&blocked).unwrap();
-    assert!(why.contains("TURN other than one UDP URL"), "{why}");
-    let err = sim::virtual_time::scenario::run(&blocked, &options(&temp("refused"))).unwrap_err();
-    assert!(err.to_string().contains("run it in real time"), "{err}");
+fn every_shipped_scenario_runs_in_virtual_time() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../scenarios");
+    let mut names: Vec<_> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .filter(|n| n.ends_with(".toml"))
+        .collect();
+    names.sort();
+    assert!(names.len() >= 10, "{names:?}");
+    for name in names {
+        let scenario = shipped(&name);
+        let out = temp(&format!("shipped-{name}"));
+        let options = RunOptions {
+            calls: Some(4),
+            call_duration: Some(Duration::from_secs(3)),
+            ..options(&out)
+        };
+        sim::virtual_time::scenario::run(&scenario, &options)
+            .unwrap_or_else(|e| panic!("{name}: {e}"));
+        let records = read_records(&out.join("calls.jsonl")).unwrap().records;
+        assert_eq!(records.len(), 4, "{name}");
+        let _ = std::fs::remove_dir_all(&out);
+    }
 }
 
 /// Every call kind of DESIGN §4 runs in virtual time as the real-time agents run it: its

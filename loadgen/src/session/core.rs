@@ -238,7 +238,7 @@ impl Session {
         session.state = SessionState::CreateOffer;
         // A TURN name that does not resolve gives nothing to allocate from: its candidates
         // never come.
-        let (turn, answers) = resolve_turn(&session.spec);
+        let (turn, answers) = resolve_turn(&session.spec, now);
         session.turn_answers = answers;
         session.resolved = !turn.is_empty();
         let config = PeerConfig {
@@ -1354,7 +1354,7 @@ impl IceRestart {
             retries: 0,
         });
         self.phase = RestartPhase::Opening;
-        Some(resolve_turn(spec).0)
+        Some(resolve_turn(spec, now).0)
     }
 
     /// The restart's next signalling request (method and parameters), when one is due and

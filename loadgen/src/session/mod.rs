@@ -100,22 +100,25 @@ pub struct TurnServer {
 /// load balancer's name rotates its addresses and drops a failed node's), so a browser that
 /// gathers again for an ICE restart may reach another node than the call started on.
 #[derive(Clone)]
-pub struct TurnName(Arc<dyn Fn() -> Result<SocketAddr, String> + Send + Sync>);
+pub struct TurnName(Arc<dyn Fn(Instant) -> Result<SocketAddr, String> + Send + Sync>);
 
 impl TurnName {
     /// A name that always resolves as `resolved` (an address, or why it does not resolve).
     pub fn fixed(resolved: Result<SocketAddr, String>) -> Self {
-        Self(Arc::new(move || resolved.clone()))
+        Self(Arc::new(move |_| resolved.clone()))
     }
 
-    /// A name looked up by `lookup` each time.
-    pub fn new(lookup: impl Fn() -> Result<SocketAddr, String> + Send + Sync + 'static) -> Self {
+    /// A name looked up by `lookup` each time, given the instant of the lookup (a load
+    /// balancer's DNS stops answering a failed node some time after it failed).
+    pub fn new(
+        lookup: impl Fn(Instant) -> Result<SocketAddr, String> + Send + Sync + 'static,
+    ) -> Self {
         Self(Arc::new(lookup))
     }
 
-    /// Looks the name up now.
-    pub fn resolve(&self) -> Result<SocketAddr, String> {
-        (self.0)()
+    /// Looks the name up at `now`.
+    pub fn resolve(&self, now: Instant) -> Result<SocketAddr, String> {
+        (self.0)(now)
     }
 }
 
@@ -125,13 +128,13 @@ impl std::fmt::Debug for TurnName {
     }
 }
 
-/// Looks up every TURN server of `spec` now: the credentials of those that resolve, and each
+/// Looks up every TURN server of `spec` at `now`: the credentials of those that resolve, and each
 /// URL with its answer (for a failure's detail).
-pub(crate) fn resolve_turn(spec: &CallSpec) -> (Vec<TurnCredentials>, String) {
+pub(crate) fn resolve_turn(spec: &CallSpec, now: Instant) -> (Vec<TurnCredentials>, String) {
     let mut servers = Vec::new();
     let mut answers = Vec::new();
     for t in &spec.turn {
-        match t.addr.resolve() {
+        match t.addr.resolve(now) {
             Ok(server) => {
                 answers.push(format!("{} ({server})", t.url));
                 servers.push(TurnCredentials {

@@ -10,9 +10,11 @@
 //! came later than its playout time. Loss, late packets and concealment are heard where they
 //! happened. The customer's side is what the anchor sent (the test signal), decoded.
 //!
-//! Decoding runs on its own thread (`anchor-recorder`): the media thread hands it each tick of
-//! its frame clock and each of the agent's payloads through a bounded queue and never waits.
-//! What does not fit is dropped and counted (`recording_dropped`), never slowing the media.
+//! In real time decoding runs on its own thread (`anchor-recorder`): the media thread hands it
+//! each tick of its frame clock and each of the agent's payloads through a bounded queue and
+//! never waits. What does not fit is dropped and counted (`recording_dropped`), never slowing
+//! the media. In virtual time the same events are written as they happen, on the run's
+//! thread (`Recorder::inline`), so a seed gives the same files.
 //! [`Track`] is the sans-I/O part: ticks and packets in, PCM frames out.
 
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
@@ -349,11 +351,21 @@ pub(crate) enum Event {
     Stop { leg: u64 },
 }
 
-/// The recorder's thread and the queue to it.
+/// Where the recorder's events go: a thread of its own (real time), or straight into the
+/// files on the caller's thread (virtual time: deterministic, and nothing to drop).
+#[derive(Debug)]
+enum Sink {
+    Thread {
+        queue: Option<mpsc::SyncSender<Event>>,
+        thread: Option<JoinHandle<()>>,
+    },
+    Inline(Box<std::cell::RefCell<Files>>),
+}
+
+/// The recorder: the files of the legs it records, behind its [`Sink`].
 #[derive(Debug)]
 pub(crate) struct Recorder {
-    queue: Option<mpsc::SyncSender<Event>>,
-    thread: Option<JoinHandle<()>>,
+    sink: Sink,
     counters: Arc<MediaCounters>,
     /// File names given so far: a second call with the same name gets its leg's number too.
     names: HashSet<String>,
@@ -368,10 +380,28 @@ impl Recorder {
         let thread_counters = counters.clone();
         let thread = std::thread::Builder::new()
             .name("anchor-recorder".into())
-            .spawn(move || record(&recording, &rx, &thread_counters))?;
+            .spawn(move || {
+                let mut files = Files::new(recording, thread_counters);
+                while let Ok(event) = rx.recv() {
+                    files.handle(event);
+                }
+            })?;
         Ok(Self {
-            queue: Some(tx),
-            thread: Some(thread),
+            sink: Sink::Thread {
+                queue: Some(tx),
+                thread: Some(thread),
+            },
+            counters,
+            names: HashSet::new(),
+        })
+    }
+
+    /// Creates `recording.dir`; every event is written as it is sent, on the sender's thread.
+    pub(crate) fn inline(recording: Recording, counters: Arc<MediaCounters>) -> io::Result<Self> {
+        std::fs::create_dir_all(&recording.dir)?;
+        let files = Files::new(recording, counters.clone());
+        Ok(Self {
+            sink: Sink::Inline(Box::new(std::cell::RefCell::new(files))),
             counters,
             names: HashSet::new(),
         })
@@ -392,12 +422,16 @@ impl Recorder {
 
     /// Queues `event`, or drops and counts it when the queue is full.
     pub(crate) fn send(&self, event: Event) {
-        if let Some(q) = &self.queue
-            && q.try_send(event).is_err()
-        {
-            self.counters
-                .recording_dropped
-                .fetch_add(1, Ordering::Relaxed);
+        match &self.sink {
+            Sink::Thread { queue: Some(q), .. } => {
+                if q.try_send(event).is_err() {
+                    self.counters
+                        .recording_dropped
+                        .fetch_add(1, Ordering::Relaxed);
+                }
+            }
+            Sink::Thread { queue: None, .. } => {}
+            Sink::Inline(files) => files.borrow_mut().handle(event),
         }
     }
 }
@@ -405,9 +439,11 @@ impl Recorder {
 impl Drop for Recorder {
     fn drop(&mut self) {
         // A closed queue ends the thread once it has finished every open file.
-        self.queue = None;
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
+        if let Sink::Thread { queue, thread } = &mut self.sink {
+            *queue = None;
+            if let Some(t) = thread.take() {
+                let _ = t.join();
+            }
         }
     }
 }
@@ -417,34 +453,63 @@ struct Open {
     wav: Wav,
 }
 
-fn record(recording: &Recording, events: &mpsc::Receiver<Event>, counters: &MediaCounters) {
-    let mut open: HashMap<u64, Open> = HashMap::new();
-    let sides = recording.sides;
-    let failed = |open: &mut HashMap<u64, Open>, leg: u64| {
-        open.remove(&leg);
-        counters.recording_failed.fetch_add(1, Ordering::Relaxed);
-    };
-    let (mut c, mut a) = ([0i16; FRAME], [0i16; FRAME]);
-    while let Ok(event) = events.recv() {
+/// The open recordings, and what to do with each event.
+struct Files {
+    recording: Recording,
+    counters: Arc<MediaCounters>,
+    open: HashMap<u64, Open>,
+    /// Scratch frames: the customer's side, the agent's.
+    frames: ([i16; FRAME], [i16; FRAME]),
+}
+
+impl std::fmt::Debug for Files {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Files")
+            .field("dir", &self.recording.dir)
+            .field("open", &self.open.len())
+            .finish()
+    }
+}
+
+impl Files {
+    fn new(recording: Recording, counters: Arc<MediaCounters>) -> Self {
+        Self {
+            recording,
+            counters,
+            open: HashMap::new(),
+            frames: ([0; FRAME], [0; FRAME]),
+        }
+    }
+
+    fn failed(&mut self, leg: u64) {
+        self.open.remove(&leg);
+        self.counters
+            .recording_failed
+            .fetch_add(1, Ordering::Relaxed);
+    }
+
+    fn handle(&mut self, event: Event) {
+        let sides = self.recording.sides;
         match event {
             Event::Start { leg, name } => {
                 match (
                     Track::new(),
-                    Wav::create(&recording.dir.join(&name), sides.channels()),
+                    Wav::create(&self.recording.dir.join(&name), sides.channels()),
                 ) {
                     (Ok(track), Ok(wav)) => {
-                        open.insert(leg, Open { track, wav });
-                        counters.recordings.fetch_add(1, Ordering::Relaxed);
+                        self.open.insert(leg, Open { track, wav });
+                        self.counters.recordings.fetch_add(1, Ordering::Relaxed);
                     }
-                    _ => failed(&mut open, leg),
+                    _ => self.failed(leg),
                 }
             }
             Event::Tick { leg, customer } => {
-                if let Some(o) = open.get_mut(&leg)
-                    && o.track.tick(customer, &mut c, &mut a)
-                    && o.wav.frame(sides, &c, &a).is_err()
+                let (c, a) = &mut self.frames;
+                if let Some(o) = self.open.get_mut(&leg)
+                    && o.track.tick(customer, c, a)
+                    && o.wav.frame(sides, c, a).is_err()
                 {
-                    failed(&mut open, leg);
+                    self.failed(leg);
                 }
             }
             Event::Agent {
@@ -452,19 +517,25 @@ fn record(recording: &Recording, events: &mpsc::Receiver<Event>, counters: &Medi
                 timestamp,
                 payload,
             } => {
-                if let Some(o) = open.get_mut(&leg) {
+                if let Some(o) = self.open.get_mut(&leg) {
                     o.track.agent_packet(timestamp, &payload);
                 }
             }
             Event::Stop { leg } => {
-                if let Some(o) = open.remove(&leg) {
-                    finish(sides, o, counters);
+                if let Some(o) = self.open.remove(&leg) {
+                    finish(sides, o, &self.counters);
                 }
             }
         }
     }
-    for (_, o) in open.drain() {
-        finish(sides, o, counters);
+}
+
+impl Drop for Files {
+    /// Finishes every file still open (the run ended with its leg up).
+    fn drop(&mut self) {
+        for (_, o) in self.open.drain() {
+            finish(self.recording.sides, o, &self.counters);
+        }
     }
 }
 

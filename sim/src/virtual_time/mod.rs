@@ -14,16 +14,20 @@
 //! Replayable: the paths, every leg, the anchor and the endpoint's certificate draw from the
 //! run's seed ([`Entropy::Seeded`]), so one seed gives the same figures.
 
-use std::collections::HashMap;
-use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::io::{Read, Write};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr, SocketAddrV4};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
 use loadgen::entropy::Entropy;
-use loadgen::leg::TurnTransport;
-use loadgen::session::{CallSpec, Session, SessionEvent, Timeouts, TurnName, TurnServer};
-use loadgen::signalling::{Endpoint, RpcError};
+use loadgen::leg::{TurnCredentials, TurnTransport, WireKind};
+use loadgen::session::{CallSpec, Session, SessionEvent, Timeouts};
+use loadgen::signalling::{Endpoint, Plaintext, RpcError};
+use loadgen::turn_stream::{TlsSession, TurnStream};
+use loadgen::turn_url::TurnUrl;
+use reports::components::Components;
 use reports::emodel::Codec;
 use reports::record::MediaStats;
 use reports::{CallIdentity, CallKind, CallRecord, Shard};
@@ -31,20 +35,25 @@ use rtc::crypto::RTCCryptoProvider;
 use rustls::pki_types::CertificateDer;
 use turn_server::auth::{Credentials, Secret};
 use turn_server::policy::PeerPolicy;
-use turn_server::server::{Config, Event, FiveTuple, Server, Transport};
+use turn_server::server::{Config, Event, Faults, FiveTuple, Server, Transport};
 
 use crate::anchor::desk::{self, Desk, Ending, Media, Reply};
 use crate::anchor::media::{CONSENT_TIMEOUT, LegEvent, LegSpec, MediaCounters, Restart};
 use crate::anchor::media_core::MediaCore;
+use crate::anchor::recording::{Recorder, Recording};
 use crate::anchor::{AnchorBehaviour, AnchorStats};
+use crate::dns::NodeName;
 use crate::netem::{Direction, FlowId, Netem, Output, Path};
-use crate::scenario::{Policy, Transport as Protocol};
+use crate::scenario::{Fault, Policy, Transport as Protocol};
 use crate::signalling::{ServerConnection, ServerEvent, SignallingLimits, SignallingStats};
 
 pub mod scenario;
 
-/// The TURN server's listener in the simulated network (TEST-NET-1, RFC 5737).
-const TURN: SocketAddr = SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::new(192, 0, 2, 1), 3478));
+/// TURN node `n`'s address in the simulated network (TEST-NET-1, RFC 5737): its listeners
+/// (on each TURN URL's port) and its relayed addresses.
+const fn turn_node_ip(n: usize) -> Ipv4Addr {
+    Ipv4Addr::new(192, 0, 2, 1 + n as u8)
+}
 /// The anchor's media server in the simulated network (TEST-NET-2).
 const ANCHOR: SocketAddr =
     SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::new(198, 51, 100, 1), 20_000));
@@ -53,10 +62,13 @@ const ANCHOR: SocketAddr =
 const SIGNALLING: SocketAddr =
     SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::new(203, 0, 113, 1), 8443));
 const SIGNALLING_URL: &str = "wss://signalling.sim.local:8443/rtc";
-/// The TURN URL a [`MediaRun`]'s agents are given.
-const TURN_URL: &str = "turn:turn.sim.local:3478?transport=udp";
+/// The agents' reason for a TURN connection the far end closed, as the real-time edge words it.
+const TURN_CLOSED: &str = "the TURN server closed the connection";
 /// The anchor's longest sleep with nothing due.
 const IDLE: Duration = Duration::from_millis(500);
+/// How long the run goes on after its last call ended, at most, for what is still on the
+/// paths to arrive.
+const DRAIN: Duration = Duration::from_secs(1);
 /// IPv4 and TCP headers of each chunk of a signalling stream on the wire.
 const TCP_HEADERS: u32 = 40;
 /// IPv4 and UDP headers of each datagram on the wire.
@@ -72,6 +84,8 @@ const AGENT_SIDE: u64 = 0;
 const ENDPOINT_CALL_SIDE: u64 = 1;
 const ENDPOINT_SIDE: u64 = 2;
 const ANCHOR_SIDE: u64 = 3;
+/// [`Entropy::for_leg`]'s side of the TURN nodes' TLS certificates.
+const TURN_SIDE: u64 = 4;
 
 /// What to run: `calls` inbound calls at once over `path`, each talking for `talk` (the media
 /// bench's and the tests' shape of a [`Plan`]).
@@ -120,8 +134,16 @@ impl MediaRun {
             codec: Codec::OPUS,
             seed: self.seed,
             signalling_url: SIGNALLING_URL.to_owned(),
-            turn_url: TURN_URL.to_owned(),
+            turn: vec![TurnUrl {
+                secure: false,
+                host: "turn.sim.local".into(),
+                port: 3478,
+                transport: Protocol::Udp,
+            }],
+            turn_nodes: 1,
+            faults: Vec::new(),
             anchor: AnchorBehaviour::Answer,
+            recording: None,
         }
     }
 }
@@ -171,10 +193,17 @@ pub struct Plan {
     /// The signalling endpoint's URL, as the agents are given it (its host names the
     /// endpoint's certificate).
     pub signalling_url: String,
-    /// The TURN URL, as the agents are given it (their failure messages name it).
-    pub turn_url: String,
+    /// The TURN URLs, in the order the agents are given them (their failure messages name
+    /// them): UDP, TCP or TLS.
+    pub turn: Vec<TurnUrl>,
+    /// The TURN nodes every TURN name resolves to, in turn (a load balancer's addresses).
+    pub turn_nodes: u8,
+    /// What goes wrong at set times (TURN nodes failing).
+    pub faults: Vec<Fault>,
     /// How the anchor behaves (its faults, as the real-time failure-path tests set them).
     pub anchor: AnchorBehaviour,
+    /// What the anchor records, and where (written as the run goes).
+    pub recording: Option<Recording>,
 }
 
 /// How one call went.
@@ -205,6 +234,9 @@ pub struct MediaResult {
     pub calls: Vec<CallResult>,
     /// Simulated time from the first call's start to the last one's end.
     pub simulated: Duration,
+    /// What the vendor side's components counted (the TURN nodes, the signalling endpoint,
+    /// the anchor), named as a real-time run names them.
+    pub components: Components,
 }
 
 /// What a run tells its caller as it goes (for live progress).
@@ -218,11 +250,22 @@ pub enum CallEvent<'a> {
     Clock(Duration),
 }
 
-/// A datagram or a chunk of a stream on a simulated path, with what it belongs to: the wire of
-/// the call's leg it left or is for, or the signalling connection it is part of.
+/// What a packet on a simulated path belongs to (its flow is its call).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Carried {
+    /// A datagram of the call's wire `.0`, to or from the TURN listener at `.1`.
+    Datagram(usize, SocketAddr),
+    /// A chunk of the call's signalling connection with this number.
+    Signalling(u64),
+    /// A chunk of the TCP/TLS connection of the call's wire with this number to its TURN node.
+    TurnStream(usize),
+}
+
+/// A datagram or a chunk of a stream on a simulated path, with what it belongs to. A chunk
+/// with no data is the stream's FIN.
 #[derive(Debug, Clone)]
 struct Packet {
-    tag: u64,
+    carried: Carried,
     data: Vec<u8>,
 }
 
@@ -238,6 +281,8 @@ struct Call {
     session: Session,
     /// The local end of each of the session's wires, by number.
     wires: Vec<SocketAddr>,
+    /// The wires that are TCP/TLS connections to a TURN node, by number.
+    streams: BTreeMap<usize, StreamWire>,
     /// The endpoint's end of the agent's signalling connection, and that connection's number
     /// (what is still on the path of an older one is dropped).
     server: Option<(ServerConnection, u64)>,
@@ -251,6 +296,19 @@ struct Call {
     result: Option<CallResult>,
 }
 
+/// A wire that is a TCP (or TLS) connection to a TURN node: the agent's end (the real-time
+/// edge's framing and TLS, without its socket) and the node's (TLS, when `turns:`).
+struct StreamWire {
+    node: usize,
+    five_tuple: FiveTuple,
+    client: TurnStream,
+    /// The node's TLS session, when `turns:`.
+    server_tls: Option<Plaintext>,
+    /// Whether each end still has the connection open.
+    client_open: bool,
+    server_open: bool,
+}
+
 /// One site's paths: its datagrams' and its streams'.
 struct SitePaths {
     policy: Policy,
@@ -260,6 +318,17 @@ struct SitePaths {
     media: Netem<Packet>,
     /// The path's stream form, for the signalling connections.
     streams: Netem<Packet>,
+    /// The path's stream form, for TURN over TCP/TLS (a real-time run's own relay too).
+    turn_streams: Netem<Packet>,
+    /// Each TURN URL's name as the site resolves it: a node leaves the DNS when its fault
+    /// says.
+    names: Vec<Arc<NodeName>>,
+}
+
+/// One TURN node: the TURN core, at its own address.
+struct Node {
+    server: Server,
+    ip: Ipv4Addr,
 }
 
 /// The anchor: its call handling and its media server (the cores real time runs), and when
@@ -269,6 +338,7 @@ struct Anchor {
     core: MediaCore,
     fingerprint: String,
     stats: AnchorStats,
+    counters: Arc<MediaCounters>,
     wake: Instant,
 }
 
@@ -308,14 +378,23 @@ impl Anchor {
             .provider()?;
         let certificate = loadgen::entropy::certificate("anchor", &crypto)?;
         let fingerprint = loadgen::media::fingerprint(&crypto, &certificate.certificate[0])?;
+        let counters = Arc::new(MediaCounters::default());
+        let recorder = plan
+            .recording
+            .clone()
+            .map(|r| {
+                let dir = r.dir.display().to_string();
+                Recorder::inline(r, counters.clone()).map_err(|e| format!("{dir}: {e}"))
+            })
+            .transpose()?;
         let core = MediaCore::new(
             ANCHOR,
             crypto,
             certificate,
             start,
             plan.codec,
-            Arc::new(MediaCounters::default()),
-            None,
+            counters.clone(),
+            recorder,
             (start, unix_start),
         );
         Ok(Self {
@@ -323,6 +402,7 @@ impl Anchor {
             core,
             fingerprint,
             stats: AnchorStats::default(),
+            counters,
             wake: start,
         })
     }
@@ -342,8 +422,11 @@ struct Vendor {
     /// signalling endpoint's port (a site's firewall may block it).
     signalling_host: String,
     signalling_port: u16,
-    turn_host: String,
     server_tls: Arc<rustls::ServerConfig>,
+    /// The TURN nodes' TLS configuration for each `turns:` host, and the agents' (trusting
+    /// them).
+    turn_tls: HashMap<String, Arc<rustls::ServerConfig>>,
+    turn_client_tls: Arc<rustls::ClientConfig>,
     root: CertificateDer<'static>,
     stats: Arc<SignallingStats>,
     realm: String,
@@ -357,7 +440,10 @@ struct World {
     plan: Plan,
     vendor: Vendor,
     sites: Vec<SitePaths>,
-    turn: Server,
+    /// The TURN nodes, each a TURN core.
+    nodes: Vec<Node>,
+    /// The faults not yet in force: when, on which node, what (in time order).
+    faults: VecDeque<(Instant, usize, Faults)>,
     /// The calls started so far, in the plan's order.
     calls: Vec<Call>,
     /// The calls not over (indices into `calls`): all the loop looks at.
@@ -370,6 +456,8 @@ struct World {
     connections: u64,
     /// The anchor: every call's far end, as in real time.
     anchor: Anchor,
+    /// When the last call ended.
+    ended: Option<Instant>,
 }
 
 /// Runs `run` on a simulated clock starting at `start` (any instant: nothing reads the real
@@ -402,26 +490,56 @@ pub fn run_plan(
         .provider()?;
     let (signalling_host, signalling_port) = loadgen::signalling::host_port(&plan.signalling_url)?;
     let (server_tls, root) = loadgen::entropy::tls_server(&signalling_host, &endpoint)?;
-    let turn_host = loadgen::turn_url::TurnUrl::parse(&plan.turn_url)?.host;
+    // One certificate for each `turns:` host, shared by every node, as the real-time nodes
+    // share theirs.
+    let mut turn_tls = HashMap::new();
+    let mut turn_roots = Vec::new();
+    for (k, url) in plan.turn.iter().enumerate().filter(|(_, u)| u.secure) {
+        if turn_tls.contains_key(&url.host) {
+            continue;
+        }
+        let provider = Entropy::Seeded(plan.seed)
+            .for_leg(u64::MAX - 1 - k as u64, TURN_SIDE)
+            .provider()?;
+        let (config, root) = loadgen::entropy::tls_server(&url.host, &provider)?;
+        turn_tls.insert(url.host.clone(), config);
+        turn_roots.push(root);
+    }
+    let turn_client_tls = loadgen::signalling::tls_client_config(&turn_roots)?;
     let calls = u32::try_from(plan.calls.len()).unwrap_or(u32::MAX);
-    let mut config = Config {
-        // Every peer is in the simulated network's documentation ranges.
-        peer_policy: PeerPolicy {
-            allow: Vec::new(),
-            deny: Vec::new(),
-        },
-        relay_ipv4: Some(Ipv4Addr::new(192, 0, 2, 1)),
-        seed: plan.seed,
-        nonce_key: [7; 32],
-        // Every agent allocates as the one user (twice, across an ICE restart).
-        user_quota: calls.saturating_mul(2).max(100),
-        total_quota: calls.saturating_mul(2).max(10_000),
-        ..Config::default()
-    };
-    config.credentials = Credentials {
-        users: HashMap::from([(USER.0.to_owned(), Secret(USER.1.to_owned()))]),
-        static_auth_secret: None,
-    };
+    let nodes: Vec<Node> = (0..usize::from(plan.turn_nodes.max(1)))
+        .map(|n| {
+            let ip = turn_node_ip(n);
+            let mut config = Config {
+                // Every peer is in the simulated network's documentation ranges.
+                peer_policy: PeerPolicy {
+                    allow: Vec::new(),
+                    deny: Vec::new(),
+                },
+                relay_ipv4: Some(ip),
+                seed: plan.seed ^ n as u64,
+                nonce_key: [7; 32],
+                // Every agent allocates as the one user (on every URL, again across an ICE
+                // restart).
+                user_quota: calls.saturating_mul(4).max(100),
+                total_quota: calls.saturating_mul(4).max(10_000),
+                ..Config::default()
+            };
+            config.credentials = Credentials {
+                users: HashMap::from([(USER.0.to_owned(), Secret(USER.1.to_owned()))]),
+                static_auth_secret: None,
+            };
+            Node {
+                server: Server::new(config, start, unix_start.as_secs()),
+                ip,
+            }
+        })
+        .collect();
+    let realm = Config::default().realm;
+    let faults = crate::run::turn_faults(&plan.faults)
+        .into_iter()
+        .map(|(at, node, faults)| (start + at, node, faults))
+        .collect();
     let anchor = Anchor::new(plan, start, unix_start)?;
     let sites = plan
         .sites
@@ -430,15 +548,29 @@ pub fn run_plan(
         .map(|(i, site)| {
             // As a real-time run seeds each site's relays.
             let seed = crate::run::site_seed(plan.seed, i);
+            let stream_path = crate::relay::tcp::stream_path(&site.path);
             SitePaths {
                 policy: site.policy.clone(),
                 expiry: site.policy.tls_cache_expiry.map(|d| start + d),
                 media: Netem::new(site.path.clone(), seed, start),
-                streams: Netem::new(
-                    crate::relay::tcp::stream_path(&site.path),
-                    seed ^ 0x5157_5157,
-                    start,
-                ),
+                streams: Netem::new(stream_path.clone(), seed ^ 0x5157_5157, start),
+                turn_streams: Netem::new(stream_path, seed ^ 0x7475_726e, start),
+                names: plan
+                    .turn
+                    .iter()
+                    .map(|url| {
+                        let entries = (0..nodes.len())
+                            .map(|n| {
+                                let addr = SocketAddr::from((turn_node_ip(n), url.port));
+                                (
+                                    addr,
+                                    crate::run::dns_removal(&plan.faults, n).map(|d| start + d),
+                                )
+                            })
+                            .collect();
+                        Arc::new(NodeName::new(entries))
+                    })
+                    .collect(),
             }
         })
         .collect();
@@ -450,23 +582,29 @@ pub fn run_plan(
         vendor: Vendor {
             signalling_host,
             signalling_port,
-            turn_host,
             server_tls,
+            turn_tls,
+            turn_client_tls,
             root,
             stats: Arc::new(SignallingStats::default()),
-            realm: config.realm.clone(),
+            realm,
         },
         sites,
-        turn: Server::new(config, start, unix_start.as_secs()),
+        nodes,
+        faults,
         calls: Vec::new(),
         live: Vec::new(),
         finished: Vec::new(),
         wires: HashMap::new(),
         connections: 0,
         anchor,
+        ended: None,
     };
     world.run(events)?;
-    let simulated = world.now.saturating_duration_since(start);
+    let simulated = world
+        .ended
+        .unwrap_or(world.now)
+        .saturating_duration_since(start);
     let calls = world
         .calls
         .into_iter()
@@ -478,7 +616,29 @@ pub fn run_plan(
             })
         })
         .collect();
-    Ok(MediaResult { calls, simulated })
+    let mut components = Components::new();
+    for (n, node) in world.nodes.iter().enumerate() {
+        let name = match world.nodes.len() {
+            1 => "turn".to_owned(),
+            _ => format!("turn node {}", n + 1),
+        };
+        let snapshot = turn_server::io::Snapshot {
+            counters: node.server.counters().clone(),
+            gauges: node.server.gauges(),
+            faults: node.server.faults(),
+            ..Default::default()
+        };
+        components.add(&name, snapshot.totals());
+    }
+    components.add("signalling", world.vendor.stats.totals());
+    let mut anchor = world.anchor.stats.totals();
+    anchor.extend(world.anchor.counters.totals());
+    components.add("anchor", anchor);
+    Ok(MediaResult {
+        calls,
+        simulated,
+        components,
+    })
 }
 
 impl World {
@@ -502,9 +662,23 @@ impl World {
                 self.live.retain(|&i| calls[i].result.is_none());
             }
             if self.calls.len() == self.plan.calls.len() && self.live.is_empty() {
-                return Ok(());
+                // The last calls' final datagrams (their allocations' release, the anchor's
+                // last answers) still cross the paths: let them arrive, for a while at most,
+                // as a real-time run waits for the TURN server to settle.
+                let until = *self.ended.get_or_insert(self.now) + DRAIN;
+                let drained = self.sites.iter().all(|s| {
+                    [&s.media, &s.streams, &s.turn_streams]
+                        .iter()
+                        .all(|p| p.poll_timeout().is_none())
+                });
+                if drained || self.now >= until {
+                    return Ok(());
+                }
             }
-            let next = self.next_deadline();
+            let mut next = self.next_deadline();
+            if let Some(ended) = self.ended {
+                next = next.min(ended + DRAIN);
+            }
             let second = |t: Instant| t.saturating_duration_since(self.start).as_secs();
             if second(next) > second(self.now) {
                 events(CallEvent::Clock(next.saturating_duration_since(self.start)));
@@ -514,8 +688,19 @@ impl World {
             for site in &mut self.sites {
                 site.media.handle_timeout(now);
                 site.streams.handle_timeout(now);
+                site.turn_streams.handle_timeout(now);
             }
-            self.turn.handle_timeout(now);
+            for node in &mut self.nodes {
+                node.server.handle_timeout(now);
+            }
+            while let Some(&(at, node, faults)) = self.faults.front()
+                && at <= now
+            {
+                self.faults.pop_front();
+                if let Some(node) = self.nodes.get_mut(node) {
+                    node.server.set_faults(faults);
+                }
+            }
             self.expire_proxies();
             if self.anchor.wake <= now {
                 self.anchor.wake = self.anchor.core.handle_timeout(now).unwrap_or(now + IDLE);
@@ -572,11 +757,16 @@ impl World {
         let spec = CallSpec {
             identity: planned.identity.clone(),
             signalling: crate::dns::resolve(policy, &vendor.signalling_host, endpoint),
-            turn: vec![TurnServer {
-                url: self.plan.turn_url.clone(),
-                addr: TurnName::fixed(crate::dns::resolve(policy, &vendor.turn_host, TURN)),
-                transport: TurnTransport::Udp,
-            }],
+            turn: self
+                .plan
+                .turn
+                .iter()
+                .zip(&self.sites[planned.site].names)
+                // As a real-time site resolves it.
+                .map(|(url, name)| {
+                    crate::run::turn_server(url, policy, name, &vendor.turn_client_tls)
+                })
+                .collect(),
             turn_username: USER.0.to_owned(),
             turn_password: USER.1.to_owned(),
             turn_realm: self.vendor.realm.clone(),
@@ -594,6 +784,7 @@ impl World {
             site: planned.site,
             session,
             wires: Vec::new(),
+            streams: BTreeMap::new(),
             server: None,
             connection: None,
             endpoint_random,
@@ -623,8 +814,15 @@ impl World {
         let engines = self
             .sites
             .iter_mut()
-            .flat_map(|s| [s.media.poll_timeout(), s.streams.poll_timeout()])
-            .chain([self.turn.poll_timeout()]);
+            .flat_map(|s| {
+                [
+                    s.media.poll_timeout(),
+                    s.streams.poll_timeout(),
+                    s.turn_streams.poll_timeout(),
+                ]
+            })
+            .chain(self.nodes.iter_mut().map(|n| n.server.poll_timeout()))
+            .chain([self.faults.front().map(|f| f.0)]);
         for t in engines.flatten() {
             next = next.min(t);
         }
@@ -672,21 +870,35 @@ impl World {
         let now = self.now;
         while let Some(event) = self.calls[i].session.poll_event() {
             match event {
-                SessionEvent::OpenWires { kinds, .. } => {
-                    let c = &mut self.calls[i];
-                    let locals: Vec<SocketAddr> = kinds
-                        .iter()
-                        .map(|_| {
-                            let (n, w) = (i as u32, c.wires.len() as u16);
-                            let a = [10, (n >> 16) as u8, (n >> 8) as u8, n as u8];
-                            SocketAddr::from((a, AGENT_PORT + w))
-                        })
-                        .collect();
-                    for &local in &locals {
-                        self.wires.insert(local, (i, c.wires.len()));
-                        c.wires.push(local);
+                SessionEvent::OpenWires { kinds, replace } => {
+                    if replace {
+                        // What the old wires have queued goes first, then they close.
+                        self.emit(i);
+                        let old = self.calls[i].wires.len();
+                        self.close_wires(i, 0..old);
                     }
+                    let mut locals = Vec::new();
+                    let mut failed = Vec::new();
+                    for kind in &kinds {
+                        let c = &self.calls[i];
+                        let (n, w) = (i as u32, c.wires.len());
+                        let a = [10, (n >> 16) as u8, (n >> 8) as u8, n as u8];
+                        let local = SocketAddr::from((a, AGENT_PORT + w as u16));
+                        if let WireKind::Turn(t) = kind
+                            && !matches!(t.transport, TurnTransport::Udp)
+                            && let Err(why) = self.connect_turn(i, w, local, t)
+                        {
+                            failed.push((w, why));
+                        }
+                        self.wires.insert(local, (i, w));
+                        self.calls[i].wires.push(local);
+                        locals.push(local);
+                    }
+                    let c = &mut self.calls[i];
                     c.session.handle_wires(now, Ok(locals));
+                    for (w, why) in failed {
+                        c.session.handle_wire_error(w, &why);
+                    }
                 }
                 SessionEvent::Dial(_) => {
                     self.drop_connection(i);
@@ -722,16 +934,109 @@ impl World {
                 }
                 SessionEvent::Ended => {
                     self.emit(i);
+                    let all = self.calls[i].wires.len();
+                    self.close_wires(i, 0..all);
                     let c = &mut self.calls[i];
-                    for w in &c.wires {
-                        self.wires.remove(w);
-                    }
                     c.result = Some(CallResult {
                         record: c.session.record(),
                         ended: now.saturating_duration_since(self.start),
                     });
                     self.finished.push(i);
                 }
+            }
+        }
+    }
+
+    /// Opens wire `w` of call `i`, at `local`, as a TCP (or TLS) connection to the TURN node
+    /// `turn` names: at once, as the connection's handshake across the path is not modelled.
+    /// `Err`: it closes at once (the site's firewall blocks the port and its relay drops the
+    /// connection, or the node refuses it), worded as the real-time edge words it.
+    fn connect_turn(
+        &mut self,
+        i: usize,
+        w: usize,
+        local: SocketAddr,
+        turn: &TurnCredentials,
+    ) -> Result<(), String> {
+        let node = self
+            .nodes
+            .iter()
+            .position(|n| IpAddr::V4(n.ip) == turn.server.ip())
+            .ok_or_else(|| format!("no TURN node at {}", turn.server))?;
+        let (tls, transport) = match &turn.transport {
+            TurnTransport::Tls {
+                server_name,
+                config,
+            } => (
+                Some(TlsSession::new(config.clone(), server_name)?),
+                Transport::Tls,
+            ),
+            _ => (None, Transport::Tcp),
+        };
+        let server_tls = match &turn.transport {
+            TurnTransport::Tls { server_name, .. } => {
+                let config = self
+                    .vendor
+                    .turn_tls
+                    .get(server_name)
+                    .ok_or_else(|| format!("no TURN certificate for {server_name}"))?;
+                let session =
+                    rustls::ServerConnection::new(config.clone()).map_err(|e| e.to_string())?;
+                Some(Plaintext(session.into()))
+            }
+            _ => None,
+        };
+        let five_tuple = FiveTuple {
+            transport,
+            client: local,
+            server: turn.server,
+        };
+        let c = &self.calls[i];
+        let blocked = self.sites[c.site]
+            .policy
+            .blocks(Protocol::Tcp, turn.server.port());
+        let refused = blocked
+            || self.nodes[node]
+                .server
+                .handle_stream_opened(self.now, five_tuple)
+                .is_err();
+        if refused {
+            return Err(TURN_CLOSED.to_owned());
+        }
+        self.calls[i].streams.insert(
+            w,
+            StreamWire {
+                node,
+                five_tuple,
+                client: TurnStream::new(tls),
+                server_tls,
+                client_open: true,
+                server_open: true,
+            },
+        );
+        Ok(())
+    }
+
+    /// Closes wires `range` of call `i`: what comes to them is dropped, and each TCP/TLS
+    /// connection's FIN crosses the path to its node after what was sent before it.
+    fn close_wires(&mut self, i: usize, range: std::ops::Range<usize>) {
+        let now = self.now;
+        let c = &mut self.calls[i];
+        for w in range {
+            if let Some(local) = c.wires.get(w) {
+                self.wires.remove(local);
+            }
+            let Some(stream) = c.streams.get_mut(&w) else {
+                continue;
+            };
+            if std::mem::replace(&mut stream.client_open, false) {
+                let fin = Packet {
+                    carried: Carried::TurnStream(w),
+                    data: Vec::new(),
+                };
+                let flow = FlowId(i as u64);
+                let path = &mut self.sites[c.site].turn_streams;
+                path.handle_input(now, flow, Direction::Up, TCP_HEADERS, fin);
             }
         }
     }
@@ -753,9 +1058,9 @@ impl World {
                 if c.site != s || c.result.is_some() {
                     continue;
                 }
-                if let Some((tag, _)) = c.connection {
+                if let Some((number, _)) = c.connection {
                     let fin = Packet {
-                        tag,
+                        carried: Carried::Signalling(number),
                         data: Vec::new(),
                     };
                     let flow = FlowId(i as u64);
@@ -848,7 +1153,10 @@ impl World {
     fn flush_anchor(&mut self) {
         let now = self.now;
         while let Some((to, bytes)) = self.anchor.core.poll_transmit() {
-            self.turn.handle_peer_packet(now, to, ANCHOR, &bytes);
+            // To a relayed address: the node that has that address.
+            if let Some(node) = self.nodes.iter_mut().find(|n| IpAddr::V4(n.ip) == to.ip()) {
+                node.server.handle_peer_packet(now, to, ANCHOR, &bytes);
+            }
         }
         while let Some(LegEvent::ConsentLost { call_id }) = self.anchor.core.poll_event() {
             if let Some(ending) = self.anchor.desk.consent_lost(&call_id) {
@@ -865,26 +1173,54 @@ impl World {
         let site = &mut self.sites[c.site];
         let flow = FlowId(i as u64);
         while let Some(t) = c.session.poll_transmit() {
-            let len = t.data.len() as u32 + UDP_HEADERS;
-            let packet = Packet {
-                tag: t.wire as u64,
-                data: t.data.to_vec(),
-            };
-            site.media
-                .handle_input(now, flow, Direction::Up, len, packet);
+            match c.streams.get_mut(&t.wire) {
+                Some(stream) if stream.client_open => {
+                    if let Err(e) = stream.client.send(&t.data) {
+                        stream.client_open = false;
+                        c.session.handle_wire_error(t.wire, &e.to_string());
+                    }
+                }
+                // A closed connection sends nothing.
+                Some(_) => {}
+                None => {
+                    let len = t.data.len() as u32 + UDP_HEADERS;
+                    let packet = Packet {
+                        carried: Carried::Datagram(t.wire, t.to),
+                        data: t.data.to_vec(),
+                    };
+                    site.media
+                        .handle_input(now, flow, Direction::Up, len, packet);
+                }
+            }
         }
-        let tag = c.connection.map_or(0, |(n, _)| n);
+        for (&w, stream) in &mut c.streams {
+            while let Some(data) = stream.client.poll_transmit() {
+                let len = data.len() as u32 + TCP_HEADERS;
+                let packet = Packet {
+                    carried: Carried::TurnStream(w),
+                    data,
+                };
+                site.turn_streams
+                    .handle_input(now, flow, Direction::Up, len, packet);
+            }
+        }
+        let carried = Carried::Signalling(c.connection.map_or(0, |(n, _)| n));
         while let Some(data) = c.session.poll_signalling_transmit() {
             let len = data.len() as u32 + TCP_HEADERS;
             site.streams
-                .handle_input(now, flow, Direction::Up, len, Packet { tag, data });
+                .handle_input(now, flow, Direction::Up, len, Packet { carried, data });
         }
-        if let Some((server, tag)) = &mut c.server {
-            let tag = *tag;
+        if let Some((server, number)) = &mut c.server {
+            let carried = Carried::Signalling(*number);
             while let Some(data) = server.poll_transmit() {
                 let len = data.len() as u32 + TCP_HEADERS;
-                site.streams
-                    .handle_input(now, flow, Direction::Down, len, Packet { tag, data });
+                site.streams.handle_input(
+                    now,
+                    flow,
+                    Direction::Down,
+                    len,
+                    Packet { carried, data },
+                );
             }
         }
         let server = c.server.as_ref().and_then(|(s, _)| s.poll_timeout());
@@ -902,7 +1238,8 @@ impl World {
             self.route_paths();
             let turned = self.route_turn();
             let streamed = self.route_streams();
-            if !turned && !streamed {
+            let relayed = self.route_turn_streams();
+            if !turned && !streamed && !relayed {
                 break;
             }
         }
@@ -930,9 +1267,12 @@ impl World {
                 };
                 // A stalling proxy stops relaying a while after the connection opened:
                 // nothing more crosses, and neither end is told.
+                let Carried::Signalling(number) = packet.carried else {
+                    continue;
+                };
                 let stalled = site.policy.stalls_websocket_after.is_some_and(|after| {
                     c.connection
-                        .is_some_and(|(n, opened)| n == packet.tag && at >= opened + after)
+                        .is_some_and(|(n, opened)| n == number && at >= opened + after)
                 });
                 if stalled {
                     continue;
@@ -940,10 +1280,10 @@ impl World {
                 // What was on the way when its connection ended goes nowhere.
                 match direction {
                     Direction::Up => match c.server.as_mut() {
-                        Some((server, n)) if *n == packet.tag => server.handle_input(&packet.data),
+                        Some((server, n)) if *n == number => server.handle_input(&packet.data),
                         _ => continue,
                     },
-                    Direction::Down if c.connection.is_some_and(|(n, _)| n == packet.tag) => {
+                    Direction::Down if c.connection.is_some_and(|(n, _)| n == number) => {
                         if packet.data.is_empty() {
                             // The proxy's FIN, after what it had relayed.
                             c.connection = None;
@@ -967,7 +1307,7 @@ impl World {
         !touched.is_empty()
     }
 
-    /// Delivers what left the sites' paths: up to the TURN core, down to the agents.
+    /// Delivers what left the sites' paths: up to the TURN nodes, down to the agents.
     fn route_paths(&mut self) {
         for site in &mut self.sites {
             while let Some(out) = site.media.poll_output() {
@@ -983,13 +1323,15 @@ impl World {
                 let Some(c) = self.calls.get_mut(flow.0 as usize) else {
                     continue;
                 };
-                let wire = packet.tag as usize;
+                let Carried::Datagram(wire, listener) = packet.carried else {
+                    continue;
+                };
                 let Some(&client) = c.wires.get(wire) else {
                     continue;
                 };
                 // The site's firewall: UDP to TURN's port blocked (nothing goes out, nothing
                 // comes back), or a stateless one letting in only UDP to allowed ports.
-                if site.policy.blocks(Protocol::Udp, TURN.port())
+                if site.policy.blocks(Protocol::Udp, listener.port())
                     || (direction == Direction::Down
                         && !site.policy.admits_inbound_udp(client.port()))
                 {
@@ -1000,13 +1342,19 @@ impl World {
                         let five_tuple = FiveTuple {
                             transport: Transport::Udp,
                             client,
-                            server: TURN,
+                            server: listener,
                         };
-                        self.turn.handle_packet(at, five_tuple, &packet.data);
+                        let node = self
+                            .nodes
+                            .iter_mut()
+                            .find(|n| IpAddr::V4(n.ip) == listener.ip());
+                        if let Some(node) = node {
+                            node.server.handle_packet(at, five_tuple, &packet.data);
+                        }
                     }
                     Direction::Down => {
                         let data = BytesMut::from(&packet.data[..]);
-                        c.session.handle_datagram(at, wire, TURN, data);
+                        c.session.handle_datagram(at, wire, listener, data);
                         // It acts on the datagram at once, as a woken real-time leg would.
                         c.wake = c.wake.min(at);
                     }
@@ -1015,38 +1363,204 @@ impl World {
         }
     }
 
-    /// Carries out what the TURN core asks: relayed sockets (always opened), and its
-    /// datagrams, down the agent's site's path or straight to a far end; `true` when it put
-    /// any on a path.
+    /// Carries out what the TURN nodes ask: relayed sockets (always opened), connections
+    /// closed, and their datagrams and stream frames, down the agent's site's path or straight
+    /// to a far end; `true` when any went on a path.
     fn route_turn(&mut self) -> bool {
         let mut onto_path = false;
         let now = self.now;
-        while let Some(event) = self.turn.poll_event() {
-            if let Event::OpenRelay { request, .. } = event {
-                self.turn.handle_relay_opened(now, request, true);
+        for n in 0..self.nodes.len() {
+            while let Some(event) = self.nodes[n].server.poll_event() {
+                match event {
+                    Event::OpenRelay { request, .. } => {
+                        self.nodes[n].server.handle_relay_opened(now, request, true);
+                    }
+                    Event::CloseStream { five_tuple, .. } => {
+                        // Its FIN goes down after what was sent before it.
+                        onto_path |= self.stream_down(five_tuple.client, Vec::new());
+                        self.nodes[n]
+                            .server
+                            .handle_connection_closed(now, five_tuple);
+                    }
+                    _ => {}
+                }
             }
-        }
-        while let Some(t) = self.turn.poll_transmit() {
-            if t.source == TURN {
-                if let Some(&(i, wire)) = self.wires.get(&t.destination) {
+            while let Some(t) = self.nodes[n].server.poll_transmit() {
+                if t.destination == ANCHOR {
+                    self.anchor.core.handle_datagram(now, t.source, &t.contents);
+                    // What it answers goes back through TURN at once; what it starts (a keyed
+                    // leg's first frame) runs at its next timeout, now.
+                    self.anchor.wake = now;
+                    self.flush_anchor();
+                } else if t.transport != Transport::Udp {
+                    onto_path |= self.stream_down(t.destination, t.contents);
+                } else if let Some(&(i, wire)) = self.wires.get(&t.destination) {
                     let len = t.contents.len() as u32 + UDP_HEADERS;
                     let site = &mut self.sites[self.calls[i].site];
                     let packet = Packet {
-                        tag: wire as u64,
+                        carried: Carried::Datagram(wire, t.source),
                         data: t.contents,
                     };
                     site.media
                         .handle_input(now, FlowId(i as u64), Direction::Down, len, packet);
                     onto_path = true;
                 }
-            } else if t.destination == ANCHOR {
-                self.anchor.core.handle_datagram(now, t.source, &t.contents);
-                // What it answers goes back through TURN at once; what it starts (a keyed
-                // leg's first frame) runs at its next timeout, now.
-                self.anchor.wake = now;
-                self.flush_anchor();
             }
         }
         onto_path
+    }
+
+    /// Puts `plain` (a node's frames, or its FIN when empty) on the TCP/TLS connection to the
+    /// agent's end `client`, down its site's path; `true` when anything went.
+    fn stream_down(&mut self, client: SocketAddr, plain: Vec<u8>) -> bool {
+        let now = self.now;
+        let Some(&(i, w)) = self.wires.get(&client) else {
+            return false;
+        };
+        let c = &mut self.calls[i];
+        let Some(stream) = c.streams.get_mut(&w) else {
+            return false;
+        };
+        if !stream.server_open {
+            return false;
+        }
+        let mut chunks = Vec::new();
+        match &mut stream.server_tls {
+            _ if plain.is_empty() => {
+                stream.server_open = false;
+                chunks.push(plain);
+            }
+            Some(tls) => {
+                if tls.write_all(&plain).is_err() {
+                    return false;
+                }
+                chunks.extend(tls.transmit());
+            }
+            None => chunks.push(plain),
+        }
+        let path = &mut self.sites[c.site].turn_streams;
+        let flow = FlowId(i as u64);
+        let any = !chunks.is_empty();
+        for data in chunks {
+            let len = data.len() as u32 + TCP_HEADERS;
+            let packet = Packet {
+                carried: Carried::TurnStream(w),
+                data,
+            };
+            path.handle_input(now, flow, Direction::Down, len, packet);
+        }
+        any
+    }
+
+    /// Delivers what left the TURN connections' paths: up to the nodes (through their TLS),
+    /// down to the agents (through theirs); `true` when anything arrived.
+    fn route_turn_streams(&mut self) -> bool {
+        let mut touched = Vec::new();
+        let mut moved = false;
+        for s in 0..self.sites.len() {
+            while let Some(out) = self.sites[s].turn_streams.poll_output() {
+                let Output::Deliver {
+                    at,
+                    flow,
+                    direction,
+                    packet,
+                } = out
+                else {
+                    continue;
+                };
+                let i = flow.0 as usize;
+                let Carried::TurnStream(w) = packet.carried else {
+                    continue;
+                };
+                let Some(c) = self.calls.get_mut(i) else {
+                    continue;
+                };
+                let Some(stream) = c.streams.get_mut(&w) else {
+                    continue;
+                };
+                moved = true;
+                match direction {
+                    Direction::Up if stream.server_open => {
+                        let (node, five_tuple) = (stream.node, stream.five_tuple);
+                        let server = &mut self.nodes[node].server;
+                        if packet.data.is_empty() {
+                            stream.server_open = false;
+                            server.handle_connection_closed(at, five_tuple);
+                            continue;
+                        }
+                        match &mut stream.server_tls {
+                            None => server.handle_stream_data(at, five_tuple, &packet.data),
+                            Some(tls) => match tls.receive(&packet.data) {
+                                Ok(()) => {
+                                    let mut plain = Vec::new();
+                                    let _ = tls.read_to_end(&mut plain);
+                                    if !plain.is_empty() {
+                                        server.handle_stream_data(at, five_tuple, &plain);
+                                    }
+                                    // The handshake's answer.
+                                    if let Some(records) = tls.transmit() {
+                                        let len = records.len() as u32 + TCP_HEADERS;
+                                        let packet = Packet {
+                                            carried: Carried::TurnStream(w),
+                                            data: records,
+                                        };
+                                        self.sites[s].turn_streams.handle_input(
+                                            at,
+                                            flow,
+                                            Direction::Down,
+                                            len,
+                                            packet,
+                                        );
+                                    }
+                                }
+                                // Bad TLS: the node's end closes the connection.
+                                Err(_) => {
+                                    stream.server_open = false;
+                                    server.handle_connection_closed(at, five_tuple);
+                                    let fin = Packet {
+                                        carried: Carried::TurnStream(w),
+                                        data: Vec::new(),
+                                    };
+                                    let path = &mut self.sites[s].turn_streams;
+                                    path.handle_input(at, flow, Direction::Down, TCP_HEADERS, fin);
+                                }
+                            },
+                        }
+                    }
+                    Direction::Down if stream.client_open => {
+                        let server = stream.five_tuple.server;
+                        let mut frames = Vec::new();
+                        let failed = if packet.data.is_empty() {
+                            Some(TURN_CLOSED.to_owned())
+                        } else {
+                            stream
+                                .client
+                                .handle_input(&packet.data, &mut frames)
+                                .err()
+                                .map(|e| e.to_string())
+                        };
+                        if failed.is_some() {
+                            stream.client_open = false;
+                        }
+                        for frame in frames {
+                            c.session.handle_datagram(at, w, server, frame);
+                        }
+                        if let Some(why) = failed {
+                            c.session.handle_wire_error(w, &why);
+                        }
+                        c.wake = c.wake.min(at);
+                        touched.push(i);
+                    }
+                    _ => {}
+                }
+            }
+        }
+        touched.sort_unstable();
+        touched.dedup();
+        for &i in &touched {
+            self.events(i);
+            self.emit(i);
+        }
+        moved
     }
 }

@@ -10,9 +10,9 @@
 //! Every call kind runs, as the real-time agents run it (the session and the anchor's call
 //! handling are the same cores), and so does every site policy (blocked ports, DNS, a
 //! stateless firewall, a TLS-inspecting proxy that breaks upgrades, stalls connections or
-//! resets them when its certificate cache expires). What virtual time does not model yet is
-//! refused up front, each reason named: TURN other than one UDP URL on one node, faults and
-//! recording.
+//! resets them when its certificate cache expires), TURN over UDP, TCP and TLS on any number
+//! of nodes, the nodes' faults, and the anchor's recordings (written as the run goes, so a
+//! seed gives the same WAV files too).
 
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
@@ -22,48 +22,19 @@ use reports::emodel::Codec as EModelCodec;
 use reports::{CallIdentity, CallRecord, Shard};
 
 use super::{CallEvent, Plan, PlannedCall, PlannedSite, run_plan};
+use crate::anchor::recording::{RECORDINGS, Recording};
 use crate::run::{RunError, RunOptions, RunOutcome, plan_calls, summarise, write_outputs};
-use crate::scenario::{Codec, Scenario, Transport};
+use crate::scenario::{Codec, Scenario};
 
 /// The simulated clock's wall-clock start: 2026-01-01T00:00:00Z. Every `started_unix_ms`
 /// counts from it.
 pub const VIRTUAL_EPOCH_UNIX: Duration = Duration::from_secs(1_767_225_600);
 
-/// Why virtual time cannot run `scenario` yet, every reason at once; `None` when it can.
-pub fn unsupported(scenario: &Scenario) -> Option<String> {
-    let mut why = Vec::new();
-    let turn = &scenario.turn;
-    if turn.urls.len() != 1
-        || turn.urls[0].transport != Transport::Udp
-        || turn.urls[0].secure
-        || turn.nodes > 1
-    {
-        why.push("TURN other than one UDP URL on one node".to_owned());
-    }
-    if !scenario.faults.is_empty() {
-        why.push("faults".to_owned());
-    }
-    if scenario.recording.is_some() {
-        why.push("recording".to_owned());
-    }
-    (!why.is_empty()).then(|| {
-        format!(
-            "{} cannot run in virtual time yet: {}; run it in real time",
-            scenario.name,
-            why.join("; ")
-        )
-    })
-}
-
 /// Runs `scenario` in virtual time and writes its run folder.
 ///
 /// # Errors
-/// [`RunError::Unsupported`] for what virtual time does not model (see [`unsupported`]);
 /// [`RunError::Io`] when the folder cannot be written.
 pub fn run(scenario: &Scenario, options: &RunOptions) -> Result<RunOutcome, RunError> {
-    if let Some(why) = unsupported(scenario) {
-        return Err(RunError::Unsupported(why));
-    }
     let seed = options.seed.unwrap_or(scenario.seed);
     let calls = options.calls.unwrap_or(scenario.agents.calls);
     let talk = options
@@ -83,7 +54,6 @@ pub fn run(scenario: &Scenario, options: &RunOptions) -> Result<RunOutcome, RunE
     };
     let t = &scenario.agents.timeouts;
     let run_id = format!("{}-seed{seed}-virtual", scenario.name);
-    let turn_url = scenario.turn.urls[0].to_string();
     let calls_planned = planned
         .iter()
         .map(|p| {
@@ -114,8 +84,14 @@ pub fn run(scenario: &Scenario, options: &RunOptions) -> Result<RunOutcome, RunE
             .collect(),
         calls: calls_planned,
         signalling_url: scenario.signalling_url.clone(),
-        turn_url,
+        turn: scenario.turn.urls.clone(),
+        turn_nodes: scenario.turn.nodes,
+        faults: scenario.faults.clone(),
         anchor: crate::anchor::AnchorBehaviour::Answer,
+        recording: scenario.recording.map(|sides| Recording {
+            dir: dir.join(RECORDINGS),
+            sides,
+        }),
         concurrency: scenario.agents.concurrency,
         ramp_per_second: scenario.agents.ramp_per_second,
         talk,
@@ -154,7 +130,10 @@ pub fn run(scenario: &Scenario, options: &RunOptions) -> Result<RunOutcome, RunE
     let mut records: Vec<(Duration, CallRecord)> = result
         .calls
         .into_iter()
-        .map(|r| (r.ended, r.record))
+        .map(|mut r| {
+            crate::run::mark_recording(scenario, &mut r.record);
+            (r.ended, r.record)
+        })
         .collect();
     // In the order the calls ended, as a real-time run appends them.
     records.sort_by_key(|(ended, r)| (*ended, r.identity.call.clone()));
@@ -165,6 +144,7 @@ pub fn run(scenario: &Scenario, options: &RunOptions) -> Result<RunOutcome, RunE
         source,
     })?;
     let mut file = summarise(scenario, &records, false);
+    file.components = result.components;
     file.settle_verdict();
     crate::report::copy_records(&records, &dir).map_err(|e| RunError::Io {
         what: "writing calls.jsonl".into(),

@@ -175,6 +175,15 @@ pub(crate) fn agent_and_anchor(
     (agent, anchor)
 }
 
+/// Which driver runs a scenario: real time (sockets, threads, the wall clock) or virtual
+/// time (the same cores on a simulated clock).
+#[allow(dead_code)] // not every test file runs scenarios
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Clock {
+    Real,
+    Virtual,
+}
+
 /// Runs the scenario `text` (named `name`) with `sim run` into a fresh folder under the
 /// temporary directory; returns the folder and its call records.
 #[allow(dead_code)] // not every test file runs scenarios
@@ -182,17 +191,30 @@ pub(crate) fn run_scenario(
     name: &str,
     text: &str,
 ) -> (std::path::PathBuf, Vec<reports::CallRecord>) {
+    run_scenario_on(Clock::Real, name, text)
+}
+
+/// Runs the scenario `text` (named `name`) on `clock` (`sim run`, or `sim run
+/// --virtual-time`) into a fresh folder under the temporary directory; returns the folder and
+/// its call records.
+#[allow(dead_code)] // not every test file runs scenarios
+pub(crate) fn run_scenario_on(
+    clock: Clock,
+    name: &str,
+    text: &str,
+) -> (std::path::PathBuf, Vec<reports::CallRecord>) {
     let scenario = sim::scenario::Scenario::parse(&format!("{name}.toml"), name, text).unwrap();
-    let dir = std::env::temp_dir().join(format!("sim-{name}-{}", std::process::id()));
+    let dir = std::env::temp_dir().join(format!("sim-{name}-{clock:?}-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
-    sim::run::run(
-        &scenario,
-        &sim::run::RunOptions {
-            out: Some(dir.clone()),
-            plain_progress: true,
-            ..sim::run::RunOptions::default()
-        },
-    )
+    let options = sim::run::RunOptions {
+        out: Some(dir.clone()),
+        plain_progress: true,
+        ..sim::run::RunOptions::default()
+    };
+    match clock {
+        Clock::Real => sim::run::run(&scenario, &options).map(drop),
+        Clock::Virtual => sim::virtual_time::scenario::run(&scenario, &options).map(drop),
+    }
     .unwrap();
     let records = reports::record::read_records(&dir.join("calls.jsonl"))
         .unwrap()
