@@ -284,4 +284,84 @@ mod tests {
         assert_eq!(frame_len(&[]), Ok(None));
         assert!(frame_len(&[0x80, 0, 0, 0]).is_err());
     }
+
+    /// A STUN header announcing 8 bytes of attributes (28 bytes), then ChannelData of 5 bytes
+    /// padded to 8 (12 bytes).
+    fn two_frames() -> Vec<u8> {
+        let mut stun = vec![0x00, 0x01, 0x00, 0x08];
+        stun.resize(28, 7);
+        stun.extend_from_slice(&[0x40, 0x00, 0x00, 0x05, 1, 2, 3, 4, 5, 0, 0, 0]);
+        stun
+    }
+
+    #[test]
+    fn a_plain_stream_gives_whole_frames_however_it_is_cut() {
+        let bytes = two_frames();
+        for cut in 1..bytes.len() {
+            let mut stream = TurnStream::new(None);
+            let mut frames = Vec::new();
+            for chunk in bytes.chunks(cut) {
+                stream.handle_input(chunk, &mut frames).unwrap();
+            }
+            let lens: Vec<usize> = frames.iter().map(BytesMut::len).collect();
+            assert_eq!(lens, [28, 12], "cut every {cut} bytes");
+            assert_eq!(frames.concat(), bytes);
+        }
+        // What it sends goes out as it was given.
+        let mut stream = TurnStream::new(None);
+        assert!(!stream.wants_write());
+        stream.send(&bytes[..28]).unwrap();
+        stream.send(&bytes[28..]).unwrap();
+        assert!(stream.wants_write());
+        assert_eq!(stream.poll_transmit(), Some(bytes.clone()));
+        assert_eq!(stream.poll_transmit(), None);
+        // Bytes that are neither STUN nor ChannelData fail the connection.
+        let mut frames = Vec::new();
+        assert!(stream.handle_input(&[0x80, 0, 0, 0], &mut frames).is_err());
+    }
+
+    #[test]
+    fn a_tls_stream_carries_frames_both_ways_over_bytes_alone() {
+        let provider = crate::entropy::Entropy::Seeded(3).provider().unwrap();
+        let (server_config, root) = crate::entropy::tls_server("turn.test", &provider).unwrap();
+        let client_config =
+            crate::signalling::tls_client_config(std::slice::from_ref(&root)).unwrap();
+        let tls = TlsSession::new(client_config, "turn.test").unwrap();
+        let mut client = TurnStream::new(Some(tls));
+        let server = rustls::ServerConnection::new(server_config).unwrap();
+        let mut server = Plaintext(server.into());
+        let bytes = two_frames();
+        // Sent before the handshake: held until it is done.
+        client.send(&bytes).unwrap();
+        let (mut received, mut frames) = (Vec::new(), Vec::new());
+        // The handshake and the data, in 5-byte pieces each way.
+        for _ in 0..10 {
+            while let Some(records) = client.poll_transmit() {
+                for piece in records.chunks(5) {
+                    server.receive(piece).unwrap();
+                }
+            }
+            let mut buf = [0u8; 256];
+            while let Ok(n @ 1..) = server.read(&mut buf) {
+                received.extend_from_slice(&buf[..n]);
+            }
+            if received.len() == bytes.len() && frames.is_empty() {
+                server.write_all(&bytes).unwrap();
+            }
+            while let Some(records) = server.transmit() {
+                for piece in records.chunks(5) {
+                    client.handle_input(piece, &mut frames).unwrap();
+                }
+            }
+        }
+        assert_eq!(received, bytes, "the server read the frames in plaintext");
+        let lens: Vec<usize> = frames.iter().map(BytesMut::len).collect();
+        assert_eq!(lens, [28, 12], "the client framed the server's plaintext");
+        // Bad records fail the connection.
+        assert!(
+            client
+                .handle_input(&[0x17, 3, 3, 0, 9, 1, 2, 3, 4, 5, 6, 7, 8, 9], &mut frames)
+                .is_err()
+        );
+    }
 }

@@ -281,13 +281,13 @@ impl Desk {
         let number = self.next;
         let call_id = format!("call-{number}");
         let ssrc = 0x4000_0000 | (number as u32 & 0x3fff_ffff);
-        let (answer, candidates) = answer_offer(
+        let answer = invite_answer(
             &offer,
-            (media.fingerprint(), media.address()),
+            &*media,
             (&ice_ufrag, &ice_pwd),
-            ssrc,
-            number,
-        );
+            (ssrc, number),
+            &call_id,
+        )?;
         // The leg is open before the agent can have the answer, so no check of its arrives at
         // an unknown leg.
         media.open(LegSpec {
@@ -316,12 +316,7 @@ impl Desk {
                 started_unix_ms: unix_ms,
             },
         );
-        serde_json::to_value(InviteAnswer {
-            call_id,
-            sdp: answer,
-            candidates,
-        })
-        .map_err(|e| RpcError::new(500, e.to_string()))
+        Ok(answer)
     }
 
     /// Answers an ICE restart's invite for the call it names (RFC 8445 §9.1: both sides take
@@ -342,13 +337,13 @@ impl Desk {
         let offer = Description::parse(&invite.sdp)
             .map_err(|e| RpcError::new(400, format!("cannot answer the ICE restart: {e}")))?;
         let (ice_ufrag, ice_pwd) = credentials()?;
-        let (answer, candidates) = answer_offer(
+        let answer = invite_answer(
             &offer,
-            (media.fingerprint(), media.address()),
+            &*media,
             (&ice_ufrag, &ice_pwd),
-            ssrc,
-            number,
-        );
+            (ssrc, number),
+            &call_id,
+        )?;
         if let Some(call) = self.up.get_mut(&call_id) {
             call.consent_lost = false;
         }
@@ -358,12 +353,7 @@ impl Desk {
             ice_ufrag,
             ice_pwd,
         });
-        serde_json::to_value(InviteAnswer {
-            call_id,
-            sdp: answer,
-            candidates,
-        })
-        .map_err(|e| RpcError::new(500, e.to_string()))
+        Ok(answer)
     }
 
     /// The calls up, found the ways the CCP's library names them: by our `callId`, by
@@ -437,6 +427,31 @@ pub(crate) fn ended_result(ended: &Ended) -> Value {
         });
     }
     result
+}
+
+/// The result of an invite (a first one or an ICE restart's) for call `call_id`: the anchor's
+/// answer to `offer` from `media`, with ICE credentials `(ufrag, pwd)` and the call's `ssrc`
+/// and `number`.
+fn invite_answer(
+    offer: &Description,
+    media: &dyn Media,
+    credentials: (&str, &str),
+    (ssrc, number): (u32, u64),
+    call_id: &str,
+) -> Result<Value, RpcError> {
+    let (sdp, candidates) = answer_offer(
+        offer,
+        (media.fingerprint(), media.address()),
+        credentials,
+        ssrc,
+        number,
+    );
+    serde_json::to_value(InviteAnswer {
+        call_id: call_id.to_owned(),
+        sdp,
+        candidates,
+    })
+    .map_err(|e| RpcError::new(500, e.to_string()))
 }
 
 /// The anchor's answer to `offer` and its one host candidate, for a leg of the media server
