@@ -266,7 +266,12 @@ enum Carried {
 #[derive(Debug, Clone)]
 struct Packet {
     carried: Carried,
-    data: Vec<u8>,
+    data: BytesMut,
+}
+
+/// `bytes` as a path's packet, without copying them.
+fn owned(bytes: Vec<u8>) -> BytesMut {
+    BytesMut::from(bytes::Bytes::from(bytes))
 }
 
 impl AsMut<[u8]> for Packet {
@@ -1032,7 +1037,7 @@ impl World {
             if std::mem::replace(&mut stream.client_open, false) {
                 let fin = Packet {
                     carried: Carried::TurnStream(w),
-                    data: Vec::new(),
+                    data: BytesMut::new(),
                 };
                 let flow = FlowId(i as u64);
                 let path = &mut self.sites[c.site].turn_streams;
@@ -1061,7 +1066,7 @@ impl World {
                 if let Some((number, _)) = c.connection {
                     let fin = Packet {
                         carried: Carried::Signalling(number),
-                        data: Vec::new(),
+                        data: BytesMut::new(),
                     };
                     let flow = FlowId(i as u64);
                     let streams = &mut self.sites[s].streams;
@@ -1186,7 +1191,7 @@ impl World {
                     let len = t.data.len() as u32 + UDP_HEADERS;
                     let packet = Packet {
                         carried: Carried::Datagram(t.wire, t.to),
-                        data: t.data.to_vec(),
+                        data: t.data,
                     };
                     site.media
                         .handle_input(now, flow, Direction::Up, len, packet);
@@ -1198,7 +1203,7 @@ impl World {
                 let len = data.len() as u32 + TCP_HEADERS;
                 let packet = Packet {
                     carried: Carried::TurnStream(w),
-                    data,
+                    data: owned(data),
                 };
                 site.turn_streams
                     .handle_input(now, flow, Direction::Up, len, packet);
@@ -1207,8 +1212,16 @@ impl World {
         let carried = Carried::Signalling(c.connection.map_or(0, |(n, _)| n));
         while let Some(data) = c.session.poll_signalling_transmit() {
             let len = data.len() as u32 + TCP_HEADERS;
-            site.streams
-                .handle_input(now, flow, Direction::Up, len, Packet { carried, data });
+            site.streams.handle_input(
+                now,
+                flow,
+                Direction::Up,
+                len,
+                Packet {
+                    carried,
+                    data: owned(data),
+                },
+            );
         }
         if let Some((server, number)) = &mut c.server {
             let carried = Carried::Signalling(*number);
@@ -1219,7 +1232,10 @@ impl World {
                     flow,
                     Direction::Down,
                     len,
-                    Packet { carried, data },
+                    Packet {
+                        carried,
+                        data: owned(data),
+                    },
                 );
             }
         }
@@ -1353,8 +1369,7 @@ impl World {
                         }
                     }
                     Direction::Down => {
-                        let data = BytesMut::from(&packet.data[..]);
-                        c.session.handle_datagram(at, wire, listener, data);
+                        c.session.handle_datagram(at, wire, listener, packet.data);
                         // It acts on the datagram at once, as a woken real-time leg would.
                         c.wake = c.wake.min(at);
                     }
@@ -1399,7 +1414,7 @@ impl World {
                     let site = &mut self.sites[self.calls[i].site];
                     let packet = Packet {
                         carried: Carried::Datagram(wire, t.source),
-                        data: t.contents,
+                        data: owned(t.contents),
                     };
                     site.media
                         .handle_input(now, FlowId(i as u64), Direction::Down, len, packet);
@@ -1445,7 +1460,7 @@ impl World {
             let len = data.len() as u32 + TCP_HEADERS;
             let packet = Packet {
                 carried: Carried::TurnStream(w),
-                data,
+                data: owned(data),
             };
             path.handle_input(now, flow, Direction::Down, len, packet);
         }
@@ -1502,7 +1517,7 @@ impl World {
                                         let len = records.len() as u32 + TCP_HEADERS;
                                         let packet = Packet {
                                             carried: Carried::TurnStream(w),
-                                            data: records,
+                                            data: owned(records),
                                         };
                                         self.sites[s].turn_streams.handle_input(
                                             at,
@@ -1519,7 +1534,7 @@ impl World {
                                     server.handle_connection_closed(at, five_tuple);
                                     let fin = Packet {
                                         carried: Carried::TurnStream(w),
-                                        data: Vec::new(),
+                                        data: BytesMut::new(),
                                     };
                                     let path = &mut self.sites[s].turn_streams;
                                     path.handle_input(at, flow, Direction::Down, TCP_HEADERS, fin);
