@@ -664,14 +664,22 @@ impl Session {
             Purpose::Restart if method == "invite" => t.invite_answer,
             _ => t.ack,
         };
-        let sent = match (self.failed.clone(), &mut self.connection) {
-            (Some(e), _) => Err(e),
-            (None, Some(c)) => c.request(now, method, params, timeout),
-            (None, None) => Err(SignallingError::Protocol("the connection is closed".into())),
-        };
-        match sent {
+        match self.send(|c| c.request(now, method, params, timeout)) {
             Ok(id) => self.awaiting = Some(Awaiting::Request(id, purpose)),
             Err(e) => self.answered(now, purpose, Err(e)),
+        }
+    }
+
+    /// Sends on the signalling connection with `send`: the connection's stashed failure, or
+    /// that it is closed, instead when it cannot carry it.
+    fn send<T>(
+        &mut self,
+        send: impl FnOnce(&mut Connection) -> Result<T, SignallingError>,
+    ) -> Result<T, SignallingError> {
+        match (&self.failed, &mut self.connection) {
+            (Some(e), _) => Err(e.clone()),
+            (None, Some(c)) => send(c),
+            (None, None) => Err(SignallingError::Protocol("the connection is closed".into())),
         }
     }
 
@@ -680,12 +688,7 @@ impl Session {
     /// connection, and ICE recovers the media from it).
     fn keepalive(&mut self, now: Instant) {
         let timeout = self.spec.timeouts.keepalive * 2;
-        let sent = match (self.failed.clone(), &mut self.connection) {
-            (Some(e), _) => Err(e),
-            (None, Some(c)) => c.ping(now, timeout),
-            (None, None) => Err(SignallingError::Protocol("the connection is closed".into())),
-        };
-        match sent {
+        match self.send(|c| c.ping(now, timeout)) {
             Ok(()) => self.awaiting = Some(Awaiting::Pong),
             Err(e) => self.answered(now, Purpose::Step(&KEEPALIVE), Err(e)),
         }
