@@ -216,6 +216,24 @@ fn with_udp_3478_blocked_agents_fall_back_to_turn_over_tcp_and_tls() {
                 let m = r.anchor_to_agent.as_ref().unwrap();
                 assert!(m.packets_received > 50, "{name}: {m:?}");
             }
+            // The site's paths say why, in either driver: every datagram to UDP 3478 dropped
+            // by the firewall, every call's TLS connection carried.
+            let udp = "path hq → turn:turn.sim.local:3478?transport=udp";
+            let dropped = common::component_total(&dir, udp, "dropped.policy");
+            assert!(dropped >= 3, "{name}: {dropped} dropped by policy");
+            assert_eq!(common::component_total(&dir, udp, "to_server"), 0, "{name}");
+            let tls = "path hq → turns:turn.sim.local:443";
+            assert_eq!(common::component_total(&dir, tls, "accepted"), 3, "{name}");
+            // Its allocations' answers at least; the media too when the call went over it.
+            let least = if carried == RelayTransport::Tls {
+                10_000
+            } else {
+                1
+            };
+            assert!(
+                common::component_total(&dir, tls, "bytes_down") >= least,
+                "{name}"
+            );
             let _ = std::fs::remove_dir_all(&dir);
         }
     }

@@ -122,6 +122,7 @@ impl MediaRun {
             .collect();
         Plan {
             sites: vec![PlannedSite {
+                name: "site".into(),
                 path: self.path.clone(),
                 policy: Policy::default(),
             }],
@@ -151,6 +152,8 @@ impl MediaRun {
 /// One site of a [`Plan`]: its path to the vendor side and its network's policy.
 #[derive(Debug, Clone)]
 pub struct PlannedSite {
+    /// Its name (in the components' names).
+    pub name: String,
     /// The path (TURN and signalling).
     pub path: Path,
     /// Its firewall, DNS and proxy (blocked ports, names that do not resolve, a stateless
@@ -305,6 +308,8 @@ struct Call {
 /// edge's framing and TLS, without its socket) and the node's (TLS, when `turns:`).
 struct StreamWire {
     node: usize,
+    /// Its TURN URL (an index into [`Plan::turn`]).
+    url: usize,
     five_tuple: FiveTuple,
     client: TurnStream,
     /// The node's TLS session, when `turns:`.
@@ -328,6 +333,67 @@ struct SitePaths {
     /// Each TURN URL's name as the site resolves it: a node leaves the DNS when its fault
     /// says.
     names: Vec<Arc<NodeName>>,
+    counts: PathCounts,
+}
+
+/// What a site's paths counted beyond their engines' own counters (named in `summary.json` as
+/// the real-time relays name theirs).
+#[derive(Debug, Default)]
+struct PathCounts {
+    /// Datagrams the site's firewall dropped: up, down.
+    policy: [u64; 2],
+    signalling: StreamCounts,
+    /// Per TURN URL (its TCP/TLS connections; unused for UDP ones).
+    turn: Vec<StreamCounts>,
+}
+
+/// A stream path's connections and bytes.
+#[derive(Debug, Default)]
+struct StreamCounts {
+    accepted: u64,
+    refused: u64,
+    bytes_up: u64,
+    bytes_down: u64,
+}
+
+impl StreamCounts {
+    fn carried(&mut self, direction: Direction, bytes: usize) {
+        match direction {
+            Direction::Up => self.bytes_up += bytes as u64,
+            Direction::Down => self.bytes_down += bytes as u64,
+        }
+    }
+
+    fn totals(&self) -> Vec<(&'static str, u64)> {
+        vec![
+            ("accepted", self.accepted),
+            ("refused.policy", self.refused),
+            ("bytes_up", self.bytes_up),
+            ("bytes_down", self.bytes_down),
+        ]
+    }
+}
+
+impl SitePaths {
+    /// The datagram path's counters, as a real-time UDP relay's.
+    fn datagram_totals(&self) -> Vec<(&'static str, u64)> {
+        let (up, down) = (
+            self.media.stats(Direction::Up),
+            self.media.stats(Direction::Down),
+        );
+        let [policy_up, policy_down] = self.counts.policy;
+        vec![
+            ("from_agents", up.input),
+            ("to_server", up.delivered.saturating_sub(policy_up)),
+            ("from_server", down.input),
+            ("to_agents", down.delivered.saturating_sub(policy_down)),
+            ("dropped.loss", up.lost + down.lost),
+            ("dropped.queue_full", up.queue_full + down.queue_full),
+            ("dropped.mtu", up.mtu + down.mtu),
+            ("dropped.outage", up.outage + down.outage),
+            ("dropped.policy", policy_up + policy_down),
+        ]
+    }
 }
 
 /// One TURN node: the TURN core, at its own address.
@@ -576,6 +642,10 @@ pub fn run_plan(
                         Arc::new(NodeName::new(entries))
                     })
                     .collect(),
+                counts: PathCounts {
+                    turn: plan.turn.iter().map(|_| StreamCounts::default()).collect(),
+                    ..PathCounts::default()
+                },
             }
         })
         .collect();
@@ -636,6 +706,34 @@ pub fn run_plan(
         components.add(&name, snapshot.totals());
     }
     components.add("signalling", world.vendor.stats.totals());
+    // The sites' paths: one engine per site carries every UDP URL's datagrams (named for
+    // the URL when there is one); each TCP/TLS URL's connections are counted on their own
+    // (real time has a relay per URL and node).
+    let udp: Vec<&TurnUrl> = plan
+        .turn
+        .iter()
+        .filter(|u| u.transport == Protocol::Udp)
+        .collect();
+    for (site, paths) in plan.sites.iter().zip(&world.sites) {
+        let name = &site.name;
+        match udp[..] {
+            [] => {}
+            [url] => components.add(&format!("path {name} → {url}"), paths.datagram_totals()),
+            _ => components.add(
+                &format!("path {name} → TURN over UDP"),
+                paths.datagram_totals(),
+            ),
+        }
+        for (url, counts) in plan.turn.iter().zip(&paths.counts.turn) {
+            if url.transport != Protocol::Udp {
+                components.add(&format!("path {name} → {url}"), counts.totals());
+            }
+        }
+        components.add(
+            &format!("path {name} → signalling"),
+            paths.counts.signalling.totals(),
+        );
+    }
     let mut anchor = world.anchor.stats.totals();
     anchor.extend(world.anchor.counters.totals());
     components.add("anchor", anchor);
@@ -919,6 +1017,9 @@ impl World {
                     // A firewall that blocks the port accepts and drops the connection, as
                     // the site's relay does.
                     let blocked = policy.blocks(Protocol::Tcp, self.vendor.signalling_port);
+                    let counts = &mut self.sites[self.calls[i].site].counts.signalling;
+                    counts.accepted += 1;
+                    counts.refused += u64::from(blocked);
                     let c = &mut self.calls[i];
                     c.connection = Some((number, now));
                     match server {
@@ -1000,6 +1101,20 @@ impl World {
         let blocked = self.sites[c.site]
             .policy
             .blocks(Protocol::Tcp, turn.server.port());
+        let url = self
+            .plan
+            .turn
+            .iter()
+            .position(|u| {
+                u.transport == Protocol::Tcp
+                    && u.secure == (transport == Transport::Tls)
+                    && u.port == turn.server.port()
+            })
+            .unwrap_or_default();
+        if let Some(counts) = self.sites[c.site].counts.turn.get_mut(url) {
+            counts.accepted += 1;
+            counts.refused += u64::from(blocked);
+        }
         let refused = blocked
             || self.nodes[node]
                 .server
@@ -1012,6 +1127,7 @@ impl World {
             w,
             StreamWire {
                 node,
+                url,
                 five_tuple,
                 client: TurnStream::new(tls),
                 server_tls,
@@ -1293,6 +1409,7 @@ impl World {
                 if stalled {
                     continue;
                 }
+                site.counts.signalling.carried(direction, packet.data.len());
                 // What was on the way when its connection ended goes nowhere.
                 match direction {
                     Direction::Up => match c.server.as_mut() {
@@ -1351,6 +1468,7 @@ impl World {
                     || (direction == Direction::Down
                         && !site.policy.admits_inbound_udp(client.port()))
                 {
+                    site.counts.policy[usize::from(direction == Direction::Down)] += 1;
                     continue;
                 }
                 match direction {
@@ -1494,6 +1612,9 @@ impl World {
                     continue;
                 };
                 moved = true;
+                if let Some(counts) = self.sites[s].counts.turn.get_mut(stream.url) {
+                    counts.carried(direction, packet.data.len());
+                }
                 match direction {
                     Direction::Up if stream.server_open => {
                         let (node, five_tuple) = (stream.node, stream.five_tuple);

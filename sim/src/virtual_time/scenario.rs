@@ -78,6 +78,7 @@ pub fn run(scenario: &Scenario, options: &RunOptions) -> Result<RunOutcome, RunE
             .sites
             .iter()
             .map(|s| PlannedSite {
+                name: s.name.clone(),
                 path: s.path.clone(),
                 policy: s.policy.clone(),
             })
