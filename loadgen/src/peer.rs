@@ -185,7 +185,7 @@ impl Wires {
                     let failed = match stream.recv(&mut frames) {
                         Err(e) => Some(e.to_string()),
                         Ok(()) if stream.closed => {
-                            Some("the TURN server closed the connection".into())
+                            Some(crate::turn_stream::CLOSED_BY_SERVER.into())
                         }
                         Ok(()) => None,
                     };

@@ -19,6 +19,9 @@ use rustix::net::{AddressFamily, SocketFlags, SocketType};
 
 use crate::signalling::Plaintext;
 
+/// Why a TURN connection ended when the server closed it (the wording call records quote).
+pub const CLOSED_BY_SERVER: &str = "the TURN server closed the connection";
+
 /// The length of the first whole STUN message or ChannelData frame at the start of `buf`
 /// (padding included), `None` while it is incomplete, `Err` when the bytes are neither.
 pub fn frame_len(buf: &[u8]) -> Result<Option<usize>, String> {

@@ -598,7 +598,7 @@ impl LoadEvents for RecordSink<'_> {
 
     fn ended(&mut self, mut record: CallRecord) {
         if self.recording {
-            mark_recording_of(&mut record);
+            mark_recording(&mut record);
         }
         // A write error must not lose the run: the record is kept for the summary regardless.
         if let Err(e) = append_record(self.jsonl, &record) {
@@ -846,16 +846,9 @@ pub(crate) fn turn_server(
     }
 }
 
-/// Names in `record` its recording, when `scenario` records calls and this one connected.
-pub(crate) fn mark_recording(scenario: &Scenario, record: &mut CallRecord) {
-    if scenario.recording.is_some() {
-        mark_recording_of(record);
-    }
-}
-
 /// Names in `record` the recording the anchor made of it, if it connected (the anchor
 /// records from the moment the agent's leg connects).
-fn mark_recording_of(record: &mut CallRecord) {
+pub(crate) fn mark_recording(record: &mut CallRecord) {
     if record.milestones.dtls_connected_us.is_some() {
         record.recording = Some(format!(
             "{RECORDINGS}/{}",

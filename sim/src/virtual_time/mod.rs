@@ -14,10 +14,12 @@
 //! Replayable: the paths, every leg, the anchor and the endpoint's certificate draw from the
 //! run's seed ([`Entropy::Seeded`]), so one seed gives the same figures.
 
+use std::borrow::Cow;
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::io::{Read, Write};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, SocketAddrV4};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
@@ -44,6 +46,8 @@ use crate::anchor::recording::{Recorder, Recording};
 use crate::anchor::{AnchorBehaviour, AnchorStats};
 use crate::dns::NodeName;
 use crate::netem::{Direction, FlowId, Netem, Output, Path};
+use crate::relay::tcp::TcpRelayStats;
+use crate::relay::udp::RelayStats;
 use crate::scenario::{Fault, Policy, Transport as Protocol};
 use crate::signalling::{ServerConnection, ServerEvent, SignallingLimits, SignallingStats};
 
@@ -54,6 +58,17 @@ pub mod scenario;
 const fn turn_node_ip(n: usize) -> Ipv4Addr {
     Ipv4Addr::new(192, 0, 2, 1 + n as u8)
 }
+
+/// The TURN node at `addr` (a listener or a relayed address), if it is one's: the inverse of
+/// [`turn_node_ip`].
+fn node_at(addr: SocketAddr) -> Option<usize> {
+    match addr.ip() {
+        IpAddr::V4(ip) if ip.octets()[..3] == [192, 0, 2] => {
+            usize::from(ip.octets()[3]).checked_sub(1)
+        }
+        _ => None,
+    }
+}
 /// The anchor's media server in the simulated network (TEST-NET-2).
 const ANCHOR: SocketAddr =
     SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::new(198, 51, 100, 1), 20_000));
@@ -62,8 +77,6 @@ const ANCHOR: SocketAddr =
 const SIGNALLING: SocketAddr =
     SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::new(203, 0, 113, 1), 8443));
 const SIGNALLING_URL: &str = "wss://signalling.sim.local:8443/rtc";
-/// The agents' reason for a TURN connection the far end closed, as the real-time edge words it.
-const TURN_CLOSED: &str = "the TURN server closed the connection";
 /// The anchor's longest sleep with nothing due.
 const IDLE: Duration = Duration::from_millis(500);
 /// How long the run goes on after its last call ended, at most, for what is still on the
@@ -312,11 +325,54 @@ struct StreamWire {
     url: usize,
     five_tuple: FiveTuple,
     client: TurnStream,
-    /// The node's TLS session, when `turns:`.
-    server_tls: Option<Plaintext>,
-    /// Whether each end still has the connection open.
+    /// Whether the agent's end still has the connection open.
     client_open: bool,
-    server_open: bool,
+    node_end: NodeEnd,
+}
+
+/// The TURN node's end of a TCP (or TLS) connection: its bytes, through the node's TLS session
+/// when `turns:`.
+struct NodeEnd {
+    tls: Option<Plaintext>,
+    open: bool,
+}
+
+impl NodeEnd {
+    /// Bytes from the agent: the plaintext they carry (for TLS, what the records completed).
+    fn receive<'a>(&mut self, data: &'a [u8]) -> Result<Cow<'a, [u8]>, rustls::Error> {
+        let Some(tls) = &mut self.tls else {
+            return Ok(Cow::Borrowed(data));
+        };
+        tls.receive(data)?;
+        let mut plain = Vec::new();
+        // Reads until the session has nothing more (`WouldBlock`), keeping what it read.
+        let _ = tls.read_to_end(&mut plain);
+        Ok(Cow::Owned(plain))
+    }
+
+    /// What goes on the wire for `plain` (the node's frames), with what the TLS session has
+    /// to say besides (its handshake); `None` when nothing.
+    fn transmit(&mut self, plain: Vec<u8>) -> Option<Vec<u8>> {
+        match &mut self.tls {
+            None => (!plain.is_empty()).then_some(plain),
+            Some(tls) => {
+                tls.write_all(&plain).ok()?;
+                tls.transmit()
+            }
+        }
+    }
+}
+
+/// Puts `data`, a chunk of the stream `carried` is (its FIN when empty), on the stream path
+/// `path`.
+fn put_chunk(
+    path: &mut Netem<Packet>,
+    (at, flow, direction): (Instant, FlowId, Direction),
+    carried: Carried,
+    data: BytesMut,
+) {
+    let len = data.len() as u32 + TCP_HEADERS;
+    path.handle_input(at, flow, direction, len, Packet { carried, data });
 }
 
 /// One site's paths: its datagrams' and its streams'.
@@ -336,70 +392,61 @@ struct SitePaths {
     counts: PathCounts,
 }
 
-/// What a site's paths counted beyond their engines' own counters (named in `summary.json` as
-/// the real-time relays name theirs).
+/// What a site's paths counted beyond their engines' own counters, in the real-time relays'
+/// own counters (so `summary.json` names them as a real-time run does).
 #[derive(Debug, Default)]
 struct PathCounts {
+    /// The datagram path's flows (UDP wires to TURN).
+    flows: u64,
     /// Datagrams the site's firewall dropped: up, down.
     policy: [u64; 2],
-    signalling: StreamCounts,
+    signalling: TcpRelayStats,
     /// Per TURN URL (its TCP/TLS connections; unused for UDP ones).
-    turn: Vec<StreamCounts>,
+    turn: Vec<TcpRelayStats>,
 }
 
-/// A stream path's connections and bytes.
-#[derive(Debug, Default)]
-struct StreamCounts {
-    accepted: u64,
-    refused: u64,
-    bytes_up: u64,
-    bytes_down: u64,
+/// Counts a stream connection opening on `stats` (`refused`: by the site's firewall).
+fn count_connection(stats: &TcpRelayStats, refused: bool) {
+    stats.accepted.fetch_add(1, Ordering::Relaxed);
+    if refused {
+        stats.refused.fetch_add(1, Ordering::Relaxed);
+    }
 }
 
-impl StreamCounts {
-    fn carried(&mut self, direction: Direction, bytes: usize) {
-        match direction {
-            Direction::Up => self.bytes_up += bytes as u64,
-            Direction::Down => self.bytes_down += bytes as u64,
-        }
+/// Counts `bytes` of a stream crossing its path `direction` on `stats`.
+fn count_bytes(stats: &TcpRelayStats, direction: Direction, bytes: usize) {
+    match direction {
+        Direction::Up => &stats.bytes_up,
+        Direction::Down => &stats.bytes_down,
     }
-
-    fn totals(&self) -> Vec<(&'static str, u64)> {
-        vec![
-            ("accepted", self.accepted),
-            ("refused.policy", self.refused),
-            ("bytes_up", self.bytes_up),
-            ("bytes_down", self.bytes_down),
-        ]
-    }
+    .fetch_add(bytes as u64, Ordering::Relaxed);
 }
 
 impl SitePaths {
-    /// The datagram path's counters, as a real-time UDP relay's.
+    /// The datagram path's counters, as a real-time UDP relay's: its engine's, less what the
+    /// firewall dropped after it.
     fn datagram_totals(&self) -> Vec<(&'static str, u64)> {
         let (up, down) = (
             self.media.stats(Direction::Up),
             self.media.stats(Direction::Down),
         );
+        let n = AtomicU64::new;
         let [policy_up, policy_down] = self.counts.policy;
-        vec![
-            ("from_agents", up.input),
-            ("to_server", up.delivered.saturating_sub(policy_up)),
-            ("from_server", down.input),
-            ("to_agents", down.delivered.saturating_sub(policy_down)),
-            ("dropped.loss", up.lost + down.lost),
-            ("dropped.queue_full", up.queue_full + down.queue_full),
-            ("dropped.mtu", up.mtu + down.mtu),
-            ("dropped.outage", up.outage + down.outage),
-            ("dropped.policy", policy_up + policy_down),
-        ]
+        RelayStats {
+            flows: n(self.counts.flows),
+            from_agents: n(up.input),
+            to_server: n(up.delivered.saturating_sub(policy_up)),
+            from_server: n(down.input),
+            to_agents: n(down.delivered.saturating_sub(policy_down)),
+            dropped_loss: n(up.lost + down.lost),
+            dropped_queue: n(up.queue_full + down.queue_full),
+            dropped_mtu: n(up.mtu + down.mtu),
+            dropped_outage: n(up.outage + down.outage),
+            dropped_policy: n(policy_up + policy_down),
+            ..RelayStats::default()
+        }
+        .totals()
     }
-}
-
-/// One TURN node: the TURN core, at its own address.
-struct Node {
-    server: Server,
-    ip: Ipv4Addr,
 }
 
 /// The anchor: its call handling and its media server (the cores real time runs), and when
@@ -511,8 +558,8 @@ struct World {
     plan: Plan,
     vendor: Vendor,
     sites: Vec<SitePaths>,
-    /// The TURN nodes, each a TURN core.
-    nodes: Vec<Node>,
+    /// The TURN nodes, each a TURN core at [`turn_node_ip`] of its index.
+    nodes: Vec<Server>,
     /// The faults not yet in force: when, on which node, what (in time order).
     faults: VecDeque<(Instant, usize, Faults)>,
     /// The calls started so far, in the plan's order.
@@ -578,7 +625,7 @@ pub fn run_plan(
     }
     let turn_client_tls = loadgen::signalling::tls_client_config(&turn_roots)?;
     let calls = u32::try_from(plan.calls.len()).unwrap_or(u32::MAX);
-    let nodes: Vec<Node> = (0..usize::from(plan.turn_nodes.max(1)))
+    let nodes: Vec<Server> = (0..usize::from(plan.turn_nodes.max(1)))
         .map(|n| {
             let ip = turn_node_ip(n);
             let mut config = Config {
@@ -600,10 +647,7 @@ pub fn run_plan(
                 users: HashMap::from([(USER.0.to_owned(), Secret(USER.1.to_owned()))]),
                 static_auth_secret: None,
             };
-            Node {
-                server: Server::new(config, start, unix_start.as_secs()),
-                ip,
-            }
+            Server::new(config, start, unix_start.as_secs())
         })
         .collect();
     let realm = Config::default().realm;
@@ -643,7 +687,7 @@ pub fn run_plan(
                     })
                     .collect(),
                 counts: PathCounts {
-                    turn: plan.turn.iter().map(|_| StreamCounts::default()).collect(),
+                    turn: plan.turn.iter().map(|_| TcpRelayStats::default()).collect(),
                     ..PathCounts::default()
                 },
             }
@@ -698,9 +742,9 @@ pub fn run_plan(
             _ => format!("turn node {}", n + 1),
         };
         let snapshot = turn_server::io::Snapshot {
-            counters: node.server.counters().clone(),
-            gauges: node.server.gauges(),
-            faults: node.server.faults(),
+            counters: node.counters().clone(),
+            gauges: node.gauges(),
+            faults: node.faults(),
             ..Default::default()
         };
         components.add(&name, snapshot.totals());
@@ -794,14 +838,14 @@ impl World {
                 site.turn_streams.handle_timeout(now);
             }
             for node in &mut self.nodes {
-                node.server.handle_timeout(now);
+                node.handle_timeout(now);
             }
             while let Some(&(at, node, faults)) = self.faults.front()
                 && at <= now
             {
                 self.faults.pop_front();
                 if let Some(node) = self.nodes.get_mut(node) {
-                    node.server.set_faults(faults);
+                    node.set_faults(faults);
                 }
             }
             self.expire_proxies();
@@ -924,7 +968,7 @@ impl World {
                     s.turn_streams.poll_timeout(),
                 ]
             })
-            .chain(self.nodes.iter_mut().map(|n| n.server.poll_timeout()))
+            .chain(self.nodes.iter_mut().map(|n| n.poll_timeout()))
             .chain([self.faults.front().map(|f| f.0)]);
         for t in engines.flatten() {
             next = next.min(t);
@@ -987,11 +1031,16 @@ impl World {
                         let (n, w) = (i as u32, c.wires.len());
                         let a = [10, (n >> 16) as u8, (n >> 8) as u8, n as u8];
                         let local = SocketAddr::from((a, AGENT_PORT + w as u16));
-                        if let WireKind::Turn(t) = kind
-                            && !matches!(t.transport, TurnTransport::Udp)
-                            && let Err(why) = self.connect_turn(i, w, local, t)
-                        {
-                            failed.push((w, why));
+                        match kind {
+                            WireKind::Turn(t) if matches!(t.transport, TurnTransport::Udp) => {
+                                self.sites[c.site].counts.flows += 1;
+                            }
+                            WireKind::Turn(t) => {
+                                if let Err(why) = self.connect_turn(i, w, local, t) {
+                                    failed.push((w, why));
+                                }
+                            }
+                            WireKind::Host => {}
                         }
                         self.wires.insert(local, (i, w));
                         self.calls[i].wires.push(local);
@@ -1017,9 +1066,7 @@ impl World {
                     // A firewall that blocks the port accepts and drops the connection, as
                     // the site's relay does.
                     let blocked = policy.blocks(Protocol::Tcp, self.vendor.signalling_port);
-                    let counts = &mut self.sites[self.calls[i].site].counts.signalling;
-                    counts.accepted += 1;
-                    counts.refused += u64::from(blocked);
+                    count_connection(&self.sites[self.calls[i].site].counts.signalling, blocked);
                     let c = &mut self.calls[i];
                     c.connection = Some((number, now));
                     match server {
@@ -1064,10 +1111,8 @@ impl World {
         local: SocketAddr,
         turn: &TurnCredentials,
     ) -> Result<(), String> {
-        let node = self
-            .nodes
-            .iter()
-            .position(|n| IpAddr::V4(n.ip) == turn.server.ip())
+        let node = node_at(turn.server)
+            .filter(|&n| n < self.nodes.len())
             .ok_or_else(|| format!("no TURN node at {}", turn.server))?;
         let (tls, transport) = match &turn.transport {
             TurnTransport::Tls {
@@ -1079,7 +1124,7 @@ impl World {
             ),
             _ => (None, Transport::Tcp),
         };
-        let server_tls = match &turn.transport {
+        let node_tls = match &turn.transport {
             TurnTransport::Tls { server_name, .. } => {
                 let config = self
                     .vendor
@@ -1111,17 +1156,15 @@ impl World {
                     && u.port == turn.server.port()
             })
             .unwrap_or_default();
-        if let Some(counts) = self.sites[c.site].counts.turn.get_mut(url) {
-            counts.accepted += 1;
-            counts.refused += u64::from(blocked);
+        if let Some(stats) = self.sites[c.site].counts.turn.get(url) {
+            count_connection(stats, blocked);
         }
         let refused = blocked
             || self.nodes[node]
-                .server
                 .handle_stream_opened(self.now, five_tuple)
                 .is_err();
         if refused {
-            return Err(TURN_CLOSED.to_owned());
+            return Err(loadgen::turn_stream::CLOSED_BY_SERVER.to_owned());
         }
         self.calls[i].streams.insert(
             w,
@@ -1130,9 +1173,11 @@ impl World {
                 url,
                 five_tuple,
                 client: TurnStream::new(tls),
-                server_tls,
                 client_open: true,
-                server_open: true,
+                node_end: NodeEnd {
+                    tls: node_tls,
+                    open: true,
+                },
             },
         );
         Ok(())
@@ -1151,13 +1196,9 @@ impl World {
                 continue;
             };
             if std::mem::replace(&mut stream.client_open, false) {
-                let fin = Packet {
-                    carried: Carried::TurnStream(w),
-                    data: BytesMut::new(),
-                };
-                let flow = FlowId(i as u64);
                 let path = &mut self.sites[c.site].turn_streams;
-                path.handle_input(now, flow, Direction::Up, TCP_HEADERS, fin);
+                let to = (now, FlowId(i as u64), Direction::Up);
+                put_chunk(path, to, Carried::TurnStream(w), BytesMut::new());
             }
         }
     }
@@ -1180,13 +1221,9 @@ impl World {
                     continue;
                 }
                 if let Some((number, _)) = c.connection {
-                    let fin = Packet {
-                        carried: Carried::Signalling(number),
-                        data: BytesMut::new(),
-                    };
-                    let flow = FlowId(i as u64);
                     let streams = &mut self.sites[s].streams;
-                    streams.handle_input(now, flow, Direction::Down, TCP_HEADERS, fin);
+                    let to = (now, FlowId(i as u64), Direction::Down);
+                    put_chunk(streams, to, Carried::Signalling(number), BytesMut::new());
                 }
                 self.drop_connection(i);
                 self.flush_call(i);
@@ -1208,10 +1245,7 @@ impl World {
     /// Ends the calls whose agents are gone.
     fn abandon(&mut self, endings: Vec<Ending>) {
         for ending in endings {
-            self.anchor
-                .stats
-                .abandoned
-                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            self.anchor.stats.abandoned.fetch_add(1, Ordering::Relaxed);
             self.anchor.close(self.now, &ending);
         }
         self.flush_anchor();
@@ -1275,8 +1309,8 @@ impl World {
         let now = self.now;
         while let Some((to, bytes)) = self.anchor.core.poll_transmit() {
             // To a relayed address: the node that has that address.
-            if let Some(node) = self.nodes.iter_mut().find(|n| IpAddr::V4(n.ip) == to.ip()) {
-                node.server.handle_peer_packet(now, to, ANCHOR, &bytes);
+            if let Some(node) = node_at(to).and_then(|n| self.nodes.get_mut(n)) {
+                node.handle_peer_packet(now, to, ANCHOR, &bytes);
             }
         }
         while let Some(LegEvent::ConsentLost { call_id }) = self.anchor.core.poll_event() {
@@ -1314,45 +1348,25 @@ impl World {
                 }
             }
         }
+        let (up, down) = ((now, flow, Direction::Up), (now, flow, Direction::Down));
         for (&w, stream) in &mut c.streams {
             while let Some(data) = stream.client.poll_transmit() {
-                let len = data.len() as u32 + TCP_HEADERS;
-                let packet = Packet {
-                    carried: Carried::TurnStream(w),
-                    data: owned(data),
-                };
-                site.turn_streams
-                    .handle_input(now, flow, Direction::Up, len, packet);
+                put_chunk(
+                    &mut site.turn_streams,
+                    up,
+                    Carried::TurnStream(w),
+                    owned(data),
+                );
             }
         }
         let carried = Carried::Signalling(c.connection.map_or(0, |(n, _)| n));
         while let Some(data) = c.session.poll_signalling_transmit() {
-            let len = data.len() as u32 + TCP_HEADERS;
-            site.streams.handle_input(
-                now,
-                flow,
-                Direction::Up,
-                len,
-                Packet {
-                    carried,
-                    data: owned(data),
-                },
-            );
+            put_chunk(&mut site.streams, up, carried, owned(data));
         }
         if let Some((server, number)) = &mut c.server {
             let carried = Carried::Signalling(*number);
             while let Some(data) = server.poll_transmit() {
-                let len = data.len() as u32 + TCP_HEADERS;
-                site.streams.handle_input(
-                    now,
-                    flow,
-                    Direction::Down,
-                    len,
-                    Packet {
-                        carried,
-                        data: owned(data),
-                    },
-                );
+                put_chunk(&mut site.streams, down, carried, owned(data));
             }
         }
         let server = c.server.as_ref().and_then(|(s, _)| s.poll_timeout());
@@ -1409,7 +1423,7 @@ impl World {
                 if stalled {
                     continue;
                 }
-                site.counts.signalling.carried(direction, packet.data.len());
+                count_bytes(&site.counts.signalling, direction, packet.data.len());
                 // What was on the way when its connection ended goes nowhere.
                 match direction {
                     Direction::Up => match c.server.as_mut() {
@@ -1478,12 +1492,8 @@ impl World {
                             client,
                             server: listener,
                         };
-                        let node = self
-                            .nodes
-                            .iter_mut()
-                            .find(|n| IpAddr::V4(n.ip) == listener.ip());
-                        if let Some(node) = node {
-                            node.server.handle_packet(at, five_tuple, &packet.data);
+                        if let Some(node) = node_at(listener).and_then(|n| self.nodes.get_mut(n)) {
+                            node.handle_packet(at, five_tuple, &packet.data);
                         }
                     }
                     Direction::Down => {
@@ -1503,22 +1513,18 @@ impl World {
         let mut onto_path = false;
         let now = self.now;
         for n in 0..self.nodes.len() {
-            while let Some(event) = self.nodes[n].server.poll_event() {
+            while let Some(event) = self.nodes[n].poll_event() {
                 match event {
                     Event::OpenRelay { request, .. } => {
-                        self.nodes[n].server.handle_relay_opened(now, request, true);
+                        self.nodes[n].handle_relay_opened(now, request, true);
                     }
                     Event::CloseStream { five_tuple, .. } => {
-                        // Its FIN goes down after what was sent before it.
-                        onto_path |= self.stream_down(five_tuple.client, Vec::new());
-                        self.nodes[n]
-                            .server
-                            .handle_connection_closed(now, five_tuple);
+                        onto_path |= self.close_stream(n, five_tuple);
                     }
                     _ => {}
                 }
             }
-            while let Some(t) = self.nodes[n].server.poll_transmit() {
+            while let Some(t) = self.nodes[n].poll_transmit() {
                 if t.destination == ANCHOR {
                     self.anchor.core.handle_datagram(now, t.source, &t.contents);
                     // What it answers goes back through TURN at once; what it starts (a keyed
@@ -1546,49 +1552,41 @@ impl World {
     /// Puts `plain` (a node's frames, or its FIN when empty) on the TCP/TLS connection to the
     /// agent's end `client`, down its site's path; `true` when anything went.
     fn stream_down(&mut self, client: SocketAddr, plain: Vec<u8>) -> bool {
-        let now = self.now;
         let Some(&(i, w)) = self.wires.get(&client) else {
             return false;
         };
         let c = &mut self.calls[i];
-        let Some(stream) = c.streams.get_mut(&w) else {
+        let Some(stream) = c.streams.get_mut(&w).filter(|s| s.node_end.open) else {
             return false;
         };
-        if !stream.server_open {
-            return false;
-        }
-        let mut chunks = Vec::new();
-        match &mut stream.server_tls {
-            _ if plain.is_empty() => {
-                stream.server_open = false;
-                chunks.push(plain);
+        let data = if plain.is_empty() {
+            stream.node_end.open = false;
+            plain
+        } else {
+            match stream.node_end.transmit(plain) {
+                Some(data) => data,
+                None => return false,
             }
-            Some(tls) => {
-                if tls.write_all(&plain).is_err() {
-                    return false;
-                }
-                chunks.extend(tls.transmit());
-            }
-            None => chunks.push(plain),
-        }
+        };
         let path = &mut self.sites[c.site].turn_streams;
-        let flow = FlowId(i as u64);
-        let any = !chunks.is_empty();
-        for data in chunks {
-            let len = data.len() as u32 + TCP_HEADERS;
-            let packet = Packet {
-                carried: Carried::TurnStream(w),
-                data: owned(data),
-            };
-            path.handle_input(now, flow, Direction::Down, len, packet);
-        }
-        any
+        let to = (self.now, FlowId(i as u64), Direction::Down);
+        put_chunk(path, to, Carried::TurnStream(w), owned(data));
+        true
+    }
+
+    /// The node's end of the connection `five_tuple` closes, as the TURN core asks: its FIN
+    /// goes down after what was sent before it, and the core is told it is closed.
+    fn close_stream(&mut self, node: usize, five_tuple: FiveTuple) -> bool {
+        let moved = self.stream_down(five_tuple.client, Vec::new());
+        self.nodes[node].handle_connection_closed(self.now, five_tuple);
+        moved
     }
 
     /// Delivers what left the TURN connections' paths: up to the nodes (through their TLS),
     /// down to the agents (through theirs); `true` when anything arrived.
     fn route_turn_streams(&mut self) -> bool {
         let mut touched = Vec::new();
+        let mut closing = Vec::new();
         let mut moved = false;
         for s in 0..self.sites.len() {
             while let Some(out) = self.sites[s].turn_streams.poll_output() {
@@ -1612,62 +1610,40 @@ impl World {
                     continue;
                 };
                 moved = true;
-                if let Some(counts) = self.sites[s].counts.turn.get_mut(stream.url) {
-                    counts.carried(direction, packet.data.len());
+                if let Some(stats) = self.sites[s].counts.turn.get(stream.url) {
+                    count_bytes(stats, direction, packet.data.len());
                 }
                 match direction {
-                    Direction::Up if stream.server_open => {
+                    Direction::Up if stream.node_end.open => {
                         let (node, five_tuple) = (stream.node, stream.five_tuple);
-                        let server = &mut self.nodes[node].server;
                         if packet.data.is_empty() {
-                            stream.server_open = false;
-                            server.handle_connection_closed(at, five_tuple);
+                            stream.node_end.open = false;
+                            self.nodes[node].handle_connection_closed(at, five_tuple);
                             continue;
                         }
-                        match &mut stream.server_tls {
-                            None => server.handle_stream_data(at, five_tuple, &packet.data),
-                            Some(tls) => match tls.receive(&packet.data) {
-                                Ok(()) => {
-                                    let mut plain = Vec::new();
-                                    let _ = tls.read_to_end(&mut plain);
-                                    if !plain.is_empty() {
-                                        server.handle_stream_data(at, five_tuple, &plain);
-                                    }
-                                    // The handshake's answer.
-                                    if let Some(records) = tls.transmit() {
-                                        let len = records.len() as u32 + TCP_HEADERS;
-                                        let packet = Packet {
-                                            carried: Carried::TurnStream(w),
-                                            data: owned(records),
-                                        };
-                                        self.sites[s].turn_streams.handle_input(
-                                            at,
-                                            flow,
-                                            Direction::Down,
-                                            len,
-                                            packet,
-                                        );
-                                    }
-                                }
-                                // Bad TLS: the node's end closes the connection.
-                                Err(_) => {
-                                    stream.server_open = false;
-                                    server.handle_connection_closed(at, five_tuple);
-                                    let fin = Packet {
-                                        carried: Carried::TurnStream(w),
-                                        data: BytesMut::new(),
-                                    };
-                                    let path = &mut self.sites[s].turn_streams;
-                                    path.handle_input(at, flow, Direction::Down, TCP_HEADERS, fin);
-                                }
-                            },
+                        match stream.node_end.receive(&packet.data) {
+                            Ok(plain) if plain.is_empty() => {}
+                            Ok(plain) => {
+                                self.nodes[node].handle_stream_data(at, five_tuple, &plain);
+                            }
+                            // Bad TLS: the node's end closes the connection.
+                            Err(_) => {
+                                closing.push((node, five_tuple));
+                                continue;
+                            }
+                        }
+                        // The handshake's answer.
+                        if let Some(records) = stream.node_end.transmit(Vec::new()) {
+                            let path = &mut self.sites[s].turn_streams;
+                            let to = (at, flow, Direction::Down);
+                            put_chunk(path, to, Carried::TurnStream(w), owned(records));
                         }
                     }
                     Direction::Down if stream.client_open => {
                         let server = stream.five_tuple.server;
                         let mut frames = Vec::new();
                         let failed = if packet.data.is_empty() {
-                            Some(TURN_CLOSED.to_owned())
+                            Some(loadgen::turn_stream::CLOSED_BY_SERVER.to_owned())
                         } else {
                             stream
                                 .client
@@ -1690,6 +1666,9 @@ impl World {
                     _ => {}
                 }
             }
+        }
+        for (node, five_tuple) in closing {
+            self.close_stream(node, five_tuple);
         }
         touched.sort_unstable();
         touched.dedup();

@@ -132,7 +132,9 @@ pub fn run(scenario: &Scenario, options: &RunOptions) -> Result<RunOutcome, RunE
         .calls
         .into_iter()
         .map(|mut r| {
-            crate::run::mark_recording(scenario, &mut r.record);
+            if scenario.recording.is_some() {
+                crate::run::mark_recording(&mut r.record);
+            }
             (r.ended, r.record)
         })
         .collect();
