@@ -87,20 +87,13 @@ pub fn certificate(
     name: &str,
     provider: &Arc<dyn RTCCryptoProvider>,
 ) -> Result<Certificate, String> {
-    let key = provider
-        .crypto()
-        .generate_signing_key(SignatureScheme::EcdsaP256Sha256)
-        .map_err(|e| e.to_string())?;
-    let signer = CertificateSigner {
-        public: key.public_key().bytes.to_vec(),
-        key: key.clone(),
-    };
+    let signer = CertificateSigner::new(provider)?;
     let cert = rcgen::CertificateParams::new(vec![name.to_owned()])
         .and_then(|params| params.self_signed(&signer))
         .map_err(|e| e.to_string())?;
     Ok(Certificate {
         certificate: vec![cert.der().to_owned()],
-        private_key: CryptoPrivateKey::from_signing_key(key),
+        private_key: CryptoPrivateKey::from_signing_key(signer.key),
     })
 }
 
@@ -113,8 +106,16 @@ pub fn tls_server(
 ) -> Result<(Arc<rustls::ServerConfig>, CertificateDer<'static>), String> {
     let identity = certificate(name, provider)?;
     let der = identity.certificate[0].clone();
-    let key = TlsKey(identity.private_key.signing_key);
-    let certified = rustls::sign::CertifiedKey::new(vec![der.clone()], Arc::new(key));
+    let config = server_config(der.clone(), identity.private_key.signing_key)?;
+    Ok((config, der))
+}
+
+/// A rustls server (ring) presenting `certificate`, signing its handshakes with `key`.
+fn server_config(
+    certificate: CertificateDer<'static>,
+    key: Arc<dyn SigningKey>,
+) -> Result<Arc<rustls::ServerConfig>, String> {
+    let certified = rustls::sign::CertifiedKey::new(vec![certificate], Arc::new(TlsKey(key)));
     let config = rustls::ServerConfig::builder_with_provider(Arc::new(
         rustls::crypto::ring::default_provider(),
     ))
@@ -122,7 +123,53 @@ pub fn tls_server(
     .map_err(|e| e.to_string())?
     .with_no_client_auth()
     .with_cert_resolver(Arc::new(rustls::sign::SingleCertAndKey::from(certified)));
-    Ok((Arc::new(config), der))
+    Ok(Arc::new(config))
+}
+
+/// A certificate authority whose key, and its leaves' keys, `provider` makes and keeps: the
+/// TLS-inspecting proxy's, whose root the agents trust. A seeded authority forges the same
+/// certificates in every run, and its signatures are one length, so its handshakes' bytes
+/// (and a rate-limited path's timing) replay exactly.
+pub struct Authority {
+    issuer: rcgen::CertifiedIssuer<'static, CertificateSigner>,
+    provider: Arc<dyn RTCCryptoProvider>,
+}
+
+impl std::fmt::Debug for Authority {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Authority").finish_non_exhaustive()
+    }
+}
+
+impl Authority {
+    /// A root named `name` (its common name), with a key from `provider`.
+    pub fn new(name: &str, provider: Arc<dyn RTCCryptoProvider>) -> Result<Self, String> {
+        let mut params =
+            rcgen::CertificateParams::new(Vec::<String>::new()).map_err(|e| e.to_string())?;
+        params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, name);
+        let issuer =
+            rcgen::CertifiedIssuer::self_signed(params, CertificateSigner::new(&provider)?)
+                .map_err(|e| e.to_string())?;
+        Ok(Self { issuer, provider })
+    }
+
+    /// The root certificate to trust.
+    pub fn certificate(&self) -> CertificateDer<'static> {
+        self.issuer.der().clone()
+    }
+
+    /// A TLS server configuration presenting a fresh leaf for `host` that this authority
+    /// signed (its key new, from the authority's provider).
+    pub fn tls_server(&self, host: &str) -> Result<Arc<rustls::ServerConfig>, String> {
+        let leaf = CertificateSigner::new(&self.provider)?;
+        let cert = rcgen::CertificateParams::new(vec![host.to_owned()])
+            .and_then(|params| params.signed_by(&leaf, &self.issuer))
+            .map_err(|e| e.to_string())?;
+        server_config(cert.der().clone(), leaf.key)
+    }
 }
 
 /// A provider's ECDSA P-256 key as rustls signs with it.
@@ -175,6 +222,20 @@ pub fn ice_credentials(random: &dyn RTCRandom) -> Result<(String, String), Strin
 struct CertificateSigner {
     key: Arc<dyn SigningKey>,
     public: Vec<u8>,
+}
+
+impl CertificateSigner {
+    /// A new ECDSA P-256 key, made by `provider`.
+    fn new(provider: &Arc<dyn RTCCryptoProvider>) -> Result<Self, String> {
+        let key = provider
+            .crypto()
+            .generate_signing_key(SignatureScheme::EcdsaP256Sha256)
+            .map_err(|e| e.to_string())?;
+        Ok(Self {
+            public: key.public_key().bytes.to_vec(),
+            key,
+        })
+    }
 }
 
 impl rcgen::PublicKeyData for CertificateSigner {

@@ -5,7 +5,8 @@
 //!   outages and stalls, per flow or shared — seeded and deterministic;
 //! - [`profiles`]: the six named network profiles of DESIGN §5, calibrated by tests;
 //! - [`scenario`]: scenario files, parsed with every error reported at once;
-//! - [`relay`]: the edge — UDP and TCP impairment relays and a TLS-inspecting proxy;
+//! - [`inspection`]: the sans-I/O TLS-inspecting proxy (403s, stalls, certificate expiry);
+//! - [`relay`]: the edge — UDP and TCP impairment relays and the inspecting proxy's sockets;
 //! - [`run`](mod@run): `sim run`, the whole path on one machine and the run folder;
 //! - [`overload`]: the simulator's own components watched as a run goes (late, starved);
 //! - [`report`]: re-render, merge and compare run folders;
@@ -22,6 +23,7 @@ pub mod anchor;
 pub mod bench;
 #[allow(clippy::disallowed_methods)] // an edge: real clock, real sockets
 pub mod dns;
+pub mod inspection;
 pub mod netem;
 /// The overload monitor lives with the agents (a `loadgen` shard runs it too).
 pub use loadgen::overload;

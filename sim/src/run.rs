@@ -197,12 +197,10 @@ pub fn run(scenario: &Scenario, options: &RunOptions) -> Result<RunOutcome, RunE
             })
             .collect();
         let (mut upstream, mut roots) = (vendor.signalling_addr(), vec![cert.clone()]);
-        let proxy = if site.policy.breaks_websocket_upgrade
-            || site.policy.tls_cache_expiry.is_some()
-            || site.policy.stalls_websocket_after.is_some()
-        {
+        let proxy = if site.policy.inspection().inspects() {
             let ca = Arc::new(
-                InspectionCa::new().map_err(|e| io_err("inspection CA")(io::Error::other(e)))?,
+                InspectionCa::new(loadgen::entropy::Entropy::Os)
+                    .map_err(|e| io_err("inspection CA")(io::Error::other(e)))?,
             );
             let p = InspectingProxy::start(InspectingProxyConfig {
                 listen: loopback(),
@@ -210,9 +208,7 @@ pub fn run(scenario: &Scenario, options: &RunOptions) -> Result<RunOutcome, RunE
                 server_name: signalling_host.clone(),
                 upstream_roots: vec![cert.clone()],
                 ca: ca.clone(),
-                breaks_websocket_upgrade: site.policy.breaks_websocket_upgrade,
-                cache_expiry: site.policy.tls_cache_expiry,
-                stalls_after: site.policy.stalls_websocket_after,
+                policy: site.policy.inspection(),
             })
             .map_err(io_err(format!("starting site {}'s proxy", site.name)))?;
             upstream = p.local_addr();

@@ -11,8 +11,9 @@ use std::sync::Arc;
 use std::thread;
 use std::time::Duration;
 
+use loadgen::entropy::Entropy;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
-use sim::relay::{InspectingProxy, InspectingProxyConfig, InspectionCa};
+use sim::relay::{InspectingProxy, InspectingProxyConfig, InspectionCa, InspectionPolicy};
 
 const NAME: &str = "signalling.sim.local";
 const UPGRADE: &[u8] = b"GET /rtc HTTP/1.1\r\nHost: signalling.sim.local\r\nUpgrade: websocket\r\n\
@@ -80,9 +81,11 @@ fn proxy(
         server_name: NAME.to_owned(),
         upstream_roots: vec![root],
         ca,
-        breaks_websocket_upgrade: breaks,
-        cache_expiry: expiry,
-        stalls_after: stall,
+        policy: InspectionPolicy {
+            breaks_websocket_upgrade: breaks,
+            cache_expiry: expiry,
+            stalls_after: stall,
+        },
     })
     .unwrap()
 }
@@ -114,7 +117,7 @@ fn response_head(tls: &mut impl Read) -> String {
 #[test]
 fn relays_an_upgrade_through_its_own_certificate() {
     let (server, root) = signalling_server(1);
-    let ca = Arc::new(InspectionCa::new().unwrap());
+    let ca = Arc::new(InspectionCa::new(Entropy::Os).unwrap());
     let p = proxy(server, root, ca.clone(), false, None, None);
     let mut tls = agent(p.local_addr(), &ca);
     tls.write_all(UPGRADE).unwrap();
@@ -131,7 +134,7 @@ fn relays_an_upgrade_through_its_own_certificate() {
 #[test]
 fn a_proxy_that_breaks_upgrades_answers_403() {
     let (server, root) = signalling_server(1);
-    let ca = Arc::new(InspectionCa::new().unwrap());
+    let ca = Arc::new(InspectionCa::new(Entropy::Os).unwrap());
     let p = proxy(server, root, ca.clone(), true, None, None);
     let mut tls = agent(p.local_addr(), &ca);
     tls.write_all(UPGRADE).unwrap();
@@ -151,9 +154,9 @@ fn a_proxy_that_breaks_upgrades_answers_403() {
 #[test]
 fn an_agent_not_trusting_the_proxy_fails_its_handshake() {
     let (server, root) = signalling_server(1);
-    let ca = Arc::new(InspectionCa::new().unwrap());
+    let ca = Arc::new(InspectionCa::new(Entropy::Os).unwrap());
     let p = proxy(server, root, ca, false, None, None);
-    let stranger = InspectionCa::new().unwrap();
+    let stranger = InspectionCa::new(Entropy::Os).unwrap();
     let mut tls = agent(p.local_addr(), &stranger);
     let err = tls
         .write_all(UPGRADE)
@@ -166,7 +169,7 @@ fn an_agent_not_trusting_the_proxy_fails_its_handshake() {
 #[test]
 fn cache_expiry_renews_the_certificate_and_drops_open_connections() {
     let (server, root) = signalling_server(2);
-    let ca = Arc::new(InspectionCa::new().unwrap());
+    let ca = Arc::new(InspectionCa::new(Entropy::Os).unwrap());
     let p = proxy(
         server,
         root,
@@ -202,7 +205,7 @@ fn cache_expiry_renews_the_certificate_and_drops_open_connections() {
 #[test]
 fn a_stalling_proxy_stops_relaying_without_closing() {
     let (server, root) = signalling_server(1);
-    let ca = Arc::new(InspectionCa::new().unwrap());
+    let ca = Arc::new(InspectionCa::new(Entropy::Os).unwrap());
     let p = proxy(
         server,
         root,

@@ -11,13 +11,14 @@ use std::time::Duration;
 use std::sync::atomic::Ordering;
 
 use futures_util::{SinkExt, StreamExt};
+use loadgen::entropy::Entropy;
 use loadgen::signalling::{
     Candidate, Endpoint, Invite, InviteAnswer, RpcError, SignallingClient, SignallingError,
 };
 use reports::FailureClass;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use serde_json::{Value, json};
-use sim::relay::{InspectingProxy, InspectingProxyConfig, InspectionCa};
+use sim::relay::{InspectingProxy, InspectingProxyConfig, InspectionCa, InspectionPolicy};
 use sim::signalling::{Incoming, Signal, SignallingServer};
 use tokio::sync::mpsc;
 use tokio_tungstenite::tungstenite::Message;
@@ -169,16 +170,17 @@ async fn refused_connections_are_a_connection_failure_within_the_timeout() {
 #[tokio::test]
 async fn a_proxy_breaking_upgrades_is_a_connection_failure() {
     let (server, ep) = endpoint(|_| Some(Ok(Value::Null)));
-    let ca = Arc::new(InspectionCa::new().unwrap());
+    let ca = Arc::new(InspectionCa::new(Entropy::Os).unwrap());
     let proxy = InspectingProxy::start(InspectingProxyConfig {
         listen: "127.0.0.1:0".parse().unwrap(),
         upstream: ep.addr,
         server_name: NAME.into(),
         upstream_roots: ep.roots.clone(),
         ca: ca.clone(),
-        breaks_websocket_upgrade: true,
-        cache_expiry: None,
-        stalls_after: None,
+        policy: InspectionPolicy {
+            breaks_websocket_upgrade: true,
+            ..InspectionPolicy::default()
+        },
     })
     .unwrap();
     let through_proxy = Endpoint {

@@ -194,6 +194,16 @@ pub struct PortRule {
 }
 
 impl Policy {
+    /// What the site's TLS-inspecting proxy does (nothing, when it has none:
+    /// [`crate::inspection::InspectionPolicy::inspects`]).
+    pub fn inspection(&self) -> crate::inspection::InspectionPolicy {
+        crate::inspection::InspectionPolicy {
+            breaks_websocket_upgrade: self.breaks_websocket_upgrade,
+            cache_expiry: self.tls_cache_expiry,
+            stalls_after: self.stalls_websocket_after,
+        }
+    }
+
     /// Whether traffic to `server_port` over `transport` is blocked.
     pub fn blocks(&self, transport: Transport, server_port: u16) -> bool {
         self.block.iter().any(|r| {

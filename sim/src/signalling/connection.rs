@@ -5,7 +5,7 @@
 //! malformed ones are answered here with JSON-RPC's own error codes.
 
 use std::collections::VecDeque;
-use std::io::{self, Read, Write};
+use std::io;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Instant;
@@ -54,9 +54,6 @@ type Upgrade = Result<WebSocket<Plaintext>, HandshakeError<ServerHandshake<Plain
 
 enum State {
     Accepting(MidHandshake<ServerHandshake<Plaintext, NoCallback>>),
-    /// TLS is terminated, and the WebSocket upgrade's request head is read to be refused
-    /// ([`ServerConnection::refusing_upgrades`]).
-    Refusing(Plaintext, Vec<u8>),
     Open(WebSocket<Plaintext>),
     /// The upgrade failed and took the TLS session with it (or, inside a method, between two
     /// states).
@@ -109,26 +106,6 @@ impl ServerConnection {
         let handshake = ServerHandshake::start(Plaintext(session.into()), NoCallback, Some(config));
         connection.upgrade(handshake.handshake());
         Ok(connection)
-    }
-
-    /// A connection accepted at `now` that terminates TLS with `tls`'s certificate and
-    /// answers the WebSocket upgrade `403 Forbidden`, then closes: what a proxy that breaks
-    /// upgrades does (`relay::proxy`), for virtual time, which has no proxy of its own.
-    pub fn refusing_upgrades(
-        tls: Arc<rustls::ServerConfig>,
-        stats: Arc<SignallingStats>,
-        now: Instant,
-    ) -> io::Result<Self> {
-        let session = rustls::ServerConnection::new(tls).map_err(io::Error::other)?;
-        Ok(Self {
-            state: State::Refusing(Plaintext(session.into()), Vec::new()),
-            stats,
-            handshake_deadline: Some(now + SignallingLimits::default().handshake),
-            awaiting: Vec::new(),
-            next_key: 0,
-            events: VecDeque::new(),
-            ended: false,
-        })
     }
 
     /// Bytes that arrived from the client.
@@ -194,7 +171,6 @@ impl ServerConnection {
     fn tls(&mut self) -> Option<&mut Plaintext> {
         match &mut self.state {
             State::Accepting(mid) => Some(mid.get_mut().get_mut()),
-            State::Refusing(tls, _) => Some(tls),
             State::Open(ws) => Some(ws.get_mut()),
             State::Gone => None,
         }
@@ -218,20 +194,6 @@ impl ServerConnection {
 
     fn advance(&mut self) {
         if self.ended {
-            return;
-        }
-        if let State::Refusing(tls, head) = &mut self.state {
-            let mut buf = [0u8; 1024];
-            while let Ok(n) = tls.read(&mut buf)
-                && n > 0
-            {
-                head.extend_from_slice(&buf[..n]);
-            }
-            if head.windows(4).any(|w| w == b"\r\n\r\n") {
-                let _ = tls.write_all(crate::relay::proxy::FORBIDDEN);
-                tls.0.send_close_notify();
-                self.end(false);
-            }
             return;
         }
         if let State::Accepting(_) = self.state

@@ -45,6 +45,7 @@ use crate::anchor::media_core::MediaCore;
 use crate::anchor::recording::{Recorder, Recording};
 use crate::anchor::{AnchorBehaviour, AnchorStats};
 use crate::dns::NodeName;
+use crate::inspection::{Inspection, InspectionCa, ProxyConnection, ProxyEvent};
 use crate::netem::{Direction, FlowId, Netem, Output, Path};
 use crate::relay::tcp::TcpRelayStats;
 use crate::relay::udp::RelayStats;
@@ -99,6 +100,8 @@ const ENDPOINT_SIDE: u64 = 2;
 const ANCHOR_SIDE: u64 = 3;
 /// [`Entropy::for_leg`]'s side of the TURN nodes' TLS certificates.
 const TURN_SIDE: u64 = 4;
+/// A site's TLS-inspecting proxy (its CA and forged certificates).
+const PROXY_SIDE: u64 = 5;
 
 /// What to run: `calls` inbound calls at once over `path`, each talking for `talk` (the media
 /// bench's and the tests' shape of a [`Plan`]).
@@ -304,17 +307,121 @@ struct Call {
     wires: Vec<SocketAddr>,
     /// The wires that are TCP/TLS connections to a TURN node, by number.
     streams: BTreeMap<usize, StreamWire>,
-    /// The endpoint's end of the agent's signalling connection, and that connection's number
-    /// (what is still on the path of an older one is dropped).
-    server: Option<(ServerConnection, u64)>,
-    /// The number of the agent's own end of its latest connection, and when it opened (a
-    /// stalling proxy stops relaying it a while after).
-    connection: Option<(u64, Instant)>,
+    /// The vendor side's end of the agent's signalling connection (what is still on the
+    /// path of an older one is dropped).
+    server: Option<VendorEnd>,
+    /// The number of the agent's own end of its latest connection.
+    connection: Option<u64>,
     /// The endpoint's randomness for this call (the anchor leg's ICE credentials).
     endpoint_random: Arc<dyn RTCCryptoProvider>,
     /// When the call must run next: only calls with something due run at an instant.
     wake: Instant,
     result: Option<CallResult>,
+}
+
+/// The vendor side's end of a signalling connection: the endpoint's, reached through the
+/// site's TLS-inspecting proxy when it has one (the proxy's leg to the endpoint is the
+/// vendor's LAN: its bytes arrive at once).
+struct VendorEnd {
+    /// The connection's number.
+    number: u64,
+    proxy: Option<ProxyConnection>,
+    /// The endpoint's end (through a proxy: once the proxy has connected to it).
+    endpoint: Option<ServerConnection>,
+    /// What the endpoint serves a connection the proxy opens.
+    tls: Arc<rustls::ServerConfig>,
+    stats: Arc<SignallingStats>,
+}
+
+impl VendorEnd {
+    /// TLS records from the agent, at `now`.
+    fn receive(&mut self, now: Instant, data: &[u8]) {
+        match &mut self.proxy {
+            Some(proxy) => {
+                proxy.handle_agent_input(now, data);
+                self.upstream(now);
+            }
+            None => {
+                if let Some(endpoint) = &mut self.endpoint {
+                    endpoint.handle_input(data);
+                }
+            }
+        }
+    }
+
+    /// Carries out the proxy's requests and hands what it sends the endpoint over; `true`
+    /// when anything went.
+    fn upstream(&mut self, now: Instant) -> bool {
+        let Some(proxy) = &mut self.proxy else {
+            return false;
+        };
+        let mut moved = false;
+        while let Some(event) = proxy.poll_event() {
+            if event == ProxyEvent::ConnectUpstream {
+                let tls = self.tls.clone();
+                let endpoint = ServerConnection::new(
+                    tls,
+                    SignallingLimits::default(),
+                    self.stats.clone(),
+                    now,
+                );
+                proxy.handle_upstream_connected(now, endpoint.is_ok());
+                self.endpoint = endpoint.ok();
+            }
+            // `Close`: the caller sees `is_closed`, after what is queued.
+        }
+        if let Some(endpoint) = &mut self.endpoint {
+            while let Some(records) = proxy.poll_upstream_transmit() {
+                endpoint.handle_input(&records);
+                moved = true;
+            }
+        }
+        moved
+    }
+
+    /// The next chunk for the agent: the endpoint's records, through the proxy when there is
+    /// one (its two TLS sessions passing records until neither has more).
+    fn transmit(&mut self, now: Instant) -> Option<Vec<u8>> {
+        if self.proxy.is_none() {
+            return self.endpoint.as_mut()?.poll_transmit();
+        }
+        loop {
+            let mut moved = false;
+            if let (Some(endpoint), Some(proxy)) = (&mut self.endpoint, &mut self.proxy) {
+                while let Some(records) = endpoint.poll_transmit() {
+                    proxy.handle_upstream_input(now, &records);
+                    moved = true;
+                }
+            }
+            if !self.upstream(now) && !moved {
+                break;
+            }
+        }
+        self.proxy.as_mut()?.poll_agent_transmit()
+    }
+
+    /// Whether the proxy has closed the connection (the agent gets a FIN).
+    fn is_closed(&self) -> bool {
+        self.proxy.as_ref().is_some_and(ProxyConnection::is_closed)
+    }
+
+    fn handle_timeout(&mut self, now: Instant) {
+        if let Some(endpoint) = &mut self.endpoint {
+            endpoint.handle_timeout(now);
+        }
+        if let Some(proxy) = &mut self.proxy {
+            proxy.handle_timeout(now);
+        }
+    }
+
+    fn poll_timeout(&self) -> Option<Instant> {
+        let endpoint = self
+            .endpoint
+            .as_ref()
+            .and_then(ServerConnection::poll_timeout);
+        let proxy = self.proxy.as_ref().and_then(ProxyConnection::poll_timeout);
+        endpoint.into_iter().chain(proxy).min()
+    }
 }
 
 /// A wire that is a TCP (or TLS) connection to a TURN node: the agent's end (the real-time
@@ -378,9 +485,8 @@ fn put_chunk(
 /// One site's paths: its datagrams' and its streams'.
 struct SitePaths {
     policy: Policy,
-    /// When the site's TLS-inspecting proxy's certificate cache expires (once), resetting
-    /// every connection through it.
-    expiry: Option<Instant>,
+    /// The site's TLS-inspecting proxy, if it has one, and the root its agents trust for it.
+    proxy: Option<(Inspection, CertificateDer<'static>)>,
     media: Netem<Packet>,
     /// The path's stream form, for the signalling connections.
     streams: Netem<Packet>,
@@ -607,7 +713,7 @@ pub fn run_plan(
         .for_leg(u64::MAX, ENDPOINT_SIDE)
         .provider()?;
     let (signalling_host, signalling_port) = loadgen::signalling::host_port(&plan.signalling_url)?;
-    let (server_tls, root) = loadgen::entropy::tls_server(&signalling_host, &endpoint)?;
+    let (server_tls, endpoint_root) = loadgen::entropy::tls_server(&signalling_host, &endpoint)?;
     // One certificate for each `turns:` host, shared by every node, as the real-time nodes
     // share theirs.
     let mut turn_tls = HashMap::new();
@@ -664,9 +770,26 @@ pub fn run_plan(
             // As a real-time run seeds each site's relays.
             let seed = crate::run::site_seed(plan.seed, i);
             let stream_path = crate::relay::tcp::stream_path(&site.path);
-            SitePaths {
+            let inspection = site.policy.inspection();
+            let proxy = if inspection.inspects() {
+                let entropy = Entropy::Seeded(plan.seed).for_leg(i as u64, PROXY_SIDE);
+                let ca = Arc::new(InspectionCa::new(entropy)?);
+                let root = ca.certificate();
+                let host = &signalling_host;
+                let proxy = Inspection::new(
+                    ca,
+                    host,
+                    std::slice::from_ref(&endpoint_root),
+                    inspection,
+                    start,
+                )?;
+                Some((proxy, root))
+            } else {
+                None
+            };
+            Ok(SitePaths {
                 policy: site.policy.clone(),
-                expiry: site.policy.tls_cache_expiry.map(|d| start + d),
+                proxy,
                 media: Netem::new(site.path.clone(), seed, start),
                 streams: Netem::new(stream_path.clone(), seed ^ 0x5157_5157, start),
                 turn_streams: Netem::new(stream_path, seed ^ 0x7475_726e, start),
@@ -690,9 +813,9 @@ pub fn run_plan(
                     turn: plan.turn.iter().map(|_| TcpRelayStats::default()).collect(),
                     ..PathCounts::default()
                 },
-            }
+            })
         })
-        .collect();
+        .collect::<Result<_, String>>()?;
     let mut world = World {
         now: start,
         start,
@@ -704,7 +827,7 @@ pub fn run_plan(
             server_tls,
             turn_tls,
             turn_client_tls,
-            root,
+            root: endpoint_root,
             stats: Arc::new(SignallingStats::default()),
             realm,
         },
@@ -777,6 +900,9 @@ pub fn run_plan(
             &format!("path {name} → signalling"),
             paths.counts.signalling.totals(),
         );
+        if let Some((proxy, _)) = &paths.proxy {
+            components.add(&format!("proxy {name}"), proxy.stats().totals());
+        }
     }
     let mut anchor = world.anchor.stats.totals();
     anchor.extend(world.anchor.counters.totals());
@@ -895,10 +1021,15 @@ impl World {
         let seeded = Entropy::Seeded(self.plan.seed);
         // The names as the site's DNS answers them, as in real time.
         let policy = &self.sites[planned.site].policy;
+        // Agents behind an inspecting proxy trust its root, as the site's machines do.
+        let root = match &self.sites[planned.site].proxy {
+            Some((_, root)) => root,
+            None => &self.vendor.root,
+        };
         let endpoint = Endpoint {
             url: self.plan.signalling_url.clone(),
             addr: SIGNALLING,
-            roots: vec![self.vendor.root.clone()],
+            roots: vec![root.clone()],
         };
         let vendor = &self.vendor;
         let spec = CallSpec {
@@ -977,7 +1108,11 @@ impl World {
             next = next.min(t.max(self.now));
         }
         next = next.min(self.anchor.wake);
-        for t in self.sites.iter().filter_map(|s| s.expiry) {
+        for t in self
+            .sites
+            .iter()
+            .filter_map(|s| s.proxy.as_ref()?.0.poll_timeout())
+        {
             next = next.min(t.max(self.now));
         }
         for &i in &self.live {
@@ -997,7 +1132,7 @@ impl World {
             return;
         }
         c.session.handle_timeout(now);
-        if let Some((server, _)) = &mut c.server {
+        if let Some(server) = &mut c.server {
             server.handle_timeout(now);
         }
         self.flush_call(i);
@@ -1056,29 +1191,45 @@ impl World {
                     self.drop_connection(i);
                     self.connections += 1;
                     let number = self.connections;
-                    let policy = &self.sites[self.calls[i].site].policy;
-                    let (tls, stats) = (self.vendor.server_tls.clone(), self.vendor.stats.clone());
-                    let server = if policy.breaks_websocket_upgrade {
-                        ServerConnection::refusing_upgrades(tls, stats, now)
-                    } else {
-                        ServerConnection::new(tls, SignallingLimits::default(), stats, now)
-                    };
+                    let site = &self.sites[self.calls[i].site];
                     // A firewall that blocks the port accepts and drops the connection, as
                     // the site's relay does.
-                    let blocked = policy.blocks(Protocol::Tcp, self.vendor.signalling_port);
-                    count_connection(&self.sites[self.calls[i].site].counts.signalling, blocked);
+                    let blocked = site
+                        .policy
+                        .blocks(Protocol::Tcp, self.vendor.signalling_port);
+                    count_connection(&site.counts.signalling, blocked);
+                    let (tls, stats) = (self.vendor.server_tls.clone(), self.vendor.stats.clone());
+                    // The agent's TLS ends at the site's proxy, when it has one; the proxy
+                    // connects to the endpoint once it has read the request.
+                    let server = match &site.proxy {
+                        Some((proxy, _)) => proxy.accept(now).map(|p| (Some(p), None)),
+                        None => ServerConnection::new(
+                            tls.clone(),
+                            SignallingLimits::default(),
+                            stats.clone(),
+                            now,
+                        )
+                        .map(|e| (None, Some(e)))
+                        .map_err(|e| e.to_string()),
+                    };
                     let c = &mut self.calls[i];
-                    c.connection = Some((number, now));
+                    c.connection = Some(number);
                     match server {
-                        Ok(server) if !blocked => {
-                            c.server = Some((server, number));
+                        Ok((proxy, endpoint)) if !blocked => {
+                            c.server = Some(VendorEnd {
+                                number,
+                                proxy,
+                                endpoint,
+                                tls,
+                                stats,
+                            });
                             c.session.handle_signalling_open(now);
                         }
                         Ok(_) => {
                             c.session.handle_signalling_open(now);
                             c.session.handle_signalling_eof(now);
                         }
-                        Err(e) => c.session.handle_signalling_error(now, e.to_string()),
+                        Err(e) => c.session.handle_signalling_error(now, e),
                     }
                 }
                 SessionEvent::DropSignalling => {
@@ -1210,17 +1361,22 @@ impl World {
     fn expire_proxies(&mut self) {
         let now = self.now;
         for s in 0..self.sites.len() {
-            if self.sites[s].expiry.is_none_or(|t| t > now) {
+            let Some((proxy, _)) = &mut self.sites[s].proxy else {
+                continue;
+            };
+            if !proxy.handle_timeout(now) {
                 continue;
             }
-            self.sites[s].expiry = None;
             for k in 0..self.live.len() {
                 let i = self.live[k];
-                let c = &self.calls[i];
+                let c = &mut self.calls[i];
                 if c.site != s || c.result.is_some() {
                     continue;
                 }
-                if let Some((number, _)) = c.connection {
+                if let Some(proxy) = c.server.as_mut().and_then(|v| v.proxy.as_mut()) {
+                    proxy.reset();
+                }
+                if let Some(number) = c.connection {
                     let streams = &mut self.sites[s].streams;
                     let to = (now, FlowId(i as u64), Direction::Down);
                     put_chunk(streams, to, Carried::Signalling(number), BytesMut::new());
@@ -1234,11 +1390,13 @@ impl World {
     /// Call `i`'s signalling connection is gone: the endpoint sees it end (a FIN's own trip
     /// across the path is not modelled), and what is still on the path is dropped.
     fn drop_connection(&mut self, i: usize) {
-        let Some((mut server, number)) = self.calls[i].server.take() else {
+        let Some(server) = self.calls[i].server.take() else {
             return;
         };
-        server.handle_eof();
-        let endings = self.anchor.desk.connection_closed(number);
+        if let Some(mut endpoint) = server.endpoint {
+            endpoint.handle_eof();
+        }
+        let endings = self.anchor.desk.connection_closed(server.number);
         self.abandon(endings);
     }
 
@@ -1256,7 +1414,12 @@ impl World {
         let now = self.now;
         let unix_ms = u64::try_from(self.unix_now().as_millis()).unwrap_or(u64::MAX);
         let c = &mut self.calls[i];
-        let Some((server, number)) = &mut c.server else {
+        let Some(VendorEnd {
+            endpoint: Some(server),
+            number,
+            ..
+        }) = &mut c.server
+        else {
             return;
         };
         let number = *number;
@@ -1359,22 +1522,31 @@ impl World {
                 );
             }
         }
-        let carried = Carried::Signalling(c.connection.map_or(0, |(n, _)| n));
+        let carried = Carried::Signalling(c.connection.unwrap_or(0));
         while let Some(data) = c.session.poll_signalling_transmit() {
             put_chunk(&mut site.streams, up, carried, owned(data));
         }
-        if let Some((server, number)) = &mut c.server {
-            let carried = Carried::Signalling(*number);
-            while let Some(data) = server.poll_transmit() {
+        let mut closed = false;
+        if let Some(server) = &mut c.server {
+            let carried = Carried::Signalling(server.number);
+            while let Some(data) = server.transmit(now) {
                 put_chunk(&mut site.streams, down, carried, owned(data));
             }
+            // The proxy closed it: a FIN after what it sent.
+            closed = server.is_closed();
+            if closed {
+                put_chunk(&mut site.streams, down, carried, BytesMut::new());
+            }
         }
-        let server = c.server.as_ref().and_then(|(s, _)| s.poll_timeout());
+        let server = c.server.as_ref().and_then(VendorEnd::poll_timeout);
         c.wake = [c.session.poll_timeout(), server]
             .into_iter()
             .flatten()
             .min()
             .unwrap_or(now + IDLE);
+        if closed {
+            self.drop_connection(i);
+        }
     }
 
     /// Routes until nothing moves at this instant: what leaves a path without delay must
@@ -1411,26 +1583,19 @@ impl World {
                 let Some(c) = self.calls.get_mut(i) else {
                     continue;
                 };
-                // A stalling proxy stops relaying a while after the connection opened:
-                // nothing more crosses, and neither end is told.
                 let Carried::Signalling(number) = packet.carried else {
                     continue;
                 };
-                let stalled = site.policy.stalls_websocket_after.is_some_and(|after| {
-                    c.connection
-                        .is_some_and(|(n, opened)| n == number && at >= opened + after)
-                });
-                if stalled {
-                    continue;
-                }
                 count_bytes(&site.counts.signalling, direction, packet.data.len());
                 // What was on the way when its connection ended goes nowhere.
                 match direction {
                     Direction::Up => match c.server.as_mut() {
-                        Some((server, n)) if *n == number => server.handle_input(&packet.data),
+                        Some(server) if server.number == number => {
+                            server.receive(at, &packet.data);
+                        }
                         _ => continue,
                     },
-                    Direction::Down if c.connection.is_some_and(|(n, _)| n == number) => {
+                    Direction::Down if c.connection == Some(number) => {
                         if packet.data.is_empty() {
                             // The proxy's FIN, after what it had relayed.
                             c.connection = None;
