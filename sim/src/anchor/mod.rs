@@ -65,7 +65,8 @@ pub struct AnchorStats {
     pub answered: AtomicU64,
     /// Calls ended with `bye`.
     pub ended: AtomicU64,
-    /// Invites that could not be answered (no socket, bad SDP).
+    /// First invites answered with an error: bad parameters (no contact, no offer), an offer
+    /// the leg cannot answer, no credentials or socket for the leg.
     pub failed: AtomicU64,
     /// ICE restarts answered (an agent's path went down mid-call and came back).
     pub restarts: AtomicU64,
