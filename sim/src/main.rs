@@ -52,6 +52,10 @@ enum Command {
         /// reason named.
         #[arg(long)]
         virtual_time: bool,
+        /// Virtual time's threads, sharing the calls' own work at each instant (default: one
+        /// per core). The results are the same bytes whatever the count.
+        #[arg(long, requires = "virtual_time", value_parser = clap::value_parser!(u16).range(1..=256))]
+        threads: Option<u16>,
     },
     /// Runs a scenario at each value of one field (short runs, then bisection near the knee)
     /// and writes a capacity report: sweep.json, sweep.html and charts, with each point's run
@@ -214,9 +218,9 @@ enum BenchCommand {
         #[arg(long)]
         out: Option<PathBuf>,
     },
-    /// The media path in virtual time: this many calls at once (real ICE, DTLS and SRTP legs,
-    /// the path engine, the TURN core) on a simulated clock, one core; simulated time against
-    /// wall time. Signalling and the anchor's own server are not in it yet.
+    /// Calls in virtual time: this many at once (TLS signalling, the anchor, real ICE, DTLS and
+    /// SRTP legs, the path engine, the TURN core) on a simulated clock; simulated time against
+    /// wall time.
     Virtual {
         /// Calls at once.
         #[arg(long, default_value_t = 200)]
@@ -224,6 +228,9 @@ enum BenchCommand {
         /// Talk time of each call, seconds of simulated time.
         #[arg(long, default_value_t = 600)]
         seconds: u64,
+        /// Threads sharing the calls' own work (default: one per core).
+        #[arg(long, value_parser = clap::value_parser!(u16).range(1..=256))]
+        threads: Option<u16>,
     },
 }
 
@@ -347,6 +354,7 @@ fn main() -> ExitCode {
             duration,
             plain,
             virtual_time,
+            threads,
         } => {
             let scenario = match Scenario::load(&file) {
                 Ok(s) => s,
@@ -369,6 +377,7 @@ fn main() -> ExitCode {
                 calls,
                 call_duration: duration,
                 plain_progress: plain,
+                threads: Some(threads.map_or_else(sim::virtual_time::default_threads, usize::from)),
             };
             let outcome = if virtual_time {
                 sim::virtual_time::scenario::run(&scenario, &options)
@@ -635,7 +644,14 @@ fn bench(what: &BenchCommand) -> ExitCode {
             seconds,
             ref out,
         } => return bench_calls(concurrency, seconds, out.as_deref()),
-        BenchCommand::Virtual { calls, seconds } => return bench_virtual(calls, seconds),
+        BenchCommand::Virtual {
+            calls,
+            seconds,
+            threads,
+        } => {
+            let threads = threads.map_or_else(sim::virtual_time::default_threads, usize::from);
+            return bench_virtual(calls, seconds, threads);
+        }
         BenchCommand::Engine { packets, flows } => {
             let r = sim::bench::engine_throughput(flows, packets);
             println!(
@@ -919,8 +935,8 @@ fn path(file: &std::path::Path, site: Option<&str>) -> ExitCode {
     ExitCode::SUCCESS
 }
 
-fn bench_virtual(calls: u32, seconds: u64) -> ExitCode {
-    use sim::virtual_time::{MediaRun, run_media};
+fn bench_virtual(calls: u32, seconds: u64, threads: usize) -> ExitCode {
+    use sim::virtual_time::{MediaRun, run_plan};
     let run = MediaRun {
         path: sim::netem::Path::symmetric(vec![
             SegmentModel::new().delay(Duration::from_millis(20)),
@@ -930,7 +946,11 @@ fn bench_virtual(calls: u32, seconds: u64) -> ExitCode {
         seed: 1,
     };
     let wall = Instant::now();
-    let r = match run_media(&run, wall, loadgen::clock::unix_now()) {
+    let plan = sim::virtual_time::Plan {
+        threads,
+        ..run.plan()
+    };
+    let r = match run_plan(&plan, wall, loadgen::clock::unix_now(), &mut |_| {}) {
         Ok(r) => r,
         Err(e) => {
             eprintln!("virtual bench failed: {e}");
@@ -941,10 +961,11 @@ fn bench_virtual(calls: u32, seconds: u64) -> ExitCode {
     let completed = r.calls.iter().filter(|c| c.completed().is_some()).count();
     println!(
         "virtual: {calls} calls at once (TLS signalling, TURN, ICE, DTLS, SRTP), {seconds} s of \
-         talk each, over a 20 ms path: {:.1} s simulated in {:.1} s of wall time on one core = \
-         {:.1}× real time; {completed} of {calls} completed",
+         talk each, over a 20 ms path: {:.1} s simulated in {:.1} s of wall time on {threads} \
+         thread{} = {:.1}× real time; {completed} of {calls} completed",
         r.simulated.as_secs_f64(),
         took.as_secs_f64(),
+        if threads == 1 { "" } else { "s" },
         r.simulated.as_secs_f64() / took.as_secs_f64().max(1e-9)
     );
     let median = |f: fn(&reports::Milestones) -> Option<u64>| {

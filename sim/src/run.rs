@@ -50,6 +50,10 @@ pub struct RunOptions {
     pub call_duration: Option<Duration>,
     /// Show progress as plain lines even on a terminal (or never a bar).
     pub plain_progress: bool,
+    /// Virtual time's threads (the CLI's default: one per core; `None`: 1, so that a caller
+    /// beside others, a test, takes no core it did not ask for); the results do not depend
+    /// on it.
+    pub threads: Option<usize>,
 }
 
 /// What a run produced.

@@ -378,6 +378,7 @@ pub fn sweep(
                 calls: Some(calls),
                 call_duration: options.call_duration,
                 plain_progress: options.plain_progress,
+                threads: None,
             },
         )
         .map_err(|source| SweepError::Run {

@@ -105,6 +105,33 @@ fn the_same_scenario_and_seed_give_byte_identical_run_folders() {
     }
 }
 
+/// The calls' own work shared across threads changes no byte: 24 calls up at once (every frame
+/// slot shares them out), on one thread and on three.
+#[test]
+fn the_thread_count_changes_no_byte() {
+    let scenario = shipped("ci-50.toml");
+    let (a, b) = (temp("one-thread"), temp("three-threads"));
+    let on = |out: &Path, threads| RunOptions {
+        calls: Some(24),
+        call_duration: Some(Duration::from_secs(2)),
+        threads: Some(threads),
+        ..options(out)
+    };
+    let one = sim::virtual_time::scenario::run(&scenario, &on(&a, 1)).unwrap();
+    sim::virtual_time::scenario::run(&scenario, &on(&b, 3)).unwrap();
+    assert_eq!(one.summary.error_rate.attempts, 24);
+    for file in ["calls.jsonl", "summary.json", "report.html"] {
+        let (x, y) = (
+            std::fs::read(a.join(file)).unwrap(),
+            std::fs::read(b.join(file)).unwrap(),
+        );
+        assert!(x == y, "{file} differs between one thread and three");
+    }
+    for d in [a, b] {
+        let _ = std::fs::remove_dir_all(d);
+    }
+}
+
 /// Every shipped scenario runs in virtual time: every TURN transport, several nodes and their
 /// faults, every site policy, recording. Four calls each, each call as its scenario makes it.
 #[test]

@@ -29,6 +29,7 @@ use loadgen::session::{CallSpec, Session, SessionEvent, Timeouts};
 use loadgen::signalling::{Endpoint, Plaintext, RpcError};
 use loadgen::turn_stream::{TlsSession, TurnStream};
 use loadgen::turn_url::TurnUrl;
+use rayon::iter::{IndexedParallelIterator, IntoParallelRefMutIterator, ParallelIterator};
 use reports::components::Components;
 use reports::emodel::Codec;
 use reports::record::MediaStats;
@@ -161,6 +162,7 @@ impl MediaRun {
             faults: Vec::new(),
             anchor: AnchorBehaviour::Answer,
             recording: None,
+            threads: 1,
         }
     }
 }
@@ -223,7 +225,28 @@ pub struct Plan {
     pub anchor: AnchorBehaviour,
     /// What the anchor records, and where (written as the run goes).
     pub recording: Option<Recording>,
+    /// Threads that run the due calls' own work at each instant (their sessions' timers and
+    /// what arrived for them: RTP, SRTP, ICE, DTLS, their endpoint connections' TLS); 1 runs
+    /// it on the loop's thread. The results do not depend on it. More than 1 keeps a core
+    /// spinning between instants while the run lasts ([`default_threads`]: the CLI's count).
+    pub threads: usize,
 }
+
+/// The threads the CLI's virtual-time runs use unless told: one per core this process may run
+/// on.
+#[must_use]
+pub fn default_threads() -> usize {
+    std::thread::available_parallelism().map_or(1, usize::from)
+}
+
+/// Due calls at one instant from which their work is shared across the threads: each call's
+/// step is ~2.5 µs, and handing a batch to the pool and back costs about as much as a few.
+const SHARED_FROM: usize = 16;
+
+/// How long a helper spins for the next instant's work before it sleeps: 2^17 pauses, 1 to
+/// 10 ms as the CPU's pause lasts (20 ms frame slots apart, a busy run never sleeps; a run
+/// between its calls' slots does not burn a core for nothing).
+const SPIN_ROUNDS: u32 = 1 << 17;
 
 /// How one call went.
 #[derive(Debug, Clone)]
@@ -682,6 +705,12 @@ struct World {
     anchor: Anchor,
     /// When the last call ended.
     ended: Option<Instant>,
+    /// Whether the due calls' own work is shared across the threads of the pool the loop
+    /// runs in (or done on the loop's thread alone).
+    shared: bool,
+    /// Bumped as each instant's shared work starts (and at the end): it stops the helper
+    /// spinning since the last.
+    phase: Arc<AtomicU64>,
 }
 
 /// Runs `run` on a simulated clock starting at `start` (any instant: nothing reads the real
@@ -706,7 +735,7 @@ pub fn run_plan(
     plan: &Plan,
     start: Instant,
     unix_start: Duration,
-    events: &mut dyn FnMut(CallEvent<'_>),
+    events: &mut (dyn FnMut(CallEvent<'_>) + Send),
 ) -> Result<MediaResult, String> {
     // One endpoint, one certificate, as a real endpoint has.
     let endpoint = Entropy::Seeded(plan.seed)
@@ -841,8 +870,25 @@ pub fn run_plan(
         connections: 0,
         anchor,
         ended: None,
+        shared: plan.threads > 1,
+        phase: Arc::new(AtomicU64::new(0)),
     };
-    world.run(events)?;
+    if world.shared {
+        // The loop itself runs on one of the pool's threads, so that it takes its share of
+        // each instant's calls and the others steal theirs (the loop never waits on a hand-off).
+        rayon::ThreadPoolBuilder::new()
+            .num_threads(plan.threads)
+            .thread_name(|k| format!("virtual-{k}"))
+            .build()
+            .map_err(|e| format!("no threads for the calls: {e}"))?
+            .install(|| {
+                let ran = world.run(events);
+                world.phase.fetch_add(1, Ordering::Relaxed);
+                ran
+            })?;
+    } else {
+        world.run(events)?;
+    }
     let simulated = world
         .ended
         .unwrap_or(world.now)
@@ -917,7 +963,7 @@ pub fn run_plan(
 impl World {
     /// The event loop: start the calls that are due, advance to the earliest deadline, run
     /// what is due, route what it sent, until every call is over.
-    fn run(&mut self, events: &mut dyn FnMut(CallEvent<'_>)) -> Result<(), String> {
+    fn run(&mut self, events: &mut (dyn FnMut(CallEvent<'_>) + Send)) -> Result<(), String> {
         loop {
             let before = self.calls.len();
             self.start_due_calls()?;
@@ -980,11 +1026,56 @@ impl World {
                 self.flush_anchor();
             }
             self.settle();
-            for k in 0..self.live.len() {
-                let i = self.live[k];
-                if self.calls[i].wake <= now {
-                    self.step_call(i);
+            self.step_calls();
+        }
+    }
+
+    /// Runs the due calls' own timers (and what arrived for them), then sends what each has,
+    /// in the calls' order. The first part touches nothing but each call's own state, so it
+    /// runs on the pool's threads when enough calls share the instant (at each 20 ms frame
+    /// slot, all of them: they count frames from one epoch); only the second part's order
+    /// reaches the other components, so the results do not depend on the thread count.
+    fn step_calls(&mut self) {
+        let now = self.now;
+        // `live` is in the calls' order: a merge finds the due ones without a search.
+        let first = self.live.first().copied().unwrap_or(self.calls.len());
+        let mut live = self.live.iter().copied().peekable();
+        let mut due: Vec<(usize, &mut Call)> = Vec::new();
+        for (i, c) in self.calls.iter_mut().enumerate().skip(first) {
+            if live.next_if_eq(&i).is_some() && c.result.is_none() && c.wake <= now {
+                due.push((i, c));
+            }
+        }
+        let step = |(_, c): &mut (usize, &mut Call)| {
+            c.session.handle_timeout(now);
+            if let Some(server) = &mut c.server {
+                server.handle_timeout(now);
+            }
+        };
+        if self.shared && due.len() >= SHARED_FROM {
+            // The helpers stop spinning and steal their share.
+            let phase = self.phase.fetch_add(1, Ordering::Relaxed) + 1;
+            due.par_iter_mut().with_min_len(4).for_each(step);
+            // A helper woken from sleep for each instant comes late (a VM's idle core takes
+            // tens of microseconds to wake, a good part of the ~250 µs it is there for): one
+            // spins until the next instant's work is there, for a few milliseconds at most.
+            let phase_of = self.phase.clone();
+            rayon::spawn(move || {
+                for _ in 0..SPIN_ROUNDS {
+                    if phase_of.load(Ordering::Relaxed) != phase {
+                        break;
+                    }
+                    std::hint::spin_loop();
                 }
+            });
+        } else {
+            due.iter_mut().for_each(step);
+        }
+        let due: Vec<usize> = due.into_iter().map(|(i, _)| i).collect();
+        for i in due {
+            // A call another's answer ended meanwhile sent what it had as it ended.
+            if self.calls[i].result.is_none() {
+                self.flush_call(i);
             }
         }
     }
@@ -1122,20 +1213,6 @@ impl World {
             }
         }
         next
-    }
-
-    /// Runs call `i`'s session and its endpoint connection's timers, and sends what they have.
-    fn step_call(&mut self, i: usize) {
-        let now = self.now;
-        let c = &mut self.calls[i];
-        if c.result.is_some() {
-            return;
-        }
-        c.session.handle_timeout(now);
-        if let Some(server) = &mut c.server {
-            server.handle_timeout(now);
-        }
-        self.flush_call(i);
     }
 
     /// Does what call `i`'s session asks (wires, connections), answers its endpoint's

@@ -107,18 +107,21 @@ pub fn run(scenario: &Scenario, options: &RunOptions) -> Result<RunOutcome, RunE
         dead_air: scenario.agents.dead_air,
         codec,
         seed,
+        threads: options.threads.unwrap_or(1),
     };
-    let progress = crate::run::Progress::new(u64::from(calls), options.plain_progress);
+    let mut progress = crate::run::Progress::new(u64::from(calls), options.plain_progress);
+    // Moved to the loop's thread for the run (the loop may run on a pool's).
+    let shown = &mut progress;
     let result = run_plan(
         &plan,
         simulated_start(),
         VIRTUAL_EPOCH_UNIX,
-        &mut |event| match event {
-            CallEvent::Started(_) => progress.call_started(),
+        &mut move |event| match event {
+            CallEvent::Started(_) => shown.call_started(),
             CallEvent::Ended(_, r) => {
-                progress.ended(r.outcome, r.failure.as_ref().map(|f| f.class));
+                shown.ended(r.outcome, r.failure.as_ref().map(|f| f.class));
             }
-            CallEvent::Clock(at) => progress.simulated(at),
+            CallEvent::Clock(at) => shown.simulated(at),
         },
     );
     progress.finish();
