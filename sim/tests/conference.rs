@@ -27,9 +27,16 @@ name = "hq"
 path = ["office-lan"]
 "#;
 
+/// In real time and in virtual time, with the same assertions.
 #[test]
 fn each_party_of_a_conference_hears_the_other_two_and_not_itself() {
-    let (dir, records) = common::run_scenario("conference", SCENARIO);
+    for clock in [common::Clock::Real, common::Clock::Virtual] {
+        each_hears_the_other_two(clock);
+    }
+}
+
+fn each_hears_the_other_two(clock: common::Clock) {
+    let (dir, records) = common::run_scenario_on(clock, "conference", SCENARIO);
     assert_eq!(records.len(), 3);
     for r in &records {
         assert_eq!(r.outcome, Outcome::Completed, "{r:?}");

@@ -2,6 +2,7 @@
 //! `disconnected`, and they restart it as the CCP's library does (fresh credentials, new TURN
 //! allocations, an `invite` with `iceRestart: true`, `accept`), after which media comes back on
 //! the new pair and the call completes; a 2 s blackout beside it is ridden out without one.
+//! Both ways: in real time and in virtual time.
 #![allow(clippy::disallowed_methods)] // real sockets, real clock
 mod common;
 
@@ -40,9 +41,16 @@ share = 0.5
 path = ["rekey"]
 "#;
 
+/// In real time and in virtual time, with the same assertions.
 #[test]
 fn a_long_outage_is_recovered_by_an_ice_restart_and_a_short_one_without() {
-    let (dir, records) = common::run_scenario("ice-restart", SCENARIO);
+    for clock in [common::Clock::Real, common::Clock::Virtual] {
+        recovered(clock);
+    }
+}
+
+fn recovered(clock: common::Clock) {
+    let (dir, records) = common::run_scenario_on(clock, "ice-restart", SCENARIO);
     assert_eq!(records.len(), 4);
     let mut restarted = 0u64;
     for r in &records {
