@@ -248,6 +248,11 @@ pub struct CallsCost {
     pub cores: BTreeMap<String, f64>,
     /// The plateau the cores were measured over.
     pub window: Duration,
+    /// CPU time the VM's host gave other guests over the plateau (`/proc/stat`'s steal, all
+    /// CPUs); `None` where the kernel does not count it.
+    pub host_steal: Option<Duration>,
+    /// The CPUs the steal is counted over.
+    pub cpus: usize,
     /// The run's summary file (pacing error and jitter per direction).
     pub summary: reports::output::SummaryFile,
     /// Peak resident memory of the process, and its resident memory before the run, bytes.
@@ -256,6 +261,21 @@ pub struct CallsCost {
     pub bytes_per_call_second: f64,
     /// The run folder.
     pub dir: std::path::PathBuf,
+}
+
+/// CPU time the hypervisor gave other guests so far, all CPUs (`/proc/stat`'s `cpu` line,
+/// its eighth figure, in clock ticks); `None` without one.
+fn host_steal() -> Option<Duration> {
+    let stat = std::fs::read_to_string("/proc/stat").ok()?;
+    let ticks: u64 = stat
+        .lines()
+        .find_map(|l| l.strip_prefix("cpu "))?
+        .split_whitespace()
+        .nth(7)?
+        .parse()
+        .ok()?;
+    let per_second = rustix::param::clock_ticks_per_second().max(1);
+    Some(Duration::from_secs_f64(ticks as f64 / per_second as f64))
 }
 
 /// `VmHWM` and `VmRSS` of this process, bytes.
@@ -318,15 +338,18 @@ path = ["loopback"]
         .name("bench-sampler".into())
         .spawn(move || {
             thread::sleep(start_at);
-            let (t0, a) = (
+            let (t0, a, stolen0) = (
                 Instant::now(),
                 crate::overload::thread_cpu().unwrap_or_default(),
+                host_steal(),
             );
             thread::sleep(window);
-            let (t1, b) = (
+            let (t1, b, stolen1) = (
                 Instant::now(),
                 crate::overload::thread_cpu().unwrap_or_default(),
+                host_steal(),
             );
+            let stolen = stolen0.zip(stolen1).map(|(s0, s1)| s1.saturating_sub(s0));
             let wall = (t1 - t0).as_secs_f64();
             let mut cores: BTreeMap<String, f64> = BTreeMap::new();
             for (name, used) in &b {
@@ -338,7 +361,7 @@ path = ["loopback"]
                     .entry(crate::overload::component(name).to_owned())
                     .or_default() += used.saturating_sub(before).as_secs_f64() / wall;
             }
-            cores
+            (cores, stolen)
         })
         .map_err(|e| crate::run::RunError::Io {
             what: "starting the CPU sampler".into(),
@@ -352,7 +375,7 @@ path = ["loopback"]
             ..crate::run::RunOptions::default()
         },
     )?;
-    let cores = sampler.join().unwrap_or_default();
+    let (cores, host_steal) = sampler.join().unwrap_or_default();
     let (peak, _) = memory();
     let records = reports::record::read_records(&outcome.dir.join("calls.jsonl"))
         .map(|f| f.records)
@@ -368,6 +391,8 @@ path = ["loopback"]
         duration,
         cores,
         window,
+        host_steal,
+        cpus: thread::available_parallelism().map_or(1, usize::from),
         summary: outcome.summary,
         memory: (peak, rss_before),
         bytes_per_call_second: if call_seconds > 0.0 {

@@ -227,8 +227,9 @@ pub struct Plan {
     pub recording: Option<Recording>,
     /// Threads that run the due calls' own work at each instant (their sessions' timers and
     /// what arrived for them: RTP, SRTP, ICE, DTLS, their endpoint connections' TLS); 1 runs
-    /// it on the loop's thread. The results do not depend on it. More than 1 keeps a core
-    /// spinning between instants while the run lasts ([`default_threads`]: the CLI's count).
+    /// it on the loop's thread. The results do not depend on it. With more than 1, a helper
+    /// spins for a few milliseconds after each instant it shared ([`default_threads`]: the
+    /// CLI's count).
     pub threads: usize,
 }
 
@@ -244,8 +245,8 @@ pub fn default_threads() -> usize {
 const SHARED_FROM: usize = 16;
 
 /// How long a helper spins for the next instant's work before it sleeps: 2^17 pauses, 1 to
-/// 10 ms as the CPU's pause lasts (20 ms frame slots apart, a busy run never sleeps; a run
-/// between its calls' slots does not burn a core for nothing).
+/// 10 ms as the CPU's pause lasts (a run sharing an instant every few slots never sleeps; one
+/// whose calls stopped sharing does not burn a core for nothing).
 const SPIN_ROUNDS: u32 = 1 << 17;
 
 /// How one call went.
@@ -1032,9 +1033,10 @@ impl World {
 
     /// Runs the due calls' own timers (and what arrived for them), then sends what each has,
     /// in the calls' order. The first part touches nothing but each call's own state, so it
-    /// runs on the pool's threads when enough calls share the instant (at each 20 ms frame
-    /// slot, all of them: they count frames from one epoch); only the second part's order
-    /// reaches the other components, so the results do not depend on the thread count.
+    /// runs on the pool's threads when enough calls share the instant (calls set up in step
+    /// share their frames' slots on the 0.5 ms grid; jittered ones spread over its 40 slots a
+    /// frame); only the second part's order reaches the other components, so the results do
+    /// not depend on the thread count.
     fn step_calls(&mut self) {
         let now = self.now;
         // `live` is in the calls' order: a merge finds the due ones without a search.
