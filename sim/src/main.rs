@@ -968,6 +968,12 @@ fn bench_virtual(calls: u32, seconds: u64, threads: usize) -> ExitCode {
         if threads == 1 { "" } else { "s" },
         r.simulated.as_secs_f64() / took.as_secs_f64().max(1e-9)
     );
+    if threads > 1 {
+        println!(
+            "virtual: {} instants had their calls' work shared across the threads",
+            r.shared_instants
+        );
+    }
     let median = |f: fn(&reports::Milestones) -> Option<u64>| {
         let mut v: Vec<u64> = r
             .calls

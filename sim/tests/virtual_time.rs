@@ -11,6 +11,52 @@ use sim::anchor::AnchorBehaviour;
 use sim::netem::{JitterDistribution, Loss, Path, QueueLimit, SegmentModel};
 use sim::virtual_time::{MediaRun, run_media, run_plan};
 
+/// 24 calls set up at once share their frames' instants: on three threads their own work is
+/// shared at those instants, and every record and count is what one thread gives.
+#[test]
+fn sharing_the_calls_work_across_threads_changes_no_result() {
+    let run = MediaRun {
+        path: Path::symmetric(vec![
+            SegmentModel::new()
+                .delay(Duration::from_millis(20))
+                .loss(Loss::Random(0.01)),
+        ]),
+        calls: 24,
+        talk: Duration::from_secs(3),
+        seed: 5,
+    };
+    let on = |threads| {
+        let plan = sim::virtual_time::Plan {
+            threads,
+            ..run.plan()
+        };
+        run_plan(
+            &plan,
+            Instant::now(),
+            Duration::from_secs(1_800_000_000),
+            &mut |_| {},
+        )
+        .unwrap()
+    };
+    let (one, three) = (on(1), on(3));
+    assert_eq!(one.shared_instants, 0);
+    // Each of the talk's 150 frame slots at least (the 24 calls were set up in step).
+    assert!(three.shared_instants >= 150, "{}", three.shared_instants);
+    let records = |r: &sim::virtual_time::MediaResult| {
+        r.calls
+            .iter()
+            .map(|c| serde_json::to_string(&c.record).unwrap())
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(records(&one), records(&three));
+    assert!(one.calls.iter().all(|c| c.completed().is_some()));
+    assert_eq!(one.simulated, three.simulated);
+    assert_eq!(
+        format!("{:?}", one.components),
+        format!("{:?}", three.components)
+    );
+}
+
 #[test]
 fn calls_over_a_lossy_delayed_path_measure_what_the_path_did() {
     const LOSS: f64 = 0.02;

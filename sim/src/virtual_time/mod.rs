@@ -280,6 +280,9 @@ pub struct MediaResult {
     /// What the vendor side's components counted (the TURN nodes, the signalling endpoint,
     /// the anchor), named as a real-time run names them.
     pub components: Components,
+    /// Instants whose due calls' own work was shared across the threads (0 on one thread, or
+    /// when no instant had enough calls due at once).
+    pub shared_instants: u64,
 }
 
 /// What a run tells its caller as it goes (for live progress).
@@ -712,6 +715,8 @@ struct World {
     /// Bumped as each instant's shared work starts (and at the end): it stops the helper
     /// spinning since the last.
     phase: Arc<AtomicU64>,
+    /// Instants whose calls' work was shared.
+    shared_instants: u64,
 }
 
 /// Runs `run` on a simulated clock starting at `start` (any instant: nothing reads the real
@@ -873,6 +878,7 @@ pub fn run_plan(
         ended: None,
         shared: plan.threads > 1,
         phase: Arc::new(AtomicU64::new(0)),
+        shared_instants: 0,
     };
     if world.shared {
         // The loop itself runs on one of the pool's threads, so that it takes its share of
@@ -894,6 +900,7 @@ pub fn run_plan(
         .ended
         .unwrap_or(world.now)
         .saturating_duration_since(start);
+    let shared_instants = world.shared_instants;
     let calls = world
         .calls
         .into_iter()
@@ -958,6 +965,7 @@ pub fn run_plan(
         calls,
         simulated,
         components,
+        shared_instants,
     })
 }
 
@@ -1057,6 +1065,7 @@ impl World {
         if self.shared && due.len() >= SHARED_FROM {
             // The helpers stop spinning and steal their share.
             let phase = self.phase.fetch_add(1, Ordering::Relaxed) + 1;
+            self.shared_instants += 1;
             due.par_iter_mut().with_min_len(4).for_each(step);
             // A helper woken from sleep for each instant comes late (a VM's idle core takes
             // tens of microseconds to wake, a good part of the ~250 µs it is there for): one
