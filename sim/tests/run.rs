@@ -91,8 +91,18 @@ fn a_clean_run_writes_its_folder_and_passes() {
             .map(|r| &r.failure)
             .collect::<Vec<_>>()
     );
-    // 0 of 3 against a 50 % threshold: the Wilson upper bound is 56 % — inconclusive, honestly.
-    assert_eq!(outcome.summary.verdict, Verdict::Inconclusive);
+    // 0 of 3 against a 50 % threshold: the Wilson upper bound is 56 % — inconclusive, honestly;
+    // or `invalid` when the simulator itself fell behind (a CI machine's host taking its CPUs
+    // for a while: seen on a clean clone), and then only with the faults that say so.
+    match outcome.summary.verdict {
+        Verdict::Inconclusive => {}
+        Verdict::Invalid => {
+            let faults = outcome.summary.own_faults();
+            assert!(!faults.is_empty(), "invalid with no fault of its own named");
+            eprintln!("the simulator fell behind: {faults:?}");
+        }
+        v => panic!("a clean run of 3 calls said {v:?}"),
+    }
     assert_eq!(outcome.summary.summary.outcomes.completed, 3);
 
     // What the components counted: every allocation made and released, nothing dropped or
