@@ -548,9 +548,12 @@ async fn what_a_client_can_make_the_endpoint_hold_is_bounded() {
     use tokio::io::AsyncReadExt;
     let (cert, key) = certificate();
     let (tx, mut rx) = mpsc::unbounded_channel::<Signal>();
+    // A deadline a host's stall cannot beat between the kernel's accepting a connection and
+    // the test's task seeing it (a 500 ms one was: the endpoint closed a silent connection
+    // before `connect` returned, on a CI machine whose host took the CPUs).
     let limits = SignallingLimits {
         per_source: 3,
-        handshake: Duration::from_millis(500),
+        handshake: Duration::from_millis(1_500),
         ..SignallingLimits::default()
     };
     let server = SignallingServer::start_with_limits(
@@ -578,11 +581,11 @@ async fn what_a_client_can_make_the_endpoint_hold_is_bounded() {
     // ...and the silent ones are closed at the handshake deadline, which frees their places.
     let started = std::time::Instant::now();
     for s in &mut silent {
-        let end = tokio::time::timeout(Duration::from_secs(3), s.read(&mut byte)).await;
+        let end = tokio::time::timeout(Duration::from_secs(5), s.read(&mut byte)).await;
         assert!(matches!(end, Ok(Ok(0) | Err(_))), "{end:?}");
     }
     let waited = started.elapsed();
-    assert!(waited < Duration::from_secs(2), "closed after {waited:?}");
+    assert!(waited < Duration::from_secs(4), "closed after {waited:?}");
     // Their places are free again: a real client gets in.
     let ep = Endpoint {
         url: format!("wss://{NAME}:{}/rtc", addr.port()),
