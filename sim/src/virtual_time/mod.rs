@@ -709,9 +709,6 @@ struct World {
     anchor: Anchor,
     /// When the last call ended.
     ended: Option<Instant>,
-    /// Whether the due calls' own work is shared across the threads of the pool the loop
-    /// runs in (or done on the loop's thread alone).
-    shared: bool,
     /// Bumped as each instant's shared work starts (and at the end): it stops the helper
     /// spinning since the last.
     phase: Arc<AtomicU64>,
@@ -876,11 +873,10 @@ pub fn run_plan(
         connections: 0,
         anchor,
         ended: None,
-        shared: plan.threads > 1,
         phase: Arc::new(AtomicU64::new(0)),
         shared_instants: 0,
     };
-    if world.shared {
+    if plan.threads > 1 {
         // The loop itself runs on one of the pool's threads, so that it takes its share of
         // each instant's calls and the others steal theirs (the loop never waits on a hand-off).
         rayon::ThreadPoolBuilder::new()
@@ -1062,7 +1058,8 @@ impl World {
                 server.handle_timeout(now);
             }
         };
-        if self.shared && due.len() >= SHARED_FROM {
+        // More than one thread: the loop runs in a pool of that many (`run_plan`).
+        if self.plan.threads > 1 && due.len() >= SHARED_FROM {
             // The helpers stop spinning and steal their share.
             let phase = self.phase.fetch_add(1, Ordering::Relaxed) + 1;
             self.shared_instants += 1;
